@@ -1,0 +1,154 @@
+"""Values shared by the brain, the server and the wire: frames, enums and assessments.
+
+Everything here is a frozen, slotted dataclass or an enum, so it can be hashed, compared
+and passed between tasks without copying. The enums are the vocabulary that the rules, the
+LLM analyst, the avatar prompt and the wire protocol all agree on; a value outside them is
+rejected wherever it enters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class State(StrEnum):
+    """What the user's body is doing, as decided from a window of frames."""
+
+    CALM = "calm"
+    STRESSED = "stressed"
+    EXERCISING = "exercising"
+    FATIGUED = "fatigued"
+    RESTING = "resting"
+    SLEEPING = "sleeping"
+
+
+class Mood(StrEnum):
+    """How the companion pet feels about it (what the avatar shows)."""
+
+    HAPPY = "happy"
+    CONTENT = "content"
+    ANXIOUS = "anxious"
+    ENERGIZED = "energized"
+    TIRED = "tired"
+    SLEEPY = "sleepy"
+
+
+class Action(StrEnum):
+    """A suggestion the companion may make to the user."""
+
+    BREATHING = "breathing_session"
+    DOWNGRADE_WORKOUT = "downgrade_workout"
+    HYDRATE = "hydrate"
+    REST = "rest"
+    KEEP_GOING = "keep_going"
+    WIND_DOWN = "wind_down"
+    MOVE = "move"
+
+
+class Source(StrEnum):
+    """Who decided an assessment."""
+
+    RULES = "rules"
+    LLM = "llm"
+    MANUAL = "manual"
+
+
+class AvatarStatus(StrEnum):
+    """Where the avatar image of the current state stands."""
+
+    NONE = "none"
+    PENDING = "pending"
+    GENERATING = "generating"
+    READY = "ready"
+    FAILED = "failed"
+
+
+class CoachStyle(StrEnum):
+    STRICT = "strict"
+    ENCOURAGING = "encouraging"
+    NEUTRAL = "neutral"
+
+
+class CoachTone(StrEnum):
+    DIRECT = "direct"
+    GENTLE = "gentle"
+
+
+class EnergyBand(StrEnum):
+    """Energy (0-100) in three bands; only a change of band counts as a change of state."""
+
+    LOW = "low"
+    MID = "mid"
+    HIGH = "high"
+
+    @classmethod
+    def of(cls, energy: int) -> EnergyBand:
+        """The band of an energy value: low below 34, high from 67, mid between."""
+        if energy < 34:
+            return cls.LOW
+        if energy >= 67:
+            return cls.HIGH
+        return cls.MID
+
+
+@dataclass(frozen=True, slots=True)
+class Env:
+    """The environment around the user when a frame was taken; every field is optional."""
+
+    altitude_m: float | None = None
+    temp_c: float | None = None
+    humidity_pct: float | None = None
+    speed_mps: float | None = None
+    weather: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One sensor sample. ``ts`` is epoch milliseconds; the other fields are optional.
+
+    ``(ts, device, seq)`` is the frame's identity within a user: a resent frame lands on
+    the same key. ``seq`` numbers samples one device takes in the same millisecond (0 when
+    a device takes at most one sample per millisecond, which is the normal case).
+    """
+
+    ts: int
+    hr: float | None = None
+    hrv: float | None = None
+    steps: int | None = None
+    spo2: float | None = None
+    skin_temp: float | None = None
+    resp_rate: float | None = None
+    device: str = "unknown"
+    seq: int = 0
+    env: Env | None = None
+
+    @property
+    def key(self) -> str:
+        """The sort key within a user: zero-padded ts, device, seq (sorts by time)."""
+        return f"{self.ts:013d}#{self.device}#{self.seq}"
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A user's coach persona and base avatar; stored with the user's state."""
+
+    style: CoachStyle = CoachStyle.ENCOURAGING
+    tone: CoachTone = CoachTone.GENTLE
+    base_avatar: str = "fox"
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """What an analysis decided about a user's window of frames."""
+
+    state: State
+    mood: Mood
+    energy: int
+    reasoning: str
+    actions: tuple[Action, ...] = field(default_factory=tuple)
+    source: Source = Source.RULES
+
+    @property
+    def band(self) -> EnergyBand:
+        return EnergyBand.of(self.energy)
