@@ -1,0 +1,211 @@
+"""Sliding windows of recent frames: one per active user, bounded in time, size and count.
+
+A :class:`Window` keeps the last ``span_ms`` (15 minutes by default) of one user's frames,
+sorted by :attr:`~brain.model.Frame.key` (so by time) however late or out of order they
+arrive, with duplicates (a resent frame has the same key) ignored. :class:`Windows` holds the
+windows of the active users and forgets the least recently used ones, so memory stays
+bounded however many users have ever connected.
+
+Nothing here reads a clock: every method that needs the time takes ``now_ms``. A window is
+*cold* until it has been refilled from the store once: after a restart (or after its user
+was evicted) it only knows the frames that arrived since, and the server should read the
+last ``span_ms`` from the store and pass them to :meth:`Window.refill`.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import OrderedDict
+from collections.abc import Iterable
+
+from brain.model import Frame
+
+DEFAULT_SPAN_MS = 15 * 60_000
+"""How much history a window keeps: 15 minutes."""
+
+DEFAULT_MAX_FRAMES = 3_600
+"""Frames one window holds at most: 15 minutes at 1 Hz from four devices."""
+
+DEFAULT_MAX_USERS = 50_000
+"""Windows a registry holds at most before it forgets the least recently used user."""
+
+
+class Window:
+    """The last ``span_ms`` of one user's frames, oldest first, without duplicates.
+
+    Raises :class:`ValueError` when ``span_ms`` or ``max_frames`` is not positive.
+    """
+
+    __slots__ = ("_cold", "_frames", "_keys", "max_frames", "span_ms")
+
+    def __init__(self, *, span_ms: int = DEFAULT_SPAN_MS, max_frames: int = DEFAULT_MAX_FRAMES):
+        if span_ms <= 0:
+            raise ValueError(f"span_ms must be positive, got {span_ms}")
+        if max_frames <= 0:
+            raise ValueError(f"max_frames must be positive, got {max_frames}")
+        self.span_ms = span_ms
+        self.max_frames = max_frames
+        # Two parallel sorted lists: keys for bisecting without recomputing Frame.key on
+        # every comparison, frames for reading.
+        self._keys: list[str] = []
+        self._frames: list[Frame] = []
+        self._cold = True
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def __repr__(self) -> str:
+        return f"Window(frames={len(self._frames)}, span_ms={self.span_ms}, cold={self._cold})"
+
+    @property
+    def frames(self) -> tuple[Frame, ...]:
+        """The frames held, oldest first (call :meth:`evict` first to drop expired ones)."""
+        return tuple(self._frames)
+
+    @property
+    def latest_ts(self) -> int | None:
+        """The timestamp of the newest frame, or ``None`` when the window is empty."""
+        return self._frames[-1].ts if self._frames else None
+
+    def is_cold(self) -> bool:
+        """Whether the window still needs a refill from the store (it was never refilled)."""
+        return self._cold
+
+    def mark_cold(self) -> None:
+        """Ask for a refill, e.g. when frames of this user may have landed on another node."""
+        self._cold = True
+
+    def add(self, frames: Iterable[Frame], *, now_ms: int) -> int:
+        """Insert frames in key order, skip duplicates and expired ones; return how many were new.
+
+        Evicts what fell out of the window at ``now_ms`` and, past ``max_frames``, the oldest.
+        """
+        cutoff = now_ms - self.span_ms
+        added = 0
+        for frame in frames:
+            if frame.ts < cutoff:
+                continue  # too late to matter, and re-adding it would resurrect evicted data
+            key = frame.key
+            keys = self._keys
+            if not keys or key > keys[-1]:
+                # The common case: frames arrive in order, so appending avoids a bisect.
+                keys.append(key)
+                self._frames.append(frame)
+                added += 1
+                continue
+            at = bisect_left(keys, key)
+            if at < len(keys) and keys[at] == key:
+                continue
+            keys.insert(at, key)
+            self._frames.insert(at, frame)
+            added += 1
+        self.evict(now_ms=now_ms)
+        return added
+
+    def refill(self, frames: Iterable[Frame], *, now_ms: int) -> int:
+        """Merge frames read from the store and mark the window warm; return how many were new."""
+        added = self.add(frames, now_ms=now_ms)
+        self._cold = False
+        return added
+
+    def evict(self, *, now_ms: int) -> int:
+        """Drop frames older than ``now_ms - span_ms`` and the oldest beyond ``max_frames``.
+
+        Returns how many frames were dropped.
+        """
+        # Keys start with the zero-padded ts, and "0000000000123" sorts before any key
+        # "0000000000123#…", so bisecting on the bare prefix finds the first frame at cutoff.
+        cutoff = max(now_ms - self.span_ms, 0)
+        expired = bisect_left(self._keys, f"{cutoff:013d}")
+        overflow = len(self._keys) - expired - self.max_frames
+        drop = expired + max(overflow, 0)
+        if drop:
+            del self._keys[:drop]
+            del self._frames[:drop]
+        return drop
+
+    def since(self, start_ms: int) -> tuple[Frame, ...]:
+        """The frames with ``ts >= start_ms``, oldest first."""
+        at = bisect_left(self._keys, f"{max(start_ms, 0):013d}")
+        return tuple(self._frames[at:])
+
+
+class Windows:
+    """The windows of active users, at most ``max_users`` of them, least recently used first out.
+
+    Every access (``window``, ``add``, ``get``) marks the user as recently used. A user whose
+    window is forgotten comes back cold, so the server refills it from the store.
+
+    Raises :class:`ValueError` when ``max_users`` is not positive.
+    """
+
+    def __init__(
+        self,
+        *,
+        span_ms: int = DEFAULT_SPAN_MS,
+        max_frames: int = DEFAULT_MAX_FRAMES,
+        max_users: int = DEFAULT_MAX_USERS,
+    ) -> None:
+        if max_users <= 0:
+            raise ValueError(f"max_users must be positive, got {max_users}")
+        Window(span_ms=span_ms, max_frames=max_frames)  # validate once, here, loudly
+        self.span_ms = span_ms
+        self.max_frames = max_frames
+        self.max_users = max_users
+        # user_id -> (window, last use in ms); the order is the LRU order, oldest first.
+        self._windows: OrderedDict[str, tuple[Window, int]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+    def __contains__(self, user_id: object) -> bool:
+        return user_id in self._windows
+
+    def get(self, user_id: str, *, now_ms: int) -> Window | None:
+        """The user's window if it is held (marking the user as used), else ``None``."""
+        entry = self._windows.get(user_id)
+        if entry is None:
+            return None
+        self._windows[user_id] = (entry[0], now_ms)
+        self._windows.move_to_end(user_id)
+        return entry[0]
+
+    def window(self, user_id: str, *, now_ms: int) -> Window:
+        """The user's window, created cold if absent (possibly forgetting the idlest user)."""
+        found = self.get(user_id, now_ms=now_ms)
+        if found is not None:
+            return found
+        created = Window(span_ms=self.span_ms, max_frames=self.max_frames)
+        self._windows[user_id] = (created, now_ms)
+        while len(self._windows) > self.max_users:
+            self._windows.popitem(last=False)
+        return created
+
+    def add(self, user_id: str, frames: Iterable[Frame], *, now_ms: int) -> int:
+        """Add frames to the user's window (creating it); return how many were new."""
+        return self.window(user_id, now_ms=now_ms).add(frames, now_ms=now_ms)
+
+    def is_cold(self, user_id: str) -> bool:
+        """Whether the user's window needs a refill from the store (also when it is absent)."""
+        entry = self._windows.get(user_id)
+        return entry is None or entry[0].is_cold()
+
+    def forget(self, user_id: str) -> bool:
+        """Drop the user's window (e.g. after a GDPR delete); return whether one was held."""
+        return self._windows.pop(user_id, None) is not None
+
+    def evict_idle(self, *, now_ms: int, idle_ms: int) -> list[str]:
+        """Forget users not used for ``idle_ms`` or longer; return their ids, idlest first."""
+        gone: list[str] = []
+        # The dict is in LRU order, so the idle users are a prefix of it.
+        for user_id, (_, used_ms) in self._windows.items():
+            if now_ms - used_ms < idle_ms:
+                break
+            gone.append(user_id)
+        for user_id in gone:
+            del self._windows[user_id]
+        return gone
+
+    def users(self) -> list[str]:
+        """The ids of the users held, least recently used first."""
+        return list(self._windows)
