@@ -1,0 +1,178 @@
+"""The Starlette application: routes, and the lifespan that builds and stops the services.
+
+Start order: store → broker → hub → ingest → state → stages (pipeline, avatars); stop in
+reverse, so frames accepted before shutdown are written before the store closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+
+from brain.model import Frame
+from server import demo, legacy, rest
+from server.broker.base import Broker
+from server.errors import StoreError
+from server.hub import Hub
+from server.ingest import Ingestor
+from server.metrics import Metrics
+from server.openapi import openapi_document
+from server.problems import problem
+from server.protocol import summarize
+from server.services import Services
+from server.settings import Settings
+from server.state import StateService
+from server.store.base import Store
+from server.ws import websocket_endpoint
+
+log = logging.getLogger(__name__)
+
+Stage = Callable[[Services, AsyncExitStack], Awaitable[None]]
+"""A later part of the server (pipeline, avatar saga) that wires itself into the services."""
+
+
+def build_store(settings: Settings) -> Store:
+    """The store adapter the settings name."""
+    if settings.store == "dynamodb":
+        import os
+
+        from server.store.dynamodb import DynamoDBStore
+
+        return DynamoDBStore(
+            table_prefix=settings.table_prefix,
+            region=os.environ.get("AWS_REGION")
+            or os.environ.get("AWS_DEFAULT_REGION", "eu-central-1"),
+            endpoint_url=os.environ.get("AWS_ENDPOINT_URL_DYNAMODB"),
+            frame_retention_days=settings.frame_retention_days,
+        )
+    from server.store.sqlite import SQLiteStore
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return SQLiteStore(settings.sqlite_path, frame_retention_days=settings.frame_retention_days)
+
+
+def build_broker(settings: Settings) -> Broker:
+    """The broker the settings name."""
+    if settings.broker == "memory":
+        from server.broker.memory import MemoryBroker
+
+        return MemoryBroker()
+    from server.broker.redis import RedisBroker
+
+    return RedisBroker(settings.broker)
+
+
+def default_stages(settings: Settings) -> list[Stage]:
+    """The stages a full server runs after the core (none yet)."""
+    return []
+
+
+def create_app(
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    broker: Broker | None = None,
+    clock: Callable[[], float] = time.time,
+    stages: Sequence[Stage] | None = None,
+) -> Starlette:
+    """The app for ``settings`` (whose secret must be set). Parts may be injected for tests."""
+    if not settings.secret:
+        raise ValueError("settings.secret is empty: call server.settings.ensure_secret first")
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            the_store = store if store is not None else build_store(settings)
+            await the_store.open()
+            stack.push_async_callback(the_store.close)
+            the_broker = broker if broker is not None else build_broker(settings)
+            hub = Hub(the_broker, metrics)
+            await hub.start()
+            stack.push_async_callback(the_broker.close)
+            hooks: list[Callable[[Mapping[str, Sequence[Frame]]], Awaitable[None]]] = []
+
+            async def on_committed(by_user: Mapping[str, Sequence[Frame]]) -> None:
+                for hook in hooks:
+                    await hook(by_user)
+
+            ingestor = Ingestor(
+                the_store,
+                metrics,
+                writers=8 if settings.store == "dynamodb" else 1,
+                on_committed=on_committed,
+            )
+            ingestor.start()
+            stack.push_async_callback(ingestor.close)
+            state = StateService(the_store, hub, metrics, clock)
+            services = Services(settings, the_store, hub, state, ingestor, metrics, clock, hooks)
+
+            async def publish_summaries(by_user: Mapping[str, Sequence[Frame]]) -> None:
+                for user_id, frames in by_user.items():
+                    await hub.publish_summary(summarize(user_id, frames))
+
+            hooks.append(publish_summaries)
+            for stage in default_stages(settings) if stages is None else stages:
+                await stage(services, stack)
+            app.state.services = services
+            log.info("companion ready: store=%s broker=%s", settings.store, settings.broker)
+            yield
+            log.info("companion stopping: flushing pending frames")
+
+    app = Starlette(routes=routes(), lifespan=lifespan)
+    app.state.metrics = metrics
+    return app
+
+
+async def healthz(request: Request) -> Response:
+    return rest.json({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    services: Services | None = getattr(request.app.state, "services", None)
+    if services is None:
+        return problem(503, "starting")
+    try:
+        await services.store.ping()
+    except StoreError as exc:
+        return problem(503, f"store not ready: {exc}")
+    return rest.json({"status": "ready"})
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    metrics: Metrics = request.app.state.metrics
+    return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+async def openapi(request: Request) -> Response:
+    return rest.json(openapi_document())
+
+
+def routes() -> list[BaseRoute]:
+    """Every route of the server."""
+    user = "/v1/users/{user_id}"
+    table: list[BaseRoute] = [
+        WebSocketRoute("/v1/ws", websocket_endpoint),
+        Route(f"{user}/frames", rest.post_frames, methods=["POST"]),
+        Route(f"{user}/state", rest.get_state, methods=["GET"]),
+        Route(f"{user}/export", rest.export_user, methods=["GET"]),
+        Route(user, rest.delete_user, methods=["DELETE"]),
+        Route("/v1/demo/users/{user_id}/state", demo.post_state, methods=["POST"]),
+        Route("/v1/demo/users/{user_id}/profile", demo.put_profile, methods=["PUT"]),
+        Route("/sensor-data", legacy.sensor_data, methods=["POST"]),
+        Route("/avatar/current-state/{user_id}", legacy.avatar_current_state, methods=["GET"]),
+        Route("/api/v1/user/{user_id}/data", legacy.user_data, methods=["POST"]),
+        Route("/api/v1/user/{user_id}/state", legacy.user_state, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
+    return table

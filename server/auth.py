@@ -1,0 +1,121 @@
+"""Device tokens (JWT, HS256) and the access rule.
+
+A token names a user (``sub``), a device kind (``dev``), an expiry (``exp``) and an id
+(``jti``). A connection or request may touch only its own user's data; a ``service`` token
+may touch any user. Browsers are also held to an Origin allow-list.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from urllib.parse import urlparse
+
+import jwt
+
+from server.errors import Forbidden, TokenExpired, TokenInvalid, TokenMissing
+from server.protocol import valid_user_id
+
+ALGORITHM = "HS256"
+LEEWAY_S = 5
+
+
+class DeviceKind(StrEnum):
+    PHONE = "phone"
+    WATCH = "watch"
+    DEBUG = "debug"
+    SERVICE = "service"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the token's user and device kind."""
+
+    user_id: str
+    device: DeviceKind
+    token_id: str
+    expires_at: int
+
+    def may_access(self, user_id: str) -> bool:
+        """Whether this caller may read or write ``user_id``'s data."""
+        return self.device is DeviceKind.SERVICE or user_id == self.user_id
+
+    def require(self, user_id: str) -> None:
+        """Raise :class:`Forbidden` unless this caller may touch ``user_id``."""
+        if not self.may_access(user_id):
+            raise Forbidden(f"a {self.device} token of another user may not touch this user")
+
+
+def issue(secret: str, user_id: str, device: DeviceKind, *, ttl_s: int, now_s: int) -> str:
+    """A signed token for ``user_id`` on a ``device``, valid for ``ttl_s`` seconds.
+
+    Raises :class:`ValueError` for a malformed user id or a non-positive ttl.
+    """
+    if not valid_user_id(user_id):
+        raise ValueError(f"bad user id {user_id!r}: use 1-128 of A-Z a-z 0-9 . _ @ : -")
+    if ttl_s <= 0:
+        raise ValueError("ttl must be positive")
+    claims = {
+        "sub": user_id,
+        "dev": device.value,
+        "iat": now_s,
+        "exp": now_s + ttl_s,
+        "jti": uuid.uuid4().hex,
+    }
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def verify(token: str | None, secret: str, *, now_s: int) -> Principal:
+    """The principal a token names.
+
+    Raises :class:`TokenMissing`, :class:`TokenExpired` or :class:`TokenInvalid`.
+    """
+    if not token:
+        raise TokenMissing("no token: send 'Authorization: Bearer <token>' or ?token=")
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            options={"require": ["sub", "dev", "exp", "jti"], "verify_exp": False},
+        )
+    except jwt.InvalidTokenError as exc:
+        raise TokenInvalid(f"invalid token: {exc}") from None
+    exp = claims["exp"]
+    if not isinstance(exp, int):
+        raise TokenInvalid("invalid token: 'exp' is not a number")
+    # Expiry is checked against the injected clock, not PyJWT's, so tests control time.
+    if exp + LEEWAY_S < now_s:
+        raise TokenExpired("token expired")
+    try:
+        device = DeviceKind(claims["dev"])
+    except ValueError:
+        raise TokenInvalid(f"invalid token: unknown device kind {claims['dev']!r}") from None
+    user_id = claims["sub"]
+    if not isinstance(user_id, str) or not valid_user_id(user_id):
+        raise TokenInvalid("invalid token: bad subject")
+    return Principal(user_id, device, str(claims["jti"]), exp)
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer …`` header, or ``None``."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: Iterable[str]) -> bool:
+    """Whether a browser ``Origin`` may connect: none given (not a browser), the server's own
+    host, or one of ``allowed`` (``*`` allows all)."""
+    if origin is None:
+        return True
+    origin = origin.rstrip("/")
+    allowed = tuple(allowed)
+    if "*" in allowed or origin in allowed:
+        return True
+    return host is not None and urlparse(origin).netloc == host

@@ -1,0 +1,1 @@
+"""Brokers carry messages for one user's channel between server nodes."""

@@ -1,0 +1,94 @@
+"""Prometheus metrics of one server process, on a registry of its own.
+
+Each app gets its own :class:`Metrics` (and registry), so tests can run several apps in one
+process and read exact counts. ``/metrics`` renders :attr:`Metrics.registry`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_SLOW_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    """The counters, gauges and histograms the server exports."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.connections = Gauge(
+            "companion_connections", "Open WebSocket connections.", ["device"], registry=r
+        )
+        self.connections_opened = Counter(
+            "companion_connections_opened",
+            "WebSocket connections accepted.",
+            ["device"],
+            registry=r,
+        )
+        self.handshake_rejects = Counter(
+            "companion_handshake_rejects", "WebSocket handshakes refused.", ["reason"], registry=r
+        )
+        self.closes = Counter(
+            "companion_closes", "Connections closed by the server.", ["reason"], registry=r
+        )
+        self.frames_accepted = Counter(
+            "companion_frames_accepted", "Frames stored.", ["path"], registry=r
+        )
+        self.frames_rejected = Counter(
+            "companion_frames_rejected", "Frames rejected by validation.", ["field"], registry=r
+        )
+        self.frames_not_durable = Counter(
+            "companion_frames_not_durable",
+            "Frames the store could not write (not acked).",
+            registry=r,
+        )
+        self.ingest_batch = Histogram(
+            "companion_ingest_batch_rows",
+            "Rows per store write.",
+            buckets=(1, 5, 25, 100, 250, 500, 1000, 2500, 5000),
+            registry=r,
+        )
+        self.ingest_seconds = Histogram(
+            "companion_ingest_seconds",
+            "Time of one store write.",
+            buckets=_SLOW_BUCKETS,
+            registry=r,
+        )
+        self.commits = Counter(
+            "companion_state_commits", "State versions committed.", ["cause"], registry=r
+        )
+        self.commit_conflicts = Counter(
+            "companion_state_conflicts", "Commits that lost a version race.", registry=r
+        )
+        self.deltas_published = Counter(
+            "companion_deltas_published", "Deltas published to the broker.", registry=r
+        )
+        self.deltas_pushed = Counter(
+            "companion_deltas_pushed", "Deltas queued to local subscribers.", registry=r
+        )
+        self.push_latency = Histogram(
+            "companion_push_latency_seconds",
+            "Commit time to the delta's write to a subscriber's socket.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.outbox_drops = Counter(
+            "companion_outbox_drops",
+            "Messages merged away (coalesced) or refused by a full outbox.",
+            ["kind"],
+            registry=r,
+        )
+        self.slow_peer_closes = Counter(
+            "companion_slow_peer_closes", "Peers closed for not reading.", registry=r
+        )
+        self.longpolls = Gauge(
+            "companion_longpolls_waiting", "REST long-polls waiting for a change.", registry=r
+        )
+        self.http_errors = Counter(
+            "companion_http_errors", "Problem responses sent.", ["status"], registry=r
+        )
+
+    def render(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)

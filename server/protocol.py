@@ -1,0 +1,449 @@
+"""Wire protocol v1: parse client messages, validate frames, encode server messages.
+
+Sans-I/O: this module turns text into typed messages and typed messages into text, and
+knows nothing of sockets or event loops, so clients (which may import only this module
+from the server) and the server share one codec, and it is tested without a loop.
+
+Client → server: ``hello``, ``frames``, ``subscribe``, ``ping``.
+Server → client: ``snapshot``, ``delta``, ``ack``, ``pong``, ``uptodate``, ``error``, and
+``frames`` (a summary of ingested frames, for debug subscribers only).
+
+A bad message raises :class:`ProtocolError` with a stable ``code``; a bad *frame* inside a
+valid ``frames`` message does not: it is reported as a :class:`Rejection` (index, field,
+reason) while the other frames of the batch are kept.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+import orjson
+
+from brain.model import Env, Frame
+
+VERSION: Final = 1
+MAX_MESSAGE_BYTES: Final = 64 * 1024
+MAX_FRAMES_PER_MESSAGE: Final = 500
+DEFAULT_MAX_FUTURE_MS: Final = 5 * 60 * 1000
+DEFAULT_MAX_AGE_MS: Final = 7 * 24 * 3600 * 1000
+
+# Close codes (RFC 6455 and the application range), in one place.
+CLOSE_NORMAL: Final = 1000
+CLOSE_POLICY: Final = 1008
+CLOSE_TOO_BIG: Final = 1009
+CLOSE_INTERNAL: Final = 1011
+CLOSE_RESTART: Final = 1012
+CLOSE_TOKEN_EXPIRED: Final = 4001
+CLOSE_FORBIDDEN: Final = 4003
+
+RECONNECT_CODES: Final = frozenset({1001, 1006, CLOSE_INTERNAL, CLOSE_RESTART, CLOSE_POLICY})
+"""Close codes after which a client should reconnect (with backoff); others mean stop."""
+
+ErrorCode = Literal[
+    "bad_json", "bad_message", "unknown_op", "too_big", "rate_limited", "forbidden", "internal"
+]
+
+
+class ProtocolError(Exception):
+    """A client message that cannot be understood; ``code`` is sent back in an ``error``."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code: ErrorCode = code
+        self.message = message
+
+
+# ---------------------------------------------------------------------------------------
+# Client messages
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    client: str
+    since: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why frame ``index`` of a batch was not accepted."""
+
+    index: int
+    field: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FrameBatch:
+    """A ``frames`` message: the valid frames, and a rejection per invalid one."""
+
+    seq: int
+    frames: tuple[Frame, ...]
+    rejected: tuple[Rejection, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    user_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    t: float
+
+
+ClientMessage = Hello | FrameBatch | Subscribe | Ping
+
+
+@dataclass(frozen=True, slots=True)
+class FrameLimits:
+    """How far from ``now_ms`` a frame's timestamp may be."""
+
+    max_future_ms: int = DEFAULT_MAX_FUTURE_MS
+    max_age_ms: int = DEFAULT_MAX_AGE_MS
+
+
+# Physiological and physical ranges, inclusive. Wider than any healthy reading, narrower
+# than any sensor glitch we have seen.
+_RANGES: Final[dict[str, tuple[float, float]]] = {
+    "hr": (20, 250),
+    "hrv": (1, 300),
+    "steps": (0, 10_000),
+    "spo2": (50, 100),
+    "skin_temp": (20, 45),
+    "resp_rate": (3, 70),
+}
+_ENV_RANGES: Final[dict[str, tuple[float, float]]] = {
+    "altitude_m": (-500, 15_000),
+    "temp_c": (-70, 70),
+    "humidity_pct": (0, 100),
+    "speed_mps": (0, 350),
+}
+_FRAME_FIELDS: Final = frozenset({*_RANGES, "ts", "device", "seq", "env"})
+_ENV_FIELDS: Final = frozenset({*_ENV_RANGES, "weather"})
+_DEVICE_RE: Final = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_USER_RE: Final = re.compile(r"^[A-Za-z0-9._@:-]{1,128}$")
+
+
+def valid_user_id(user_id: str) -> bool:
+    """Whether ``user_id`` has the allowed shape (1-128 of ``A-Za-z0-9._@:-``)."""
+    return _USER_RE.match(user_id) is not None
+
+
+class _Bad(Exception):
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        self.reason = reason
+
+
+def _number(name: str, value: object, lo: float, hi: float, *, integer: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise _Bad(name, f"expected a number, got {type(value).__name__}")
+    if integer and not (isinstance(value, int) or value.is_integer()):
+        raise _Bad(name, "expected a whole number")
+    if not lo <= value <= hi:
+        raise _Bad(name, f"{value} is outside {lo:g}..{hi:g}")
+    return value
+
+
+def _env(raw: object) -> Env:
+    if not isinstance(raw, Mapping):
+        raise _Bad("env", f"expected an object, got {type(raw).__name__}")
+    for key in raw:
+        if key not in _ENV_FIELDS:
+            raise _Bad(f"env.{key}", "unknown field")
+    values: dict[str, Any] = {}
+    for name, (lo, hi) in _ENV_RANGES.items():
+        if (v := raw.get(name)) is not None:
+            values[name] = float(_number(f"env.{name}", v, lo, hi))
+    if (weather := raw.get("weather")) is not None:
+        if not isinstance(weather, str) or not 0 < len(weather) <= 32:
+            raise _Bad("env.weather", "expected a string of 1 to 32 characters")
+        values["weather"] = weather
+    return Env(**values)
+
+
+def parse_frame(raw: object, *, now_ms: int, limits: FrameLimits) -> Frame:
+    """Validate one frame object and return it as a :class:`Frame`.
+
+    Raises :class:`ValueError` whose args are ``(field, reason)`` for the first problem.
+    """
+    try:
+        return _parse_frame(raw, now_ms=now_ms, limits=limits)
+    except _Bad as bad:
+        raise ValueError(bad.field, bad.reason) from None
+
+
+def _parse_frame(raw: object, *, now_ms: int, limits: FrameLimits) -> Frame:
+    if not isinstance(raw, Mapping):
+        raise _Bad("frame", f"expected an object, got {type(raw).__name__}")
+    for key in raw:
+        if key not in _FRAME_FIELDS:
+            raise _Bad(str(key), "unknown field")
+    if "ts" not in raw:
+        raise _Bad("ts", "required")
+    ts = int(_number("ts", raw["ts"], 0, 2**53, integer=True))
+    if ts > now_ms + limits.max_future_ms:
+        raise _Bad("ts", f"{ts - now_ms} ms in the future (at most {limits.max_future_ms})")
+    if ts < now_ms - limits.max_age_ms:
+        raise _Bad("ts", f"older than {limits.max_age_ms} ms")
+    values: dict[str, Any] = {"ts": ts}
+    for name, (lo, hi) in _RANGES.items():
+        if (v := raw.get(name)) is not None:
+            number = _number(name, v, lo, hi, integer=name == "steps")
+            values[name] = int(number) if name == "steps" else float(number)
+    if (device := raw.get("device")) is not None:
+        if not isinstance(device, str) or not _DEVICE_RE.match(device):
+            raise _Bad("device", "expected 1-64 characters of A-Z a-z 0-9 . _ : -")
+        values["device"] = device
+    if (seq := raw.get("seq")) is not None:
+        values["seq"] = int(_number("seq", seq, 0, 2**31 - 1, integer=True))
+    if (env := raw.get("env")) is not None:
+        values["env"] = _env(env)
+    if len(values) == 1 + ("device" in values) + ("seq" in values):
+        raise _Bad("frame", "carries no measurement")
+    return Frame(**values)
+
+
+def parse_frames(
+    raw_frames: object, *, now_ms: int, limits: FrameLimits
+) -> tuple[tuple[Frame, ...], tuple[Rejection, ...]]:
+    """Validate a list of frame objects: the valid frames, and a rejection per invalid one.
+
+    Raises :class:`ProtocolError` if ``raw_frames`` is not a list or is too long.
+    """
+    if not isinstance(raw_frames, list):
+        raise ProtocolError("bad_message", "'frames' must be a list")
+    if len(raw_frames) > MAX_FRAMES_PER_MESSAGE:
+        raise ProtocolError(
+            "too_big", f"{len(raw_frames)} frames in one batch (at most {MAX_FRAMES_PER_MESSAGE})"
+        )
+    frames: list[Frame] = []
+    rejected: list[Rejection] = []
+    for index, raw in enumerate(raw_frames):
+        try:
+            frames.append(_parse_frame(raw, now_ms=now_ms, limits=limits))
+        except _Bad as bad:
+            rejected.append(Rejection(index, bad.field, bad.reason))
+    return tuple(frames), tuple(rejected)
+
+
+def _int_field(message: Mapping[str, Any], name: str, *, required: bool) -> int | None:
+    value = message.get(name)
+    if value is None:
+        if required:
+            raise ProtocolError("bad_message", f"'{name}' is required")
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ProtocolError("bad_message", f"'{name}' must be a non-negative integer")
+    return value
+
+
+def parse_client_message(
+    data: str | bytes, *, now_ms: int, limits: FrameLimits | None = None
+) -> ClientMessage:
+    """Parse one text message from a client.
+
+    Raises :class:`ProtocolError`: ``too_big`` over :data:`MAX_MESSAGE_BYTES`, ``bad_json``
+    for text that is not a JSON object, ``unknown_op``, or ``bad_message`` for a known op
+    with wrong fields.
+    """
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise ProtocolError(
+            "too_big", f"message of {len(data)} bytes (at most {MAX_MESSAGE_BYTES})"
+        )
+    try:
+        message = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError("bad_json", f"not JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("bad_json", f"expected a JSON object, got {type(message).__name__}")
+    op = message.get("op")
+    if op == "frames":
+        seq = _int_field(message, "seq", required=True)
+        assert seq is not None
+        frames, rejected = parse_frames(
+            message.get("frames"), now_ms=now_ms, limits=limits or FrameLimits()
+        )
+        return FrameBatch(seq, frames, rejected)
+    if op == "hello":
+        client = message.get("client", "unknown")
+        if not isinstance(client, str) or len(client) > 128:
+            raise ProtocolError("bad_message", "'client' must be a string of at most 128 chars")
+        return Hello(client, _int_field(message, "since", required=False))
+    if op == "ping":
+        t = message.get("t", 0)
+        if isinstance(t, bool) or not isinstance(t, int | float):
+            raise ProtocolError("bad_message", "'t' must be a number")
+        return Ping(float(t))
+    if op == "subscribe":
+        user_id = message.get("user_id")
+        if user_id is not None and not (isinstance(user_id, str) and valid_user_id(user_id)):
+            raise ProtocolError("bad_message", "'user_id' must be a valid user id")
+        return Subscribe(user_id)
+    if not isinstance(op, str):
+        raise ProtocolError("bad_message", "'op' is required and must be a string")
+    raise ProtocolError("unknown_op", f"unknown op {op[:32]!r}")
+
+
+# ---------------------------------------------------------------------------------------
+# Server messages
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """A change of one user's state: what changed on top of version ``base``.
+
+    ``base`` is normally ``version - 1``; a coalesced delta (several changes merged in a slow
+    client's outbox) spans more. A client whose version is not ``base`` asks for a snapshot.
+    """
+
+    user_id: str
+    version: int
+    base: int
+    state_hash: str
+    changes: Mapping[str, Any]
+    t: float
+
+    def merged_after(self, older: Delta) -> Delta:
+        """This delta folded onto an older, not yet sent one of the same user."""
+        return Delta(
+            self.user_id,
+            self.version,
+            min(self.base, older.base),
+            self.state_hash,
+            {**older.changes, **self.changes},
+            self.t,
+        )
+
+    def encode(self) -> str:
+        return encode(
+            {
+                "op": "delta",
+                "user_id": self.user_id,
+                "version": self.version,
+                "base": self.base,
+                "state_hash": self.state_hash,
+                "changes": self.changes,
+                "t": self.t,
+            }
+        )
+
+
+def encode(message: Mapping[str, Any]) -> str:
+    """Encode a server message as JSON text."""
+    return orjson.dumps(message).decode()
+
+
+def decode_server_message(data: str | bytes) -> dict[str, Any]:
+    """Decode a server message (for clients). Raises :class:`ProtocolError` on bad JSON."""
+    try:
+        message = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError("bad_json", f"not JSON: {exc}") from None
+    if not isinstance(message, dict) or not isinstance(message.get("op"), str):
+        raise ProtocolError("bad_message", "expected a JSON object with an 'op'")
+    return message
+
+
+def delta_from_message(message: Mapping[str, Any]) -> Delta:
+    """Rebuild a :class:`Delta` from its decoded JSON (as a broker or a client receives it)."""
+    try:
+        return Delta(
+            str(message["user_id"]),
+            int(message["version"]),
+            int(message.get("base", int(message["version"]) - 1)),
+            str(message["state_hash"]),
+            dict(message["changes"]),
+            float(message["t"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError("bad_message", f"not a delta: {exc!r}") from None
+
+
+SNAPSHOT_FIELDS: Final = (
+    "user_id",
+    "version",
+    "state_hash",
+    "state",
+    "mood",
+    "energy",
+    "image_url",
+    "avatar_status",
+    "reasoning",
+    "actions",
+    "source",
+    "updated_at",
+)
+
+
+def encode_snapshot(state: Mapping[str, Any]) -> str:
+    """A ``snapshot`` message from a mapping holding :data:`SNAPSHOT_FIELDS`."""
+    return encode({"op": "snapshot", **{name: state[name] for name in SNAPSHOT_FIELDS}})
+
+
+def encode_uptodate(version: int, state_hash: str) -> str:
+    return encode({"op": "uptodate", "version": version, "state_hash": state_hash})
+
+
+def encode_ack(seq: int, accepted: int, rejected: Sequence[Rejection]) -> str:
+    return encode(
+        {
+            "op": "ack",
+            "seq": seq,
+            "accepted": accepted,
+            "rejected": [
+                {"index": r.index, "field": r.field, "reason": r.reason} for r in rejected
+            ],
+        }
+    )
+
+
+def encode_pong(t: float, server_t: float) -> str:
+    return encode({"op": "pong", "t": t, "server_t": server_t})
+
+
+def encode_error(code: ErrorCode, message: str) -> str:
+    return encode({"op": "error", "code": code, "message": message})
+
+
+@dataclass(frozen=True, slots=True)
+class FramesSummary:
+    """What debug subscribers see of ingested frames: count and the latest readings."""
+
+    user_id: str
+    count: int
+    points: tuple[Mapping[str, float | int | None], ...] = field(default_factory=tuple)
+
+    def encode(self) -> str:
+        return encode(
+            {"op": "frames", "user_id": self.user_id, "count": self.count, "points": self.points}
+        )
+
+
+def summarize(user_id: str, frames: Sequence[Frame], *, max_points: int = 20) -> FramesSummary:
+    """The newest ``max_points`` frames reduced to ts, hr, hrv and steps, for live charts."""
+    newest = sorted(frames, key=lambda f: f.ts)[-max_points:]
+    points = tuple({"ts": f.ts, "hr": f.hr, "hrv": f.hrv, "steps": f.steps} for f in newest)
+    return FramesSummary(user_id, len(frames), points)
+
+
+def frame_to_wire(frame: Frame) -> dict[str, Any]:
+    """A :class:`Frame` as the JSON object a client sends (``None`` fields left out)."""
+    out: dict[str, Any] = {"ts": frame.ts, "device": frame.device}
+    for name in ("hr", "hrv", "steps", "spo2", "skin_temp", "resp_rate"):
+        if (value := getattr(frame, name)) is not None:
+            out[name] = value
+    if frame.seq:
+        out["seq"] = frame.seq
+    if frame.env is not None:
+        env = {
+            k: getattr(frame.env, k)
+            for k in (*_ENV_RANGES, "weather")
+            if getattr(frame.env, k) is not None
+        }
+        if env:
+            out["env"] = env
+    return out

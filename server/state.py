@@ -1,0 +1,143 @@
+"""The one commit path for a user's state.
+
+:meth:`StateService.commit` writes version + 1 with a fresh state hash, conditional on the
+version the caller decided from, and publishes the delta (only the visible fields that
+changed) stamped with the commit time. The brain's reactor, the avatar saga and the demo
+routes all go through it; :meth:`StateService.update` wraps it in the read-decide-commit
+loop that re-reads after a lost race. Listeners hear every commit (the avatar saga starts
+from there).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from brain.hashing import VISIBLE_FIELDS
+from brain.model import Profile
+from server.errors import VersionConflict
+from server.hub import Hub
+from server.metrics import Metrics
+from server.protocol import Delta
+from server.store.base import Store, UserState
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+"""Seconds since the epoch (``time.time`` in production)."""
+
+CommitListener = Callable[[UserState, UserState, str], Awaitable[None]]
+"""Called with (previous, committed, cause) after each commit."""
+
+Decide = Callable[[UserState], Mapping[str, Any] | None]
+"""Given the current state, the changes to commit, or ``None`` for none."""
+
+_WRITABLE = frozenset(VISIBLE_FIELDS)
+
+
+class StateService:
+    """Reads and commits user state; publishes a delta per commit."""
+
+    def __init__(self, store: Store, hub: Hub, metrics: Metrics, clock: Clock) -> None:
+        self._store = store
+        self._hub = hub
+        self._metrics = metrics
+        self._clock = clock
+        self.listeners: list[CommitListener] = []
+
+    async def current(self, user_id: str) -> UserState:
+        """The user's state (version 0 with defaults if nothing was committed yet)."""
+        state = await self._store.get_state(user_id)
+        return state if state is not None else UserState.initial(user_id)
+
+    async def commit(
+        self,
+        user_id: str,
+        changes: Mapping[str, Any],
+        expected_version: int,
+        *,
+        cause: str = "manual",
+    ) -> UserState:
+        """Write ``changes`` as version ``expected_version + 1`` and publish the delta.
+
+        Raises :class:`VersionConflict` if the stored version is not ``expected_version``,
+        and :class:`ValueError` for a field that is not a visible state field.
+        """
+        unknown = set(changes) - _WRITABLE
+        if unknown:
+            raise ValueError(f"not state fields: {', '.join(sorted(unknown))}")
+        previous = await self.current(user_id)
+        if previous.version != expected_version:
+            self._metrics.commit_conflicts.inc()
+            raise VersionConflict(user_id, expected_version, previous.version)
+        now = self._clock()
+        values = dict(changes)
+        if "actions" in values:
+            values["actions"] = tuple(values["actions"])
+        committed = replace(
+            previous, **values, version=previous.version + 1, updated_at=int(now * 1000)
+        ).rehashed()
+        try:
+            await self._store.put_state(committed, expected_version)
+        except VersionConflict:
+            self._metrics.commit_conflicts.inc()
+            raise
+        self._metrics.commits.labels(cause).inc()
+        before, after = previous.visible(), committed.visible()
+        diff = {name: after[name] for name in VISIBLE_FIELDS if after[name] != before[name]}
+        await self._hub.publish_delta(
+            Delta(
+                user_id, committed.version, previous.version, committed.state_hash, diff, now * 1000
+            )
+        )
+        for listener in self.listeners:
+            try:
+                await listener(previous, committed, cause)
+            except Exception:
+                log.exception("commit listener failed for %s", user_id)
+        return committed
+
+    async def update(
+        self, user_id: str, decide: Decide, *, cause: str, attempts: int = 5
+    ) -> UserState | None:
+        """Read, decide, commit; on a lost race read and decide again.
+
+        Returns the committed state, or ``None`` when ``decide`` wanted no change. Raises
+        :class:`VersionConflict` if every one of ``attempts`` lost its race.
+        """
+        for attempt in range(attempts):
+            current = await self.current(user_id)
+            changes = decide(current)
+            if not changes:
+                return None
+            try:
+                return await self.commit(user_id, changes, current.version, cause=cause)
+            except VersionConflict:
+                log.info("version race on %s (attempt %d), re-reading", user_id, attempt + 1)
+        raise VersionConflict(user_id, -1)
+
+    async def set_profile(self, user_id: str, profile: Profile, *, attempts: int = 5) -> UserState:
+        """Store a new coach persona / base avatar; the version does not move (nothing
+        visible changed). Raises :class:`VersionConflict` after ``attempts`` lost races."""
+        for _ in range(attempts):
+            current = await self.current(user_id)
+            updated = replace(current, profile=profile)
+            if current.version == 0:
+                # A first write must create the row; it becomes version 1 so that the
+                # "no row" condition (expected 0) stays unambiguous.
+                updated = replace(updated, version=1, updated_at=int(self._clock() * 1000))
+            updated = updated.rehashed()
+            try:
+                await self._store.put_state(updated, current.version)
+            except VersionConflict:
+                self._metrics.commit_conflicts.inc()
+                continue
+            if updated.version != current.version:
+                # Devices track versions: tell them about version 1 even though nothing
+                # they display changed.
+                delta = Delta(user_id, 1, 0, updated.state_hash, {}, updated.updated_at)
+                await self._hub.publish_delta(delta)
+            return updated
+        raise VersionConflict(user_id, -1)
