@@ -1,0 +1,346 @@
+"""The store contract: every test runs on each adapter (the ``store`` fixture's params)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import replace
+from typing import Any
+
+import pytest
+
+from brain.model import CoachStyle, CoachTone, Env, Frame, Profile
+from server.errors import StoreError, VersionConflict
+from server.store.base import AvatarCacheEntry, Store, Usage, UserState
+
+T0 = 1_760_000_000_000
+"""A fixed frame time (ms): October 2025."""
+DAY_MS = 86_400_000
+RETENTION_DAYS = 30  # the adapters' default
+
+
+def frame(ts: int, *, device: str = "watch", seq: int = 0, hr: float = 70.0) -> Frame:
+    return Frame(ts=ts, hr=hr, steps=3, device=device, seq=seq)
+
+
+def committed(user_id: str, version: int, **changes: Any) -> UserState:
+    """A state at ``version`` with its hash computed, as the pipeline would commit it."""
+    return replace(UserState(user_id=user_id, version=version), **changes).rehashed()
+
+
+async def all_frames(store: Store, user_id: str) -> list[Frame]:
+    return await store.frames_between(user_id, 0, 10**13, now_ms=T0)
+
+
+# --- frames -------------------------------------------------------------------------------
+
+
+async def test_resent_frames_are_stored_once(store: Store) -> None:
+    frames = [frame(T0 + i * 1000) for i in range(30)]
+    rows = [("alice", f) for f in frames]
+
+    await store.put_frames(rows)
+    await store.put_frames(rows)  # the phone resends after a reconnect
+    await store.put_frames(rows[:5] + rows[:5])  # and a batch may repeat a frame
+
+    assert await all_frames(store, "alice") == frames
+
+
+async def test_frames_with_same_ts_but_other_device_or_seq_are_distinct(store: Store) -> None:
+    frames = [frame(T0, device="watch"), frame(T0, device="ring"), frame(T0, seq=1)]
+    await store.put_frames([("alice", f) for f in frames])
+
+    assert sorted(await all_frames(store, "alice"), key=lambda f: f.key) == sorted(
+        frames, key=lambda f: f.key
+    )
+
+
+async def test_frame_round_trips_every_field(store: Store) -> None:
+    full = Frame(
+        ts=T0,
+        hr=72.5,
+        hrv=41.0,
+        steps=12,
+        spo2=97.5,
+        skin_temp=33.1,
+        resp_rate=14.0,
+        device="pixel-watch",
+        seq=2,
+        env=Env(altitude_m=512.0, temp_c=21.5, humidity_pct=40.0, speed_mps=1.2, weather="rain"),
+    )
+    bare = Frame(ts=T0 + 1)
+    partial_env = Frame(ts=T0 + 2, env=Env(weather="clear"))
+    await store.put_frames([("alice", full), ("alice", bare), ("alice", partial_env)])
+
+    assert await all_frames(store, "alice") == [full, bare, partial_env]
+
+
+async def test_frames_between_is_oldest_first_and_half_open(store: Store) -> None:
+    times = [T0 + i * 1000 for i in range(10)]
+    shuffled = [("alice", frame(ts)) for ts in times]
+    random.Random(7).shuffle(shuffled)
+    await store.put_frames(shuffled)
+    await store.put_frames([("bob", frame(ts)) for ts in times])
+
+    found = await store.frames_between("alice", times[2], times[6], now_ms=T0)
+
+    assert [f.ts for f in found] == times[2:6]  # start included, end excluded
+
+
+async def test_frames_between_of_empty_or_inverted_range_is_empty(store: Store) -> None:
+    await store.put_frames([("alice", frame(T0))])
+
+    assert await store.frames_between("alice", T0, T0, now_ms=T0) == []
+    assert await store.frames_between("alice", T0 + 1, T0, now_ms=T0) == []
+    assert await store.frames_between("nobody", 0, 10**13, now_ms=T0) == []
+
+
+async def test_frames_between_leaves_out_expired_frames(store: Store) -> None:
+    old, recent = frame(T0), frame(T0 + 10 * DAY_MS)
+    await store.put_frames([("alice", old), ("alice", recent)])
+
+    before_expiry = T0 + RETENTION_DAYS * DAY_MS
+    after_expiry = T0 + (RETENTION_DAYS + 1) * DAY_MS
+
+    assert await store.frames_between("alice", 0, 10**13, now_ms=before_expiry) == [old, recent]
+    assert await store.frames_between("alice", 0, 10**13, now_ms=after_expiry) == [recent]
+
+
+async def test_put_frames_stores_a_batch_of_1000_rows_of_many_users(store: Store) -> None:
+    rows = [(f"user-{i % 7}", frame(T0 + i)) for i in range(1000)]
+
+    await store.put_frames(rows)
+
+    for user in range(7):
+        expected = [f for u, f in rows if u == f"user-{user}"]
+        assert await all_frames(store, f"user-{user}") == expected
+
+
+async def test_put_frames_of_no_rows_does_nothing(store: Store) -> None:
+    await store.put_frames([])
+
+    assert await all_frames(store, "alice") == []
+
+
+# --- user state ---------------------------------------------------------------------------
+
+
+async def test_state_of_unknown_user_is_none(store: Store) -> None:
+    assert await store.get_state("nobody") is None
+
+
+async def test_first_write_expects_version_0_and_round_trips_every_field(store: Store) -> None:
+    state = committed(
+        "alice",
+        1,
+        state="stressed",
+        mood="anxious",
+        energy=31,
+        reasoning="HR up, no steps",
+        actions=("breathing_session", "hydrate"),
+        source="llm",
+        image_url="https://media.example/a.png",
+        avatar_status="ready",
+        profile=Profile(style=CoachStyle.STRICT, tone=CoachTone.DIRECT, base_avatar="owl"),
+        updated_at=T0,
+    )
+
+    await store.put_state(state, expected_version=0)
+
+    assert await store.get_state("alice") == state
+
+
+async def test_second_write_expecting_version_0_conflicts(store: Store) -> None:
+    await store.put_state(committed("alice", 1), expected_version=0)
+
+    with pytest.raises(VersionConflict) as conflict:
+        await store.put_state(committed("alice", 1, mood="happy"), expected_version=0)
+
+    assert (conflict.value.expected, conflict.value.found) == (0, 1)
+    assert await store.get_state("alice") == committed("alice", 1)
+
+
+async def test_stale_expected_version_conflicts_and_keeps_newer_state(store: Store) -> None:
+    await store.put_state(committed("alice", 1), expected_version=0)
+    newer = committed("alice", 2, mood="happy", image_url=None)
+    await store.put_state(newer, expected_version=1)
+
+    with pytest.raises(VersionConflict) as conflict:
+        await store.put_state(committed("alice", 2, mood="tired"), expected_version=1)
+
+    assert (conflict.value.user_id, conflict.value.expected, conflict.value.found) == (
+        "alice",
+        1,
+        2,
+    )
+    assert await store.get_state("alice") == newer
+
+
+async def test_expecting_a_version_of_a_missing_state_conflicts(store: Store) -> None:
+    with pytest.raises(VersionConflict) as conflict:
+        await store.put_state(committed("alice", 3), expected_version=2)
+
+    assert conflict.value.found is None
+    assert await store.get_state("alice") is None
+
+
+async def test_profile_only_write_keeps_version(store: Store) -> None:
+    state = committed("alice", 1)
+    await store.put_state(state, expected_version=0)
+    profiled = replace(state, profile=Profile(base_avatar="cat"))
+
+    await store.put_state(profiled, expected_version=1)
+
+    stored = await store.get_state("alice")
+    assert stored == profiled
+    assert stored is not None and stored.version == 1
+
+
+async def test_two_concurrent_writers_of_one_version_one_wins(store: Store) -> None:
+    await store.put_state(committed("alice", 1), expected_version=0)
+    a, b = committed("alice", 2, mood="happy"), committed("alice", 2, mood="tired")
+
+    results = await asyncio.gather(
+        store.put_state(a, expected_version=1),
+        store.put_state(b, expected_version=1),
+        return_exceptions=True,
+    )
+
+    conflicts = [r for r in results if isinstance(r, VersionConflict)]
+    assert len(conflicts) == 1 and results.count(None) == 1
+    winner = a if results[0] is None else b
+    assert await store.get_state("alice") == winner
+
+
+async def test_users_with_avatar_status_finds_exactly_those_users(store: Store) -> None:
+    statuses = {"u1": "failed", "u2": "ready", "u3": "failed", "u4": "pending", "u5": "failed"}
+    for user_id, status in statuses.items():
+        await store.put_state(committed(user_id, 1, avatar_status=status), expected_version=0)
+
+    failed = await store.users_with_avatar_status("failed")
+    limited = await store.users_with_avatar_status("failed", limit=2)
+
+    assert sorted(failed) == ["u1", "u3", "u5"]
+    assert len(limited) == 2 and set(limited) <= {"u1", "u3", "u5"}
+    assert await store.users_with_avatar_status("generating") == []
+
+
+# --- avatar cache -------------------------------------------------------------------------
+
+
+async def test_avatar_cache_get_put_and_replace(store: Store) -> None:
+    first = AvatarCacheEntry("h1", "https://m/1.png", "a calm fox", T0)
+    with_video = AvatarCacheEntry("h1", "https://m/2.png", "a calm fox", T0 + 1, "https://m/2.mp4")
+
+    assert await store.get_avatar("h1") is None
+    await store.put_avatar(first)
+    assert await store.get_avatar("h1") == first
+    await store.put_avatar(with_video)
+    assert await store.get_avatar("h1") == with_video
+    assert await store.get_avatar("h2") is None
+
+
+# --- usage --------------------------------------------------------------------------------
+
+
+async def test_usage_of_a_day_without_calls_is_zero(store: Store) -> None:
+    assert await store.get_usage("alice", "2025-10-09") == Usage("alice", "2025-10-09")
+
+
+async def test_add_usage_accumulates_and_returns_totals(store: Store) -> None:
+    first = await store.add_usage(
+        "alice", "2025-10-09", calls=1, input_tokens=100, output_tokens=20, cost_usd=0.25
+    )
+    second = await store.add_usage(
+        "alice", "2025-10-09", calls=2, input_tokens=50, output_tokens=5, cost_usd=0.5
+    )
+    await store.add_usage(
+        "alice", "2025-10-10", calls=1, input_tokens=1, output_tokens=1, cost_usd=1
+    )
+
+    assert first == Usage("alice", "2025-10-09", 1, 100, 20, 0.25)
+    assert second == Usage("alice", "2025-10-09", 3, 150, 25, 0.75)
+    assert await store.get_usage("alice", "2025-10-09") == second
+
+
+async def test_concurrent_usage_adds_all_count(store: Store) -> None:
+    adds = 25
+
+    await asyncio.gather(
+        *(
+            store.add_usage(
+                "alice", "2025-10-09", calls=1, input_tokens=10, output_tokens=2, cost_usd=0.125
+            )
+            for _ in range(adds)
+        )
+    )
+
+    total = await store.get_usage("alice", "2025-10-09")
+    assert (total.calls, total.input_tokens, total.output_tokens) == (adds, 10 * adds, 2 * adds)
+    assert total.cost_usd == pytest.approx(0.125 * adds)
+
+
+# --- export and delete --------------------------------------------------------------------
+
+
+async def _fill(store: Store, user_id: str) -> tuple[UserState, list[Frame]]:
+    state = committed(user_id, 1, mood="happy")
+    frames = [frame(T0 + i * 1000) for i in range(40)]  # more than one batch of 25
+    await store.put_state(state, expected_version=0)
+    await store.put_frames([(user_id, f) for f in frames])
+    for day in ("2025-10-09", "2025-10-10"):
+        await store.add_usage(user_id, day, calls=1, input_tokens=5, output_tokens=5, cost_usd=0.5)
+    return state, frames
+
+
+async def test_export_user_holds_state_unexpired_frames_and_usage(store: Store) -> None:
+    state, frames = await _fill(store, "alice")
+    await _fill(store, "bob")
+    expired = frame(T0 - 40 * DAY_MS)
+    await store.put_frames([("alice", expired)])
+
+    exported = await store.export_user("alice", now_ms=T0)
+
+    assert exported["user_id"] == "alice"
+    assert exported["state"]["version"] == state.version
+    assert exported["state"]["mood"] == "happy"
+    assert [f["ts"] for f in exported["frames"]] == [f.ts for f in frames]
+    assert exported["frames"][0] == {"ts": T0, "hr": 70.0, "steps": 3, "device": "watch", "seq": 0}
+    assert [u["day"] for u in exported["usage"]] == ["2025-10-09", "2025-10-10"]
+
+
+async def test_delete_user_erases_that_user_only(store: Store) -> None:
+    await _fill(store, "alice")
+    bob_state, bob_frames = await _fill(store, "bob")
+    avatar = AvatarCacheEntry("h1", "https://m/1.png", "fox", T0)
+    await store.put_avatar(avatar)
+
+    deleted = await store.delete_user("alice")
+
+    assert deleted == 40 + 1 + 2  # frames, state, usage days
+    assert await store.export_user("alice", now_ms=T0) == {
+        "user_id": "alice",
+        "state": None,
+        "frames": [],
+        "usage": [],
+    }
+    assert await store.get_state("bob") == bob_state
+    assert await all_frames(store, "bob") == bob_frames
+    assert (await store.get_usage("bob", "2025-10-09")).calls == 1
+    assert await store.get_avatar("h1") == avatar  # shared cache, not the user's data
+    assert await store.delete_user("alice") == 0
+
+
+# --- lifecycle ----------------------------------------------------------------------------
+
+
+async def test_ping_answers_when_open(store: Store) -> None:
+    await store.ping()
+
+
+async def test_closed_store_raises_store_error(store: Store) -> None:
+    await store.close()
+    await store.close()  # idempotent
+
+    with pytest.raises(StoreError):
+        await store.get_state("alice")
