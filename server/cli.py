@@ -1,0 +1,130 @@
+"""The ``companion`` command: ``serve``, ``token``, ``tables create``, and the clients' commands.
+
+Settings errors print the setting and the reason and exit with code 2. Client programs
+(bridge, watch, loadtest, demo) register their own subcommands through
+:data:`CLIENT_COMMANDS`, imported only when the command line names them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, Final
+
+from server.errors import SettingsError
+from server.settings import Settings, ensure_secret, load
+
+CLIENT_COMMANDS: Final[dict[str, str]] = {}
+"""Subcommand name → module that defines ``add_parser(subparsers)``; the module sets
+``func`` on its parser like the commands here."""
+
+EXIT_USAGE: Final = 2
+
+
+def _settings_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="data directory (COMPANION_DATA_DIR)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="companion", description="Companion push server and its tools."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--host", help="interface (COMPANION_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", help="port (COMPANION_PORT, default 8000)")
+    _settings_flags(serve)
+    serve.set_defaults(func=_serve)
+
+    token = sub.add_parser("token", help="print a signed device token")
+    token.add_argument("user", help="user id")
+    kinds = ["phone", "watch", "debug", "service"]
+    token.add_argument("--device", required=True, choices=kinds, help="device kind")
+    token.add_argument("--ttl", type=int, default=30 * 24 * 3600, help="seconds (default 30 days)")
+    _settings_flags(token)
+    token.set_defaults(func=_token)
+
+    tables = sub.add_parser("tables", help="DynamoDB tables")
+    tables_sub = tables.add_subparsers(dest="tables_command", required=True)
+    create = tables_sub.add_parser("create", help="create the tables (idempotent)")
+    create.set_defaults(func=_tables_create)
+
+    for module in CLIENT_COMMANDS.values():
+        importlib.import_module(module).add_parser(sub)
+    return parser
+
+
+def _load(args: argparse.Namespace, *names: str) -> Settings:
+    overrides = {name: getattr(args, name, None) for name in ("host", "port", "data_dir", *names)}
+    return load(overrides=overrides)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from server.runner import serve
+
+    settings = ensure_secret(_load(args))
+    return serve(settings)
+
+
+def _token(args: argparse.Namespace) -> int:
+    from server.auth import DeviceKind, issue
+
+    settings = ensure_secret(_load(args))
+    try:
+        token = issue(
+            settings.secret,
+            args.user,
+            DeviceKind(args.device),
+            ttl_s=args.ttl,
+            now_s=int(time.time()),
+        )
+    except ValueError as exc:
+        print(f"companion token: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(token)
+    return 0
+
+
+def _tables_create(args: argparse.Namespace) -> int:
+    from server.app import build_store
+
+    settings = load()
+    if settings.store != "dynamodb":
+        print("companion tables create: set COMPANION_STORE=dynamodb", file=sys.stderr)
+        return EXIT_USAGE
+
+    async def run() -> list[str]:
+        store: Any = build_store(settings)
+        await store.open()
+        try:
+            created: list[str] = await store.create_tables()
+            return created
+        finally:
+            await store.close()
+
+    for name in asyncio.run(run()):
+        print(name)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except SettingsError as exc:
+        print(f"companion: bad setting {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

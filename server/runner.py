@@ -1,0 +1,65 @@
+"""Run the app on uvicorn with the transport choices of the architecture.
+
+uvloop + httptools + the sans-I/O ``websockets`` implementation; permessage-deflate off
+(small messages, 5-10x memory per connection, decompression bombs); 64 KiB message limit
+(uvicorn closes with 1009 above it); keepalive pings at the configured interval. On
+SIGINT/SIGTERM uvicorn stops accepting, closes every WebSocket with 1012 (reconnect
+elsewhere), and then the lifespan writes pending frames and closes the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import uvicorn
+
+from server.app import create_app
+from server.protocol import MAX_MESSAGE_BYTES
+from server.settings import Settings
+
+GRACEFUL_SHUTDOWN_S = 10
+
+
+def uvicorn_config(settings: Settings, **overrides: object) -> uvicorn.Config:
+    """The uvicorn configuration for ``settings`` (``overrides`` win, for tests/benchmarks)."""
+    options: dict[str, object] = {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "ws": "websockets-sansio",
+        "ws_per_message_deflate": False,
+        "ws_max_size": MAX_MESSAGE_BYTES,
+        "ws_ping_interval": settings.ping_interval,
+        "ws_ping_timeout": settings.ping_timeout,
+        "lifespan": "on",
+        "log_level": settings.log_level,
+        "access_log": settings.log_level == "debug",
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
+        "server_header": False,
+        "backlog": 4096,
+    }
+    options.update(overrides)
+    return uvicorn.Config(create_app(settings), **options)  # type: ignore[arg-type]
+
+
+def serve(settings: Settings) -> int:
+    """Serve until interrupted; return the exit code."""
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = uvicorn_config(settings)
+    server = uvicorn.Server(config)
+    base = settings.base_url
+    print(
+        f"companion: serving on {base} (store={settings.store}, broker={settings.broker}, "
+        f"data={settings.data_dir})\n"
+        f"  token:     companion token alice --device phone\n"
+        f"  websocket: {base.replace('http', 'ws', 1)}/v1/ws  (Authorization: Bearer <token>)\n"
+        f"  debug:     {base}/debug?token=$(companion token alice --device debug)",
+        file=sys.stderr,
+        flush=True,
+    )
+    server.run()
+    return 0 if server.started else 1
