@@ -158,9 +158,7 @@ def _tail(pen: Pen, look: Look, pose: Pose) -> None:
         pen.lines(curve, pen.outline, 14)
         pen.lines(curve, look.fur.rgb, 8)
     else:
-        colour = PANDA_BLACK if look.species is Species.PANDA else look.fur.rgb
-        if look.species is Species.RABBIT:
-            colour = WHITE
+        colour = {Species.PANDA: PANDA_BLACK, Species.RABBIT: WHITE}.get(look.species, look.fur.rgb)
         pen.ellipse(root[0] - 6, root[1], 20, 18, colour)
 
 

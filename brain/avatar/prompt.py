@@ -39,6 +39,8 @@ class ArtStyle(StrEnum):
 
 
 class Eyes(StrEnum):
+    """How the eyes are drawn (from the mood; closed while sleeping)."""
+
     OPEN = "open"
     HAPPY = "happy"
     WIDE = "wide"
@@ -48,6 +50,8 @@ class Eyes(StrEnum):
 
 
 class Mouth(StrEnum):
+    """How the mouth is drawn (from the mood)."""
+
     SMILE = "smile"
     SMALL_SMILE = "small_smile"
     GRIN = "grin"
@@ -57,6 +61,8 @@ class Mouth(StrEnum):
 
 
 class Posture(StrEnum):
+    """How the body stands or lies (from the state)."""
+
     UPRIGHT = "upright"
     TENSE = "tense"
     RUNNING = "running"
