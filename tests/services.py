@@ -102,11 +102,15 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 def _running(
     name: str, command: list[str], log_path: pathlib.Path, ready: Callable[[], bool]
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Start ``command``, wait until ``ready()``, yield once, then stop it."""
+    """Start ``command`` in the log's directory, wait until ``ready()``, yield it, stop it."""
     log: IO[bytes] = log_path.open("wb")
     try:
         process = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=log_path.parent,  # whatever the process leaves behind stays out of the repo
         )
         try:
             _wait_until_ready(name, process, ready, log_path)
@@ -147,7 +151,7 @@ def dynamodb_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if java is None:
         missing("Java (to run DynamoDB Local) is not installed")
     if not jar.is_file():
-        missing(f"DynamoDB Local is not installed ({jar.relative_to(REPO_ROOT)} is missing)")
+        missing(f"DynamoDB Local is not installed ({os.path.relpath(jar, REPO_ROOT)} is missing)")
     assert java is not None
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
@@ -157,6 +161,8 @@ def dynamodb_local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "-jar",
         str(jar),
         "-inMemory",
+        "-sharedDb",  # one set of tables whatever the credentials and region
+        "-disableTelemetry",
         "-port",
         str(port),
     ]

@@ -3,7 +3,7 @@
 Tables are those of :mod:`server.store.schema`, named ``table_prefix`` + suffix. Every call
 goes through the store's :class:`~server.store.retry.RetryPolicy` (botocore's own retries
 are switched off, so there is one bound, not two multiplied); see
-:mod:`server.store.dynamodb_batch` for what is retried and why.
+:mod:`server.store.dynamodb_requests` for what is retried and why.
 
 Reads that a write decides on (state, usage budget) and reads of frames just acked are
 strongly consistent. Frame writes are ``BatchWriteItem`` puts: a resent frame overwrites its
@@ -16,10 +16,9 @@ although the first try landed; the caller re-reads, finds its own state, and mov
 
 from __future__ import annotations
 
-import functools
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import AsyncExitStack, aclosing
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import aioboto3
 from botocore.config import Config
@@ -30,7 +29,7 @@ from server.errors import FramesNotDurable, StoreError, VersionConflict
 from server.store import codec, schema
 from server.store import dynamodb_items as items
 from server.store.base import AvatarCacheEntry, FrameRow, Usage, UserState
-from server.store.dynamodb_batch import BatchTable, call, write_batch
+from server.store.dynamodb_requests import BatchTable, call, items_of_pages, write_batch
 from server.store.retry import RetryPolicy
 
 if TYPE_CHECKING:
@@ -94,6 +93,11 @@ class DynamoDBStore:
         stack, self._stack, self._client = self._stack, None, None
         if stack is not None:
             await stack.aclose()
+
+    @property
+    def table_prefix(self) -> str:
+        """The prefix of this store's table names."""
+        return self._prefix
 
     @property
     def client(self) -> DynamoDBClient:
@@ -384,24 +388,8 @@ class DynamoDBStore:
 
     def _query(self, **request: Any) -> AsyncGenerator[dict[str, Any], None]:
         """The items of a Query, page after page."""
-        return self._paginate("Query", request)
+        return items_of_pages(self.client.query, request, self._retry)
 
     def _scan(self, **request: Any) -> AsyncGenerator[dict[str, Any], None]:
         """The items of a Scan, page after page."""
-        return self._paginate("Scan", request)
-
-    async def _paginate(
-        self, what: Literal["Query", "Scan"], request: dict[str, Any]
-    ) -> AsyncGenerator[dict[str, Any], None]:
-        """Follow ``LastEvaluatedKey`` to the last page, retrying each page on its own."""
-        client = self.client
-        operation: Callable[..., Awaitable[Any]] = client.query if what == "Query" else client.scan
-        start: dict[str, Any] = {}
-        while True:
-            page = await call(what, functools.partial(operation, **request, **start), self._retry)
-            for item in page.get("Items", []):
-                yield item
-            last = page.get("LastEvaluatedKey")
-            if not last:
-                return
-            start = {"ExclusiveStartKey": last}
+        return items_of_pages(self.client.scan, request, self._retry)

@@ -1,4 +1,4 @@
-"""Talking to DynamoDB so that a write either lands or is reported: retries and batches.
+"""Talking to DynamoDB so that a request either lands or is reported: retries, pages, batches.
 
 Which failures are worth another try (:func:`is_retryable`): throttling always, because a
 throttled request was not applied; a 5xx or a connection lost after sending only for
@@ -8,13 +8,15 @@ requests that may be applied twice (idempotent), because the first one may have 
 :func:`write_batch` sends ``BatchWriteItem`` requests of at most 25 items, resends what
 comes back in ``UnprocessedItems`` and what was throttled, with the store's
 :class:`~server.store.retry.RetryPolicy`, and returns the keys it could not write within
-the policy's bound, so the caller can name exactly those rows.
+the policy's bound, so the caller can name exactly those rows. :func:`items_of_pages`
+follows a Query's or Scan's pages, retrying each page on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+import functools
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -99,6 +101,25 @@ async def call(
             raise StoreError(f"DynamoDB {what} failed: {failure}") from failure
         await retry.backoff(retry_number)
         retry_number += 1
+
+
+async def items_of_pages(
+    operation: Callable[..., Awaitable[Any]], request: dict[str, Any], retry: RetryPolicy
+) -> AsyncGenerator[dict[str, Any], None]:
+    """The items of ``operation(**request)`` (a Query or Scan), following ``LastEvaluatedKey``.
+
+    Raises :class:`~server.errors.StoreError` as :func:`call` does, for the page that failed.
+    """
+    what = getattr(operation, "__name__", "paginated request")
+    start: dict[str, Any] = {}
+    while True:
+        page = await call(what, functools.partial(operation, **request, **start), retry)
+        for item in page.get("Items", []):
+            yield item
+        last = page.get("LastEvaluatedKey")
+        if not last:
+            return
+        start = {"ExclusiveStartKey": last}
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ import asyncio
 import pathlib
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import aiosqlite
@@ -104,18 +104,18 @@ class SQLiteStore:
             return
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: no implicit transactions; every write says BEGIN itself.
-            writer = await aiosqlite.connect(self._path, isolation_level=None)
-            try:
+            async with AsyncExitStack() as opened:  # closes what was opened if a step fails
+                # isolation_level=None: no implicit transactions; each write says BEGIN.
+                writer = await aiosqlite.connect(self._path, isolation_level=None)
+                opened.push_async_callback(writer.close)
                 await writer.execute("PRAGMA journal_mode=WAL")
                 await writer.execute("PRAGMA synchronous=FULL")
                 await writer.execute("PRAGMA busy_timeout=5000")
                 await writer.executescript(_SCHEMA)
                 reader = await aiosqlite.connect(self._path, isolation_level=None)
-            except BaseException:
-                await writer.close()
-                raise
-            await reader.execute("PRAGMA busy_timeout=5000")
+                opened.push_async_callback(reader.close)
+                await reader.execute("PRAGMA busy_timeout=5000")
+                opened.pop_all()
         except (OSError, sqlite3.Error) as error:
             raise StoreError(f"cannot open SQLite store {self._path}: {error}") from error
         self._writer, self._reader = writer, reader

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -13,8 +14,10 @@ from brain.model import CoachStyle, CoachTone, Env, Frame, Profile
 from server.errors import StoreError, VersionConflict
 from server.store.base import AvatarCacheEntry, Store, Usage, UserState
 
-T0 = 1_760_000_000_000
-"""A fixed frame time (ms): October 2025."""
+T0 = (int(time.time()) // 60) * 60_000
+"""Frame time of the tests (ms): this minute. Not a fixed date: DynamoDB Local runs TTL
+deletion against the real clock, so frames from a fixed past date would vanish mid-test
+once their retention has passed."""
 DAY_MS = 86_400_000
 RETENTION_DAYS = 30  # the adapters' default
 

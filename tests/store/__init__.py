@@ -1,0 +1,1 @@
+"""Store tests: the contract on both adapters, DynamoDB faults and schema, the retry policy."""
