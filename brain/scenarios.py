@@ -93,7 +93,7 @@ def _hike(t: float) -> _Sample:
 
 def _heat(t: float) -> _Sample:
     env = Env(altitude_m=30.0, temp_c=36.0, humidity_pct=55.0, speed_mps=0.9, weather="sunny")
-    return _Sample(min(88 + 0.8 * t, 110), 32, 60, 97, 35.8, 18, env)
+    return _Sample(min(88 + 0.8 * t, 110), 40, 60, 97, 35.8, 18, env)
 
 
 def _flight(t: float) -> _Sample:
