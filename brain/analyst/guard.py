@@ -1,0 +1,334 @@
+"""The guard around an LLM analyst: it always answers, within time, budget and reason.
+
+:class:`GuardedAnalyst` asks a :class:`~brain.analyst.base.MeteredAnalyst` (Claude) and falls
+back to the rules on any failure. In order, for each request:
+
+1. the answer cache (:mod:`brain.analyst.cache`): a fresh answer for alike features and the
+   same persona is reused without a call;
+2. the circuit breaker (:mod:`brain.analyst.circuit`): while open, no call goes out;
+3. the user's daily budget (calls, tokens, dollars) read from the :class:`UsageLedger`; an
+   unreadable ledger counts as spent, because an unmetered LLM is the costlier mistake;
+4. the call, each attempt under ``timeout_s``, retried ``retries`` times with jittered
+   exponential backoff when the failure may pass (timeouts, 429, 5xx, 529). An invalid
+   answer is not retried: the same input would likely get the same answer, at full price;
+5. the usage of every attempt is added to the ledger, priced by :mod:`brain.analyst.pricing`.
+
+:meth:`GuardedAnalyst.decide` says which fallback reason applied; :attr:`GuardedAnalyst.stats`
+counts calls, tokens, cost, cache hits and fallbacks by reason, and an optional
+:class:`GuardObserver` hears the same events as they happen (the server turns them into
+Prometheus metrics; brain stays free of metrics policy). Sleep, randomness and the clock
+are injected, so tests run retries and circuit timeouts instantly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+from brain.analyst.base import (
+    AnalysisRequest,
+    Analyst,
+    Answer,
+    MeteredAnalyst,
+    UsageLedger,
+    UsageTotals,
+    utc_day,
+)
+from brain.analyst.cache import ResponseCache, cache_key
+from brain.analyst.circuit import CircuitBreaker, CircuitState
+from brain.analyst.errors import AnalystTimeout, AnalystUnavailable, AnswerInvalid
+from brain.analyst.pricing import PRICES, Price, price_of
+from brain.analyst.rules import RulesAnalyst
+from brain.model import Assessment
+
+log = logging.getLogger(__name__)
+
+
+class FallbackReason(StrEnum):
+    """Why the rules answered instead of the LLM."""
+
+    TIMEOUT = "timeout"
+    ERROR = "error"
+    INVALID = "invalid"
+    CIRCUIT_OPEN = "circuit_open"
+    BUDGET = "budget"
+    LEDGER = "ledger"
+
+
+@dataclass(frozen=True, slots=True)
+class DailyBudget:
+    """What one user may spend on the LLM per UTC day; reaching any limit stops the calls."""
+
+    calls: int = 300
+    tokens: int = 400_000
+    cost_usd: float = 0.50
+
+    def spent(self, usage: UsageTotals) -> bool:
+        """Whether ``usage`` has reached any of the limits."""
+        return (
+            usage.calls >= self.calls
+            or usage.input_tokens + usage.output_tokens >= self.tokens
+            or usage.cost_usd >= self.cost_usd
+        )
+
+
+@dataclass(slots=True)
+class GuardStats:
+    """Counters since start: read them when exporting metrics."""
+
+    calls: int = 0
+    """Requests sent to the LLM, retries included."""
+    answers: int = 0
+    """Valid LLM assessments received (cache hits not included)."""
+    retries: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    fallbacks: dict[FallbackReason, int] = field(
+        default_factory=lambda: dict.fromkeys(FallbackReason, 0)
+    )
+
+
+class GuardObserver(Protocol):
+    """Hears what the guard does, as it happens (e.g. to update Prometheus metrics)."""
+
+    def on_call(self, *, model: str, outcome: str, seconds: float) -> None:
+        """One attempt ended: ``outcome`` is ``ok``, ``timeout``, ``error`` or ``invalid``."""
+
+    def on_usage(self, *, model: str, input_tokens: int, output_tokens: int, cost: float) -> None:
+        """An answer was billed."""
+
+    def on_cache(self, *, hit: bool) -> None:
+        """The cache was consulted."""
+
+    def on_fallback(self, reason: FallbackReason) -> None:
+        """The rules answered instead of the LLM."""
+
+    def on_circuit(self, state: CircuitState) -> None:
+        """The circuit breaker changed state."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """An assessment and how it was reached (``fallback`` is ``None`` for an LLM answer)."""
+
+    assessment: Assessment
+    fallback: FallbackReason | None = None
+    cached: bool = False
+
+
+@dataclass(slots=True)
+class _Attempts:
+    answer: Answer | None = None
+    reason: FallbackReason = FallbackReason.ERROR
+    calls: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class GuardedAnalyst:
+    """See the module docstring; an :class:`~brain.analyst.base.Analyst` that never raises
+    (except :class:`asyncio.CancelledError`).
+
+    ``clock`` returns monotonic seconds for the cache and the breaker; the ledger's day comes
+    from the request's ``now_ms``. Raises :class:`ValueError` for negative retries or a
+    non-positive timeout.
+    """
+
+    def __init__(
+        self,
+        primary: MeteredAnalyst,
+        *,
+        fallback: Analyst | None = None,
+        ledger: UsageLedger | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        timeout_s: float = 10.0,
+        retries: int = 2,
+        backoff_s: float = 0.5,
+        backoff_max_s: float = 5.0,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+        breaker: CircuitBreaker | None = None,
+        cache: ResponseCache | None = None,
+        budget: DailyBudget = DailyBudget(),  # frozen, so one default for all is safe
+        prices: Mapping[str, Price] = PRICES,
+        observer: GuardObserver | None = None,
+    ) -> None:
+        if retries < 0:
+            raise ValueError(f"retries must not be negative, got {retries}")
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        self.primary = primary
+        self.fallback: Analyst = fallback if fallback is not None else RulesAnalyst()
+        self.ledger = ledger
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.backoff_max_s = backoff_max_s
+        self.budget = budget
+        self.prices = prices
+        self.breaker = breaker if breaker is not None else CircuitBreaker(clock=clock)
+        self.cache = cache if cache is not None else ResponseCache(clock=clock)
+        self.stats = GuardStats()
+        self._clock = clock
+        self._sleep = sleep
+        self._rand = rand
+        self._observer = observer
+        self._circuit = self.breaker.state
+
+    async def assess(self, request: AnalysisRequest) -> Assessment:
+        """The LLM's assessment of ``request``, or the fallback's; see :meth:`decide`."""
+        return (await self.decide(request)).assessment
+
+    async def decide(self, request: AnalysisRequest) -> Decision:
+        """Assess ``request`` through cache, circuit, budget and retries; say how it went."""
+        key = cache_key(request, self.primary.model)
+        cached = self.cache.get(key)
+        self._count_cache(hit=cached is not None)
+        if cached is not None:
+            return Decision(cached, cached=True)
+        if not self.breaker.allow():
+            self._watch_circuit()
+            return await self._fall_back(request, FallbackReason.CIRCUIT_OPEN)
+        self._watch_circuit()
+        verdict = False
+        try:
+            refused = await self._check_budget(request)
+            if refused is not None:
+                return await self._fall_back(request, refused)
+            attempts = await self._attempts(request)
+            verdict = True
+            if attempts.answer is not None:
+                self.breaker.success()
+            else:
+                self.breaker.failure()
+        finally:
+            if not verdict:
+                self.breaker.cancel()  # a probe that never ran says nothing about the LLM
+            self._watch_circuit()
+        await self._record_usage(request, attempts)
+        if attempts.answer is None:
+            return await self._fall_back(request, attempts.reason)
+        self.stats.answers += 1
+        self.cache.put(key, attempts.answer.assessment)
+        return Decision(attempts.answer.assessment)
+
+    async def _attempts(self, request: AnalysisRequest) -> _Attempts:
+        """Call the primary up to ``1 + retries`` times; never raises but cancellation."""
+        result = _Attempts()
+        for attempt in range(self.retries + 1):
+            if attempt:
+                self.stats.retries += 1
+                await self._sleep(self._backoff(attempt))
+            result.calls += 1
+            self.stats.calls += 1
+            started = self._clock()
+            retryable = True
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    answer = await self.primary.answer(request)
+            except (TimeoutError, AnalystTimeout):
+                result.reason = FallbackReason.TIMEOUT
+            except AnalystUnavailable as exc:
+                result.reason, retryable = FallbackReason.ERROR, exc.retryable
+                log.warning("LLM call for %s failed: %r", request.user_id, exc)
+            except AnswerInvalid as exc:
+                log.warning("LLM answer for %s is invalid: %s", request.user_id, exc)
+                model = exc.model or self.primary.model
+                self._bill(result, model, exc.input_tokens, exc.output_tokens)
+                self._observe_call(FallbackReason.INVALID, started)
+                result.reason = FallbackReason.INVALID
+                return result
+            except Exception:  # a bug in an SDK or analyst must not cost the user an answer
+                log.exception("LLM analyst raised unexpectedly for %s", request.user_id)
+                result.reason, retryable = FallbackReason.ERROR, False
+            else:
+                self._bill(result, answer.model, answer.input_tokens, answer.output_tokens)
+                self._observe_call(None, started)
+                result.answer = answer
+                return result
+            self._observe_call(result.reason, started)
+            if not retryable:
+                break
+        return result
+
+    def _backoff(self, attempt: int) -> float:
+        """Seconds before retry ``attempt`` (1-based): exponential, capped, half jitter."""
+        ceiling = min(self.backoff_max_s, self.backoff_s * 2.0 ** (attempt - 1))
+        return ceiling * (0.5 + 0.5 * self._rand())
+
+    async def _check_budget(self, request: AnalysisRequest) -> FallbackReason | None:
+        if self.ledger is None:
+            return None
+        try:
+            usage = await self.ledger.get_usage(request.user_id, utc_day(request.now_ms))
+        except Exception:  # fail closed: an unmetered LLM is the costlier mistake
+            log.exception("cannot read the LLM usage of %s", request.user_id)
+            return FallbackReason.LEDGER
+        return FallbackReason.BUDGET if self.budget.spent(usage) else None
+
+    def _bill(self, result: _Attempts, model: str, input_tokens: int, output_tokens: int) -> None:
+        cost = price_of(model, self.prices).cost(input_tokens, output_tokens)
+        result.input_tokens += input_tokens
+        result.output_tokens += output_tokens
+        result.cost_usd += cost
+        self.stats.input_tokens += input_tokens
+        self.stats.output_tokens += output_tokens
+        self.stats.cost_usd += cost
+        if self._observer is not None:
+            self._observer.on_usage(
+                model=model, input_tokens=input_tokens, output_tokens=output_tokens, cost=cost
+            )
+
+    async def _record_usage(self, request: AnalysisRequest, result: _Attempts) -> None:
+        if self.ledger is None or result.calls == 0:
+            return
+        try:
+            await self.ledger.add_usage(
+                request.user_id,
+                utc_day(request.now_ms),
+                calls=result.calls,
+                input_tokens=result.input_tokens,
+                output_tokens=result.output_tokens,
+                cost_usd=result.cost_usd,
+            )
+        except Exception:  # the answer is still good; the next budget check may be lenient
+            log.exception("cannot record the LLM usage of %s", request.user_id)
+
+    async def _fall_back(self, request: AnalysisRequest, reason: FallbackReason) -> Decision:
+        self.stats.fallbacks[reason] += 1
+        if self._observer is not None:
+            self._observer.on_fallback(reason)
+        log.info("rules answer for %s: %s", request.user_id, reason.value)
+        return Decision(await self.fallback.assess(request), fallback=reason)
+
+    def _count_cache(self, *, hit: bool) -> None:
+        if hit:
+            self.stats.cache_hits += 1
+        else:
+            self.stats.cache_misses += 1
+        if self._observer is not None:
+            self._observer.on_cache(hit=hit)
+
+    def _observe_call(self, failure: FallbackReason | None, started: float) -> None:
+        if self._observer is not None:
+            outcome = "ok" if failure is None else failure.value
+            self._observer.on_call(
+                model=self.primary.model, outcome=outcome, seconds=self._clock() - started
+            )
+
+    def _watch_circuit(self) -> None:
+        state = self.breaker.state
+        if state is not self._circuit:
+            self._circuit = state
+            if self._observer is not None:
+                self._observer.on_circuit(state)
