@@ -1,0 +1,345 @@
+"""Simulated devices: phones streaming frames and watches waiting for their user's state.
+
+A :class:`Fleet` is the devices of one process. Phones hold a WebSocket, say ``hello``,
+and send a ``frames`` batch every ``batch / frame_rate`` seconds, timing each batch until
+its ``ack``. Watches either hold a WebSocket (``ws``: ``hello``, then deltas) or poll over
+REST: ``poll`` (``GET /v1/users/{id}/state`` with ``If-None-Match``), ``longpoll`` (the same
+with ``?wait=``) or ``legacy`` (``GET /avatar/current-state/{id}``, what watches in the field
+do). Every delta is timed from its server commit time ``t`` (the clock is shared on
+loopback); every state a poller sees for the first time, from its commit time.
+
+Connections open at the plan's ramp rate; one the server drops is reopened with backoff
+and counted as a reconnect; a phone resends its unacked batches on the new connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import random
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import httpx
+import orjson
+
+from clients.loadplan import LoadPlan, source_address
+from clients.loadstats import RunStats
+from clients.wsclient import HandshakeFailed, WSClient, open_ws
+from server.protocol import RECONNECT_CODES
+
+MAX_CONNECTING = 512
+"""Handshakes in flight at once (more only fills the server's accept backlog)."""
+BACKOFF_S = (0.5, 5.0)
+
+
+def connect_error(exc: BaseException) -> str:
+    """A short, stable name for why a connection attempt failed."""
+    if isinstance(exc, HandshakeFailed):
+        return f"http {exc.status}"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return errno.errorcode.get(exc.errno, str(exc.errno))
+    return type(exc).__name__
+
+
+class Device:
+    """One phone or WebSocket watch: its connection, versions and unacked batches."""
+
+    __slots__ = ("conn", "index", "kind", "last_version", "pending", "seq", "token", "user")
+
+    def __init__(self, index: int, kind: str, user: str, token: str) -> None:
+        self.index = index
+        self.kind = kind
+        self.user = user
+        self.token = token
+        self.conn: WSClient | None = None
+        self.last_version = -1
+        self.seq = 0
+        self.pending: dict[int, tuple[float, bytes]] = {}
+
+
+class Fleet:
+    """The devices of ``plan`` with global numbers ``indexes`` (phones come first)."""
+
+    def __init__(
+        self,
+        plan: LoadPlan,
+        tokens: Mapping[tuple[str, str], str],
+        indexes: Iterable[int],
+        *,
+        stats: RunStats | None = None,
+        commit_times: Mapping[str, float] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.stats = stats or RunStats()
+        self.commit_times = commit_times
+        self.devices: list[Device] = []
+        for index in indexes:
+            kind = "phone" if index < plan.phones else "watch"
+            user = plan.user_of(index)
+            self.devices.append(Device(index, kind, user, tokens[(user, kind)]))
+        self._host = plan.ws_url.split("//", 1)[1].rsplit(":", 1)[0]
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._gate = asyncio.Semaphore(MAX_CONNECTING)
+        self._stopping = False
+        self._http: httpx.AsyncClient | None = None
+        self._unacked = 0
+        self._all_acked = asyncio.Event()
+        self._all_acked.set()
+        self.ramp_seconds = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def ramp(self, rate: float) -> None:
+        """Start every device, ``rate`` per second; return when each one opened or failed."""
+        if self.plan.watch_mode != "ws" and any(d.kind == "watch" for d in self.devices):
+            count = sum(d.kind == "watch" for d in self.devices)
+            limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
+            timeout = httpx.Timeout(self.plan.longpoll_wait + 15)
+            self._http = httpx.AsyncClient(
+                base_url=self.plan.server, limits=limits, timeout=timeout
+            )
+        started = time.perf_counter()
+        first_attempts: list[asyncio.Task[None]] = []
+        for n, device in enumerate(self.devices):
+            if self._stopping:
+                break
+            delay = started + n / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if device.kind == "watch" and self.plan.watch_mode != "ws":
+                self._spawn(self._poll_loop(device))
+                continue
+            first_attempts.append(asyncio.create_task(self._connect(device)))
+        if first_attempts:
+            await asyncio.gather(*first_attempts)
+        self.ramp_seconds = time.perf_counter() - started
+        for device in self.devices:
+            if device.kind == "phone":
+                self._spawn(self._phone_loop(device))
+
+    async def stop(self, grace: float = 3.0) -> None:
+        """Close every connection (normal closure) and stop every loop."""
+        self._stopping = True
+        self.stats.counters["open_at_stop"] = self.stats.open_now
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        conns = [d.conn for d in self.devices if d.conn is not None and d.conn.is_open]
+        for conn in conns:
+            conn.close()
+        if conns:
+            await asyncio.wait([c.closed for c in conns], timeout=grace)
+        for conn in conns:
+            conn.abort()
+        if self._http is not None:
+            await self._http.aclose()
+
+    async def settle(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` until every batch sent was acked; whether it was."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._all_acked.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def unacked(self) -> int:
+        return sum(len(d.pending) for d in self.devices)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- WebSocket devices -------------------------------------------------------------
+
+    async def _connect(self, device: Device) -> None:
+        """Open ``device``'s socket, retrying with backoff until it opens or the run stops."""
+        stats = self.stats
+        headers = {"Authorization": f"Bearer {device.token}"}
+        local = source_address(device.index, self._host)
+        delay = BACKOFF_S[0]
+        while not self._stopping:
+            async with self._gate:
+                started = time.perf_counter()
+                try:
+                    conn = await open_ws(
+                        self.plan.ws_url,
+                        headers,
+                        self._on_text,
+                        self._on_close,
+                        owner=device,
+                        local_addr=local,
+                    )
+                except (HandshakeFailed, TimeoutError, OSError) as exc:
+                    stats.error(f"connect: {connect_error(exc)}")
+                    conn = None
+            if conn is not None:
+                stats.histograms["connect"].add((time.perf_counter() - started) * 1000)
+                stats.count("opened")
+                stats.open_now += 1
+                device.conn = conn
+                if device.kind == "watch" or self.plan.phone_hello:
+                    conn.send_text(b'{"op":"hello","client":"loadtest"}')
+                for _, payload in sorted(device.pending.items()):
+                    conn.send_text(payload[1])
+                return
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+            delay = min(delay * 2, BACKOFF_S[1])
+
+    def _on_text(self, conn: WSClient, data: bytes, now: float) -> None:
+        device: Device = conn.owner
+        stats = self.stats
+        try:
+            message = orjson.loads(data)
+            op = message["op"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            stats.error("bad message from server")
+            return
+        if op == "delta":
+            stats.histograms["push"].add(now * 1000 - message["t"])
+            stats.count("deltas")
+            version = message["version"]
+            stats.count(
+                "versions_pushed",
+                version - max(message.get("base", version - 1), device.last_version),
+            )
+            device.last_version = version
+        elif op == "ack":
+            sent = device.pending.pop(message["seq"], None)
+            if sent is not None:
+                stats.histograms["ack"].add((now - sent[0]) * 1000)
+                self._unacked -= 1
+                if not self._unacked:
+                    self._all_acked.set()
+            stats.count("acks")
+            stats.count("frames_acked", message["accepted"])
+        elif op in ("snapshot", "uptodate"):
+            stats.count("snapshots")
+            device.last_version = max(device.last_version, message["version"])
+        elif op == "error":
+            stats.count("server_errors")
+            stats.error(f"server: {message.get('code')}")
+
+    def _on_close(self, conn: WSClient, code: int | None) -> None:
+        device: Device = conn.owner
+        self.stats.open_now -= 1
+        if self._stopping:
+            return
+        self.stats.count("closed_by_server")
+        self.stats.error(f"closed: {code}")
+        device.conn = None
+        if code is None or code in RECONNECT_CODES:
+            self._spawn(self._reconnect(device))
+
+    async def _reconnect(self, device: Device) -> None:
+        await asyncio.sleep(random.uniform(*BACKOFF_S))
+        await self._connect(device)
+        if device.conn is not None:
+            self.stats.count("reconnects")
+
+    async def _phone_loop(self, device: Device) -> None:
+        plan, stats = self.plan, self.stats
+        interval = plan.batch / plan.frame_rate
+        step_ms = 1000 / plan.frame_rate
+        await asyncio.sleep(random.uniform(0, interval))
+        frame_seq = 0
+        while True:
+            conn = device.conn
+            if conn is not None and conn.is_open:
+                now = time.time()
+                base = int(now * 1000)
+                frames = []
+                for k in range(plan.batch):
+                    frame_seq += 1
+                    frames.append(
+                        {
+                            "ts": base - int((plan.batch - 1 - k) * step_ms),
+                            "hr": 60 + frame_seq % 40,
+                            "hrv": 45.0,
+                            "steps": k % 3,
+                            "device": f"lt{device.index}",
+                            "seq": frame_seq,
+                        }
+                    )
+                device.seq += 1
+                payload = orjson.dumps({"op": "frames", "seq": device.seq, "frames": frames})
+                device.pending[device.seq] = (now, payload)
+                self._unacked += 1
+                self._all_acked.clear()
+                conn.send_text(payload)
+                stats.count("batches_sent")
+                stats.count("frames_sent", plan.batch)
+            await asyncio.sleep(interval)
+
+    # -- polling watches ---------------------------------------------------------------
+
+    async def _poll_loop(self, device: Device) -> None:
+        plan, stats = self.plan, self.stats
+        assert self._http is not None
+        http = self._http
+        headers = {"Authorization": f"Bearer {device.token}"}
+        request_bytes = 0
+        if plan.watch_mode == "legacy":
+            url = f"/avatar/current-state/{device.user}"
+        else:
+            url = f"/v1/users/{device.user}/state"
+            if plan.watch_mode == "longpoll":
+                url += f"?wait={plan.longpoll_wait:g}"
+        stats.open_now += 1
+        last_hash: str | None = None
+        if plan.watch_mode != "longpoll":
+            await asyncio.sleep(random.uniform(0, plan.poll_interval))
+        while True:
+            started = time.time()
+            if last_hash is not None and plan.watch_mode != "legacy":
+                headers["If-None-Match"] = f'"{last_hash}"'
+            try:
+                response = await http.get(url, headers=headers)
+            except httpx.HTTPError as exc:
+                stats.error(f"poll: {type(exc).__name__}")
+                await asyncio.sleep(random.uniform(*BACKOFF_S))
+                continue
+            now = time.time()
+            request_bytes = request_bytes or _request_size(response.request)
+            stats.count("requests")
+            stats.count("bytes_out", request_bytes)
+            stats.count("bytes_in", _response_size(response))
+            if response.status_code == 200:
+                body = response.json()
+                state_hash = body["state_hash"]
+                if last_hash is not None and state_hash != last_hash:
+                    stats.count("polls_changed")
+                    committed = self._commit_time(body, f"{device.user}:{state_hash}")
+                    if committed is not None:
+                        stats.histograms["poll"].add(max(0.0, now * 1000 - committed))
+                last_hash = state_hash
+            elif response.status_code != 304:
+                stats.error(f"poll: http {response.status_code}")
+            if plan.watch_mode != "longpoll":
+                await asyncio.sleep(max(0.0, plan.poll_interval - (now - started)))
+
+    def _commit_time(self, body: dict[str, Any], key: str) -> float | None:
+        if self.commit_times is not None and key in self.commit_times:
+            return self.commit_times[key]
+        if "updated_at" in body:
+            return float(body["updated_at"])
+        return None
+
+
+def _request_size(request: httpx.Request) -> int:
+    """Bytes of an HTTP/1.1 request on the wire (request line, headers, body)."""
+    line = len(request.method) + len(request.url.raw_path) + len(" HTTP/1.1\r\n") + 1
+    headers = sum(len(k) + len(v) + 4 for k, v in request.headers.raw)
+    return line + headers + 2 + len(request.content)
+
+
+def _response_size(response: httpx.Response) -> int:
+    """Bytes of an HTTP/1.1 response on the wire (status line, headers, body)."""
+    line = len("HTTP/1.1 200 ") + len(response.reason_phrase) + 2
+    headers = sum(len(k) + len(v) + 4 for k, v in response.headers.raw)
+    return line + headers + 2 + len(response.content)
