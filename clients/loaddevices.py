@@ -18,7 +18,7 @@ import asyncio
 import errno
 import random
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import httpx
@@ -87,6 +87,7 @@ class Fleet:
         self._stopping = False
         self._http: httpx.AsyncClient | None = None
         self._unacked = 0
+        self._heard = asyncio.Event()
         self._all_acked = asyncio.Event()
         self._all_acked.set()
         self.ramp_seconds = 0.0
@@ -147,6 +148,17 @@ class Fleet:
             return False
         return True
 
+    async def wait_until(self, predicate: Callable[[RunStats], bool], seconds: float) -> bool:
+        """Wait up to ``seconds`` (re-checking as messages arrive) until ``predicate(stats)``."""
+        try:
+            async with asyncio.timeout(seconds):
+                while not predicate(self.stats):
+                    self._heard.clear()
+                    await self._heard.wait()
+        except TimeoutError:
+            return False
+        return True
+
     def unacked(self) -> int:
         return sum(len(d.pending) for d in self.devices)
 
@@ -194,6 +206,7 @@ class Fleet:
     def _on_text(self, conn: WSClient, data: bytes, now: float) -> None:
         device: Device = conn.owner
         stats = self.stats
+        self._heard.set()
         try:
             message = orjson.loads(data)
             op = message["op"]

@@ -1,0 +1,155 @@
+"""Push latency and memory per idle connection: N watches subscribed, K state changes.
+
+    python -m bench.push_latency                      # 1,000 watches, 1,000 changes at 100/s
+    python -m bench.push_latency --subscribers 10000 --changes 10000 --rate 1000
+
+Starts ``companion serve`` (SQLite store, memory broker) as a subprocess, opens
+``--subscribers`` watches over WebSocket, one user each, each sending ``hello`` (so it is
+subscribed and got its snapshot), and reads the server's RSS before and after: the
+difference divided by N is the memory per idle connection. Then ``--changes`` state changes
+are committed through the demo route at ``--rate`` per second, round-robin over the users,
+and every delta's latency is taken from its server commit time ``t`` to its arrival at the
+watch (one clock: all on loopback). Writes ``bench/results/push_latency[-SUFFIX].{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import time
+from typing import Any
+
+import uvloop
+
+from bench.harness import SECRET, ServerProcess, rss_kib, settle_memory, write_results
+from clients.loaddevices import Fleet
+from clients.loaddriver import StateDriver
+from clients.loadplan import LoadPlan, Tokens
+from clients.loadstats import fmt_ms, latency_table, markdown_table
+
+WARMUP_WATCHES = 20
+
+
+async def idle_connections(
+    server: ServerProcess, plan: LoadPlan, tokens: dict[tuple[str, str], str]
+) -> tuple[Fleet, dict[str, Any]]:
+    """Open the plan's watches; measure the server's RSS before and after."""
+    count = plan.watches - WARMUP_WATCHES
+    warm = Fleet(plan, tokens, range(count, plan.watches))
+    await warm.ramp(1000)
+    await warm.stop()
+    settle_memory()
+    before = rss_kib(server.pid)
+    fleet = Fleet(plan, tokens, range(count))
+    started = time.perf_counter()
+    await fleet.ramp(plan.ramp)
+    ramp_s = time.perf_counter() - started
+    # Every watch is subscribed once its snapshot arrived.
+    await fleet.wait_until(lambda s: s.counters["snapshots"] >= count, 10)
+    after = rss_kib(server.pid)
+    opened = fleet.stats.counters["opened"]
+    return fleet, {
+        "opened": opened,
+        "snapshots": fleet.stats.counters["snapshots"],
+        "ramp_s": round(ramp_s, 2),
+        "open_rate_per_s": round(opened / ramp_s, 1),
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "kib_per_connection": round((after - before) / max(opened, 1), 2),
+    }
+
+
+async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    plan = LoadPlan(
+        server="http://127.0.0.1:1",  # replaced below, once the port is known
+        secret=SECRET,
+        watches=args.subscribers + WARMUP_WATCHES,  # the warm-up watches come last
+        ramp=args.ramp,
+        duration=args.changes / args.rate,
+        changes_per_s=args.rate,
+        prefix="pl-",
+    )
+    with ServerProcess.companion() as server:
+        plan = dataclasses.replace(plan, server=server.url)
+        tokens = await Tokens(SECRET).all_for(plan)
+        fleet, memory = await idle_connections(server, plan, tokens)
+        stats = fleet.stats
+        users = [f"{plan.prefix}{i}" for i in range(args.subscribers)]
+        driver = StateDriver(
+            server.url, tokens[(plan.driver_user, "service")], users, args.rate, stats
+        )
+        started = time.perf_counter()
+        await driver.run(plan.duration + 1, count=args.changes)
+        elapsed = time.perf_counter() - started
+        await fleet.wait_until(lambda s: s.counters["versions_pushed"] >= s.counters["changes"], 5)
+        rss_end = rss_kib(server.pid)
+        await fleet.stop()
+    push = stats.histograms["push"].summary()
+    return {
+        "subscribers": args.subscribers,
+        "changes_requested": args.changes,
+        "rate_per_s": args.rate,
+        "changes_committed": stats.counters["changes"],
+        "change_errors": dict(stats.errors),
+        "deltas_received": stats.counters["deltas"],
+        "versions_pushed": stats.counters["versions_pushed"],
+        "commit_seconds": round(elapsed, 2),
+        "memory": {**memory, "rss_end_kib": rss_end},
+        "latency_ms": {name: h.summary() for name, h in stats.histograms.items()},
+        "push": push,
+        "_stats": stats,
+    }
+
+
+def render(result: dict[str, Any]) -> str:
+    m, p = result["memory"], result["push"]
+    summary = markdown_table(
+        ["figure", "value"],
+        [
+            ["subscribers (watches with hello, one user each)", result["subscribers"]],
+            [
+                "state changes committed",
+                f"{result['changes_committed']} at {result['rate_per_s']:g}/s",
+            ],
+            ["deltas received", result["deltas_received"]],
+            ["push latency p50 (ms)", fmt_ms(p["p50"])],
+            ["push latency p99 (ms)", fmt_ms(p["p99"])],
+            ["push latency max (ms)", fmt_ms(p["max"])],
+            [
+                "server RSS before / after connecting (MiB)",
+                f"{m['rss_before_kib'] / 1024:.1f} / {m['rss_after_kib'] / 1024:.1f}",
+            ],
+            ["memory per idle connection (KiB)", f"{m['kib_per_connection']:.1f}"],
+            ["connections opened / s", m["open_rate_per_s"]],
+        ],
+    )
+    return (
+        f"## Push latency, {result['subscribers']} subscribers\n\n{summary}\n\n"
+        f"All latencies (ms): push = server commit time `t` → delta received; change = the "
+        f"demo POST's round trip; connect = TCP + WebSocket handshake.\n\n"
+        f"{latency_table(result['_stats'])}\n"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--changes", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=100.0, help="state changes per second")
+    parser.add_argument("--ramp", type=float, default=1000.0, help="connections per second")
+    parser.add_argument("--suffix", default="", help="results file name suffix")
+    args = parser.parse_args()
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        result = runner.run(measure(args))
+    markdown = render(result)
+    print(markdown)
+    name = "push_latency" + (f"-{args.suffix}" if args.suffix else "")
+    result.pop("_stats")
+    print(write_results(name, result, markdown))
+
+
+if __name__ == "__main__":
+    main()
