@@ -33,6 +33,7 @@ RESULTS_DIR = BENCH_DIR / "results"
 REPO_ROOT = BENCH_DIR.parent
 SECRET = "bench-secret-" + "b" * 40
 START_TIMEOUT_S = 60.0
+_LOAD_AT_START = os.getloadavg()
 
 
 def free_port() -> int:
@@ -160,12 +161,16 @@ def machine() -> dict[str, Any]:
         "websockets": websockets.__version__,
         "uvicorn": uvicorn.__version__,
         "kernel": platform.release(),
-        "loadavg_before": os.getloadavg(),
+        "loadavg_before": _LOAD_AT_START,
     }
 
 
 def command_line() -> str:
-    return "python " + shlex.join([os.path.relpath(sys.argv[0], REPO_ROOT), *sys.argv[1:]])
+    """How this benchmark was started (``python -m bench.NAME ARGS``)."""
+    script = Path(sys.argv[0]).resolve()
+    if script.parent == BENCH_DIR:
+        return shlex.join(["python", "-m", f"bench.{script.stem}", *sys.argv[1:]])
+    return shlex.join(["python", *sys.argv])
 
 
 def write_results(name: str, data: dict[str, Any], markdown: str) -> Path:
