@@ -207,6 +207,7 @@ class Fleet:
         device: Device = conn.owner
         stats = self.stats
         self._heard.set()
+        stats.count("bytes_in", len(data) + (2 if len(data) < 126 else 4))
         try:
             message = orjson.loads(data)
             op = message["op"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Sequence
 
 import httpx
 
@@ -52,6 +53,7 @@ class StateDriver:
         self._in_flight = 0
         self._max_in_flight = max_in_flight
         self._tasks: set[asyncio.Task[None]] = set()
+        self._next_state: Counter[str] = Counter()
         self.changes_by_user: Counter[str] = Counter()
         """Committed changes per user (for the expected number of pushes)."""
         self.commit_times: OrderedDict[str, float] = OrderedDict()
@@ -76,10 +78,7 @@ class StateDriver:
                     break
                 if due > now:
                     await asyncio.sleep(due - now)
-                if self._in_flight >= self._max_in_flight:
-                    self._stats.count("change_skipped")
-                else:
-                    self._start(k)
+                self._start(k)
                 k += 1
             if self._tasks:
                 await asyncio.wait(self._tasks, timeout=30)
@@ -88,9 +87,32 @@ class StateDriver:
                 task.cancel()
             await self._http.aclose()
 
+    async def run_schedule(self, schedule: Sequence[tuple[float, str]]) -> None:
+        """Commit one change to ``user`` at each ``(seconds from now, user)`` of ``schedule``."""
+        started = time.perf_counter()
+        try:
+            for due, user in sorted(schedule):
+                delay = started + due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                self._start_user(user)
+            if self._tasks:
+                await asyncio.wait(self._tasks, timeout=30)
+        finally:
+            for task in self._tasks:
+                task.cancel()
+            await self._http.aclose()
+
     def _start(self, k: int) -> None:
-        user = self._users[k % len(self._users)]
-        state, mood = STATES[(k // len(self._users)) % len(STATES)]
+        if self._in_flight >= self._max_in_flight:
+            self._stats.count("change_skipped")
+            return
+        self._start_user(self._users[k % len(self._users)])
+
+    def _start_user(self, user: str) -> None:
+        n = self._next_state[user]
+        self._next_state[user] += 1
+        state, mood = STATES[n % len(STATES)]
         body = b'{"state":"%s","mood":"%s","force":true}' % (state.encode(), mood.encode())
         task = asyncio.create_task(self._post(user, body))
         self._tasks.add(task)

@@ -133,6 +133,12 @@ class RunStats:
     def error(self, reason: str) -> None:
         self.errors[reason] += 1
 
+    def reset(self) -> None:
+        """Forget what was counted so far (the open connections stay counted)."""
+        self.counters.clear()
+        self.errors.clear()
+        self.histograms = {name: Histogram() for name in HISTOGRAMS}
+
     def merge(self, other: RunStats) -> None:
         self.counters.update(other.counters)
         self.errors.update(other.errors)
