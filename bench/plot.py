@@ -18,7 +18,7 @@ import orjson
 from bench.harness import REPO_ROOT, RESULTS_DIR
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+import matplotlib.pyplot as plt  # after use("Agg"): the backend must be chosen first
 
 OUTPUT = REPO_ROOT / "docs" / "img" / "latency-vs-connections.png"
 COLOURS = {"companion": "tab:blue", "raw": "tab:green", "socketio": "tab:red"}
