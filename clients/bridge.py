@@ -1,0 +1,430 @@
+"""``companion bridge``: the phone between a watch and the server.
+
+    companion bridge --server http://127.0.0.1:8765 --token "$PHONE_TOKEN" \\
+        --source scenario --scenario stress --watch-port 9100
+
+One :class:`Bridge` holds one WebSocket. It takes frames from a source
+(:mod:`clients.sources`), writes them to the journal (:mod:`clients.journal`) before it
+sends them in batches (one ``seq`` per batch), and drops them from the journal only when
+the server acks the batch, so neither a server crash nor a bridge crash loses a reading:
+after a reconnect or a restart, whatever is unacked goes again (the server keeps one item
+per frame key, so a resend is harmless).
+
+It keeps the user's state (:mod:`clients.phonestate`): ``hello`` carries ``since`` = its
+version, so a reconnect where nothing changed costs one ``uptodate``; a delta applies only
+on its ``base``, otherwise the bridge asks for a snapshot. Each change is relayed to the
+watch through a :class:`~clients.watchlink.WatchLink`.
+
+Reconnects follow :mod:`clients.backoff`: full jitter, soon after 1012, and a stop with
+exit code 3 when the token is refused (HTTP 401/403, close 4001/4003). The clock, the
+sleep, the random source and the WebSocket connector are injected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import logging
+import os
+import random
+import re
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from brain.scenarios import KINDS
+from clients.access import Endpoints, TokenError, add_server_flags, endpoints, user_of
+from clients.backoff import Backoff, Next, after_close, after_refusal, describe_close
+from clients.journal import Journal, JournalError, write_atomically
+from clients.phonestate import Applied, PhoneState
+from clients.sources import FileSource, FrameSource, ScenarioSource, StdinSource
+from clients.watchlink import NullLink, TcpWatchLink, WatchLink
+from server.protocol import MAX_FRAMES_PER_MESSAGE, MAX_MESSAGE_BYTES, decode_server_message
+
+log = logging.getLogger("companion.bridge")
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_AUTH = 3
+CLIENT_NAME = "companion-bridge/1"
+_NOT_STORED = re.compile(r"batch (\d+) not stored")
+
+Connector = Callable[..., Awaitable[ClientConnection]]
+
+
+class Bridge:
+    """A phone: source → journal → WebSocket → acks; deltas → state → watch."""
+
+    def __init__(
+        self,
+        server: Endpoints,
+        token: str,
+        source: FrameSource,
+        journal: Journal,
+        *,
+        link: WatchLink | None = None,
+        state_path: Path | None = None,
+        batch_size: int = 100,
+        max_in_flight: int = 8,
+        exit_when_done: bool = False,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+        connector: Connector = connect,
+    ) -> None:
+        if not 1 <= batch_size <= MAX_FRAMES_PER_MESSAGE or max_in_flight < 1:
+            raise ValueError(f"batch_size must be 1..{MAX_FRAMES_PER_MESSAGE}, in flight >= 1")
+        self.server = server
+        self.source = source
+        self.journal = journal
+        self.link: WatchLink = link or NullLink()
+        self.state = PhoneState()
+        self.batch_size = batch_size
+        self.max_in_flight = max_in_flight
+        self.exit_when_done = exit_when_done
+        self.stats: collections.Counter[str] = collections.Counter()
+        self._token = token
+        self._state_path = state_path
+        self._backoff = backoff or Backoff()
+        self._clock = clock
+        self._sleep = sleep
+        self._rand = rand
+        self._connector = connector
+        self._unsent: collections.deque[int] = collections.deque()
+        self._in_flight: dict[int, list[int]] = {}
+        self._seq = 0
+        self._highest_sent = 0
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._source_done = False
+        self._finish: asyncio.Future[int] | None = None
+
+    # -- the whole run ------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Run until the source is drained (with ``exit_when_done``), the token is refused,
+        the source fails, or :meth:`stop`; return the exit code."""
+        self._finish = asyncio.get_running_loop().create_future()
+        self._load_state()
+        if self.state.known:
+            await self._relay()  # the watch may have restarted along with us
+        tasks = [
+            asyncio.create_task(self._produce(), name="bridge-source"),
+            asyncio.create_task(self._connections(), name="bridge-connections"),
+        ]
+        try:
+            return await self._finish
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.link.close()
+            log.info("bridge stopped: %s", dict(self.stats))
+
+    def stop(self, code: int = EXIT_OK) -> None:
+        """End :meth:`run` with ``code`` (unacked frames stay in the journal)."""
+        if self._finish is not None and not self._finish.done():
+            self._finish.set_result(code)
+
+    # -- source → journal ---------------------------------------------------------------
+
+    async def _produce(self) -> None:
+        try:
+            async for frames, cursor in self.source.chunks(self.journal.cursor):
+                while self.journal.room < len(frames):
+                    self._room.clear()
+                    await self._room.wait()  # backpressure: wait for acks
+                ids = self.journal.append(frames, cursor)
+                self._unsent.extend(ids)
+                self.stats["frames_read"] += len(ids)
+                self._wake.set()
+        except Exception as exc:
+            log.error("source failed: %s", exc)
+            self.stop(EXIT_FAILED)
+            return
+        self._source_done = True
+        log.info("source drained; %d frames still to be acked", len(self.journal))
+        self._check_done()
+
+    def _check_done(self) -> None:
+        if self.exit_when_done and self._source_done and not len(self.journal):
+            self.stop(EXIT_OK)
+
+    # -- connections ----------------------------------------------------------------------
+
+    async def _connections(self) -> None:
+        attempt = 0
+        while True:
+            headers = {"Authorization": f"Bearer {self._token}"}
+            try:
+                ws = await self._connector(
+                    self.server.ws,
+                    additional_headers=headers,
+                    open_timeout=10,
+                    max_size=1 << 20,
+                    compression=None,
+                    user_agent_header=CLIENT_NAME,
+                )
+            except InvalidStatus as exc:
+                status = exc.response.status_code
+                body = exc.response.body.decode(errors="replace")[:200] if exc.response.body else ""
+                next_step, why = after_refusal(status), f"HTTP {status} {body}".strip()
+            except (OSError, TimeoutError, InvalidHandshake) as exc:
+                next_step, why = Next.BACKOFF, f"{type(exc).__name__}: {exc}"
+            else:
+                self.stats["connects"] += 1
+                code, had_reply = await self._session(ws)
+                if had_reply:
+                    attempt = 0
+                next_step, why = after_close(code), describe_close(code)
+            if next_step is Next.STOP:
+                log.error("server refused this bridge (%s): check the token; stopping", why)
+                self.stop(EXIT_AUTH)
+                return
+            delay = self._backoff.delay_after(next_step, attempt, self._rand)
+            attempt += next_step is Next.BACKOFF
+            self.stats["reconnects"] += 1
+            log.warning("disconnected (%s); reconnecting in %.2fs", why, delay)
+            await self._sleep(delay)
+
+    async def _session(self, ws: ClientConnection) -> tuple[int | None, bool]:
+        """Serve one connection until it closes: (close code, whether the server answered)."""
+        self._in_flight.clear()
+        self._unsent = collections.deque(i for i, _ in self.journal.pending())
+        self.stats["frames_resent"] += sum(1 for i in self._unsent if i <= self._highest_sent)
+        log.info("connected; %d unacked frames to send", len(self._unsent))
+        answered = asyncio.Event()
+        sender = asyncio.create_task(self._send_loop(ws))
+        try:
+            await self._hello(ws)
+            async for data in ws:
+                answered.set()
+                await self._on_message(ws, decode_server_message(data))
+        except ConnectionClosed:
+            pass
+        finally:
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+            await ws.close()
+        received = ws.protocol.close_rcvd
+        return (received.code if received is not None else None), answered.is_set()
+
+    async def _hello(self, ws: ClientConnection) -> None:
+        hello: dict[str, Any] = {"op": "hello", "client": CLIENT_NAME}
+        if self.state.version is not None:
+            hello["since"] = self.state.version
+        await ws.send(orjson.dumps(hello).decode())
+
+    async def _send_loop(self, ws: ClientConnection) -> None:
+        while True:
+            self._wake.clear()
+            if not self._unsent or len(self._in_flight) >= self.max_in_flight:
+                await self._wake.wait()
+                continue
+            ids: list[int] = []
+            frames: list[dict[str, Any]] = []
+            while self._unsent and len(ids) < self.batch_size:
+                frame_id = self._unsent.popleft()
+                if (frame := self.journal.frame(frame_id)) is not None:
+                    ids.append(frame_id)
+                    frames.append(frame)
+            while ids:
+                self._seq += 1
+                text = orjson.dumps({"op": "frames", "seq": self._seq, "frames": frames}).decode()
+                if len(text) <= MAX_MESSAGE_BYTES or len(ids) == 1:
+                    break
+                half = len(ids) // 2  # too big for one message: send half, keep the rest
+                self._unsent.extendleft(reversed(ids[half:]))
+                ids, frames = ids[:half], frames[:half]
+            if not ids:
+                continue
+            self._in_flight[self._seq] = ids
+            self._highest_sent = max(self._highest_sent, ids[-1])
+            await ws.send(text)
+            self.stats["batches_sent"] += 1
+            self.stats["frames_sent"] += len(ids)
+
+    # -- server messages ------------------------------------------------------------------
+
+    async def _on_message(self, ws: ClientConnection, message: dict[str, Any]) -> None:
+        op = message["op"]
+        if op == "ack":
+            self._on_ack(message)
+        elif op == "snapshot":
+            if self.state.apply_snapshot(message):
+                log.info("snapshot v%s: %s", self.state.version, self._summary())
+                await self._changed()
+        elif op == "delta":
+            await self._on_delta(ws, message)
+        elif op == "uptodate":
+            log.info("up to date at v%s", message.get("version"))
+        elif op == "error":
+            self._on_error(message)
+
+    def _on_ack(self, message: dict[str, Any]) -> None:
+        ids = self._in_flight.pop(int(message["seq"]), None)
+        if ids is None:
+            return  # an ack of a batch from before a reconnect: its frames were resent
+        for rejection in message.get("rejected") or ():
+            self.stats["frames_rejected"] += 1
+            log.warning("server rejected a frame: %s", rejection)
+        self.stats["frames_acked"] += self.journal.ack(ids)
+        log.debug(
+            "acked seq %s: %d frames, %d pending", message["seq"], len(ids), len(self.journal)
+        )
+        self._wake.set()
+        self._room.set()
+        self._check_done()
+
+    def _on_error(self, message: dict[str, Any]) -> None:
+        text = str(message.get("message", ""))
+        if (match := _NOT_STORED.search(text)) and (ids := self._in_flight.pop(int(match[1]), [])):
+            self._unsent.extendleft(reversed(ids))  # not durable there: send them again
+            self._wake.set()
+        log.warning("server error %s: %s", message.get("code"), text)
+
+    async def _on_delta(self, ws: ClientConnection, message: dict[str, Any]) -> None:
+        applied = self.state.apply_delta(message)
+        if applied is Applied.GAP:
+            log.info(
+                "delta v%s on base %s, mine is v%s: asking for a snapshot",
+                message.get("version"),
+                message.get("base"),
+                self.state.version,
+            )
+            await self._hello(ws)
+        elif applied is Applied.APPLIED:
+            latency_ms = self._clock() * 1000 - float(message.get("t", 0))
+            self.stats["deltas"] += 1
+            log.info("delta v%s (+%.0f ms): %s", self.state.version, latency_ms, self._summary())
+            await self._changed()
+
+    async def _changed(self) -> None:
+        self._save_state()
+        await self._relay()
+
+    async def _relay(self) -> None:
+        view = self.state.view()
+        view["image_url"] = self.server.resolve(view.get("image_url"))
+        await self.link.send_state(view)
+
+    def _summary(self) -> str:
+        fields = self.state.fields
+        return f"{fields.get('state')}/{fields.get('mood')} energy={fields.get('energy')}"
+
+    # -- the saved state ------------------------------------------------------------------
+
+    def _load_state(self) -> None:
+        if self._state_path is None:
+            return
+        try:
+            self.state = PhoneState.from_json(self._state_path.read_bytes())
+        except FileNotFoundError:
+            return
+        except ValueError as exc:
+            log.warning("ignored the saved state %s: %s", self._state_path, exc)
+
+    def _save_state(self) -> None:
+        if self._state_path is not None:
+            write_atomically(self._state_path, self.state.to_json())
+
+
+# -- command line -----------------------------------------------------------------------
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``companion bridge``."""
+    parser = subparsers.add_parser("bridge", help="run a phone bridge (WebSocket, journal, watch)")
+    add_server_flags(parser, token_help="a phone token")
+    parser.add_argument("--source", choices=["scenario", "file", "stdin"], default="scenario")
+    parser.add_argument("--scenario", choices=KINDS, default="calm", help="(--source scenario)")
+    parser.add_argument("--every", type=float, default=1.0, help="seconds between scenario frames")
+    parser.add_argument("--count", type=int, help="scenario frames in all (default: forever)")
+    parser.add_argument("--file", help="JSON-lines file of frames (--source file)")
+    parser.add_argument("--rate", type=float, default=0.0, help="file frames per second (0: max)")
+    parser.add_argument("--device", default="watch-1", help="device name of scenario frames")
+    parser.add_argument("--journal", help="journal file (default: per user, under ~/.local/state)")
+    parser.add_argument("--watch-port", type=int, help="simulated watch (companion watch-sim)")
+    parser.add_argument("--watch-host", default="127.0.0.1")
+    parser.add_argument("--batch", type=int, default=100, help="frames per message (max 500)")
+    parser.add_argument(
+        "--max-backoff", type=float, default=30.0, help="longest pause between reconnects (s)"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every ack")
+    parser.add_argument(
+        "--exit-when-done", action="store_true", help="exit 0 once the source is drained and acked"
+    )
+    parser.set_defaults(func=main)
+
+
+def _default_journal(user: str) -> Path:
+    state_home = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state_home) / "companion" / f"bridge-{user}.journal"
+
+
+def _source(args: argparse.Namespace) -> FrameSource:
+    if args.source == "file":
+        if not args.file:
+            raise ValueError("--source file needs --file PATH")
+        return FileSource(Path(args.file), rate=args.rate)
+    if args.source == "stdin":
+        return StdinSource()
+    return ScenarioSource(args.scenario, every_s=args.every, device=args.device, count=args.count)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the bridge from parsed arguments; return the exit code."""
+    logging.basicConfig(
+        level=logging.INFO, format="bridge %(levelname)s %(message)s", stream=sys.stderr
+    )
+    log.setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        if not args.token:
+            raise ValueError("--token is required: companion token USER --device phone")
+        server = endpoints(args.server)
+        source = _source(args)
+        journal_path = Path(args.journal) if args.journal else _default_journal(user_of(args.token))
+    except (ValueError, TokenError) as exc:
+        print(f"companion bridge: {exc}", file=sys.stderr)
+        return 2
+    journal = Journal(journal_path)
+    try:
+        journal.open()
+    except JournalError as exc:
+        print(f"companion bridge: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    log.info("journal %s: %d frames pending", journal_path, len(journal))
+    link: WatchLink | None = None
+    if args.watch_port is not None:
+        link = TcpWatchLink(args.watch_host, args.watch_port)
+    bridge = Bridge(
+        server,
+        args.token,
+        source,
+        journal,
+        link=link,
+        state_path=journal_path.with_name(journal_path.name + ".state.json"),
+        batch_size=args.batch,
+        exit_when_done=args.exit_when_done,
+        backoff=Backoff(cap=max(args.max_backoff, 0.5)),
+    )
+
+    async def run() -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, bridge.stop)
+        return await bridge.run()
+
+    try:
+        return asyncio.run(run())
+    finally:
+        journal.close()
