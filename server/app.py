@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from brain.model import Frame
 from server import demo, legacy, rest
 from server.broker.base import Broker
+from server.debug_page import debug_routes
 from server.errors import StoreError
 from server.hub import Hub
 from server.ingest import Ingestor
@@ -26,6 +27,7 @@ from server.metrics import Metrics
 from server.openapi import openapi_document
 from server.problems import problem
 from server.protocol import summarize
+from server.scenario_routes import post_scenario
 from server.services import Services
 from server.settings import Settings
 from server.state import StateService
@@ -166,6 +168,7 @@ def routes() -> list[BaseRoute]:
         Route(user, rest.delete_user, methods=["DELETE"]),
         Route("/v1/demo/users/{user_id}/state", demo.post_state, methods=["POST"]),
         Route("/v1/demo/users/{user_id}/profile", demo.put_profile, methods=["PUT"]),
+        Route("/v1/demo/users/{user_id}/scenario", post_scenario, methods=["POST"]),
         Route("/sensor-data", legacy.sensor_data, methods=["POST"]),
         Route("/avatar/current-state/{user_id}", legacy.avatar_current_state, methods=["GET"]),
         Route("/api/v1/user/{user_id}/data", legacy.user_data, methods=["POST"]),
@@ -174,5 +177,6 @@ def routes() -> list[BaseRoute]:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        *debug_routes(),
     ]
     return table
