@@ -1,6 +1,6 @@
 """Polling vs push over a simulated day: requests, bytes and change-to-watch latency.
 
-    python -m bench.polling                  # 100 watches per mode, 1/10 of a day at 100x
+    python -m bench.polling                  # 25 watches per mode, 1/10 of a day at 100x
 
 Four groups of watches run side by side against one ``companion serve``, each watch with
 its own user: ``legacy`` polls ``GET /avatar/current-state/{id}`` every 30 s (what watches
@@ -174,7 +174,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--watches", type=int, default=100, help="watches per mode")
+    parser.add_argument("--watches", type=int, default=25, help="watches per mode")
     parser.add_argument("--speedup", type=float, default=100.0)
     parser.add_argument("--day-fraction", type=float, default=0.1)
     parser.add_argument("--changes-per-day", type=float, default=40.0)

@@ -99,7 +99,7 @@ async def run_plan(
     if plan.processes == 1:
         worker_stats, ramp_s = await _run_here(plan, tokens, driver, stats, started, progress)
     else:
-        worker_stats, ramp_s = await _run_workers(plan, tokens, driver, started, progress)
+        worker_stats, ramp_s = await _run_workers(plan, tokens, driver, stats, started, progress)
     total = RunStats.merged([stats, *worker_stats]) if plan.processes > 1 else stats
     return _report(plan, total, ramp_s, time.perf_counter() - started, driver)
 
@@ -145,6 +145,7 @@ async def _run_workers(
     plan: LoadPlan,
     tokens: dict[tuple[str, str], str],
     driver: StateDriver | None,
+    stats: RunStats,
     started: float,
     progress: Callable[[str], None] | None,
 ) -> tuple[list[RunStats], float]:
@@ -181,16 +182,27 @@ async def _run_workers(
                 last_print = time.perf_counter()
                 progress(
                     progress_line(
-                        last_print - started, plan.devices, RunStats.merged(latest.values())
+                        last_print - started,
+                        plan.devices,
+                        RunStats.merged([stats, *latest.values()]),
                     )
                 )
 
     try:
         await collect(lambda: len(ramps) == len(workers), plan.devices / plan.ramp * 2 + 60)
         if driver is not None:
-            collector = asyncio.create_task(collect(lambda: False, plan.duration + 60))
-            await driver.run(plan.duration)
-            collector.cancel()
+            driven = False
+
+            async def drive() -> None:
+                nonlocal driven
+                try:
+                    await driver.run(plan.duration)
+                finally:
+                    driven = True
+
+            # One reader of the queue at a time: the collector stops by itself once the
+            # driver is done (a cancelled reader thread could swallow a worker's report).
+            await asyncio.gather(drive(), collect(lambda: driven, plan.duration + 60))
         else:
             await collect(lambda: False, plan.duration)
     finally:
