@@ -51,6 +51,7 @@ class Subscribers:
         self._rounds: Counter[int] = Counter()
         self._wanted = (0, 0)  # (round, count)
         self._event = asyncio.Event()
+        self._closing = False
 
     async def open(self, count: int, rate: float) -> float:
         """Open ``count`` connections at ``rate``/s; the seconds it took until all are ready."""
@@ -97,6 +98,7 @@ class Subscribers:
         return await self.wait(lambda: self._rounds[number] >= count, seconds)
 
     async def close(self) -> None:
+        self._closing = True
         for conn in self.conns:
             conn.close()
         if self.conns:
@@ -141,7 +143,8 @@ class Subscribers:
             self._ready()
 
     def _on_close(self, conn: WSClient, code: int | None) -> None:
-        self.errors[f"closed {code}"] += 1
+        if not self._closing:
+            self.errors[f"closed by server: {code}"] += 1
 
 
 class Trigger:
