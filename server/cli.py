@@ -18,7 +18,13 @@ from typing import Any, Final
 from server.errors import SettingsError
 from server.settings import Settings, ensure_secret, load
 
-CLIENT_COMMANDS: Final[dict[str, str]] = {"loadtest": "clients.loadtest"}
+CLIENT_COMMANDS: Final[dict[str, str]] = {
+    "loadtest": "clients.loadtest",
+    "bridge": "clients.bridge",
+    "watch": "clients.watch",
+    "watch-sim": "clients.watchsim",
+    "demo": "clients.demo",
+}
 """Subcommand name → module that defines ``add_parser(subparsers)``; the module sets
 ``func`` on its parser like the commands here."""
 
