@@ -47,7 +47,12 @@ from clients.journal import Journal, JournalError, write_atomically
 from clients.phonestate import Applied, PhoneState
 from clients.sources import FileSource, FrameSource, ScenarioSource, StdinSource
 from clients.watchlink import NullLink, TcpWatchLink, WatchLink
-from server.protocol import MAX_FRAMES_PER_MESSAGE, MAX_MESSAGE_BYTES, decode_server_message
+from server.protocol import (
+    MAX_FRAMES_PER_MESSAGE,
+    MAX_MESSAGE_BYTES,
+    ProtocolError,
+    decode_server_message,
+)
 
 log = logging.getLogger("companion.bridge")
 
@@ -118,8 +123,8 @@ class Bridge:
         if self.state.known:
             await self._relay()  # the watch may have restarted along with us
         tasks = [
-            asyncio.create_task(self._produce(), name="bridge-source"),
-            asyncio.create_task(self._connections(), name="bridge-connections"),
+            asyncio.create_task(self._guarded(self._produce()), name="bridge-source"),
+            asyncio.create_task(self._guarded(self._connections()), name="bridge-connections"),
         ]
         try:
             return await self._finish
@@ -130,6 +135,14 @@ class Bridge:
             await self.link.close()
             log.info("bridge stopped: %s", dict(self.stats))
 
+    async def _guarded(self, work: Awaitable[None]) -> None:
+        """Run ``work``; if it fails (a full disk, a bad URL), end the run with exit code 1."""
+        try:
+            await work
+        except Exception as exc:
+            log.error("bridge failed: %r", exc)
+            self.stop(EXIT_FAILED)
+
     def stop(self, code: int = EXIT_OK) -> None:
         """End :meth:`run` with ``code`` (unacked frames stay in the journal)."""
         if self._finish is not None and not self._finish.done():
@@ -138,19 +151,14 @@ class Bridge:
     # -- source → journal ---------------------------------------------------------------
 
     async def _produce(self) -> None:
-        try:
-            async for frames, cursor in self.source.chunks(self.journal.cursor):
-                while self.journal.room < len(frames):
-                    self._room.clear()
-                    await self._room.wait()  # backpressure: wait for acks
-                ids = self.journal.append(frames, cursor)
-                self._unsent.extend(ids)
-                self.stats["frames_read"] += len(ids)
-                self._wake.set()
-        except Exception as exc:
-            log.error("source failed: %s", exc)
-            self.stop(EXIT_FAILED)
-            return
+        async for frames, cursor in self.source.chunks(self.journal.cursor):
+            while self.journal.room < len(frames):
+                self._room.clear()
+                await self._room.wait()  # backpressure: wait for acks
+            ids = self.journal.append(frames, cursor)
+            self._unsent.extend(ids)
+            self.stats["frames_read"] += len(ids)
+            self._wake.set()
         self._source_done = True
         log.info("source drained; %d frames still to be acked", len(self.journal))
         self._check_done()
@@ -202,21 +210,29 @@ class Bridge:
         self._unsent = collections.deque(i for i, _ in self.journal.pending())
         self.stats["frames_resent"] += sum(1 for i in self._unsent if i <= self._highest_sent)
         log.info("connected; %d unacked frames to send", len(self._unsent))
-        answered = asyncio.Event()
-        sender = asyncio.create_task(self._send_loop(ws))
+        answered = False
+        sender: asyncio.Task[None] | None = None
         try:
             await self._hello(ws)
+            sender = asyncio.create_task(self._send_loop(ws))
             async for data in ws:
-                answered.set()
-                await self._on_message(ws, decode_server_message(data))
+                answered = True
+                try:
+                    message = decode_server_message(data)
+                    await self._on_message(ws, message)
+                except (ProtocolError, KeyError, TypeError, ValueError) as exc:
+                    log.warning("ignored a message the bridge cannot read: %r", exc)
         except ConnectionClosed:
             pass
         finally:
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
+            if sender is not None:
+                sender.cancel()
+                (outcome,) = await asyncio.gather(sender, return_exceptions=True)
+                if isinstance(outcome, Exception) and not isinstance(outcome, ConnectionClosed):
+                    log.error("sender failed: %r", outcome)
             await ws.close()
         received = ws.protocol.close_rcvd
-        return (received.code if received is not None else None), answered.is_set()
+        return (received.code if received is not None else None), answered
 
     async def _hello(self, ws: ClientConnection) -> None:
         hello: dict[str, Any] = {"op": "hello", "client": CLIENT_NAME}
