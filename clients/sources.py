@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
+import stat
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -174,6 +176,14 @@ class StdinSource:
         self._clock = clock
 
     async def chunks(self, cursor: Any) -> AsyncIterator[Chunk]:
+        if stat.S_ISREG(os.fstat(sys.stdin.fileno()).st_mode):
+            # ``< file.jsonl``: a regular file cannot be watched by the event loop, and
+            # reading it never blocks for long, so read it directly.
+            while lines := sys.stdin.buffer.readlines(1 << 16):
+                frames = [f for line in lines if (f := self._parse(line)) is not None]
+                if frames:
+                    yield frames, None
+            return
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=1 << 20)
         transport, _ = await loop.connect_read_pipe(
@@ -181,14 +191,17 @@ class StdinSource:
         )
         try:
             while line := await reader.readline():
-                if not line.strip():
-                    continue
-                try:
-                    frame = wire_frame(orjson.loads(line), now_ms=int(self._clock() * 1000))
-                except (orjson.JSONDecodeError, ValueError) as exc:
-                    self.skipped += 1
-                    log.warning("stdin: skipped a line: %s", exc)
-                    continue
-                yield [frame], None
+                if (frame := self._parse(line)) is not None:
+                    yield [frame], None
         finally:
             transport.close()
+
+    def _parse(self, line: bytes) -> dict[str, Any] | None:
+        if not line.strip():
+            return None
+        try:
+            return wire_frame(orjson.loads(line), now_ms=int(self._clock() * 1000))
+        except (orjson.JSONDecodeError, ValueError) as exc:
+            self.skipped += 1
+            log.warning("stdin: skipped a line: %s", exc)
+            return None
