@@ -72,6 +72,13 @@ class StateService:
         if previous.version != expected_version:
             self._metrics.commit_conflicts.inc()
             raise VersionConflict(user_id, expected_version, previous.version)
+        return await self._write(previous, changes, cause)
+
+    async def _write(
+        self, previous: UserState, changes: Mapping[str, Any], cause: str
+    ) -> UserState:
+        """Commit ``changes`` on top of ``previous`` (conditional on its version)."""
+        user_id = previous.user_id
         now = self._clock()
         values = dict(changes)
         if "actions" in values:
@@ -80,7 +87,7 @@ class StateService:
             previous, **values, version=previous.version + 1, updated_at=int(now * 1000)
         ).rehashed()
         try:
-            await self._store.put_state(committed, expected_version)
+            await self._store.put_state(committed, previous.version)
         except VersionConflict:
             self._metrics.commit_conflicts.inc()
             raise
@@ -112,8 +119,11 @@ class StateService:
             changes = decide(current)
             if not changes:
                 return None
+            unknown = set(changes) - _WRITABLE
+            if unknown:
+                raise ValueError(f"not state fields: {', '.join(sorted(unknown))}")
             try:
-                return await self.commit(user_id, changes, current.version, cause=cause)
+                return await self._write(current, changes, cause)
             except VersionConflict:
                 log.info("version race on %s (attempt %d), re-reading", user_id, attempt + 1)
         raise VersionConflict(user_id, -1)
