@@ -1,0 +1,293 @@
+"""The analysis pipeline: frames in, a new state version out when something changed.
+
+``pipeline_stage`` wires it into the server: a frames hook (called once frames are durable)
+adds each user's frames to their in-memory window (:mod:`brain.window`) and schedules the
+user (:mod:`server.scheduler`: debounced, coalesced, a bounded worker pool). An analysis
+
+1. refills a cold window (after a restart or an eviction) from the store;
+2. reads the user's state (the coach persona and the previous state for hysteresis) and
+   baseline (14 days of frames before the window, cached per user for an hour);
+3. asks the analyst — the rules, or Claude behind :class:`~brain.analyst.guard.GuardedAnalyst`
+   which falls back to the rules on timeout, error, open circuit or spent budget;
+4. hands the assessment to the reactor (:mod:`server.reactor`), which commits only a change
+   of state, mood or energy band.
+
+**Analysis time.** A user's analysis runs at the time of the newest frame in their window,
+capped at the clock: a live phone's newest frame is seconds old, so that is "now"; a phone
+replaying an hour-old backlog gets the assessment of that hour instead of an empty window
+("no data") at the clock's time. The window evicts relative to the same time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+from brain.analyst.base import AnalysisRequest, Analyst, build_request
+from brain.analyst.circuit import CircuitState
+from brain.analyst.guard import DailyBudget, Decision, FallbackReason, GuardedAnalyst
+from brain.analyst.rules import RulesAnalyst
+from brain.features import Baseline, compute_baseline
+from brain.model import Assessment, Frame, State
+from brain.window import DEFAULT_MAX_USERS, Window, Windows
+from server.metrics import Metrics
+from server.reactor import react
+from server.scheduler import Scheduler, Sleep
+from server.services import Services
+from server.settings import Settings
+from server.state import StateService
+from server.store.base import Store, UserState
+
+log = logging.getLogger(__name__)
+
+BASELINE_DAYS = 14
+BASELINE_TTL_S = 3600.0
+"""A user's baseline is recomputed at most this often (it moves over days, not minutes)."""
+MIN_BASELINE_FRAMES = 60
+"""Fewer frames than this (ten hours at one per ten minutes) make no baseline: too noisy."""
+
+Closer = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Analysed:
+    """What one analysis did: the assessment, how it was reached, and the version, if any."""
+
+    user_id: str
+    now_ms: int
+    frames: int
+    assessment: Assessment
+    committed: UserState | None
+    fallback: FallbackReason | None = None
+    cached: bool = False
+    force: bool = False
+
+
+AnalysedListener = Callable[[Analysed], None]
+
+
+class PrometheusObserver:
+    """A :class:`~brain.analyst.guard.GuardObserver` that updates the server's metrics."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def on_call(self, *, model: str, outcome: str, seconds: float) -> None:
+        self._m.llm_calls.labels(model, outcome).inc()
+        self._m.llm_call_seconds.observe(seconds)
+
+    def on_usage(self, *, model: str, input_tokens: int, output_tokens: int, cost: float) -> None:
+        self._m.llm_tokens.labels(model, "input").inc(input_tokens)
+        self._m.llm_tokens.labels(model, "output").inc(output_tokens)
+        self._m.llm_cost.labels(model).inc(cost)
+
+    def on_cache(self, *, hit: bool) -> None:
+        self._m.llm_cache.labels("hit" if hit else "miss").inc()
+
+    def on_fallback(self, reason: FallbackReason) -> None:
+        self._m.llm_fallbacks.labels(reason.value).inc()
+
+    def on_circuit(self, state: CircuitState) -> None:
+        for each in CircuitState:
+            self._m.llm_circuit.labels(each.value).set(1 if each is state else 0)
+
+
+def build_analyst(
+    settings: Settings, ledger: Store, metrics: Metrics
+) -> tuple[Analyst, Closer | None]:
+    """The analyst ``settings.analyst`` names, and what closes its client (``None``: nothing).
+
+    An LLM is always wrapped in a :class:`GuardedAnalyst` whose fallback is the rules and
+    whose ledger is the store (per-user daily budget of ``llm_daily_budget_usd``).
+    """
+    if settings.analyst == "rules":
+        return RulesAnalyst(), None
+    from brain.analyst.claude import ClaudeAnalyst  # loads the SDK only when configured
+
+    if settings.analyst == "bedrock":
+        claude = ClaudeAnalyst.bedrock(model=settings.bedrock_model)
+    else:
+        claude = ClaudeAnalyst.direct(model=settings.anthropic_model)
+    guarded = GuardedAnalyst(
+        claude,
+        ledger=ledger,
+        budget=DailyBudget(cost_usd=settings.llm_daily_budget_usd),
+        observer=PrometheusObserver(metrics),
+    )
+    return guarded, claude.aclose
+
+
+class Pipeline:
+    """Windows, baselines, the scheduler and the analysis of one user; see the module doc."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        state: StateService,
+        analyst: Analyst,
+        metrics: Metrics,
+        clock: Callable[[], float],
+        span_ms: int,
+        workers: int,
+        debounce_s: float,
+        sleep: Sleep = asyncio.sleep,
+        max_users: int = DEFAULT_MAX_USERS,
+    ) -> None:
+        self.store = store
+        self.state = state
+        self.analyst = analyst
+        self.metrics = metrics
+        self.clock = clock
+        self.windows = Windows(span_ms=span_ms, max_users=max_users)
+        self.scheduler = Scheduler(
+            self.analyse, workers=workers, debounce_s=debounce_s, metrics=metrics, sleep=sleep
+        )
+        self.listeners: list[AnalysedListener] = []
+        """Called after each analysis (tests and benchmarks wait on these)."""
+        self._baselines: OrderedDict[str, tuple[Baseline | None, float]] = OrderedDict()
+        self._max_users = max_users
+
+    @classmethod
+    def from_services(cls, services: Services, analyst: Analyst) -> Pipeline:
+        settings = services.settings
+        return cls(
+            store=services.store,
+            state=services.state,
+            analyst=analyst,
+            metrics=services.metrics,
+            clock=services.clock,
+            span_ms=settings.window_minutes * 60_000,
+            workers=settings.analysis_workers,
+            debounce_s=settings.debounce_ms / 1000,
+        )
+
+    def start(self) -> None:
+        self.scheduler.start()
+
+    async def close(self) -> None:
+        """Stop the scheduler: pending analyses run within a grace period, the rest drop."""
+        await self.scheduler.stop()
+
+    def schedule(self, user_id: str, *, force: bool = False) -> bool:
+        """Ask for an analysis of ``user_id``; ``False`` if the scheduler refused it."""
+        return self.scheduler.schedule(user_id, force=force)
+
+    async def idle(self) -> None:
+        """Return once no analysis is pending or running."""
+        await self.scheduler.idle()
+
+    def _now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def _time_of(self, window: Window, newest_ms: int | None, clock_ms: int) -> int:
+        """The analysis time of a window: its newest frame, capped at the clock."""
+        latest = max(window.latest_ts or 0, newest_ms or 0)
+        return min(latest, clock_ms) if latest else clock_ms
+
+    async def on_frames(self, by_user: Mapping[str, Sequence[Frame]]) -> None:
+        """The frames hook: add durable frames to their users' windows and schedule them."""
+        clock_ms = self._now_ms()
+        for user_id, frames in by_user.items():
+            if not frames:
+                continue
+            window = self.windows.window(user_id, now_ms=clock_ms)
+            at = self._time_of(window, max(f.ts for f in frames), clock_ms)
+            window.add(frames, now_ms=at)
+            self.scheduler.schedule(user_id)
+
+    async def analyse(self, user_id: str, force: bool = False) -> Analysed:
+        """Analyse ``user_id`` now and commit a change; see the module docstring."""
+        clock_ms = self._now_ms()
+        window = self.windows.window(user_id, now_ms=clock_ms)
+        if window.is_cold():
+            at = self._time_of(window, None, clock_ms)
+            stored = await self.store.frames_between(
+                user_id, at - window.span_ms, at + 1, now_ms=clock_ms
+            )
+            window.refill(stored, now_ms=at)
+        at = self._time_of(window, None, clock_ms)
+        window.evict(now_ms=at)
+        frames = window.frames
+        current = await self.state.current(user_id)
+        request = build_request(
+            user_id,
+            frames,
+            now_ms=at,
+            profile=current.profile,
+            baseline=await self._baseline(user_id, at - window.span_ms, clock_ms),
+            previous=_state_or_none(current.state),
+        )
+        decision = await self._decide(request)
+        committed = await react(self.state, user_id, decision.assessment, force=force)
+        self.metrics.analyses.labels(decision.assessment.source.value).inc()
+        done = Analysed(
+            user_id,
+            at,
+            len(frames),
+            decision.assessment,
+            committed,
+            decision.fallback,
+            decision.cached,
+            force,
+        )
+        for listener in self.listeners:
+            listener(done)
+        return done
+
+    async def _decide(self, request: AnalysisRequest) -> Decision:
+        if isinstance(self.analyst, GuardedAnalyst):
+            return await self.analyst.decide(request)
+        return Decision(await self.analyst.assess(request))
+
+    async def _baseline(self, user_id: str, before_ms: int, clock_ms: int) -> Baseline | None:
+        """The user's baseline from the 14 days before ``before_ms`` (cached for an hour)."""
+        now_s = clock_ms / 1000
+        cached = self._baselines.get(user_id)
+        if cached is not None and now_s - cached[1] < BASELINE_TTL_S:
+            self._baselines.move_to_end(user_id)
+            return cached[0]
+        start = before_ms - BASELINE_DAYS * 86_400_000
+        frames = await self.store.frames_between(user_id, start, before_ms, now_ms=clock_ms)
+        baseline = compute_baseline(frames) if len(frames) >= MIN_BASELINE_FRAMES else None
+        self._baselines[user_id] = (baseline, now_s)
+        self._baselines.move_to_end(user_id)
+        while len(self._baselines) > self._max_users:
+            self._baselines.popitem(last=False)
+        return baseline
+
+
+def _state_or_none(value: str) -> State | None:
+    try:
+        return State(value)
+    except ValueError:
+        return None
+
+
+def pipeline_of(services: Services) -> Pipeline | None:
+    """The pipeline :func:`pipeline_stage` installed, or ``None`` when it is not running."""
+    found = services.extras.get("pipeline")
+    return found if isinstance(found, Pipeline) else None
+
+
+async def pipeline_stage(services: Services, stack: AsyncExitStack) -> None:
+    """Build the analyst and the pipeline, hook it to durable frames, stop it with the app."""
+    analyst, close_client = build_analyst(services.settings, services.store, services.metrics)
+    if close_client is not None:
+        stack.push_async_callback(close_client)  # runs after the pipeline stopped (LIFO)
+    pipeline = Pipeline.from_services(services, analyst)
+    pipeline.start()
+    stack.push_async_callback(pipeline.close)
+    services.frames_hooks.append(pipeline.on_frames)
+    services.extras["pipeline"] = pipeline
+    log.info(
+        "analysis pipeline: analyst=%s workers=%d debounce=%dms window=%dmin",
+        services.settings.analyst,
+        services.settings.analysis_workers,
+        services.settings.debounce_ms,
+        services.settings.window_minutes,
+    )

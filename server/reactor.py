@@ -1,0 +1,63 @@
+"""The reactor: turn an assessment into a new state version only when it matters.
+
+:func:`changes_for` is the pure decision: compared with the user's current state, only a
+change of state, mood or energy *band* (:meth:`~brain.model.EnergyBand.of`) — or ``force`` —
+is worth a version. Energy moving inside its band, or a reworded reasoning, is not: every
+version is a delta to every device and may start an avatar generation, so the reactor keeps
+them rare. When it commits, it writes the whole assessment (state, mood, energy, reasoning,
+actions, source).
+
+:func:`react` runs that decision inside :meth:`~server.state.StateService.update`, which
+re-reads the state and decides again after a lost version race.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from brain.model import Assessment, EnergyBand
+from server.state import StateService
+from server.store.base import UserState
+
+CAUSE = "analysis"
+"""The commit cause the reactor's versions are counted under."""
+
+
+def significant(current: UserState, assessment: Assessment) -> bool:
+    """Whether ``assessment`` differs from ``current`` in state, mood or energy band."""
+    return (
+        current.state != assessment.state.value
+        or current.mood != assessment.mood.value
+        or EnergyBand.of(current.energy) is not assessment.band
+    )
+
+
+def changes_for(
+    current: UserState, assessment: Assessment, *, force: bool = False
+) -> dict[str, Any] | None:
+    """The fields to commit for ``assessment`` on top of ``current``, or ``None`` for none."""
+    if not (force or significant(current, assessment)):
+        return None
+    return {
+        "state": assessment.state.value,
+        "mood": assessment.mood.value,
+        "energy": assessment.energy,
+        "reasoning": assessment.reasoning,
+        "actions": tuple(a.value for a in assessment.actions),
+        "source": assessment.source.value,
+    }
+
+
+async def react(
+    state: StateService, user_id: str, assessment: Assessment, *, force: bool = False
+) -> UserState | None:
+    """Commit ``assessment`` for ``user_id`` if it is a change (or ``force``).
+
+    Returns the committed state, or ``None`` when nothing changed. Raises
+    :class:`~server.errors.VersionConflict` when every attempt lost its race.
+    """
+
+    def decide(current: UserState) -> dict[str, Any] | None:
+        return changes_for(current, assessment, force=force)
+
+    return await state.update(user_id, decide, cause=CAUSE)
