@@ -18,6 +18,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from brain.model import Frame
 from server import demo, legacy, rest
+from server.avatars import MEDIA, avatar_stage, serve_media
 from server.broker.base import Broker
 from server.debug_page import debug_routes
 from server.errors import StoreError
@@ -25,6 +26,8 @@ from server.hub import Hub
 from server.ingest import Ingestor
 from server.metrics import Metrics
 from server.openapi import openapi_document
+from server.pipeline import pipeline_stage
+from server.pipeline_routes import post_analyse
 from server.problems import problem
 from server.protocol import summarize
 from server.scenario_routes import post_scenario
@@ -72,8 +75,8 @@ def build_broker(settings: Settings) -> Broker:
 
 
 def default_stages(settings: Settings) -> list[Stage]:
-    """The stages a full server runs after the core (none yet)."""
-    return []
+    """The stages a full server runs after the core."""
+    return [avatar_stage, pipeline_stage]
 
 
 def create_app(
@@ -153,6 +156,12 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
+async def media(request: Request) -> Response:
+    """``/media/{key}``: generated avatars in the local media store (404 when media is S3)."""
+    services: Services | None = getattr(request.app.state, "services", None)
+    return await serve_media(request, None if services is None else services.extras.get(MEDIA))
+
+
 async def openapi(request: Request) -> Response:
     return rest.json(openapi_document())
 
@@ -169,6 +178,7 @@ def routes() -> list[BaseRoute]:
         Route("/v1/demo/users/{user_id}/state", demo.post_state, methods=["POST"]),
         Route("/v1/demo/users/{user_id}/profile", demo.put_profile, methods=["PUT"]),
         Route("/v1/demo/users/{user_id}/scenario", post_scenario, methods=["POST"]),
+        Route("/v1/demo/users/{user_id}/analyse", post_analyse, methods=["POST"]),
         Route("/sensor-data", legacy.sensor_data, methods=["POST"]),
         Route("/avatar/current-state/{user_id}", legacy.avatar_current_state, methods=["GET"]),
         Route("/api/v1/user/{user_id}/data", legacy.user_data, methods=["POST"]),
@@ -177,6 +187,7 @@ def routes() -> list[BaseRoute]:
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/media/{key:path}", media, methods=["GET", "HEAD"]),
         *debug_routes(),
     ]
     return table

@@ -60,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     create = tables_sub.add_parser("create", help="create the tables (idempotent)")
     create.set_defaults(func=_tables_create)
 
+    avatars = sub.add_parser("avatars", help="avatar sagas")
+    avatars_sub = avatars.add_subparsers(dest="avatars_command", required=True)
+    retry_failed = avatars_sub.add_parser(
+        "retry-failed", help="re-run the saga of every user whose avatar_status is failed"
+    )
+    _settings_flags(retry_failed)
+    retry_failed.set_defaults(func=_avatars_retry_failed)
+
     for module in CLIENT_COMMANDS.values():
         importlib.import_module(module).add_parser(sub)
     return parser
@@ -116,6 +124,20 @@ def _tables_create(args: argparse.Namespace) -> int:
     for name in asyncio.run(run()):
         print(name)
     return 0
+
+
+def _avatars_retry_failed(args: argparse.Namespace) -> int:
+    from server.avatars import describe, retry_failed_in_process
+
+    settings = _load(args)
+    try:
+        outcomes = asyncio.run(retry_failed_in_process(settings))
+    except ValueError as exc:  # e.g. COMPANION_AVATAR=gemini without a key
+        print(f"companion avatars retry-failed: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    for line in describe(outcomes):
+        print(line)
+    return 0 if all(o.status != "failed" for o in outcomes) else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -88,6 +88,30 @@ class Metrics:
         self.http_errors = Counter(
             "companion_http_errors", "Problem responses sent.", ["status"], registry=r
         )
+        self.avatar_generations = Counter(
+            "companion_avatar_generations",
+            "Image generator calls, by result (ok, error).",
+            ["result"],
+            registry=r,
+        )
+        self.avatar_cache = Counter(
+            "companion_avatar_cache",
+            "Avatar cache lookups, by result (hit, miss).",
+            ["result"],
+            registry=r,
+        )
+        self.avatar_failures = Counter(
+            "companion_avatar_failures", "Avatar sagas that ended failed.", registry=r
+        )
+        self.avatar_generation_seconds = Histogram(
+            "companion_avatar_generation_seconds",
+            "Time of one successful image generation.",
+            buckets=_SLOW_BUCKETS,
+            registry=r,
+        )
+        self.avatar_waiting = Gauge(
+            "companion_avatar_waiting", "Generations waiting for an avatar worker.", registry=r
+        )
 
     def render(self) -> bytes:
         """The registry in Prometheus text format."""
