@@ -1,0 +1,1 @@
+"""Deployment: the CloudFormation generator and the one-machine compose file."""
