@@ -112,6 +112,62 @@ class Metrics:
         self.avatar_waiting = Gauge(
             "companion_avatar_waiting", "Generations waiting for an avatar worker.", registry=r
         )
+        # The analysis pipeline (server.scheduler, server.pipeline).
+        self.analysis_queue = Gauge(
+            "companion_analysis_queue",
+            "Users waiting for an analysis (debouncing or queued for a worker).",
+            registry=r,
+        )
+        self.analysis_running = Gauge(
+            "companion_analysis_running", "Analyses running now.", registry=r
+        )
+        self.analysis_seconds = Histogram(
+            "companion_analysis_seconds",
+            "Time of one analysis: refill, assess and react.",
+            buckets=_SLOW_BUCKETS,
+            registry=r,
+        )
+        self.analyses = Counter(
+            "companion_analyses", "Analyses finished, by who assessed.", ["source"], registry=r
+        )
+        self.analysis_coalesced = Counter(
+            "companion_analysis_coalesced",
+            "Schedules merged into an analysis already pending or running.",
+            registry=r,
+        )
+        self.analysis_dropped = Counter(
+            "companion_analysis_dropped",
+            "Schedules refused (queue full or stopping).",
+            ["reason"],
+            registry=r,
+        )
+        self.analysis_errors = Counter(
+            "companion_analysis_errors", "Analyses that raised.", registry=r
+        )
+        self.llm_calls = Counter(
+            "companion_llm_calls", "LLM attempts, by outcome.", ["model", "outcome"], registry=r
+        )
+        self.llm_call_seconds = Histogram(
+            "companion_llm_call_seconds",
+            "Time of one LLM attempt.",
+            buckets=_SLOW_BUCKETS,
+            registry=r,
+        )
+        self.llm_tokens = Counter(
+            "companion_llm_tokens", "LLM tokens billed.", ["model", "kind"], registry=r
+        )
+        self.llm_cost = Counter(
+            "companion_llm_cost_usd", "LLM spend in US dollars.", ["model"], registry=r
+        )
+        self.llm_cache = Counter(
+            "companion_llm_cache", "LLM answer cache lookups.", ["result"], registry=r
+        )
+        self.llm_fallbacks = Counter(
+            "companion_llm_fallbacks", "Rules answers instead of the LLM.", ["reason"], registry=r
+        )
+        self.llm_circuit = Gauge(
+            "companion_llm_circuit", "1 for the LLM circuit breaker's state.", ["state"], registry=r
+        )
 
     def render(self) -> bytes:
         """The registry in Prometheus text format."""
