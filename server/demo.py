@@ -19,6 +19,7 @@ from server.rest import HTTPProblem, authorize, json, read_json, services_of
 from server.store.base import UserState
 from server.ws import snapshot_fields
 
+_URL_PREFIXES = ("http://", "https://", "/media/")
 _ENUMS: dict[str, type[Any]] = {
     "state": State,
     "mood": Mood,
@@ -64,8 +65,12 @@ def validate_changes(body: Any) -> dict[str, Any]:
                     problem(422, "actions: must be a list of known actions")
                 ) from None
         elif name == "image_url":
-            if value is not None and not isinstance(value, str):
-                raise HTTPProblem(problem(422, "image_url: must be a string or null"))
+            if value is not None and not (
+                isinstance(value, str) and len(value) <= 2048 and value.startswith(_URL_PREFIXES)
+            ):
+                raise HTTPProblem(
+                    problem(422, "image_url: must be null or an http(s) or /media URL of <= 2048")
+                )
             changes[name] = value
         else:
             raise HTTPProblem(problem(422, f"{name}: unknown field"))
