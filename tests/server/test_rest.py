@@ -279,3 +279,21 @@ async def test_health_ready_metrics_openapi(live_server: LiveServer) -> None:
     document = spec.json()
     assert document["openapi"].startswith("3.")
     assert "/v1/users/{user_id}/frames" in document["paths"]
+
+
+async def test_demo_state_rejects_bad_fields_naming_them(live_server: LiveServer) -> None:
+    cases = {
+        "image_url": "javascript:alert(1)",
+        "state": "ecstatic",
+        "energy": 101,
+        "colour": "red",
+    }
+    async with live_server.http() as client:
+        for field, value in cases.items():
+            response = await client.post(
+                "/v1/demo/users/alice/state", json={field: value}, headers=auth("alice", "service")
+            )
+            assert response.status_code == 422, field
+            assert response.json()["detail"].startswith(f"{field}:")
+        state = await client.get("/v1/users/alice/state", headers=auth("alice"))
+    assert state.json()["version"] == 0
