@@ -30,6 +30,7 @@ from server.pipeline import pipeline_stage
 from server.pipeline_routes import post_analyse
 from server.problems import problem
 from server.protocol import summarize
+from server.retention import retention_stage
 from server.scenario_routes import post_scenario
 from server.services import Services
 from server.settings import Settings
@@ -76,7 +77,7 @@ def build_broker(settings: Settings) -> Broker:
 
 def default_stages(settings: Settings) -> list[Stage]:
     """The stages a full server runs after the core."""
-    return [avatar_stage, pipeline_stage]
+    return [retention_stage, avatar_stage, pipeline_stage]
 
 
 def create_app(

@@ -181,6 +181,11 @@ class Pipeline:
         """Return once no analysis is pending or running."""
         await self.scheduler.idle()
 
+    def forget(self, user_id: str) -> None:
+        """Drop a user's window and baseline (after the user's data was erased)."""
+        self.windows.forget(user_id)
+        self._baselines.pop(user_id, None)
+
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
 
@@ -283,6 +288,7 @@ async def pipeline_stage(services: Services, stack: AsyncExitStack) -> None:
     pipeline.start()
     stack.push_async_callback(pipeline.close)
     services.frames_hooks.append(pipeline.on_frames)
+    services.erase_hooks.append(pipeline.forget)
     services.extras["pipeline"] = pipeline
     log.info(
         "analysis pipeline: analyst=%s workers=%d debounce=%dms window=%dmin",

@@ -217,5 +217,8 @@ async def delete_user(request: Request) -> Response:
         authorize(request, user_id)
     except HTTPProblem as exc:
         return exc.response
-    deleted = await services_of(request).store.delete_user(user_id)
+    services = services_of(request)
+    deleted = await services.store.delete_user(user_id)
+    for forget in services.erase_hooks:
+        forget(user_id)
     return json({"user_id": user_id, "deleted": deleted})

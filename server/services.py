@@ -34,6 +34,8 @@ class Services:
     clock: Callable[[], float] = time.time
     frames_hooks: list[FramesHook] = field(default_factory=list)
     """Called after frames are durable (the pipeline schedules analyses here)."""
+    erase_hooks: list[Callable[[str], None]] = field(default_factory=list)
+    """Called with a user id after the user's data was erased (in-memory caches forget it)."""
     extras: dict[str, object] = field(default_factory=dict)
     """Optional parts added by later stages (pipeline, avatar saga), by name."""
 

@@ -47,8 +47,8 @@ class Settings:
     rate_burst: int = 60
     max_frame_age_s: int = 7 * 24 * 3600
     analyst: str = "rules"
-    anthropic_model: str = "claude-sonnet-4-5"
-    bedrock_model: str = "eu.anthropic.claude-sonnet-4-5-20250929-v1:0"
+    anthropic_model: str = "claude-haiku-4-5"
+    bedrock_model: str = "eu.anthropic.claude-haiku-4-5-20251001-v1:0"
     llm_daily_budget_usd: float = 0.50
     window_minutes: int = 15
     debounce_ms: int = 250
