@@ -89,6 +89,9 @@ def openapi_document() -> dict[str, Any]:
             },
         },
         "paths": {
+            "/openapi.json": {
+                "get": {"summary": "This document", "responses": {"200": {"description": "OK"}}}
+            },
             "/v1/users/{user_id}/frames": {
                 "parameters": [_USER],
                 "post": _op(
@@ -116,6 +119,31 @@ def openapi_document() -> dict[str, Any]:
             "/v1/demo/users/{user_id}/profile": {
                 "parameters": [_USER],
                 "put": _op("Set coach persona (service token)", body=True),
+            },
+            "/v1/demo/users/{user_id}/scenario": {
+                "parameters": [_USER],
+                "post": _op(
+                    "Ingest a synthetic scenario (service, or the user's debug token)", body=True
+                ),
+            },
+            "/v1/demo/users/{user_id}/analyse": {
+                "parameters": [_USER],
+                "post": _op("Schedule an analysis, optionally forced (service token)", body=True),
+            },
+            "/debug": {
+                "get": {
+                    "summary": "Browser debug page",
+                    "responses": {"200": {"description": "HTML"}},
+                }
+            },
+            "/debug/static/{name}": {
+                "get": {
+                    "summary": "Debug page assets",
+                    "responses": {
+                        "200": {"description": "OK"},
+                        "404": {"description": "No such asset"},
+                    },
+                }
             },
             "/sensor-data": {"post": _op("Legacy upload", body=True)},
             "/api/v1/user/{user_id}/data": {
@@ -145,7 +173,7 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": {"description": "OK"}},
                 }
             },
-            "/media/{key}": {
+            "/media/{key:path}": {
                 "get": {
                     "summary": "Avatar media",
                     "responses": {

@@ -297,3 +297,17 @@ async def test_demo_state_rejects_bad_fields_naming_them(live_server: LiveServer
             assert response.json()["detail"].startswith(f"{field}:")
         state = await client.get("/v1/users/alice/state", headers=auth("alice"))
     assert state.json()["version"] == 0
+
+
+def test_openapi_documents_every_http_route() -> None:
+    from starlette.routing import Route
+
+    from server.app import routes
+    from server.openapi import openapi_document
+
+    documented = openapi_document()["paths"]
+    for route in routes():
+        if isinstance(route, Route):
+            assert route.path in documented, route.path
+            methods = {m.lower() for m in route.methods or ()} - {"head"}
+            assert methods <= set(documented[route.path]), route.path
