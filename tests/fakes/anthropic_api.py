@@ -27,17 +27,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from tests.fakes.server import FakeServer
 
 API_KEY = "test"
 ERROR_TYPES = {
@@ -110,22 +110,18 @@ class _State:
     calls: int = 0
 
 
-class FakeAnthropicApi:
+class FakeAnthropicApi(FakeServer):
     """The fake server; see the module docstring. Not started until :meth:`start`."""
 
+    name = "fake Anthropic API"
+
     def __init__(self, *, api_key: str = API_KEY) -> None:
+        super().__init__()
         self.api_key = api_key
         self.default_input: dict[str, Any] = dict(DEFAULT_INPUT)
         self.hung = threading.Event()
         """Set when a request starts hanging (so a test can see it arrived)."""
         self._state = _State()
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._released: asyncio.Event | None = None
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
-        self.base_url = ""
 
     # -- scripting -------------------------------------------------------------------
 
@@ -144,11 +140,6 @@ class FakeAnthropicApi:
     def hang(self, times: int = 1) -> None:
         """Hold the next ``times`` calls until :meth:`release` (then answer normally)."""
         self._script(_Step("hang"), times)
-
-    def release(self) -> None:
-        """Let every hung request (and every later ``hang`` step) answer."""
-        if self._loop is not None and self._released is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._released.set)
 
     def reset(self) -> None:
         """Forget the script, the records and the default answer (to share one server)."""
@@ -188,52 +179,6 @@ class FakeAnthropicApi:
             return list(self._state.usages)
 
     # -- lifecycle -------------------------------------------------------------------
-
-    def start(self) -> FakeAnthropicApi:
-        """Listen on a free loopback port and serve from a background thread until ready."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(64)
-        self._socket = sock
-        self.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        config = uvicorn.Config(
-            self._app(), lifespan="off", loop="asyncio", http="h11", ws="none",
-            log_level="warning", access_log=False, timeout_graceful_shutdown=5,
-        )  # fmt: skip
-        self._server = _Server(config, self)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="fake-anthropic", daemon=True
-        )
-        self._thread.start()
-        if not self._ready.wait(timeout=10):
-            self.stop()
-            raise RuntimeError("the fake Anthropic API did not start within 10 s")
-        return self
-
-    def stop(self) -> None:
-        """Release hung requests, shut the server down and wait for its thread."""
-        self.release()
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            if self._thread.is_alive():
-                raise RuntimeError("the fake Anthropic API did not stop within 10 s")
-        if self._socket is not None:
-            self._socket.close()
-        self._thread = self._server = self._socket = None
-
-    def __enter__(self) -> FakeAnthropicApi:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _started(self) -> None:
-        """Called on the server's loop once it accepts connections."""
-        self._loop = asyncio.get_running_loop()
-        self._released = asyncio.Event()
-        self._ready.set()
 
     # -- the API ---------------------------------------------------------------------
 
@@ -314,15 +259,3 @@ def _error(status: int, message: str, number: int) -> JSONResponse:
         status_code=status,
         headers={"request-id": request_id},
     )
-
-
-class _Server(uvicorn.Server):
-    """uvicorn that tells the fake when it is accepting connections."""
-
-    def __init__(self, config: uvicorn.Config, fake: FakeAnthropicApi) -> None:
-        super().__init__(config)
-        self._fake = fake
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        self._fake._started()

@@ -20,23 +20,22 @@ Use it as a context manager (``with FakeGeminiApi() as api:``); ``api.base_url``
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import functools
 import io
 import json
-import socket
 import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from PIL import Image, ImageDraw
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from tests.fakes.server import FakeServer
 
 API_KEY = "fake-gemini-key"
 STATUS_NAMES = {
@@ -95,22 +94,18 @@ class _State:
     generate_calls: int = 0
 
 
-class FakeGeminiApi:
+class FakeGeminiApi(FakeServer):
     """The fake server; see the module docstring. Not started until :meth:`start`."""
 
+    name = "fake Gemini API"
+
     def __init__(self, *, image: bytes | None = None, api_key: str = API_KEY) -> None:
+        super().__init__()
         self.image = image if image is not None else sample_png()
         self.api_key = api_key
         self.hung = threading.Event()
         """Set when a request starts hanging (so a test can see it arrived)."""
         self._state = _State()
-        self._ready = threading.Event()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._released: asyncio.Event | None = None
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
-        self.base_url = ""
 
     # -- scripting -------------------------------------------------------------------
 
@@ -129,11 +124,6 @@ class FakeGeminiApi:
     def answer_text(self, times: int = 1) -> None:
         """Answer the next calls with text only, as the model sometimes does."""
         self._script(_Step("text"), times)
-
-    def release(self) -> None:
-        """Let every hung request (and every later ``hang`` step) answer normally."""
-        if self._loop is not None and self._released is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self._released.set)
 
     def _script(self, step: _Step, times: int) -> None:
         with self._state.lock:
@@ -154,52 +144,6 @@ class FakeGeminiApi:
             return list(self._state.requests)
 
     # -- lifecycle -------------------------------------------------------------------
-
-    def start(self) -> FakeGeminiApi:
-        """Listen on a free loopback port and serve from a background thread until ready."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(64)
-        self._socket = sock
-        self.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        config = uvicorn.Config(
-            self._app(), lifespan="off", loop="asyncio", http="h11", ws="none",
-            log_level="warning", access_log=False, timeout_graceful_shutdown=5,
-        )  # fmt: skip
-        self._server = _Server(config, self)
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [sock]}, name="fake-gemini", daemon=True
-        )
-        self._thread.start()
-        if not self._ready.wait(timeout=10):
-            self.stop()
-            raise RuntimeError("the fake Gemini API did not start within 10 s")
-        return self
-
-    def stop(self) -> None:
-        """Release hung requests, shut the server down and wait for its thread."""
-        self.release()
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            if self._thread.is_alive():
-                raise RuntimeError("the fake Gemini API did not stop within 10 s")
-        if self._socket is not None:
-            self._socket.close()
-        self._thread = self._server = self._socket = None
-
-    def __enter__(self) -> FakeGeminiApi:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _started(self) -> None:
-        """Called on the server's loop once it accepts connections."""
-        self._loop = asyncio.get_running_loop()
-        self._released = asyncio.Event()
-        self._ready.set()
 
     # -- the API ---------------------------------------------------------------------
 
@@ -268,15 +212,3 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse(
         {"error": {"code": status, "message": message, "status": name}}, status_code=status
     )
-
-
-class _Server(uvicorn.Server):
-    """uvicorn that tells the fake when it is accepting connections."""
-
-    def __init__(self, config: uvicorn.Config, fake: FakeGeminiApi) -> None:
-        super().__init__(config)
-        self._fake = fake
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        self._fake._started()
