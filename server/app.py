@@ -7,6 +7,7 @@ reverse, so frames accepted before shutdown are written before the store closes.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -47,8 +48,6 @@ Stage = Callable[[Services, AsyncExitStack], Awaitable[None]]
 def build_store(settings: Settings) -> Store:
     """The store adapter the settings name."""
     if settings.store == "dynamodb":
-        import os
-
         from server.store.dynamodb import DynamoDBStore
 
         return DynamoDBStore(

@@ -2,7 +2,8 @@
 
 Settings errors print the setting and the reason and exit with code 2. Client programs
 (bridge, watch, loadtest, demo) register their own subcommands through
-:data:`CLIENT_COMMANDS`, imported only when the command line names them.
+:data:`CLIENT_COMMANDS` (each module's ``add_parser``); they talk to a server over the
+network only.
 """
 
 from __future__ import annotations
