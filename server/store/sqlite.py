@@ -24,6 +24,7 @@ import pathlib
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import aiosqlite
@@ -83,6 +84,16 @@ _STATE_COLUMNS = (
 )
 
 
+@dataclass(slots=True)
+class _StateWrite:
+    """A conditional state write waiting for the next group commit."""
+
+    row: Sequence[Any]
+    user_id: str
+    expected: int
+    done: asyncio.Future[None]
+
+
 class SQLiteStore:
     """The :class:`~server.store.base.Store` in a SQLite file at ``path``.
 
@@ -97,6 +108,9 @@ class SQLiteStore:
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
+        # State writes waiting for the next group commit, and the task committing them.
+        self._pending_states: list[_StateWrite] = []
+        self._state_flush: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         """Open (creating the file, directories and tables if needed). Idempotent."""
@@ -121,7 +135,9 @@ class SQLiteStore:
         self._writer, self._reader = writer, reader
 
     async def close(self) -> None:
-        """Close both connections. Idempotent."""
+        """Close both connections (after pending state writes). Idempotent."""
+        if self._state_flush is not None:
+            await asyncio.shield(self._state_flush)
         writer, reader = self._writer, self._reader
         self._writer = self._reader = None
         for connection in (reader, writer):
@@ -213,24 +229,58 @@ class SQLiteStore:
     async def put_state(self, state: UserState, expected_version: int) -> None:
         """Write ``state`` if the stored version is ``expected_version`` (0: no row).
 
-        Raises :class:`~server.errors.VersionConflict` naming the version found.
+        Writes that arrive while another group is being committed share the next
+        transaction (one fsync for many users); each keeps its own version check, in
+        arrival order. Raises :class:`~server.errors.VersionConflict` naming the version
+        found, or :class:`~server.errors.StoreError`.
         """
-        row = _state_to_row(state)
-        async with self._transaction() as writer:
-            async with writer.execute(
-                "SELECT version FROM user_state WHERE user_id = ?", (state.user_id,)
-            ) as cursor:
-                found_row = await cursor.fetchone()
-            found = 0 if found_row is None else int(found_row[0])
-            if found != expected_version:
-                raise VersionConflict(
-                    state.user_id, expected_version, None if found_row is None else found
-                )
-            placeholders = ", ".join("?" * len(row))
-            await writer.execute(
-                f"INSERT OR REPLACE INTO user_state ({_STATE_COLUMNS}) VALUES ({placeholders})",
-                row,
-            )
+        done = asyncio.get_running_loop().create_future()
+        write = _StateWrite(_state_to_row(state), state.user_id, expected_version, done)
+        self._pending_states.append(write)
+        if self._state_flush is None:
+            self._state_flush = asyncio.create_task(self._flush_states(), name="sqlite-states")
+        await done
+
+    async def _flush_states(self) -> None:
+        try:
+            while self._pending_states:
+                batch, self._pending_states = self._pending_states, []
+                outcomes: list[BaseException | None] = []
+                try:
+                    async with self._transaction() as writer:
+                        for write in batch:
+                            outcomes.append(await self._write_state(writer, write))
+                except (StoreError, sqlite3.Error) as error:
+                    failure = error if isinstance(error, StoreError) else StoreError(str(error))
+                    outcomes = [failure] * len(batch)
+                for write, outcome in zip(batch, outcomes, strict=True):
+                    if write.done.done():  # the caller went away
+                        continue
+                    if outcome is None:
+                        write.done.set_result(None)
+                    else:
+                        write.done.set_exception(outcome)
+        finally:
+            self._state_flush = None
+
+    @staticmethod
+    async def _write_state(
+        writer: aiosqlite.Connection, write: _StateWrite
+    ) -> VersionConflict | None:
+        async with writer.execute(
+            "SELECT version FROM user_state WHERE user_id = ?", (write.user_id,)
+        ) as cursor:
+            found_row = await cursor.fetchone()
+        found = 0 if found_row is None else int(found_row[0])
+        if found != write.expected:
+            shown = None if found_row is None else found
+            return VersionConflict(write.user_id, write.expected, shown)
+        placeholders = ", ".join("?" * len(write.row))
+        await writer.execute(
+            f"INSERT OR REPLACE INTO user_state ({_STATE_COLUMNS}) VALUES ({placeholders})",
+            write.row,
+        )
+        return None
 
     async def users_with_avatar_status(self, status: str, limit: int = 1000) -> list[str]:
         """Ids of up to ``limit`` users whose ``avatar_status`` is ``status``."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import pathlib
 import time
 
@@ -25,5 +26,39 @@ async def test_purge_expired_deletes_only_frames_past_retention(tmp_path: pathli
         # Read as of long ago, so the read filter cannot be what hides the old frames.
         assert await store.frames_between("alice", 0, 10**13, now_ms=0) == [recent]
         assert await store.frames_between("bob", 0, 10**13, now_ms=0) == []
+    finally:
+        await store.close()
+
+
+async def test_concurrent_state_writes_each_keep_their_version_check(
+    tmp_path: pathlib.Path,
+) -> None:
+    from dataclasses import replace
+
+    import pytest
+
+    from server.errors import VersionConflict
+    from server.store.base import UserState
+
+    store = SQLiteStore(tmp_path / "store.sqlite3")
+    await store.open()
+    try:
+        users = [f"u{i}" for i in range(50)]
+        firsts = [replace(UserState.initial(u), version=1, state="stressed") for u in users]
+        # Two writers race on u0 inside the same group: the first in arrival order wins.
+        rival = replace(UserState.initial("u0"), version=1, state="calm")
+        results = await asyncio.gather(
+            *(store.put_state(s, 0) for s in firsts), store.put_state(rival, 0),
+            return_exceptions=True,
+        )  # fmt: skip
+        assert results[:50] == [None] * 50
+        assert isinstance(results[50], VersionConflict)
+        assert results[50].found == 1
+        for user in users:
+            stored = await store.get_state(user)
+            assert stored is not None
+            assert (stored.version, stored.state) == (1, "stressed")
+        with pytest.raises(VersionConflict):
+            await store.put_state(replace(firsts[1], version=2), 0)
     finally:
         await store.close()
