@@ -12,20 +12,9 @@ from PIL import Image
 from brain.avatar import local
 from brain.avatar.base import PHONE_SIZE, WATCH_SIZE, GeneratedImage
 from brain.avatar.local import LocalRenderer
-from brain.avatar.prompt import ArtStyle, AvatarSpec, Species, build_prompt
+from brain.avatar.prompt import AvatarSpec, Species, build_prompt
 from brain.model import EnergyBand, Mood, State
-
-
-def spec(**changes: object) -> AvatarSpec:
-    values: dict[str, object] = {
-        "state": State.CALM,
-        "mood": Mood.CONTENT,
-        "band": EnergyBand.MID,
-        "base_avatar": Species.FOX,
-        "style": ArtStyle.KAWAII,
-    }
-    values.update(changes)
-    return AvatarSpec(**values)  # type: ignore[arg-type]
+from tests.avatar.specs import spec
 
 
 async def generate(avatar: AvatarSpec) -> GeneratedImage:

@@ -17,18 +17,7 @@ from brain.avatar.prompt import (
     look_of,
 )
 from brain.model import EnergyBand, Mood, State
-
-
-def spec(**changes: object) -> AvatarSpec:
-    values: dict[str, object] = {
-        "state": State.CALM,
-        "mood": Mood.CONTENT,
-        "band": EnergyBand.MID,
-        "base_avatar": Species.FOX,
-        "style": ArtStyle.KAWAII,
-    }
-    values.update(changes)
-    return AvatarSpec(**values)  # type: ignore[arg-type]
+from tests.avatar.specs import spec
 
 
 def test_the_same_spec_always_gives_the_same_prompt() -> None:
