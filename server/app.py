@@ -16,6 +16,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from brain.model import Frame
 from server import demo, legacy, rest
@@ -99,7 +101,7 @@ def create_app(
             await the_store.open()
             stack.push_async_callback(the_store.close)
             the_broker = broker if broker is not None else build_broker(settings)
-            hub = Hub(the_broker, metrics)
+            hub = Hub(the_broker, metrics, clock)
             await hub.start()
             stack.push_async_callback(the_broker.close)
             hooks: list[Callable[[Mapping[str, Sequence[Frame]]], Awaitable[None]]] = []
@@ -131,9 +133,33 @@ def create_app(
             yield
             log.info("companion stopping: flushing pending frames")
 
-    app = Starlette(routes=routes(), lifespan=lifespan)
+    app = CompanionApp(routes=routes(), lifespan=lifespan)
     app.state.metrics = metrics
     return app
+
+
+WS_PATH = "/v1/ws"
+
+
+class CompanionApp(Starlette):
+    """The Starlette app, with WebSocket upgrades of :data:`WS_PATH` sent straight to the endpoint.
+
+    A WebSocket connection lives for hours, and every layer between uvicorn and the
+    endpoint keeps a suspended coroutine frame for all that time: Starlette's middleware
+    stack and router cost several KiB per connection (docs/benchmarks.md). The endpoint
+    answers its own errors and needs none of them, so the upgrade skips them; the route
+    stays in the table for the route list and the OpenAPI document.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            path: str = scope["path"]
+            root: str = scope.get("root_path", "")
+            if path == WS_PATH or (root and path == root + WS_PATH):
+                scope["app"] = self
+                await websocket_endpoint(WebSocket(scope, receive, send))
+                return
+        await super().__call__(scope, receive, send)
 
 
 async def healthz(request: Request) -> Response:
@@ -170,7 +196,7 @@ def routes() -> list[BaseRoute]:
     """Every route of the server."""
     user = "/v1/users/{user_id}"
     table: list[BaseRoute] = [
-        WebSocketRoute("/v1/ws", websocket_endpoint),
+        WebSocketRoute(WS_PATH, websocket_endpoint),
         Route(f"{user}/frames", rest.post_frames, methods=["POST"]),
         Route(f"{user}/state", rest.get_state, methods=["GET"]),
         Route(f"{user}/export", rest.export_user, methods=["GET"]),

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Protocol
 
@@ -19,7 +20,13 @@ import orjson
 
 from server.broker.base import Broker
 from server.metrics import Metrics
-from server.protocol import Delta, FramesSummary, ProtocolError, delta_from_message
+from server.protocol import (
+    Delta,
+    FramesSummary,
+    ProtocolError,
+    delta_from_message,
+    text_frame,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +38,12 @@ class Peer(Protocol):
     def wants_summaries(self) -> bool:
         """Whether this peer receives ``frames`` summaries (debug and service peers)."""
 
-    def offer(self, text: str, delta: Delta | None) -> None:
-        """Queue ``text`` (``delta`` is its parsed form, ``None`` for other messages)."""
+    def offer(self, text: str, delta: Delta | None, frame: bytes) -> None:
+        """Send or queue ``text`` without blocking.
+
+        ``delta`` is its parsed form (``None`` for other messages) and ``frame`` the same
+        text as a complete WebSocket frame, built once for all peers.
+        """
 
 
 class Watch:
@@ -64,9 +75,12 @@ class Watch:
 class Hub:
     """Local peers and long-poll watches per user, and the broker traffic for them."""
 
-    def __init__(self, broker: Broker, metrics: Metrics) -> None:
+    def __init__(
+        self, broker: Broker, metrics: Metrics, clock: Callable[[], float] = time.time
+    ) -> None:
         self._broker = broker
         self._metrics = metrics
+        self._clock = clock
         self._peers: dict[str, set[Peer]] = {}
         self._watches: dict[str, set[Watch]] = {}
         self._interest: dict[str, int] = {}
@@ -158,11 +172,19 @@ class Hub:
                 return
             for watch in self._watches.get(user_id, ()):
                 watch.see(delta.version)
-            peers = self._peers.get(user_id, ())
+            peers = self._peers.get(user_id)
+            if not peers:
+                return
+            frame = text_frame(payload)
             for peer in peers:
-                peer.offer(text, delta)
+                peer.offer(text, delta, frame)
             self._metrics.deltas_pushed.inc(len(peers))
+            # Commit -> handed to every local socket that could take it at once; a peer that
+            # could not observes its own, later delivery (server.ws.Connection._drain).
+            self._metrics.push_latency.observe(max(0.0, self._clock() - delta.t / 1000))
         elif op == "frames":
-            for peer in self._peers.get(user_id, ()):
-                if peer.wants_summaries:
-                    peer.offer(text, None)
+            readers = [peer for peer in self._peers.get(user_id, ()) if peer.wants_summaries]
+            if readers:
+                frame = text_frame(payload)
+                for peer in readers:
+                    peer.offer(text, None, frame)

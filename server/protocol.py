@@ -337,6 +337,21 @@ def encode(message: Mapping[str, Any]) -> str:
     return orjson.dumps(message).decode()
 
 
+def text_frame(payload: bytes) -> bytes:
+    """``payload`` (UTF-8 text) as one complete, unmasked WebSocket text frame (RFC 6455 5.2).
+
+    Server-to-client frames carry no mask, so these bytes are the same for every socket: a
+    message pushed to many clients is framed once. Not for connections that negotiated an
+    extension (permessage-deflate is off on this server).
+    """
+    size = len(payload)
+    if size < 126:
+        return bytes((0x81, size)) + payload
+    if size < 1 << 16:
+        return bytes((0x81, 126)) + size.to_bytes(2, "big") + payload
+    return bytes((0x81, 127)) + size.to_bytes(8, "big") + payload
+
+
 def decode_server_message(data: str | bytes) -> dict[str, Any]:
     """Decode a server message (for clients). Raises :class:`ProtocolError` on bad JSON."""
     try:

@@ -1,6 +1,8 @@
 """Run the app on uvicorn with the transport choices of the architecture.
 
-uvloop + httptools + the sans-I/O ``websockets`` implementation; permessage-deflate off
+uvloop + httptools + the sans-I/O ``websockets`` implementation (as
+:class:`server.push_protocol.PushProtocol`, which adds a direct write path for pushed
+messages and keeps less per connection); permessage-deflate off
 (small messages, 5-10x memory per connection, decompression bombs); 64 KiB message limit
 (uvicorn closes with 1009 above it); keepalive pings at the configured interval. On
 SIGINT/SIGTERM uvicorn stops accepting, closes every WebSocket with 1012 (reconnect
@@ -17,6 +19,7 @@ import uvicorn
 
 from server.app import create_app
 from server.protocol import MAX_MESSAGE_BYTES
+from server.push_protocol import PushProtocol
 from server.settings import Settings
 
 GRACEFUL_SHUTDOWN_S = 10
@@ -29,7 +32,7 @@ def uvicorn_config(settings: Settings, **overrides: object) -> uvicorn.Config:
         "port": settings.port,
         "loop": "uvloop",
         "http": "httptools",
-        "ws": "websockets-sansio",
+        "ws": PushProtocol,
         "ws_per_message_deflate": False,
         "ws_max_size": MAX_MESSAGE_BYTES,
         "ws_ping_interval": settings.ping_interval,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -21,7 +22,8 @@ from server.auth import DeviceKind, Principal, bearer, origin_allowed, verify
 from server.errors import AuthError, Forbidden, FramesNotDurable, StoreError
 from server.outbox import Outbox
 from server.problems import auth_problem
-from server.protocol import Delta, FrameLimits, ProtocolError
+from server.protocol import Delta, FrameLimits, ProtocolError, text_frame
+from server.push_protocol import PUSH_EXTENSION
 from server.ratelimit import TokenBucket
 from server.services import Services
 
@@ -80,6 +82,7 @@ class Connection:
         "_expiry",
         "_limits",
         "_reader",
+        "_write",
         "_writer",
         "outbox",
         "principal",
@@ -109,6 +112,9 @@ class Connection:
         self._reader: asyncio.Task[Any] | None = None
         self._closing: tuple[int, str] | None = None
         self._expiry: asyncio.TimerHandle | None = None
+        push = websocket.scope.get("extensions", {}).get(PUSH_EXTENSION)
+        self._write: Callable[[bytes], bool] | None = None if push is None else push["write"]
+        """Writes a whole frame now if the socket can take it (the fast path of pushes)."""
 
     @property
     def wants_summaries(self) -> bool:
@@ -174,14 +180,22 @@ class Connection:
 
     # -- pushed messages (hub side) ----------------------------------------------------
 
-    def offer(self, text: str, delta: Delta | None) -> None:
-        """Queue a pushed message; abandon the peer if its outbox is full."""
+    def offer(self, text: str, delta: Delta | None, frame: bytes) -> None:
+        """Send a pushed message now, or queue it; abandon the peer if its outbox is full.
+
+        With nothing queued and a socket that takes writes, ``frame`` (``text`` framed once by
+        the hub for every peer) is written synchronously: no task, no await. Otherwise the
+        message goes through the coalescing outbox and its writer task.
+        """
         if self._closing is not None:
             return
         if delta is not None:
             if delta.version <= self.versions.get(delta.user_id, -1):
                 return  # the client already has this version (from a snapshot)
             self.versions[delta.user_id] = delta.version
+        if self._writer is None and self._write is not None and self._write(frame):
+            return
+        if delta is not None:
             merged = self.outbox.merged
             accepted = self.outbox.put_delta(delta, text)
             if self.outbox.merged != merged:
@@ -219,6 +233,12 @@ class Connection:
     # -- client messages (reader side) ---------------------------------------------------
 
     async def _reply(self, text: str) -> None:
+        if (
+            self._writer is None
+            and self._write is not None
+            and self._write(text_frame(text.encode()))
+        ):
+            return
         try:
             async with asyncio.timeout(self.services.settings.write_timeout):
                 await self.websocket.send_text(text)
