@@ -13,7 +13,8 @@ paused; otherwise it returns ``False`` and the caller queues the message on its 
 The protocol also keeps less per connection than uvicorn's (memory per idle connection is
 a target): the receive queue is a list and one future instead of an ``asyncio.Queue`` (four
 deques), the writable flag keeps no waiter deque, and the handshake request and response
-are dropped once the upgrade is sent. Used as ``ws=`` in :func:`server.runner.uvicorn_config`.
+are dropped once the upgrade is sent (including the copy websockets' handshake parser
+keeps). Used as ``ws=`` in :func:`server.runner.uvicorn_config`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from uvicorn.config import Config
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 from websockets.http11 import Request
-from websockets.protocol import OPEN
+from websockets.protocol import OPEN, Protocol
 
 PUSH_EXTENSION = "companion.push"
 """Scope extension: ``{"write": Callable[[bytes], bool]}`` writes one pre-framed message."""
@@ -109,10 +110,19 @@ class PushProtocol(WebSocketsSansIOProtocol):
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
-        # Pre-framed bytes are only valid without extensions (permessage-deflate is off).
-        if getattr(self, "scope", None) is not None and not self.conn.extensions:
-            self.scope["extensions"][PUSH_EXTENSION] = {"write": self.write_frame}
         del self.request  # the scope has what the app needs of it
+        if self.response.status_code != 101:
+            return  # rejected by websockets (bad handshake); already answered and closing
+        # Pre-framed bytes are only valid without extensions (permessage-deflate is off).
+        if not self.conn.extensions:
+            self.scope["extensions"][PUSH_EXTENSION] = {"write": self.write_frame}
+        # websockets' handshake parser keeps the request (headers and all) as a local of its
+        # suspended generator for the life of the connection. With nothing of the first frame
+        # read yet (clients wait for the 101), restart on the frame parser alone, which is
+        # where that generator is suspended anyway.
+        if not self.conn.reader.buffer:
+            self.conn.parser = Protocol.parse(self.conn)
+            next(self.conn.parser)
 
     async def send(self, message: ASGISendEvent) -> None:
         await super().send(message)

@@ -81,10 +81,10 @@ class Connection:
         "_errors",
         "_expiry",
         "_limits",
+        "_outbox",
         "_reader",
         "_write",
         "_writer",
-        "outbox",
         "principal",
         "services",
         "subscriptions",
@@ -97,7 +97,7 @@ class Connection:
         self.websocket = websocket
         self.principal = principal
         self.services = services
-        self.outbox = Outbox(settings.outbox_limit)
+        self._outbox: Outbox | None = None
         self.subscriptions: set[str] = set()
         self.versions: dict[str, int] = {}
         self._bucket = TokenBucket(settings.rate_per_s, settings.rate_burst, services.clock())
@@ -115,6 +115,14 @@ class Connection:
         push = websocket.scope.get("extensions", {}).get(PUSH_EXTENSION)
         self._write: Callable[[bytes], bool] | None = None if push is None else push["write"]
         """Writes a whole frame now if the socket can take it (the fast path of pushes)."""
+
+    @property
+    def outbox(self) -> Outbox:
+        """Messages waiting for the socket; made when first needed (most connections never
+        need one: pushes to a socket that takes writes go straight to it)."""
+        if self._outbox is None:
+            self._outbox = Outbox(self.services.settings.outbox_limit)
+        return self._outbox
 
     @property
     def wants_summaries(self) -> bool:
@@ -196,9 +204,10 @@ class Connection:
         if self._writer is None and self._write is not None and self._write(frame):
             return
         if delta is not None:
-            merged = self.outbox.merged
-            accepted = self.outbox.put_delta(delta, text)
-            if self.outbox.merged != merged:
+            outbox = self.outbox
+            merged = outbox.merged
+            accepted = outbox.put_delta(delta, text)
+            if outbox.merged != merged:
                 self.services.metrics.outbox_drops.labels("coalesced").inc()
         else:
             accepted = self.outbox.put(text)
@@ -229,6 +238,8 @@ class Connection:
             log.debug("writer of %s stopped: %r", self.principal.user_id, exc)
         finally:
             self._writer = None
+            if self._outbox is not None and not self._outbox:
+                self._outbox = None  # drained: back to direct writes, nothing kept
 
     # -- client messages (reader side) ---------------------------------------------------
 

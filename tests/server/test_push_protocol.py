@@ -1,0 +1,81 @@
+"""The push fast path: frames built once by the hub, written straight to sockets."""
+
+from __future__ import annotations
+
+import pytest
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.streams import StreamReader
+
+from server.protocol import text_frame
+from server.push_protocol import PushProtocol
+from server.ws import Connection
+from tests.conftest import LiveServer, recv_op
+from tests.server.conftest import commit
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65_535, 65_536, 200_000])
+def test_text_frame_is_the_frame_websockets_would_send(size: int) -> None:
+    payload = ("é" * size).encode()[:size]
+    expected = Frame(Opcode.TEXT, payload).serialize(mask=False, extensions=[])
+    assert text_frame(payload) == expected
+
+
+def test_text_frame_parses_back_to_the_payload() -> None:
+    payload = b'{"op":"delta","user_id":"alice"}' * 5
+    reader = StreamReader()
+    reader.feed_data(text_frame(payload))
+    parser = Frame.parse(reader.read_exact, mask=False)
+    with pytest.raises(StopIteration) as done:
+        next(parser)
+    frame = done.value.value
+    assert frame.opcode is Opcode.TEXT
+    assert frame.fin
+    assert frame.data == payload
+
+
+def connection_of(live: LiveServer, user: str) -> Connection:
+    (peer,) = live.services.hub.peers(user)
+    assert isinstance(peer, Connection)
+    return peer
+
+
+async def test_a_delta_to_an_idle_socket_is_written_without_outbox_or_task(
+    live_server: LiveServer,
+) -> None:
+    ws = await live_server.connect("alice", "watch")
+    try:
+        async with live_server.http() as client:
+            await commit(client, "alice", mood="happy")
+            await recv_op(ws, "delta")  # joined (the first delta) and idle again
+            connection = connection_of(live_server, "alice")
+            assert connection._write is not None
+            for energy in (10, 20, 30):
+                body = await commit(client, "alice", energy=energy)
+                delta = await recv_op(ws, "delta")
+                assert delta["version"] == body["version"]
+                assert delta["changes"] == {"energy": energy}
+                assert connection._writer is None
+                assert connection._outbox is None
+    finally:
+        await ws.close()
+
+
+async def test_an_accepted_connection_keeps_no_handshake_request(
+    live_server: LiveServer,
+) -> None:
+    ws = await live_server.connect("alice", "watch")
+    try:
+        async with live_server.http() as client:
+            await commit(client, "alice", mood="content")
+            await recv_op(ws, "delta")
+        connections = live_server.server.server_state.connections
+        (protocol,) = [p for p in connections if isinstance(p, PushProtocol)]
+        assert not hasattr(protocol, "request")
+        assert protocol.response is None
+        parser = protocol.conn.parser
+        assert parser.gi_frame is not None
+        suspended = parser.gi_frame.f_locals.values()
+        assert not any(isinstance(value, Request) for value in suspended)
+    finally:
+        await ws.close()
