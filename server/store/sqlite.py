@@ -83,6 +83,16 @@ _STATE_COLUMNS = (
     " image_url, avatar_status, profile, updated_at"
 )
 
+_STATE_NAMES = [name.strip() for name in _STATE_COLUMNS.split(",")]
+_INSERT_STATE = (
+    f"INSERT INTO user_state ({_STATE_COLUMNS}) VALUES ({', '.join('?' * len(_STATE_NAMES))})"
+    " ON CONFLICT (user_id) DO NOTHING"
+)
+_UPDATE_STATE = (
+    f"UPDATE user_state SET {', '.join(f'{name} = ?' for name in _STATE_NAMES[1:])}"
+    " WHERE user_id = ? AND version = ?"
+)
+
 
 @dataclass(slots=True)
 class _StateWrite:
@@ -170,8 +180,7 @@ class SQLiteStore:
     async def _read(self, sql: str, parameters: Sequence[Any] = ()) -> list[sqlite3.Row]:
         _, reader = self._connections()
         try:
-            async with reader.execute(sql, parameters) as cursor:
-                return list(await cursor.fetchall())
+            return list(await reader.execute_fetchall(sql, parameters))
         except sqlite3.Error as error:
             raise StoreError(f"SQLite read failed: {error}") from error
 
@@ -267,20 +276,21 @@ class SQLiteStore:
     async def _write_state(
         writer: aiosqlite.Connection, write: _StateWrite
     ) -> VersionConflict | None:
-        async with writer.execute(
+        """One statement whose condition is the version check: the row is written only if
+        its version is still ``write.expected`` (no row at all for 0)."""
+        if write.expected == 0:
+            cursor = await writer.execute(_INSERT_STATE, write.row)
+        else:
+            cursor = await writer.execute(
+                _UPDATE_STATE, (*write.row[1:], write.user_id, write.expected)
+            )
+        if cursor.rowcount == 1:
+            return None
+        found = await writer.execute_fetchall(
             "SELECT version FROM user_state WHERE user_id = ?", (write.user_id,)
-        ) as cursor:
-            found_row = await cursor.fetchone()
-        found = 0 if found_row is None else int(found_row[0])
-        if found != write.expected:
-            shown = None if found_row is None else found
-            return VersionConflict(write.user_id, write.expected, shown)
-        placeholders = ", ".join("?" * len(write.row))
-        await writer.execute(
-            f"INSERT OR REPLACE INTO user_state ({_STATE_COLUMNS}) VALUES ({placeholders})",
-            write.row,
         )
-        return None
+        shown = None if not found else int(next(iter(found))[0])
+        return VersionConflict(write.user_id, write.expected, shown)
 
     async def users_with_avatar_status(self, status: str, limit: int = 1000) -> list[str]:
         """Ids of up to ``limit`` users whose ``avatar_status`` is ``status``."""
@@ -387,11 +397,11 @@ def _state_to_row(state: UserState) -> tuple[Any, ...]:
     data = codec.state_to_dict(state)
     data["actions"] = orjson.dumps(data["actions"]).decode()
     data["profile"] = orjson.dumps(data["profile"]).decode()
-    return tuple(data[name.strip()] for name in _STATE_COLUMNS.split(","))
+    return tuple(data[name] for name in _STATE_NAMES)
 
 
 def _state_from_row(row: sqlite3.Row) -> UserState:
-    data = dict(zip((name.strip() for name in _STATE_COLUMNS.split(",")), row, strict=True))
+    data = dict(zip(_STATE_NAMES, row, strict=True))
     data["actions"] = orjson.loads(data["actions"])
     data["profile"] = orjson.loads(data["profile"])
     return codec.state_from_dict(data)
