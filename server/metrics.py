@@ -65,11 +65,14 @@ class Metrics:
             "companion_deltas_published", "Deltas published to the broker.", registry=r
         )
         self.deltas_pushed = Counter(
-            "companion_deltas_pushed", "Deltas queued to local subscribers.", registry=r
+            "companion_deltas_pushed",
+            "Deltas handed to local subscribers (written, or queued behind).",
+            registry=r,
         )
         self.push_latency = Histogram(
             "companion_push_latency_seconds",
-            "Commit time to the delta's write to a subscriber's socket.",
+            "Commit to the write of the delta: once per delta for the sockets written at "
+            "once, once per delivery for a subscriber that was behind.",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )

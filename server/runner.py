@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import signal
 import sys
+from types import FrameType
 
 import uvicorn
 
@@ -71,5 +73,17 @@ def serve(settings: Settings) -> int:
     # and collect less often.
     gc.freeze()
     gc.set_threshold(50_000, 20, 1000)
-    server.run()
+    # uvicorn handles SIGINT/SIGTERM itself (graceful shutdown), then re-raises the signal
+    # into the handler it found, which by default would kill the process with -15 after a
+    # clean stop. This handler makes that re-raise a no-op, so a clean stop exits 0.
+    previous = {sig: signal.signal(sig, _stopped) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        server.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0 if server.started else 1
+
+
+def _stopped(signum: int, frame: FrameType | None) -> None:
+    """Runs when uvicorn re-raises the signal that stopped it: already handled."""

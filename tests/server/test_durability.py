@@ -193,8 +193,8 @@ async def test_sigterm_closes_phones_with_1012_and_keeps_acked_frames(tmp_path: 
         finally:
             await ws.close()
         async with asyncio.timeout(20):
-            # uvicorn re-raises the signal after its graceful shutdown.
-            assert await server.process.wait() in (0, -signal.SIGTERM)
+            # A graceful stop is a clean exit (uvicorn's re-raised signal is absorbed).
+            assert await server.process.wait() == 0
     async with server_process(tmp_path, port) as server:
         stored = await export(server, "alice")
     assert {(f["ts"], f["device"]) for f in stored} == {
