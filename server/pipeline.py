@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -151,6 +151,8 @@ class Pipeline:
         """Called after each analysis (tests and benchmarks wait on these)."""
         self._baselines: OrderedDict[str, tuple[Baseline | None, float]] = OrderedDict()
         self._max_users = max_users
+        self._erasures: Counter[str] = Counter()
+        """Times each user was erased: an analysis that began before one must not commit."""
 
     @classmethod
     def from_services(cls, services: Services, analyst: Analyst) -> Pipeline:
@@ -182,9 +184,11 @@ class Pipeline:
         await self.scheduler.idle()
 
     def forget(self, user_id: str) -> None:
-        """Drop a user's window and baseline (after the user's data was erased)."""
+        """Drop a user's window and baseline, and stop analyses already running for the user
+        from committing (an erase hook: called before and after the data is deleted)."""
         self.windows.forget(user_id)
         self._baselines.pop(user_id, None)
+        self._erasures[user_id] += 1
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -207,6 +211,7 @@ class Pipeline:
 
     async def analyse(self, user_id: str, force: bool = False) -> Analysed:
         """Analyse ``user_id`` now and commit a change; see the module docstring."""
+        erasures = self._erasures[user_id]
         clock_ms = self._now_ms()
         window = self.windows.window(user_id, now_ms=clock_ms)
         if window.is_cold():
@@ -228,7 +233,13 @@ class Pipeline:
             previous=_state_or_none(current.state),
         )
         decision = await self._decide(request)
-        committed = await react(self.state, user_id, decision.assessment, force=force)
+        committed = await react(
+            self.state,
+            user_id,
+            decision.assessment,
+            force=force,
+            valid=lambda: self._erasures[user_id] == erasures,
+        )
         self.metrics.analyses.labels(decision.assessment.source.value).inc()
         done = Analysed(
             user_id,

@@ -13,6 +13,7 @@ re-reads the state and decides again after a lost version race.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from brain.model import Assessment, EnergyBand
@@ -49,15 +50,28 @@ def changes_for(
 
 
 async def react(
-    state: StateService, user_id: str, assessment: Assessment, *, force: bool = False
+    state: StateService,
+    user_id: str,
+    assessment: Assessment,
+    *,
+    force: bool = False,
+    valid: Callable[[], bool] = lambda: True,
 ) -> UserState | None:
     """Commit ``assessment`` for ``user_id`` if it is a change (or ``force``).
+
+    ``valid`` is asked each time the commit is decided (after every read of the state);
+    ``False`` commits nothing: the user was erased while the analysis ran. Deciding on a
+    fresh read and writing conditionally on its version closes the race: a write decided
+    before the erase either lands before the delete (and is deleted) or conflicts with it
+    and is decided again, now invalid.
 
     Returns the committed state, or ``None`` when nothing changed. Raises
     :class:`~server.errors.VersionConflict` when every attempt lost its race.
     """
 
     def decide(current: UserState) -> dict[str, Any] | None:
+        if not valid():
+            return None
         return changes_for(current, assessment, force=force)
 
     return await state.update(user_id, decide, cause=CAUSE)

@@ -218,6 +218,10 @@ async def delete_user(request: Request) -> Response:
     except HTTPProblem as exc:
         return exc.response
     services = services_of(request)
+    # Before: work in flight for the user stops committing. After: what it cached meanwhile
+    # goes too.
+    for forget in services.erase_hooks:
+        forget(user_id)
     deleted = await services.store.delete_user(user_id)
     for forget in services.erase_hooks:
         forget(user_id)
