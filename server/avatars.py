@@ -128,16 +128,24 @@ async def serve_media(request: Request, store: object) -> Response:
     return response
 
 
-async def retry_failed(saga: AvatarSaga, state: StateService, store: Store) -> list[Outcome]:
-    """Re-run the saga of every user whose ``avatar_status`` is ``failed``; their outcomes."""
+async def retry_failed(
+    saga: AvatarSaga, state: StateService, store: Store, *, interrupted: bool = False
+) -> list[Outcome]:
+    """Re-run the saga of every user whose ``avatar_status`` is ``failed`` (and, with
+    ``interrupted``, ``generating``: a saga cancelled by a shutdown leaves that); their
+    outcomes."""
+    statuses = [AvatarStatus.FAILED.value]
+    if interrupted:
+        statuses.append(AvatarStatus.GENERATING.value)
     outcomes: list[Outcome] = []
-    for user_id in await store.users_with_avatar_status(AvatarStatus.FAILED.value):
-        outcomes.append(await saga.run(await state.current(user_id)))
+    for status in statuses:
+        for user_id in await store.users_with_avatar_status(status):
+            outcomes.append(await saga.run(await state.current(user_id)))
     return outcomes
 
 
 async def retry_failed_in_process(
-    settings: Settings, *, retry: RetryPolicy | None = None
+    settings: Settings, *, retry: RetryPolicy | None = None, interrupted: bool = False
 ) -> list[Outcome]:
     """``companion avatars retry-failed``: the configured store, broker, media and generator,
     in this process (no server needed). Deltas go out through the configured broker, so
@@ -166,7 +174,7 @@ async def retry_failed_in_process(
             state, store, media, generator, metrics, workers=settings.avatar_workers, retry=retry
         )
         stack.push_async_callback(saga.close)
-        return await retry_failed(saga, state, store)
+        return await retry_failed(saga, state, store, interrupted=interrupted)
 
 
 def describe(outcomes: Sequence[Outcome]) -> list[str]:
@@ -176,4 +184,4 @@ def describe(outcomes: Sequence[Outcome]) -> list[str]:
         how = " (cache hit)" if outcome.cached else ""
         url = f" {outcome.image_url}" if outcome.image_url else ""
         lines.append(f"{outcome.user_id}: {outcome.status}{how}{url}")
-    return lines or ["no users with avatar_status=failed"]
+    return lines or ["no users to retry"]

@@ -66,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     retry_failed = avatars_sub.add_parser(
         "retry-failed", help="re-run the saga of every user whose avatar_status is failed"
     )
+    retry_failed.add_argument(
+        "--interrupted",
+        action="store_true",
+        help="also users left 'generating' by a saga that a stop interrupted (run it while"
+        " no server is generating: their sagas would run twice)",
+    )
     _settings_flags(retry_failed)
     retry_failed.set_defaults(func=_avatars_retry_failed)
 
@@ -132,7 +138,7 @@ def _avatars_retry_failed(args: argparse.Namespace) -> int:
 
     settings = _load(args)
     try:
-        outcomes = asyncio.run(retry_failed_in_process(settings))
+        outcomes = asyncio.run(retry_failed_in_process(settings, interrupted=args.interrupted))
     except ValueError as exc:  # e.g. COMPANION_AVATAR=gemini without a key
         print(f"companion avatars retry-failed: {exc}", file=sys.stderr)
         return EXIT_USAGE

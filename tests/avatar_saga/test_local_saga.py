@@ -85,7 +85,39 @@ def test_retry_failed_command_regenerates_in_process(
     assert state is not None and state.avatar_status == "ready" and state.image_url
     assert out.strip() == f"gus: ready {state.image_url}"
     assert main(["avatars", "retry-failed"]) == 0
-    assert capsys.readouterr().out.strip() == "no users with avatar_status=failed"
+    assert capsys.readouterr().out.strip() == "no users to retry"
+
+
+def test_retry_failed_interrupted_also_resumes_sagas_a_stop_left_generating(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings.data_dir.mkdir(parents=True)
+    left = UserState("hal", version=1, state="calm", mood="content", avatar_status="generating")
+
+    async def seed() -> None:
+        store = SQLiteStore(settings.sqlite_path)
+        await store.open()
+        await store.put_state(left.rehashed(), 0)
+        await store.close()
+
+    async def read() -> UserState | None:
+        store = SQLiteStore(settings.sqlite_path)
+        await store.open()
+        try:
+            return await store.get_state("hal")
+        finally:
+            await store.close()
+
+    asyncio.run(seed())
+    monkeypatch.setenv("COMPANION_DATA_DIR", str(settings.data_dir))
+    assert main(["avatars", "retry-failed"]) == 0  # without the flag: left alone
+    assert capsys.readouterr().out.strip() == "no users to retry"
+    stuck = asyncio.run(read())
+    assert stuck is not None and stuck.avatar_status == "generating"
+    assert main(["avatars", "retry-failed", "--interrupted"]) == 0
+    state = asyncio.run(read())
+    assert state is not None and state.avatar_status == "ready" and state.image_url
+    assert capsys.readouterr().out.strip() == f"hal: ready {state.image_url}"
 
 
 def test_only_a_change_of_state_mood_or_band_starts_a_saga() -> None:
