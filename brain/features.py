@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from statistics import fmean, median
 from typing import TypeVar
 
-from brain.model import Frame
+from brain.model import TIME_ORDER, Frame
 
 RECENT_MS = 5 * 60_000
 """The "recent" part of a window for the short-term slope and step rate: the last 5 minutes."""
@@ -104,7 +104,7 @@ def compute_features(
 
     ``tz_offset_min`` is the user's offset from UTC, used only for :attr:`Features.local_hour`.
     """
-    ordered = sorted(frames, key=lambda f: f.key)
+    ordered = sorted(frames, key=TIME_ORDER)
     hour = local_hour(now_ms, tz_offset_min)
     if not ordered:
         return Features(now_ms=now_ms, count=0, span_ms=0, local_hour=hour)

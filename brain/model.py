@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from operator import attrgetter
 
 
 class State(StrEnum):
@@ -127,6 +128,11 @@ class Frame:
     def key(self) -> str:
         """The sort key within a user: zero-padded ts, device, seq (sorts by time)."""
         return f"{self.ts:013d}#{self.device}#{self.seq}"
+
+
+TIME_ORDER = attrgetter("ts", "device", "seq")
+"""Sort key for frames in memory: by time, then device and sequence number. The order of
+:attr:`Frame.key` by time, without formatting a string per frame (analyses sort thousands)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,7 +51,7 @@ class Settings:
     bedrock_model: str = "eu.anthropic.claude-haiku-4-5-20251001-v1:0"
     llm_daily_budget_usd: float = 0.50
     window_minutes: int = 15
-    debounce_ms: int = 250
+    debounce_ms: int = 1000
     analysis_workers: int = 4
     avatar: str = "local"
     gemini_model: str = "gemini-2.5-flash-image"

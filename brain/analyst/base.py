@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from brain.features import Baseline, Features, TrendPoint, compute_features, trend
-from brain.model import Assessment, Env, Frame, Profile, State
+from brain.model import TIME_ORDER, Assessment, Env, Frame, Profile, State
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +47,7 @@ def build_request(
     tz_offset_min: int = 0,
 ) -> AnalysisRequest:
     """An :class:`AnalysisRequest` from a window's frames: features, trend and latest env."""
-    frames = sorted(frames, key=lambda f: f.key)
+    frames = sorted(frames, key=TIME_ORDER)
     env = next((f.env for f in reversed(frames) if f.env is not None), None)
     return AnalysisRequest(
         user_id=user_id,
