@@ -87,7 +87,7 @@ class ServerProcess:
 
     @classmethod
     def companion(cls, env: dict[str, str] | None = None) -> ServerProcess:
-        """``companion serve`` (uvloop, httptools, the sans-I/O websockets protocol) on a free port."""
+        """``companion serve`` (uvloop, httptools, sans-I/O websockets) on a free port."""
         port = free_port()
         argv = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
         return cls(argv, port=port, health="/readyz", env=env, name="companion")

@@ -56,32 +56,41 @@ async def test_media_route_is_404_without_a_local_media_store(settings: Settings
     assert response.status_code == 404
 
 
-def test_retry_failed_command_regenerates_in_process(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """`companion avatars retry-failed` finds failed users in the store and makes them ready."""
-    settings.data_dir.mkdir(parents=True)
-    failed = UserState("gus", version=1, state="stressed", mood="anxious", avatar_status="failed")
+def seed_state(settings: Settings, state: UserState) -> None:
+    """Write ``state`` as the first version of its user, straight into the SQLite file."""
 
     async def seed() -> None:
         store = SQLiteStore(settings.sqlite_path)
         await store.open()
-        await store.put_state(failed.rehashed(), 0)
+        await store.put_state(state.rehashed(), 0)
         await store.close()
 
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    asyncio.run(seed())
+
+
+def read_state(settings: Settings, user_id: str) -> UserState | None:
     async def read() -> UserState | None:
         store = SQLiteStore(settings.sqlite_path)
         await store.open()
         try:
-            return await store.get_state("gus")
+            return await store.get_state(user_id)
         finally:
             await store.close()
 
-    asyncio.run(seed())
+    return asyncio.run(read())
+
+
+def test_retry_failed_command_regenerates_in_process(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`companion avatars retry-failed` finds failed users in the store and makes them ready."""
+    failed = UserState("gus", version=1, state="stressed", mood="anxious", avatar_status="failed")
+    seed_state(settings, failed)
     monkeypatch.setenv("COMPANION_DATA_DIR", str(settings.data_dir))
     assert main(["avatars", "retry-failed"]) == 0
     out = capsys.readouterr().out
-    state = asyncio.run(read())
+    state = read_state(settings, "gus")
     assert state is not None and state.avatar_status == "ready" and state.image_url
     assert out.strip() == f"gus: ready {state.image_url}"
     assert main(["avatars", "retry-failed"]) == 0
@@ -91,31 +100,15 @@ def test_retry_failed_command_regenerates_in_process(
 def test_retry_failed_interrupted_also_resumes_sagas_a_stop_left_generating(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    settings.data_dir.mkdir(parents=True)
     left = UserState("hal", version=1, state="calm", mood="content", avatar_status="generating")
-
-    async def seed() -> None:
-        store = SQLiteStore(settings.sqlite_path)
-        await store.open()
-        await store.put_state(left.rehashed(), 0)
-        await store.close()
-
-    async def read() -> UserState | None:
-        store = SQLiteStore(settings.sqlite_path)
-        await store.open()
-        try:
-            return await store.get_state("hal")
-        finally:
-            await store.close()
-
-    asyncio.run(seed())
+    seed_state(settings, left)
     monkeypatch.setenv("COMPANION_DATA_DIR", str(settings.data_dir))
     assert main(["avatars", "retry-failed"]) == 0  # without the flag: left alone
     assert capsys.readouterr().out.strip() == "no users to retry"
-    stuck = asyncio.run(read())
+    stuck = read_state(settings, "hal")
     assert stuck is not None and stuck.avatar_status == "generating"
     assert main(["avatars", "retry-failed", "--interrupted"]) == 0
-    state = asyncio.run(read())
+    state = read_state(settings, "hal")
     assert state is not None and state.avatar_status == "ready" and state.image_url
     assert capsys.readouterr().out.strip() == f"hal: ready {state.image_url}"
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
 import pytest
+from websockets.asyncio.client import ClientConnection
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.streams import StreamReader
@@ -40,35 +45,40 @@ def connection_of(live: LiveServer, user: str) -> Connection:
     return peer
 
 
+@asynccontextmanager
+async def subscribed_watch(
+    live: LiveServer,
+) -> AsyncIterator[tuple[ClientConnection, httpx.AsyncClient]]:
+    """A watch of alice that has had its first delta (joined, idle again), and a client."""
+    ws = await live.connect("alice", "watch")
+    try:
+        async with live.http() as client:
+            await commit(client, "alice", mood="happy")
+            await recv_op(ws, "delta")
+            yield ws, client
+    finally:
+        await ws.close()
+
+
 async def test_a_delta_to_an_idle_socket_is_written_without_outbox_or_task(
     live_server: LiveServer,
 ) -> None:
-    ws = await live_server.connect("alice", "watch")
-    try:
-        async with live_server.http() as client:
-            await commit(client, "alice", mood="happy")
-            await recv_op(ws, "delta")  # joined (the first delta) and idle again
-            connection = connection_of(live_server, "alice")
-            assert connection._write is not None
-            for energy in (10, 20, 30):
-                body = await commit(client, "alice", energy=energy)
-                delta = await recv_op(ws, "delta")
-                assert delta["version"] == body["version"]
-                assert delta["changes"] == {"energy": energy}
-                assert connection._writer is None
-                assert connection._outbox is None
-    finally:
-        await ws.close()
+    async with subscribed_watch(live_server) as (ws, client):
+        connection = connection_of(live_server, "alice")
+        assert connection._write is not None
+        for energy in (10, 20, 30):
+            body = await commit(client, "alice", energy=energy)
+            delta = await recv_op(ws, "delta")
+            assert delta["version"] == body["version"]
+            assert delta["changes"] == {"energy": energy}
+            assert connection._writer is None
+            assert connection._outbox is None
 
 
 async def test_an_accepted_connection_keeps_no_handshake_request(
     live_server: LiveServer,
 ) -> None:
-    ws = await live_server.connect("alice", "watch")
-    try:
-        async with live_server.http() as client:
-            await commit(client, "alice", mood="content")
-            await recv_op(ws, "delta")
+    async with subscribed_watch(live_server):
         connections = live_server.server.server_state.connections
         (protocol,) = [p for p in connections if isinstance(p, PushProtocol)]
         assert not hasattr(protocol, "request")
@@ -77,5 +87,3 @@ async def test_an_accepted_connection_keeps_no_handshake_request(
         assert parser.gi_frame is not None
         suspended = parser.gi_frame.f_locals.values()
         assert not any(isinstance(value, Request) for value in suspended)
-    finally:
-        await ws.close()
