@@ -15,19 +15,27 @@ a target): the receive queue is a list and one future instead of an ``asyncio.Qu
 deques), the writable flag keeps no waiter deque, and the handshake request and response
 are dropped once the upgrade is sent (including the copy websockets' handshake parser
 keeps). Used as ``ws=`` in :func:`server.runner.uvicorn_config`.
+
+It relies on attributes of uvicorn's class that are not public API (``queue``,
+``writable``, ``conn``, ``transport``, ``close_sent``, ``disconnected``, ``request``,
+``response``); every server test runs through it, and
+``tests/server/test_push_protocol.py`` checks the parts this module changes, so a uvicorn
+upgrade that moves them fails the suite rather than the fleet.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
-from uvicorn.config import Config
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from uvicorn.server import ServerState
 from websockets.http11 import Request
 from websockets.protocol import OPEN, Protocol
+
+if TYPE_CHECKING:
+    from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
+    from uvicorn.config import Config
+    from uvicorn.server import ServerState
 
 PUSH_EXTENSION = "companion.push"
 """Scope extension: ``{"write": Callable[[bytes], bool]}`` writes one pre-framed message."""
