@@ -2,9 +2,11 @@
 
 The handshake is checked before the upgrade (token → 401, other user or foreign Origin →
 403, as HTTP responses). After it, the connection's own task reads and answers messages
-(``hello``, ``frames``, ``subscribe``, ``ping``) while the hub offers it deltas; those go
-through a bounded coalescing :class:`~server.outbox.Outbox` drained by a writer task that
-exists only while there is something to write. A peer whose send blocks past
+(``hello``, ``frames``, ``subscribe``, ``ping``) while the hub offers it deltas. A delta
+(and a reply) is written straight to the socket when nothing is queued and the socket takes
+writes (:mod:`server.push_protocol`); otherwise it goes through a bounded coalescing
+:class:`~server.outbox.Outbox` drained by a writer task that exists only while there is
+something to write. A peer whose send blocks past
 ``write_timeout`` or whose outbox overflows is abandoned (closed as a slow consumer).
 """
 
