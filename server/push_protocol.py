@@ -10,11 +10,14 @@ synchronous ``write(frame) -> bool`` through the scope's ``extensions``
 paused; otherwise it returns ``False`` and the caller queues the message on its slower path
 (the outbox and its writer task, which waits for the transport with a deadline).
 
-The protocol also keeps less per connection than uvicorn's (memory per idle connection is
-a target): the receive queue is a list and one future instead of an ``asyncio.Queue`` (four
-deques), the writable flag keeps no waiter deque, and the handshake request and response
-are dropped once the upgrade is sent (including the copy websockets' handshake parser
-keeps). Used as ``ws=`` in :func:`server.runner.uvicorn_config`.
+Accepted sockets get a bounded kernel send buffer (:data:`SEND_BUFFER_BYTES`), so a peer
+that stops reading is noticed (paused transport, outbox, ``write_timeout``) after a few
+hundred kilobytes rather than after megabytes. The protocol also keeps less per connection
+than uvicorn's (memory per idle connection is a target): the receive queue is a list and
+one future instead of an ``asyncio.Queue`` (four deques), the writable flag keeps no waiter
+deque, and the handshake request and response are dropped once the upgrade is sent
+(including the copy websockets' handshake parser keeps). Used as ``ws=`` in
+:func:`server.runner.uvicorn_config`.
 
 It relies on attributes of uvicorn's class that are not public API (``queue``,
 ``writable``, ``conn``, ``transport``, ``close_sent``, ``disconnected``, ``request``,
@@ -26,6 +29,7 @@ upgrade that moves them fails the suite rather than the fleet.
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import TYPE_CHECKING, Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -36,6 +40,12 @@ if TYPE_CHECKING:
     from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
     from uvicorn.config import Config
     from uvicorn.server import ServerState
+
+SEND_BUFFER_BYTES = 128 * 1024
+"""Kernel send buffer of an accepted socket (Linux doubles it for bookkeeping). Pushes are
+small; without a bound, loopback and LAN autotuning let a peer that stopped reading pile up
+megabytes per socket in the kernel before the write buffer's high-water mark, and with it
+``write_timeout``, ever applies."""
 
 PUSH_EXTENSION = "companion.push"
 """Scope extension: ``{"write": Callable[[bytes], bool]}`` writes one pre-framed message."""
@@ -115,6 +125,15 @@ class PushProtocol(WebSocketsSansIOProtocol):
         super().__init__(config, server_state, app_state, _loop)
         self.queue = _Inbox()  # type: ignore[assignment]
         self.writable = _Flag()  # type: ignore[assignment]
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+            except OSError:  # not a TCP socket (tests on other transports): keep the default
+                pass
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,7 +14,7 @@ from websockets.http11 import Request
 from websockets.streams import StreamReader
 
 from server.protocol import text_frame
-from server.push_protocol import PushProtocol
+from server.push_protocol import SEND_BUFFER_BYTES, PushProtocol
 from server.ws import Connection
 from tests.conftest import LiveServer, recv_op
 from tests.server.conftest import commit
@@ -87,3 +88,12 @@ async def test_an_accepted_connection_keeps_no_handshake_request(
         assert parser.gi_frame is not None
         suspended = parser.gi_frame.f_locals.values()
         assert not any(isinstance(value, Request) for value in suspended)
+
+
+async def test_accepted_sockets_have_a_bounded_send_buffer(live_server: LiveServer) -> None:
+    async with subscribed_watch(live_server):
+        connections = live_server.server.server_state.connections
+        (protocol,) = [p for p in connections if isinstance(p, PushProtocol)]
+        sock = protocol.transport.get_extra_info("socket")
+        size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        assert SEND_BUFFER_BYTES <= size <= 2 * SEND_BUFFER_BYTES  # Linux reports it doubled
