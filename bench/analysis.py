@@ -28,10 +28,10 @@ from pathlib import Path
 
 from brain.analyst.rules import RulesAnalyst
 from brain.scenarios import generate
+from server.analysis.pipeline import Pipeline, pipeline_stage
 from server.broker.memory import MemoryBroker
-from server.hub import Hub
 from server.metrics import Metrics
-from server.pipeline import Pipeline, pipeline_stage
+from server.push.hub import Hub
 from server.settings import Settings
 from server.state import StateService
 from server.store.sqlite import SQLiteStore

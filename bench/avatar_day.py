@@ -28,11 +28,11 @@ from pathlib import Path
 from typing import Any
 
 from brain.avatar.local import LocalRenderer
-from server.avatar_saga import CAUSE, AvatarSaga, Target
+from server.avatar.saga import CAUSE, AvatarSaga, Target
 from server.broker.memory import MemoryBroker
-from server.hub import Hub
 from server.media.local import LocalMediaStore
 from server.metrics import Metrics
+from server.push.hub import Hub
 from server.state import StateService
 from server.store.base import UserState
 from server.store.sqlite import SQLiteStore
@@ -154,7 +154,7 @@ async def day(users: int, seed: int, root: Path) -> dict[str, Any]:
 
 async def live_latency(root: Path) -> dict[str, Any]:
     """Part 2: POST on the demo route → delta with ``image_url`` at a watch, live server."""
-    from server.avatars import avatar_stage
+    from server.avatar.stage import avatar_stage
     from server.settings import Settings
     from tests.avatar_saga.conftest import post_state
     from tests.conftest import SECRET, recv_op, start_server

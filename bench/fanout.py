@@ -27,9 +27,9 @@ import uvloop
 
 from bench.harness import SECRET, ServerProcess, cpu_seconds, free_port, rss_kib, write_results
 from bench.subscribers import DIALECTS, Subscribers, Trigger
-from clients.loadplan import Tokens
-from clients.loadstats import fmt_ms, markdown_table
-from clients.loadtest import raise_fd_limit
+from clients.load.loadtest import raise_fd_limit
+from clients.load.plan import Tokens
+from clients.load.stats import fmt_ms, markdown_table
 
 WARMUP = 20
 ROUND_TIMEOUT_S = 15.0

@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from clients.loadtest import raise_fd_limit
+from clients.load.loadtest import raise_fd_limit
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"

@@ -26,9 +26,9 @@ from typing import Any
 import uvloop
 
 from bench.harness import REPO_ROOT, SECRET, ServerProcess, cpu_seconds, write_results
-from clients.loadplan import LoadPlan
-from clients.loadstats import fmt_ms, markdown_table
-from clients.loadtest import run_plan
+from clients.load.loadtest import run_plan
+from clients.load.plan import LoadPlan
+from clients.load.stats import fmt_ms, markdown_table
 
 MESSAGES_PER_S = 5.0
 """Messages per phone per second (the server's rate limit is 20/s per connection)."""

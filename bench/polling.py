@@ -33,10 +33,10 @@ from typing import Any
 import uvloop
 
 from bench.harness import SECRET, ServerProcess, write_results
-from clients.loaddevices import Fleet
-from clients.loaddriver import StateDriver
-from clients.loadplan import LoadPlan, Tokens
-from clients.loadstats import RunStats, fmt_ms, markdown_table
+from clients.load.devices import Fleet
+from clients.load.driver import StateDriver
+from clients.load.plan import LoadPlan, Tokens
+from clients.load.stats import RunStats, fmt_ms, markdown_table
 
 DAY_S = 86_400
 POLL_S = 30.0

@@ -23,10 +23,10 @@ from typing import Any
 import uvloop
 
 from bench.harness import SECRET, ServerProcess, rss_kib, settle_memory, write_results
-from clients.loaddevices import Fleet
-from clients.loaddriver import StateDriver
-from clients.loadplan import LoadPlan, Tokens
-from clients.loadstats import fmt_ms, latency_table, markdown_table
+from clients.load.devices import Fleet
+from clients.load.driver import StateDriver
+from clients.load.plan import LoadPlan, Tokens
+from clients.load.stats import fmt_ms, latency_table, markdown_table
 
 WARMUP_WATCHES = 20
 

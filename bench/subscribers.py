@@ -1,7 +1,7 @@
 """Broadcast subscribers and triggers that speak to the three servers of ``bench/fanout.py``.
 
 One client code path for all three, so the comparison measures the servers: the same lean
-:class:`~clients.wsclient.WSClient` connections, differing only in the few bytes each
+:class:`~clients.connect.wsclient.WSClient` connections, differing only in the few bytes each
 protocol needs.
 
 - ``companion``: ``/v1/ws`` with a watch token, ``hello`` → ``snapshot`` (ready); a round
@@ -22,8 +22,8 @@ from collections import Counter
 import httpx
 import orjson
 
-from clients.loadstats import Histogram
-from clients.wsclient import WSClient, open_ws
+from clients.connect.wsclient import WSClient, open_ws
+from clients.load.stats import Histogram
 
 DIALECTS = ("companion", "raw", "socketio")
 MAX_CONNECTING = 256

@@ -20,26 +20,27 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from brain.model import Frame
-from server import demo, legacy, rest
-from server.avatars import MEDIA, avatar_stage, serve_media
+from server.analysis.pipeline import pipeline_stage
+from server.analysis.retention import retention_stage
+from server.avatar.stage import MEDIA, avatar_stage, serve_media
 from server.broker.base import Broker
-from server.debug_page import debug_routes
 from server.errors import StoreError
-from server.hub import Hub
+from server.http import demo_routes as demo
+from server.http import legacy, rest
+from server.http.analyse_routes import post_analyse
+from server.http.debug_page import debug_routes
+from server.http.openapi import openapi_document
+from server.http.problems import problem
+from server.http.scenario_routes import post_scenario
 from server.ingest import Ingestor
 from server.metrics import Metrics
-from server.openapi import openapi_document
-from server.pipeline import pipeline_stage
-from server.pipeline_routes import post_analyse
-from server.problems import problem
 from server.protocol import summarize
-from server.retention import retention_stage
-from server.scenario_routes import post_scenario
+from server.push.endpoint import websocket_endpoint
+from server.push.hub import Hub
 from server.services import Services
 from server.settings import Settings
 from server.state import StateService
 from server.store.base import Store
-from server.ws import websocket_endpoint
 
 log = logging.getLogger(__name__)
 

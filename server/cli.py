@@ -20,11 +20,11 @@ from server.errors import SettingsError
 from server.settings import Settings, ensure_secret, load
 
 CLIENT_COMMANDS: Final[dict[str, str]] = {
-    "loadtest": "clients.loadtest",
-    "bridge": "clients.bridge",
-    "watch": "clients.watch",
-    "watch-sim": "clients.watchsim",
-    "demo": "clients.demo",
+    "loadtest": "clients.load.loadtest",
+    "bridge": "clients.bridge.bridge",
+    "watch": "clients.watch.watch",
+    "watch-sim": "clients.watch.sim",
+    "demo": "clients.demo.demo",
 }
 """Subcommand name → module that defines ``add_parser(subparsers)``; the module sets
 ``func`` on its parser like the commands here."""
@@ -134,7 +134,7 @@ def _tables_create(args: argparse.Namespace) -> int:
 
 
 def _avatars_retry_failed(args: argparse.Namespace) -> int:
-    from server.avatars import describe, retry_failed_in_process
+    from server.avatar.stage import describe, retry_failed_in_process
 
     settings = _load(args)
     try:

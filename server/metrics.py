@@ -115,7 +115,7 @@ class Metrics:
         self.avatar_waiting = Gauge(
             "companion_avatar_waiting", "Generations waiting for an avatar worker.", registry=r
         )
-        # The analysis pipeline (server.scheduler, server.pipeline).
+        # The analysis pipeline (server.analysis.scheduler, server.analysis.pipeline).
         self.analysis_queue = Gauge(
             "companion_analysis_queue",
             "Users waiting for an analysis (debouncing or queued for a worker).",

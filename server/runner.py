@@ -1,7 +1,7 @@
 """Run the app on uvicorn with the transport choices of the architecture.
 
 uvloop + httptools + the sans-I/O ``websockets`` implementation (as
-:class:`server.push_protocol.PushProtocol`, which adds a direct write path for pushed
+:class:`server.push.transport.PushProtocol`, which adds a direct write path for pushed
 messages and keeps less per connection); permessage-deflate off
 (small messages, 5-10x memory per connection, decompression bombs); 64 KiB message limit
 (uvicorn closes with 1009 above it); keepalive pings at the configured interval. On
@@ -21,7 +21,7 @@ import uvicorn
 
 from server.app import create_app
 from server.protocol import MAX_MESSAGE_BYTES
-from server.push_protocol import PushProtocol
+from server.push.transport import PushProtocol
 from server.settings import Settings
 
 GRACEFUL_SHUTDOWN_S = 10

@@ -11,9 +11,9 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from brain.model import Frame
-from server.hub import Hub
 from server.ingest import Ingestor
 from server.metrics import Metrics
+from server.push.hub import Hub
 from server.settings import Settings
 from server.state import StateService
 from server.store.base import Store

@@ -18,9 +18,9 @@ from typing import Any
 from brain.hashing import VISIBLE_FIELDS
 from brain.model import Profile
 from server.errors import VersionConflict
-from server.hub import Hub
 from server.metrics import Metrics
 from server.protocol import Delta
+from server.push.hub import Hub
 from server.store.base import Store, UserState
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from server.avatar_saga import AvatarSaga
+from server.avatar.saga import AvatarSaga
 from server.settings import Settings
 from server.store.retry import RetryPolicy, instant
 from tests.conftest import LiveServer, auth, recv_op

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from server.avatars import avatar_stage_with, retry_failed
+from server.avatar.stage import avatar_stage_with, retry_failed
 from server.settings import Settings
 from server.store.retry import RetryPolicy
 from tests.avatar_saga.conftest import ATTEMPTS, post_state, saga_of, status_delta

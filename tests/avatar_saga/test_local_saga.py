@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from brain.model import Profile
-from server.avatar_saga import Target, conditional, starts_saga, watch_key
-from server.avatars import avatar_stage
+from server.avatar.saga import Target, conditional, starts_saga, watch_key
+from server.avatar.stage import avatar_stage
 from server.cli import main
 from server.settings import Settings
 from server.store.base import UserState

@@ -17,9 +17,9 @@ import orjson
 import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
-from clients.access import endpoints
-from clients.bridge import EXIT_AUTH, Bridge
-from clients.journal import Journal
+from clients.bridge.bridge import EXIT_AUTH, Bridge
+from clients.bridge.journal import Journal
+from clients.connect.access import endpoints
 
 FRAMES = [{"ts": 1_700_000_000_000 + i * 1000, "hr": 70.0 + i, "device": "w"} for i in range(3)]
 

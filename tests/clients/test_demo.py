@@ -1,6 +1,6 @@
 """The demo tools end to end against a live server: what each stores, and the story.
 
-Until the analysis pipeline (``server/pipeline.py``) lands, the assertions are on what the
+Until the analysis pipeline (``server/analysis/pipeline.py``) lands, the assertions are on what the
 server stores and returns; the test of the brain's decision is skipped until then.
 """
 
@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 
-from clients import demo
-from clients.access import endpoints
+from clients.connect.access import endpoints
+from clients.demo import demo
 from server.settings import Settings
 from tests.conftest import LiveServer, start_server, token
 
-HAS_PIPELINE = importlib.util.find_spec("server.pipeline") is not None
+HAS_PIPELINE = importlib.util.find_spec("server.analysis.pipeline") is not None
 
 
 def target(live: LiveServer, user: str = "alice") -> demo.Target:
@@ -143,7 +143,7 @@ async def test_demo_run_plays_the_story_and_pushes_reach_both_watches(
     assert {f["device"] for f in frames} == {"demo-watch"}
 
 
-@pytest.mark.skipif(not HAS_PIPELINE, reason="server/pipeline.py has not landed yet")
+@pytest.mark.skipif(not HAS_PIPELINE, reason="server/analysis/pipeline.py has not landed yet")
 async def test_stress_scenario_makes_the_brain_decide_stressed(settings: Settings) -> None:
     async with start_server(settings, stages=None) as live:  # None: the default stages
         await demo.scenario(target(live), "stress", 15)

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import orjson
 import pytest
 
-from clients.httppool import HTTPPool
+from clients.load.httppool import HTTPPool
 from tests.conftest import LiveServer, auth
 
 STATE = b'{"state":"calm","mood":"content","force":true}'

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from clients.backoff import Backoff, Next, after_close, after_refusal
-from clients.journal import Journal, JournalCorrupt, JournalFull, JournalLocked
-from clients.phonestate import Applied, PhoneState
+from clients.bridge.journal import Journal, JournalCorrupt, JournalFull, JournalLocked
+from clients.bridge.phonestate import Applied, PhoneState
+from clients.connect.backoff import Backoff, Next, after_close, after_refusal
 
 
 def frames(n: int, start: int = 0) -> list[dict[str, object]]:
@@ -81,7 +81,7 @@ def test_a_second_process_cannot_open_a_journal_in_use(tmp_path: Path) -> None:
         with pytest.raises(JournalLocked):
             Journal(path).open()
         code = (
-            "import sys; from pathlib import Path; from clients.journal import Journal, "
+            "import sys; from pathlib import Path; from clients.bridge.journal import Journal, "
             "JournalLocked\ntry: Journal(Path(sys.argv[1])).open()\n"
             "except JournalLocked: sys.exit(7)"
         )

@@ -16,9 +16,9 @@ from typing import Any
 import orjson
 import pytest
 
-from clients.loadplan import LoadPlan, PlanError, Tokens, check_loopback, source_address
-from clients.loadstats import Histogram, RunStats
-from clients.loadtest import run_plan
+from clients.load.loadtest import run_plan
+from clients.load.plan import LoadPlan, PlanError, Tokens, check_loopback, source_address
+from clients.load.stats import Histogram, RunStats
 from server.auth import DeviceKind, verify
 from tests.conftest import SECRET, LiveServer
 

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from clients.access import endpoints
-from clients.watch import MODES, RestWatch, request_bytes, response_bytes
+from clients.connect.access import endpoints
+from clients.watch.watch import MODES, RestWatch, request_bytes, response_bytes
 from tests.conftest import LiveServer, auth, token
 
 

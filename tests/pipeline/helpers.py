@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 from brain.model import Frame
-from server.pipeline import Analysed, Pipeline
+from server.analysis.pipeline import Analysed, Pipeline
 from server.protocol import frame_to_wire
 from tests.conftest import recv, send
 

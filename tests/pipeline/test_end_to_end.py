@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from brain.scenarios import generate
-from server.pipeline import Pipeline, pipeline_stage
+from server.analysis.pipeline import Pipeline, pipeline_stage
 from server.settings import Settings
 from tests.conftest import auth, recv, recv_op, start_server
 from tests.pipeline.helpers import analysed_through, send_frames

@@ -8,7 +8,7 @@ import time
 from brain.analyst.base import AnalysisRequest
 from brain.analyst.rules import RulesAnalyst
 from brain.model import Assessment
-from server.pipeline import pipeline_of, pipeline_stage
+from server.analysis.pipeline import pipeline_of, pipeline_stage
 from server.settings import Settings
 from tests.conftest import auth, start_server
 

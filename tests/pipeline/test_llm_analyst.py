@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from brain.scenarios import generate
-from server.pipeline import Analysed, Pipeline, pipeline_stage
+from server.analysis.pipeline import Analysed, Pipeline, pipeline_stage
 from server.settings import Settings
 from tests.conftest import auth, recv_op, start_server
 from tests.fakes.anthropic_api import API_KEY, FakeAnthropicApi

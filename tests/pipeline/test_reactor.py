@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from brain.model import Action, Assessment, Mood, Source, State
+from server.analysis.reactor import changes_for, react
 from server.broker.memory import MemoryBroker
-from server.hub import Hub
 from server.metrics import Metrics
-from server.reactor import changes_for, react
+from server.push.hub import Hub
 from server.state import StateService
 from server.store.base import UserState
 from server.store.sqlite import SQLiteStore

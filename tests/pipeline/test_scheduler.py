@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 
+from server.analysis.scheduler import Scheduler
 from server.metrics import Metrics
-from server.scheduler import Scheduler
 from tests.pipeline.helpers import Gate
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import orjson
 
-from server.outbox import Outbox
 from server.protocol import Delta
+from server.push.outbox import Outbox
 
 
 def delta(user: str, version: int, **changes: object) -> Delta:

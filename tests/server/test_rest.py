@@ -303,7 +303,7 @@ def test_openapi_documents_every_http_route() -> None:
     from starlette.routing import Route
 
     from server.app import routes
-    from server.openapi import openapi_document
+    from server.http.openapi import openapi_document
 
     documented = openapi_document()["paths"]
     for route in routes():

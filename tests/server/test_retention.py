@@ -6,7 +6,7 @@ import time
 from dataclasses import replace
 
 from brain.model import Frame
-from server.retention import purge_once
+from server.analysis.retention import purge_once
 from server.settings import Settings
 from server.store.sqlite import SQLiteStore
 from tests.conftest import start_server

@@ -12,8 +12,8 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from server.protocol import MAX_MESSAGE_BYTES
+from server.push.endpoint import MAX_ERRORS
 from server.settings import Settings
-from server.ws import MAX_ERRORS
 from tests.conftest import LiveServer, recv, recv_op, send, start_server, token
 from tests.server.conftest import close_code, commit, frame, now_ms
 

@@ -2,14 +2,14 @@
 
 ``pipeline_stage`` wires it into the server: a frames hook (called once frames are durable)
 adds each user's frames to their in-memory window (:mod:`brain.window`) and schedules the
-user (:mod:`server.scheduler`: debounced, coalesced, a bounded worker pool). An analysis
+user (:mod:`server.analysis.scheduler`: debounced, coalesced, a bounded worker pool). An analysis
 
 1. refills a cold window (after a restart or an eviction) from the store;
 2. reads the user's state (the coach persona and the previous state for hysteresis) and
    baseline (14 days of frames before the window, cached per user for an hour);
 3. asks the analyst — the rules, or Claude behind :class:`~brain.analyst.guard.GuardedAnalyst`
    which falls back to the rules on timeout, error, open circuit or spent budget;
-4. hands the assessment to the reactor (:mod:`server.reactor`), which commits only a change
+4. hands the assessment to the reactor (:mod:`server.analysis.reactor`), which commits only a change
    of state, mood or energy band.
 
 **Analysis time.** A user's analysis runs at the time of the newest frame in their window,
@@ -34,9 +34,9 @@ from brain.analyst.rules import RulesAnalyst
 from brain.features import Baseline, compute_baseline
 from brain.model import Assessment, Frame, State
 from brain.window import DEFAULT_MAX_USERS, Window, Windows
+from server.analysis.reactor import react
+from server.analysis.scheduler import Scheduler, Sleep
 from server.metrics import Metrics
-from server.reactor import react
-from server.scheduler import Scheduler, Sleep
 from server.services import Services
 from server.settings import Settings
 from server.state import StateService

@@ -8,14 +8,14 @@
 
 Every subcommand talks to a running server with a **service** token (``--token``, or
 ``COMPANION_TOKEN``); ``--user`` chooses the user (default: the token's). Without a token
-the tool asks ``companion token`` on this machine for one (:func:`clients.access.mint`),
+the tool asks ``companion token`` on this machine for one (:func:`clients.connect.access.mint`),
 which works beside a server started with the same ``COMPANION_*`` settings.
 
 Frames go in through the server's normal doors: ``scenario`` through
 ``POST /v1/demo/users/{id}/scenario`` (the debug page's buttons use it too), history and
 environment frames through ``POST /v1/users/{id}/frames`` in batches of at most 500 (a
 service token may write old timestamps). None of these writes a state: a mood changes only
-when the server's analysis decides so. ``run`` is in :mod:`clients.demostory`.
+when the server's analysis decides so. ``run`` is in :mod:`clients.demo.story`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import httpx
 from brain.model import Frame
 from brain.scenarios import DEFAULT_EVERY_S, KINDS, history
 from brain.scenarios import generate as generate_frames
-from clients.access import Endpoints, TokenError, add_server_flags, endpoints, mint, user_of
+from clients.connect.access import Endpoints, TokenError, add_server_flags, endpoints, mint, user_of
 from server.protocol import MAX_FRAMES_PER_MESSAGE, frame_to_wire
 
 ENVIRONMENTS = ("hike", "heat", "flight")
@@ -237,7 +237,7 @@ async def _dispatch(args: argparse.Namespace) -> dict[str, Any]:
         )
     if name == "environment":
         return await environment(target, args.scenario, args.minutes)
-    from clients.demostory import Story
+    from clients.demo.story import Story
 
     story = Story(target, chapter_s=args.chapter_seconds, every_s=args.every, drive=args.drive)
     return await story.play(phone_token=args.phone_token)

@@ -3,9 +3,9 @@
     companion loadtest --server http://127.0.0.1:8765 --secret "$COMPANION_SECRET" \\
         --phones 1000 --watches 1000 --changes-per-s 100 --ramp 500 --duration 30
 
-Opens the devices at ``--ramp`` connections per second (see :mod:`clients.loaddevices`),
+Opens the devices at ``--ramp`` connections per second (see :mod:`clients.load.devices`),
 then for ``--duration`` seconds commits ``--changes-per-s`` state changes (see
-:mod:`clients.loaddriver`), prints a progress line every second on stderr, and ends with a
+:mod:`clients.load.driver`), prints a progress line every second on stderr, and ends with a
 table of connection figures and latencies (p50/p95/p99/max), or ``--json``. With
 ``--processes K`` the devices are spread over K worker processes (each on uvloop) and the
 driver runs in this one; their numbers are merged. Every run is bounded (devices,
@@ -31,10 +31,10 @@ from typing import Any
 import orjson
 import uvloop
 
-from clients.loaddevices import Fleet
-from clients.loaddriver import StateDriver
-from clients.loadplan import WATCH_MODES, LoadPlan, PlanError, Tokens
-from clients.loadstats import RunStats, latency_table, markdown_table, progress_line
+from clients.load.devices import Fleet
+from clients.load.driver import StateDriver
+from clients.load.plan import WATCH_MODES, LoadPlan, PlanError, Tokens
+from clients.load.stats import RunStats, latency_table, markdown_table, progress_line
 
 EXIT_USAGE = 2
 SETTLE_S = 3.0

@@ -3,7 +3,7 @@
     companion watch-sim --port 9100 --log haptics.jsonl [--images DIR]
 
 Stands in for a watch behind Bluetooth: it listens on a loopback port for the bridge's
-newline-delimited JSON (see :mod:`clients.watchlink`), keeps the last state it was shown,
+newline-delimited JSON (see :mod:`clients.bridge.watchlink`), keeps the last state it was shown,
 downloads the avatar image (HTTP GET) only when ``image_url`` changed, and for every change
 of the state hash buzzes once: a "haptic" event appended to a JSON-lines log and a line on
 stdout (``shown v=… hash=…``), which is what tests and the demo wait on. The first stdout

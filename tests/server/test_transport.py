@@ -14,8 +14,8 @@ from websockets.http11 import Request
 from websockets.streams import StreamReader
 
 from server.protocol import text_frame
-from server.push_protocol import SEND_BUFFER_BYTES, PushProtocol
-from server.ws import Connection
+from server.push.endpoint import Connection
+from server.push.transport import SEND_BUFFER_BYTES, PushProtocol
 from tests.conftest import LiveServer, recv_op
 from tests.server.conftest import commit
 

@@ -18,7 +18,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from server.rest import HTTPProblem, authorize, ingest_frames, json, read_json, services_of
+from server.http.rest import HTTPProblem, authorize, ingest_frames, json, read_json, services_of
 from server.store.base import UserState
 
 _RENAMES = {"heart_rate": "hr", "timestamp": "ts", "skin_temperature": "skin_temp"}

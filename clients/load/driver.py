@@ -2,7 +2,7 @@
 
 There is no WebSocket for commits, so the driver POSTs ``/v1/demo/users/{id}/state``
 (``force: true``, so every request commits a new version) with a service token over a pool
-of keep-alive connections (:class:`clients.httppool.HTTPPool`, lean enough that the driver
+of keep-alive connections (:class:`clients.load.httppool.HTTPPool`, lean enough that the driver
 does not take the load generator's core at 1,000 requests/s). It is open-loop: change ``k``
 is due at ``start + k / rate`` whatever the server's speed, so a slow server shows up as
 latency, not as a lower load; when more than ``max_in_flight`` requests are outstanding the
@@ -22,8 +22,8 @@ from collections.abc import Sequence
 
 import orjson
 
-from clients.httppool import HTTPPool
-from clients.loadstats import RunStats
+from clients.load.httppool import HTTPPool
+from clients.load.stats import RunStats
 
 STATES = (
     ("stressed", "anxious"),

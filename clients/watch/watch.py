@@ -36,8 +36,8 @@ from typing import Any, Literal
 import httpx
 
 from brain.scenarios import generate
-from clients.access import Endpoints, TokenError, add_server_flags, endpoints, user_of
-from clients.backoff import Backoff
+from clients.connect.access import Endpoints, TokenError, add_server_flags, endpoints, user_of
+from clients.connect.backoff import Backoff
 from server.protocol import frame_to_wire
 
 Mode = Literal["poll", "longpoll", "piggyback"]

@@ -24,9 +24,9 @@ from typing import Any
 import httpx
 import orjson
 
-from clients.loadplan import LoadPlan, source_address
-from clients.loadstats import RunStats
-from clients.wsclient import HandshakeFailed, WSClient, open_ws
+from clients.connect.wsclient import HandshakeFailed, WSClient, open_ws
+from clients.load.plan import LoadPlan, source_address
+from clients.load.stats import RunStats
 from server.protocol import RECONNECT_CODES
 
 MAX_CONNECTING = 512

@@ -14,10 +14,10 @@ from starlette.responses import Response
 from brain.model import Action, AvatarStatus, CoachStyle, CoachTone, Mood, Profile, Source, State
 from server.auth import DeviceKind
 from server.errors import VersionConflict
-from server.problems import problem
-from server.rest import HTTPProblem, authorize, json, read_json, services_of
+from server.http.problems import problem
+from server.http.rest import HTTPProblem, authorize, json, read_json, services_of
+from server.push.endpoint import snapshot_fields
 from server.store.base import UserState
-from server.ws import snapshot_fields
 
 _URL_PREFIXES = ("http://", "https://", "/media/")
 _ENUMS: dict[str, type[Any]] = {

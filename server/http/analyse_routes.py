@@ -10,10 +10,10 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from server.demo import require_service
-from server.pipeline import pipeline_of
-from server.problems import problem
-from server.rest import HTTPProblem, json, read_json, services_of
+from server.analysis.pipeline import pipeline_of
+from server.http.demo_routes import require_service
+from server.http.problems import problem
+from server.http.rest import HTTPProblem, json, read_json, services_of
 
 
 async def post_analyse(request: Request) -> Response:

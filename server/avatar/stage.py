@@ -22,7 +22,7 @@ from starlette.responses import PlainTextResponse, Response
 
 from brain.avatar import ImageGenerator
 from brain.model import AvatarStatus
-from server.avatar_saga import AvatarSaga, Outcome
+from server.avatar.saga import AvatarSaga, Outcome
 from server.media.base import MediaStore
 from server.media.local import LocalMediaStore, media_route
 from server.services import Services
@@ -153,8 +153,8 @@ async def retry_failed_in_process(
     import time
 
     from server.app import build_broker, build_store
-    from server.hub import Hub
     from server.metrics import Metrics
+    from server.push.hub import Hub
 
     metrics = Metrics()
     async with AsyncExitStack() as stack:

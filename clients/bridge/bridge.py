@@ -4,18 +4,18 @@
         --source scenario --scenario stress --watch-port 9100
 
 One :class:`Bridge` holds one WebSocket. It takes frames from a source
-(:mod:`clients.sources`), writes them to the journal (:mod:`clients.journal`) before it
-sends them in batches (one ``seq`` per batch), and drops them from the journal only when
+(:mod:`clients.bridge.sources`), writes them to the journal (:mod:`clients.bridge.journal`)
+before it sends them in batches (one ``seq`` per batch), and drops them from the journal only when
 the server acks the batch, so neither a server crash nor a bridge crash loses a reading:
 after a reconnect or a restart, whatever is unacked goes again (the server keeps one item
 per frame key, so a resend is harmless).
 
-It keeps the user's state (:mod:`clients.phonestate`): ``hello`` carries ``since`` = its
+It keeps the user's state (:mod:`clients.bridge.phonestate`): ``hello`` carries ``since`` = its
 version, so a reconnect where nothing changed costs one ``uptodate``; a delta applies only
 on its ``base``, otherwise the bridge asks for a snapshot. Each change is relayed to the
-watch through a :class:`~clients.watchlink.WatchLink`.
+watch through a :class:`~clients.bridge.watchlink.WatchLink`.
 
-Reconnects follow :mod:`clients.backoff`: full jitter, soon after 1012, and a stop with
+Reconnects follow :mod:`clients.connect.backoff`: full jitter, soon after 1012, and a stop with
 exit code 3 when the token is refused (HTTP 401/403, close 4001/4003). The clock, the
 sleep, the random source and the WebSocket connector are injected.
 """
@@ -41,12 +41,12 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from brain.scenarios import KINDS
-from clients.access import Endpoints, TokenError, add_server_flags, endpoints, user_of
-from clients.backoff import Backoff, Next, after_close, after_refusal, describe_close
-from clients.journal import Journal, JournalError, write_atomically
-from clients.phonestate import Applied, PhoneState
-from clients.sources import FileSource, FrameSource, ScenarioSource, StdinSource
-from clients.watchlink import NullLink, TcpWatchLink, WatchLink
+from clients.bridge.journal import Journal, JournalError, write_atomically
+from clients.bridge.phonestate import Applied, PhoneState
+from clients.bridge.sources import FileSource, FrameSource, ScenarioSource, StdinSource
+from clients.bridge.watchlink import NullLink, TcpWatchLink, WatchLink
+from clients.connect.access import Endpoints, TokenError, add_server_flags, endpoints, user_of
+from clients.connect.backoff import Backoff, Next, after_close, after_refusal, describe_close
 from server.protocol import (
     MAX_FRAMES_PER_MESSAGE,
     MAX_MESSAGE_BYTES,

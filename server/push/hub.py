@@ -180,7 +180,7 @@ class Hub:
                 peer.offer(text, delta, frame)
             self._metrics.deltas_pushed.inc(len(peers))
             # Commit -> handed to every local socket that could take it at once; a peer that
-            # could not observes its own, later delivery (server.ws.Connection._drain).
+            # could not observes its own, later delivery (server.push.endpoint.Connection._drain).
             self._metrics.push_latency.observe(max(0.0, self._clock() - delta.t / 1000))
         elif op == "frames":
             readers = [peer for peer in self._peers.get(user_id, ()) if peer.wants_summaries]

@@ -29,11 +29,11 @@ import orjson
 from websockets.asyncio.client import connect
 
 from brain.scenarios import generate
-from clients.access import mint
+from clients.connect.access import mint
 from server.protocol import frame_to_wire
 
 if TYPE_CHECKING:
-    from clients.demo import Target
+    from clients.demo.demo import Target
 
 CHAPTERS = ("calm", "stress", "calm", "exercise")
 MANUAL_STATES: dict[str, dict[str, Any]] = {

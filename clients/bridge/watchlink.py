@@ -1,7 +1,7 @@
 """How the phone bridge hands the state to the watch: the :class:`WatchLink` protocol.
 
 On a real phone this is Bluetooth LE; here the built-in :class:`TcpWatchLink` talks to the
-simulated watch (:mod:`clients.watchsim`, another process) over a loopback TCP socket with
+simulated watch (:mod:`clients.watch.sim`, another process) over a loopback TCP socket with
 newline-delimited JSON, which has the same failure modes that matter: the peer may be gone,
 slow, or restarted with no memory.
 
@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from clients.backoff import Backoff
+from clients.connect.backoff import Backoff
 
 log = logging.getLogger(__name__)
 

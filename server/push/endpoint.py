@@ -4,8 +4,8 @@ The handshake is checked before the upgrade (token → 401, other user or foreig
 403, as HTTP responses). After it, the connection's own task reads and answers messages
 (``hello``, ``frames``, ``subscribe``, ``ping``) while the hub offers it deltas. A delta
 (and a reply) is written straight to the socket when nothing is queued and the socket takes
-writes (:mod:`server.push_protocol`); otherwise it goes through a bounded coalescing
-:class:`~server.outbox.Outbox` drained by a writer task that exists only while there is
+writes (:mod:`server.push.transport`); otherwise it goes through a bounded coalescing
+:class:`~server.push.outbox.Outbox` drained by a writer task that exists only while there is
 something to write. A peer whose send blocks past
 ``write_timeout`` or whose outbox overflows is abandoned (closed as a slow consumer).
 """
@@ -22,10 +22,10 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from server import protocol as wire
 from server.auth import DeviceKind, Principal, bearer, origin_allowed, verify
 from server.errors import AuthError, Forbidden, FramesNotDurable, StoreError
-from server.outbox import Outbox
-from server.problems import auth_problem
+from server.http.problems import auth_problem
 from server.protocol import Delta, FrameLimits, ProtocolError, text_frame
-from server.push_protocol import PUSH_EXTENSION
+from server.push.outbox import Outbox
+from server.push.transport import PUSH_EXTENSION
 from server.ratelimit import TokenBucket
 from server.services import Services
 

@@ -1,0 +1,1 @@
+"""The phone bridge: one WebSocket to the server, relaying to watches."""

@@ -1,0 +1,1 @@
+"""What every client needs to reach a server: endpoints and tokens, reconnects, a WebSocket."""

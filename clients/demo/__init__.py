@@ -1,0 +1,1 @@
+"""The guided demo: a story of scenarios played against a server."""

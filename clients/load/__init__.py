@@ -1,0 +1,1 @@
+"""The load generator: device fleets, the state-change driver and their statistics."""

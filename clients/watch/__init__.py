@@ -1,0 +1,1 @@
+"""Watch programs: the REST watch and the simulated watch behind a bridge."""

@@ -1,0 +1,1 @@
+"""Analysis of each user's window: pipeline, scheduler, reactor, frame retention."""

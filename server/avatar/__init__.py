@@ -1,0 +1,1 @@
+"""The avatar saga and its wiring (generator, media store, retries)."""
