@@ -7,7 +7,6 @@ reverse, so frames accepted before shutdown are written before the store closes.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -30,10 +29,11 @@ from server.http import legacy, rest
 from server.http.analyse_routes import post_analyse
 from server.http.debug_page import debug_routes
 from server.http.openapi import openapi_document
-from server.http.problems import problem
 from server.http.scenario_routes import post_scenario
 from server.ingest import Ingestor
 from server.metrics import Metrics
+from server.parts import build_broker, build_store
+from server.problems import problem
 from server.protocol import summarize
 from server.push.endpoint import websocket_endpoint
 from server.push.hub import Hub
@@ -46,35 +46,6 @@ log = logging.getLogger(__name__)
 
 Stage = Callable[[Services, AsyncExitStack], Awaitable[None]]
 """A later part of the server (pipeline, avatar saga) that wires itself into the services."""
-
-
-def build_store(settings: Settings) -> Store:
-    """The store adapter the settings name."""
-    if settings.store == "dynamodb":
-        from server.store.dynamodb import DynamoDBStore
-
-        return DynamoDBStore(
-            table_prefix=settings.table_prefix,
-            region=os.environ.get("AWS_REGION")
-            or os.environ.get("AWS_DEFAULT_REGION", "eu-central-1"),
-            endpoint_url=os.environ.get("AWS_ENDPOINT_URL_DYNAMODB"),
-            frame_retention_days=settings.frame_retention_days,
-        )
-    from server.store.sqlite import SQLiteStore
-
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return SQLiteStore(settings.sqlite_path, frame_retention_days=settings.frame_retention_days)
-
-
-def build_broker(settings: Settings) -> Broker:
-    """The broker the settings name."""
-    if settings.broker == "memory":
-        from server.broker.memory import MemoryBroker
-
-        return MemoryBroker()
-    from server.broker.redis import RedisBroker
-
-    return RedisBroker(settings.broker)
 
 
 def default_stages(settings: Settings) -> list[Stage]:

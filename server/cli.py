@@ -1,8 +1,9 @@
 """The ``companion`` command: ``serve``, ``token``, ``tables create``, and the clients' commands.
 
 Settings errors print the setting and the reason and exit with code 2. Client programs
-(bridge, watch, loadtest, demo) register their own subcommands through
-:data:`CLIENT_COMMANDS` (each module's ``add_parser``); they talk to a server over the
+(bridge, watch, loadtest, demo) add their own subcommands as plugins: each declares an
+entry point in the ``companion.commands`` group (``pyproject.toml``) naming a function
+``add_parser(subparsers)``. The server never imports them; they talk to a server over the
 network only.
 """
 
@@ -10,24 +11,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import sys
 import time
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from typing import Any, Final
 
 from server.errors import SettingsError
 from server.settings import Settings, ensure_secret, load
 
-CLIENT_COMMANDS: Final[dict[str, str]] = {
-    "loadtest": "clients.load.loadtest",
-    "bridge": "clients.bridge.bridge",
-    "watch": "clients.watch.watch",
-    "watch-sim": "clients.watch.sim",
-    "demo": "clients.demo.demo",
-}
-"""Subcommand name → module that defines ``add_parser(subparsers)``; the module sets
-``func`` on its parser like the commands here."""
+COMMANDS_GROUP: Final = "companion.commands"
+"""Entry-point group of the subcommands that packages add (``add_parser(subparsers)``; the
+parser they add sets ``func`` like the commands here)."""
 
 EXIT_USAGE: Final = 2
 
@@ -75,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     _settings_flags(retry_failed)
     retry_failed.set_defaults(func=_avatars_retry_failed)
 
-    for module in CLIENT_COMMANDS.values():
-        importlib.import_module(module).add_parser(sub)
+    for plugin in sorted(entry_points(group=COMMANDS_GROUP), key=lambda ep: ep.name):
+        plugin.load()(sub)
     return parser
 
 
@@ -112,7 +107,7 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _tables_create(args: argparse.Namespace) -> int:
-    from server.app import build_store
+    from server.parts import build_store
 
     settings = load()
     if settings.store != "dynamodb":

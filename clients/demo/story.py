@@ -23,17 +23,15 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 from websockets.asyncio.client import connect
 
 from brain.scenarios import generate
 from clients.connect.access import mint
+from clients.demo.target import Target
 from server.protocol import frame_to_wire
-
-if TYPE_CHECKING:
-    from clients.demo.demo import Target
 
 CHAPTERS = ("calm", "stress", "calm", "exercise")
 MANUAL_STATES: dict[str, dict[str, Any]] = {

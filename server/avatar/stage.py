@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
-from urllib.parse import urlparse
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -23,8 +21,8 @@ from starlette.responses import PlainTextResponse, Response
 from brain.avatar import ImageGenerator
 from brain.model import AvatarStatus
 from server.avatar.saga import AvatarSaga, Outcome
-from server.media.base import MediaStore
 from server.media.local import LocalMediaStore, media_route
+from server.parts import build_broker, build_generator, build_media, build_store
 from server.services import Services
 from server.settings import Settings
 from server.state import StateService
@@ -36,33 +34,6 @@ log = logging.getLogger(__name__)
 MEDIA = "media"
 SAGA = "avatar_saga"
 """Keys of the media store and the saga in ``Services.extras``."""
-
-
-def build_generator(settings: Settings) -> ImageGenerator:
-    """The image generator the settings name. Raises ValueError (Gemini without a key)."""
-    if settings.avatar == "gemini":
-        from brain.avatar.gemini import GeminiGenerator
-
-        return GeminiGenerator(model=settings.gemini_model)
-    from brain.avatar.local import LocalRenderer
-
-    return LocalRenderer()
-
-
-def build_media(settings: Settings) -> MediaStore:
-    """The media store the settings name (a directory, or an S3 bucket and prefix)."""
-    if settings.media == "local":
-        return LocalMediaStore(settings.media_dir, base_url=f"{settings.base_url}/media")
-    from server.media.s3 import S3MediaStore
-
-    parsed = urlparse(settings.media)
-    return S3MediaStore(
-        parsed.netloc,
-        parsed.path.strip("/"),
-        region=os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION", "eu-central-1"),
-        endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3"),
-        public_base_url=settings.media_public_url or None,
-    )
 
 
 async def install_avatars(
@@ -152,7 +123,6 @@ async def retry_failed_in_process(
     devices on running nodes see them when the broker is Redis."""
     import time
 
-    from server.app import build_broker, build_store
     from server.metrics import Metrics
     from server.push.hub import Hub
 

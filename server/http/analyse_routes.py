@@ -12,8 +12,8 @@ from starlette.responses import Response
 
 from server.analysis.pipeline import pipeline_of
 from server.http.demo_routes import require_service
-from server.http.problems import problem
 from server.http.rest import HTTPProblem, json, read_json, services_of
+from server.problems import problem
 
 
 async def post_analyse(request: Request) -> Response:

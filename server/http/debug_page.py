@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from server.http.problems import problem
+from server.problems import problem
 
 CONTENT_TYPES: Final = {
     ".html": "text/html; charset=utf-8",

@@ -14,8 +14,8 @@ from starlette.responses import Response
 from brain.model import Action, AvatarStatus, CoachStyle, CoachTone, Mood, Profile, Source, State
 from server.auth import DeviceKind
 from server.errors import VersionConflict
-from server.http.problems import problem
 from server.http.rest import HTTPProblem, authorize, json, read_json, services_of
+from server.problems import problem
 from server.push.endpoint import snapshot_fields
 from server.store.base import UserState
 

@@ -16,7 +16,7 @@ from starlette.responses import Response
 from server import protocol as wire
 from server.auth import DeviceKind, Principal, bearer, verify
 from server.errors import AuthError, FramesNotDurable, StoreError
-from server.http.problems import auth_problem, problem
+from server.problems import auth_problem, problem
 from server.protocol import FrameLimits
 from server.push.endpoint import SERVICE_MAX_AGE_MS, snapshot_fields
 from server.services import Services

@@ -24,8 +24,8 @@ from starlette.responses import Response
 from brain.scenarios import DEFAULT_EVERY_S, KINDS, generate
 from server.auth import DeviceKind
 from server.errors import FramesNotDurable, StoreError
-from server.http.problems import problem
 from server.http.rest import HTTPProblem, authorize, json, read_json, services_of
+from server.problems import problem
 
 DEVICE: Final = "scenario"
 DEFAULT_MINUTES: Final = 10

@@ -22,7 +22,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from server import protocol as wire
 from server.auth import DeviceKind, Principal, bearer, origin_allowed, verify
 from server.errors import AuthError, Forbidden, FramesNotDurable, StoreError
-from server.http.problems import auth_problem
+from server.problems import auth_problem
 from server.protocol import Delta, FrameLimits, ProtocolError, text_frame
 from server.push.outbox import Outbox
 from server.push.transport import PUSH_EXTENSION

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from clients.connect.access import endpoints
-from clients.demo import demo
+from clients.demo import target as demo
 from server.settings import Settings
 from tests.conftest import LiveServer, start_server, token
 
