@@ -59,7 +59,6 @@ class AvatarStatus(StrEnum):
     """Where the avatar image of the current state stands."""
 
     NONE = "none"
-    PENDING = "pending"
     GENERATING = "generating"
     READY = "ready"
     FAILED = "failed"
