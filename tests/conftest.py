@@ -166,3 +166,16 @@ async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
 def settings_with(settings: Settings) -> Callable[..., Settings]:
     """Settings with some fields replaced."""
     return lambda **changes: replace(settings, **changes)
+
+
+SLOW_FIXTURES = frozenset({"spawn", "start_server_process", "dynamodb_local"})
+"""Fixtures that start processes (servers, clients, DynamoDB Local): a test using one is slow."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test that starts a process or a browser, so ``-m "not slow"`` is a
+    fast loop; modules that start processes by hand say ``pytestmark = pytest.mark.slow``."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & SLOW_FIXTURES or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.slow)
