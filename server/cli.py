@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from typing import Any, Final
 
-from server.errors import SettingsError
+from brain.backoff import Backoff
+from server.errors import SettingsError, StoreError
 from server.settings import Settings, ensure_secret, load
 
 COMMANDS_GROUP: Final = "companion.commands"
@@ -25,6 +26,10 @@ COMMANDS_GROUP: Final = "companion.commands"
 parser they add sets ``func`` like the commands here)."""
 
 EXIT_USAGE: Final = 2
+EXIT_FAILED: Final = 1
+TABLES_WAIT_S: Final = 60.0
+"""How long ``tables create`` waits for DynamoDB to listen (a container starting beside it)."""
+TABLES_RETRY: Final = Backoff(attempts=None, base=0.5, cap=5.0)
 
 
 def _settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -54,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
     tables = sub.add_parser("tables", help="DynamoDB tables")
     tables_sub = tables.add_subparsers(dest="tables_command", required=True)
     create = tables_sub.add_parser("create", help="create the tables (idempotent)")
+    create.add_argument(
+        "--wait",
+        type=float,
+        default=TABLES_WAIT_S,
+        help=f"seconds to wait for DynamoDB to answer (default {TABLES_WAIT_S:g})",
+    )
     create.set_defaults(func=_tables_create)
 
     avatars = sub.add_parser("avatars", help="avatar sagas")
@@ -107,6 +118,10 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _tables_create(args: argparse.Namespace) -> int:
+    """Create the DynamoDB tables, waiting up to ``--wait`` seconds for DynamoDB to listen."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
     from server.parts import build_store
 
     settings = load()
@@ -114,7 +129,7 @@ def _tables_create(args: argparse.Namespace) -> int:
         print("companion tables create: set COMPANION_STORE=dynamodb", file=sys.stderr)
         return EXIT_USAGE
 
-    async def run() -> list[str]:
+    async def create() -> list[str]:
         store: Any = build_store(settings)
         await store.open()
         try:
@@ -123,7 +138,42 @@ def _tables_create(args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
-    for name in asyncio.run(run()):
+    async def run() -> list[str] | None:
+        """The tables created, retried while DynamoDB does not answer; ``None`` when it
+        still does not after ``--wait`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(args.wait, 0.0)
+        retry = 0
+        while True:
+            try:
+                return await create()
+            except (BotoConnectionError, StoreError) as exc:
+                # Not listening yet (a DynamoDB container still starting): try again.
+                pause = min(TABLES_RETRY.delay(retry), max(deadline - loop.time(), 0.0))
+                if loop.time() >= deadline:
+                    print(
+                        f"companion tables create: DynamoDB did not answer within"
+                        f" {args.wait:g}s ({type(exc).__name__})",
+                        file=sys.stderr,
+                    )
+                    return None
+                print(
+                    f"companion tables create: DynamoDB not answering yet"
+                    f" ({type(exc).__name__}); retrying in {pause:.1f}s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                await asyncio.sleep(pause)
+                retry += 1
+
+    try:
+        created = asyncio.run(run())
+    except (BotoCoreError, ClientError) as exc:  # refused for good: credentials, permissions
+        print(f"companion tables create: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if created is None:
+        return EXIT_FAILED
+    for name in created:
         print(name)
     return 0
 

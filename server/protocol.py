@@ -132,11 +132,6 @@ def describe_close(code: int | None) -> str:
     return f"{code} ({_NAME_BY_CODE.get(code, 'unknown')})"
 
 
-RECONNECT_CODES: Final = frozenset(
-    {1006, *(code for code, rule in _RULE_BY_CODE.items() if rule is not Reconnect.STOP)}
-)
-"""Close codes after which a client should reconnect (with backoff); others mean stop."""
-
 ErrorCode = Literal[
     "bad_json", "bad_message", "unknown_op", "too_big", "rate_limited", "forbidden", "internal"
 ]

@@ -8,9 +8,10 @@ back to the rules on any failure. In order, for each request:
 2. the circuit breaker (:mod:`brain.analyst.circuit`): while open, no call goes out;
 3. the user's daily budget (calls, tokens, dollars) read from the :class:`UsageLedger`; an
    unreadable ledger counts as spent, because an unmetered LLM is the costlier mistake;
-4. the call, each attempt under ``timeout_s``, retried ``retries`` times with jittered
-   exponential backoff when the failure may pass (timeouts, 429, 5xx, 529). An invalid
-   answer is not retried: the same input would likely get the same answer, at full price;
+4. the call, each attempt under ``timeout_s``, retried under ``retry`` (the project's one
+   :class:`~brain.backoff.Backoff`: full jitter, 3 attempts by default) when the failure
+   may pass (timeouts, 429, 5xx, 529). An invalid answer is not retried: the same input
+   would likely get the same answer, at full price;
 5. the usage of every attempt is added to the ledger, priced by :mod:`brain.analyst.pricing`.
 
 :meth:`GuardedAnalyst.decide` says which fallback reason applied; :attr:`GuardedAnalyst.stats`
@@ -24,9 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -45,9 +45,13 @@ from brain.analyst.circuit import CircuitBreaker, CircuitState
 from brain.analyst.errors import AnalystTimeout, AnalystUnavailable, AnswerInvalid
 from brain.analyst.pricing import PRICES, Price, price_of
 from brain.analyst.rules import RulesAnalyst
+from brain.backoff import Backoff
 from brain.model import Assessment
 
 log = logging.getLogger(__name__)
+
+RETRY = Backoff(attempts=3, base=0.5, cap=5.0)
+"""Three calls at most: a fourth would push the answer past what a user waits for."""
 
 
 class FallbackReason(StrEnum):
@@ -140,8 +144,7 @@ class GuardedAnalyst:
     (except :class:`asyncio.CancelledError`).
 
     ``clock`` returns monotonic seconds for the cache and the breaker; the ledger's day comes
-    from the request's ``now_ms``. Raises :class:`ValueError` for negative retries or a
-    non-positive timeout.
+    from the request's ``now_ms``. Raises :class:`ValueError` for a non-positive timeout.
     """
 
     def __init__(
@@ -152,36 +155,26 @@ class GuardedAnalyst:
         ledger: UsageLedger | None = None,
         clock: Callable[[], float] = time.monotonic,
         timeout_s: float = 10.0,
-        retries: int = 2,
-        backoff_s: float = 0.5,
-        backoff_max_s: float = 5.0,
-        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
-        rand: Callable[[], float] = random.random,
+        retry: Backoff = RETRY,
         breaker: CircuitBreaker | None = None,
         cache: ResponseCache | None = None,
         budget: DailyBudget = DailyBudget(),  # frozen, so one default for all is safe
         prices: Mapping[str, Price] = PRICES,
         observer: GuardObserver | None = None,
     ) -> None:
-        if retries < 0:
-            raise ValueError(f"retries must not be negative, got {retries}")
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
         self.primary = primary
         self.fallback: Analyst = fallback if fallback is not None else RulesAnalyst()
         self.ledger = ledger
         self.timeout_s = timeout_s
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self.backoff_max_s = backoff_max_s
+        self.retry = retry
         self.budget = budget
         self.prices = prices
         self.breaker = breaker if breaker is not None else CircuitBreaker(clock=clock)
         self.cache = cache if cache is not None else ResponseCache(clock=clock)
         self.stats = GuardStats()
         self._clock = clock
-        self._sleep = sleep
-        self._rand = rand
         self._observer = observer
         self._circuit = self.breaker.state
 
@@ -223,12 +216,13 @@ class GuardedAnalyst:
         return Decision(attempts.answer.assessment)
 
     async def _attempts(self, request: AnalysisRequest) -> _Attempts:
-        """Call the primary up to ``1 + retries`` times; never raises but cancellation."""
+        """Call the primary as often as ``retry`` allows; never raises but cancellation."""
         result = _Attempts()
-        for attempt in range(self.retries + 1):
+        attempt = 0
+        while True:
             if attempt:
                 self.stats.retries += 1
-                await self._sleep(self._backoff(attempt))
+                await self.retry.wait(attempt - 1)
             result.calls += 1
             self.stats.calls += 1
             started = self._clock()
@@ -257,14 +251,9 @@ class GuardedAnalyst:
                 result.answer = answer
                 return result
             self._observe_call(result.reason, started)
-            if not retryable:
-                break
-        return result
-
-    def _backoff(self, attempt: int) -> float:
-        """Seconds before retry ``attempt`` (1-based): exponential, capped, half jitter."""
-        ceiling = min(self.backoff_max_s, self.backoff_s * 2.0 ** (attempt - 1))
-        return ceiling * (0.5 + 0.5 * self._rand())
+            if not retryable or not self.retry.may_retry(attempt):
+                return result
+            attempt += 1
 
     async def _check_budget(self, request: AnalysisRequest) -> FallbackReason | None:
         if self.ledger is None:

@@ -35,12 +35,12 @@ from brain.avatar import (
     build_prompt,
     cache_hash,
 )
+from brain.backoff import Backoff
 from brain.model import AvatarStatus, EnergyBand
 from server.media.base import MediaStore, content_key
 from server.metrics import Metrics
 from server.state import Clock, Decide, StateService
 from server.store.base import AvatarCacheEntry, Store, UserState
-from server.store.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ class AvatarSaga:
         metrics: Metrics,
         *,
         workers: int = 2,
-        retry: RetryPolicy | None = None,
+        retry: Backoff | None = None,
         clock: Clock = time.time,
     ) -> None:
         if workers < 1:
@@ -125,7 +125,7 @@ class AvatarSaga:
         self._media = media
         self._generator = generator
         self._metrics = metrics
-        self._retry = retry if retry is not None else RetryPolicy(attempts=4, base_delay=1.0)
+        self._retry = retry if retry is not None else Backoff(attempts=4, base=1.0)
         self._clock = clock
         self._workers = asyncio.Semaphore(workers)
         self._inflight: dict[str, asyncio.Task[str]] = {}
@@ -233,18 +233,19 @@ class AvatarSaga:
 
     async def _generate(self, prompt: str, spec: AvatarSpec) -> GeneratedImage:
         """One generation with retries of retryable errors; raises the last error."""
-        for attempt in range(self._retry.attempts):
+        attempt = 0
+        while True:
             started = time.perf_counter()
             try:
                 image = await self._generator.generate(prompt, spec)
             except GenerationError as exc:
                 self._metrics.avatar_generations.labels("error").inc()
-                if not exc.retryable or attempt + 1 == self._retry.attempts:
+                if not exc.retryable or not self._retry.may_retry(attempt):
                     raise
                 log.info("avatar generation failed (%r), retry %d", exc, attempt + 1)
-                await self._retry.backoff(attempt)
+                await self._retry.wait(attempt)
+                attempt += 1
                 continue
             self._metrics.avatar_generation_seconds.observe(time.perf_counter() - started)
             self._metrics.avatar_generations.labels("ok").inc()
             return image
-        raise AssertionError("unreachable: the last attempt returns or raises")

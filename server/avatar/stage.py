@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from brain.avatar import ImageGenerator
+from brain.backoff import Backoff
 from brain.model import AvatarStatus
 from server.avatar.saga import AvatarSaga, Outcome
 from server.media.local import LocalMediaStore, media_route
@@ -27,7 +28,6 @@ from server.services import Services
 from server.settings import Settings
 from server.state import StateService
 from server.store.base import Store
-from server.store.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ async def install_avatars(
     stack: AsyncExitStack,
     *,
     generator: ImageGenerator | None = None,
-    retry: RetryPolicy | None = None,
+    retry: Backoff | None = None,
 ) -> AvatarSaga:
     """Build the saga for ``services``, register it, and close it with ``stack``."""
     settings = services.settings
@@ -74,7 +74,7 @@ async def avatar_stage(services: Services, stack: AsyncExitStack) -> None:
 
 
 def avatar_stage_with(
-    *, generator: ImageGenerator | None = None, retry: RetryPolicy | None = None
+    *, generator: ImageGenerator | None = None, retry: Backoff | None = None
 ) -> Callable[[Services, AsyncExitStack], Awaitable[None]]:
     """An :func:`avatar_stage` with a given generator or retry policy (tests, benchmarks)."""
 
@@ -116,7 +116,7 @@ async def retry_failed(
 
 
 async def retry_failed_in_process(
-    settings: Settings, *, retry: RetryPolicy | None = None, interrupted: bool = False
+    settings: Settings, *, retry: Backoff | None = None, interrupted: bool = False
 ) -> list[Outcome]:
     """``companion avatars retry-failed``: the configured store, broker, media and generator,
     in this process (no server needed). Deltas go out through the configured broker, so

@@ -1,7 +1,7 @@
 """The production store: DynamoDB through aioboto3, one client for the store's lifetime.
 
 Tables are those of :mod:`server.store.schema`, named ``table_prefix`` + suffix. Every call
-goes through the store's :class:`~server.store.retry.RetryPolicy` (botocore's own retries
+goes through the store's :class:`~brain.backoff.Backoff` (botocore's own retries
 are switched off, so there is one bound, not two multiplied); see
 :mod:`server.store.dynamodb_requests` for what is retried and why.
 
@@ -24,13 +24,13 @@ import aioboto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from brain.backoff import Backoff
 from brain.model import Frame
 from server.errors import FramesNotDurable, StoreError, VersionConflict
 from server.store import codec, schema
 from server.store import dynamodb_items as items
 from server.store.base import AvatarCacheEntry, FrameRow, Usage, UserState
 from server.store.dynamodb_requests import BatchTable, call, items_of_pages, write_batch
-from server.store.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb.client import DynamoDBClient
@@ -56,14 +56,14 @@ class DynamoDBStore:
         endpoint_url: str | None = None,
         max_pool_connections: int = 64,
         frame_retention_days: int = 30,
-        retry: RetryPolicy | None = None,
+        retry: Backoff | None = None,
     ) -> None:
         self._prefix = table_prefix
         self._region = region
         self._endpoint_url = endpoint_url
         self._max_pool_connections = max_pool_connections
         self._retention_days = frame_retention_days
-        self._retry = retry or RetryPolicy()
+        self._retry = retry or Backoff()
         self._stack: AsyncExitStack | None = None
         self._client: DynamoDBClient | None = None
         self._frames = BatchTable(schema.FRAMES.name(table_prefix), "user_id", "sk")
@@ -77,7 +77,7 @@ class DynamoDBStore:
             return
         config = Config(
             max_pool_connections=self._max_pool_connections,
-            retries={"total_max_attempts": 1},  # the store's RetryPolicy is the only bound
+            retries={"total_max_attempts": 1},  # the store's Backoff is the only bound
             connect_timeout=5,
             read_timeout=20,
         )

@@ -10,9 +10,9 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection
 
+from brain.backoff import Backoff, instant
 from server.avatar.saga import AvatarSaga
 from server.settings import Settings
-from server.store.retry import RetryPolicy, instant
 from tests.conftest import LiveServer, auth, recv_op
 from tests.fakes.gemini_api import FakeGeminiApi
 
@@ -42,9 +42,9 @@ def backoffs() -> list[float]:
 
 
 @pytest.fixture
-def retry(backoffs: list[float]) -> RetryPolicy:
+def retry(backoffs: list[float]) -> Backoff:
     """A retry policy of :data:`ATTEMPTS` tries that never sleeps."""
-    return instant(RetryPolicy(attempts=ATTEMPTS, base_delay=1.0), record=backoffs)
+    return instant(Backoff(attempts=ATTEMPTS, base=1.0), record=backoffs)
 
 
 def saga_of(live: LiveServer) -> AvatarSaga:

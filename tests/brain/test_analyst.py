@@ -28,8 +28,10 @@ from brain.analyst import (
     build_request,
 )
 from brain.analyst.claude import BEDROCK_REGION, TOOL_NAME, ClaudeAnalyst
+from brain.analyst.guard import RETRY
 from brain.analyst.persona import persona
 from brain.analyst.pricing import price_of
+from brain.backoff import Backoff
 from brain.features import compute_baseline
 from brain.model import (
     Action,
@@ -187,9 +189,7 @@ def guard(
         claude,
         ledger=ledger,
         clock=clock,
-        retries=2,
-        sleep=sleep,
-        rand=lambda: 0.5,
+        retry=replace(RETRY, sleep=sleep, random=lambda: 0.5),
         breaker=CircuitBreaker(clock=clock, failure_threshold=3, reset_after_s=30),
     )
 
@@ -313,7 +313,7 @@ async def test_server_errors_are_retried_with_jittered_backoff_then_fall_back(
     assert decision.fallback is FallbackReason.ERROR
     assert decision.assessment == rules_answer(req)
     assert api.calls == 3
-    assert sleeps == [0.375, 0.75]  # 0.5 s, then 1 s, each times 0.75 for rand() = 0.5
+    assert sleeps == [0.25, 0.5]  # full jitter: half of 0.5 s, then of 1 s, for random() = 0.5
     assert guard.stats.retries == 2
     assert ledger.days[("ana", "2023-11-15")].calls == 3
 
@@ -339,7 +339,7 @@ async def test_a_hanging_api_times_out_and_falls_back(
     claude: ClaudeAnalyst, api: FakeAnthropicApi, clock: ManualClock
 ) -> None:
     api.hang()
-    guard = GuardedAnalyst(claude, clock=clock, timeout_s=0.2, retries=0)
+    guard = GuardedAnalyst(claude, clock=clock, timeout_s=0.2, retry=Backoff(attempts=1))
     req = request()
     decision = await guard.decide(req)
     assert api.hung.is_set()
@@ -429,7 +429,9 @@ async def test_the_circuit_opens_after_n_failures_and_half_opens_as_the_clock_ad
 ) -> None:
     recorder = Recorder()
     breaker = CircuitBreaker(clock=clock, failure_threshold=2, reset_after_s=30)
-    guard = GuardedAnalyst(claude, clock=clock, retries=0, breaker=breaker, observer=recorder)
+    guard = GuardedAnalyst(
+        claude, clock=clock, retry=Backoff(attempts=1), breaker=breaker, observer=recorder
+    )
     api.fail(500, times=2)
     assert (await guard.decide(request("stress"))).fallback is FallbackReason.ERROR
     assert breaker.state is CircuitState.CLOSED
@@ -453,7 +455,7 @@ async def test_a_failed_probe_opens_the_circuit_again(
     claude: ClaudeAnalyst, api: FakeAnthropicApi, clock: ManualClock
 ) -> None:
     breaker = CircuitBreaker(clock=clock, failure_threshold=1, reset_after_s=30)
-    guard = GuardedAnalyst(claude, clock=clock, retries=0, breaker=breaker)
+    guard = GuardedAnalyst(claude, clock=clock, retry=Backoff(attempts=1), breaker=breaker)
     api.fail(529, times=2)
     await guard.decide(request())
     clock.advance(30)
@@ -467,7 +469,9 @@ async def test_a_probe_stopped_by_the_budget_leaves_the_circuit_half_open(
     claude: ClaudeAnalyst, api: FakeAnthropicApi, clock: ManualClock, ledger: MemoryLedger
 ) -> None:
     breaker = CircuitBreaker(clock=clock, failure_threshold=1, reset_after_s=30)
-    guard = GuardedAnalyst(claude, clock=clock, retries=0, breaker=breaker, ledger=ledger)
+    guard = GuardedAnalyst(
+        claude, clock=clock, retry=Backoff(attempts=1), breaker=breaker, ledger=ledger
+    )
     api.fail(500)
     await guard.decide(request())
     clock.advance(30)
@@ -481,7 +485,7 @@ async def test_the_observer_hears_cache_calls_usage_and_fallbacks(
     claude: ClaudeAnalyst, api: FakeAnthropicApi, clock: ManualClock
 ) -> None:
     recorder = Recorder()
-    guard = GuardedAnalyst(claude, clock=clock, retries=0, observer=recorder)
+    guard = GuardedAnalyst(claude, clock=clock, retry=Backoff(attempts=1), observer=recorder)
     await guard.decide(request())
     await guard.decide(request())
     api.fail(500)

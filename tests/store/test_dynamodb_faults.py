@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from botocore.awsrequest import AWSResponse
 
+from brain.backoff import Backoff, instant
 from brain.model import Frame
 from server.errors import FramesNotDurable, StoreError, VersionConflict
 from server.store.base import UserState
 from server.store.dynamodb import DynamoDBStore
-from server.store.retry import RetryPolicy, instant
 
 DynamoDBStoreFactory = Callable[..., AbstractAsyncContextManager[DynamoDBStore]]
 
@@ -130,9 +130,7 @@ async def test_unprocessed_and_throttled_rows_are_retried_until_all_stored_once(
     rows = rows_of(["alice", "bob", "carol"], 300)
     rows += rows[:10]  # resent frames in the same call
 
-    async with dynamodb_store_factory(
-        retry=instant(RetryPolicy(attempts=30), record=delays)
-    ) as store:
+    async with dynamodb_store_factory(retry=instant(Backoff(attempts=30), record=delays)) as store:
         faults.install(store.client)
         await store.put_frames(rows)
 
@@ -146,7 +144,7 @@ async def test_rows_unprocessed_past_the_bound_raise_frames_not_durable_naming_t
     dynamodb_store_factory: DynamoDBStoreFactory,
 ) -> None:
     delays: list[float] = []
-    policy = instant(RetryPolicy(attempts=4, base_delay=0.1, max_delay=1.0), record=delays)
+    policy = instant(Backoff(attempts=4, base=0.1, cap=1.0), record=delays)
     faults = Faults("BatchWriteItem", withhold=lambda n, item: item["user_id"]["S"] == "doomed")
     rows = rows_of(["alice", "doomed", "alice"], 60)
 
@@ -169,7 +167,7 @@ async def test_throttling_that_never_ends_fails_every_row(
     faults = Faults("BatchWriteItem", fail=lambda n, _: "ThrottlingException")
     rows = rows_of(["alice"], 30)
 
-    async with dynamodb_store_factory(retry=instant(RetryPolicy(attempts=3))) as store:
+    async with dynamodb_store_factory(retry=instant(Backoff(attempts=3))) as store:
         faults.install(store.client)
         with pytest.raises(FramesNotDurable) as error:
             await store.put_frames(rows)
