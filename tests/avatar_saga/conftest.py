@@ -32,7 +32,8 @@ def fake_gemini(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGeminiApi]:
 
 @pytest.fixture
 def gemini_settings(settings_with: Callable[..., Settings]) -> Settings:
-    return settings_with(avatar="gemini", avatar_workers=2)
+    """Gemini images and no clips: these tests are about the image path."""
+    return settings_with(avatar="gemini", avatar_workers=2, video="off")
 
 
 @pytest.fixture
