@@ -4,12 +4,12 @@
 (same look tables, same pet) and moves the pet over :data:`FRAMES` frames: it hops, breathes
 (a small squash and stretch) or trembles, as its posture says (:data:`MOTIONS`); the scene,
 the cues and the energy bar stay still. The result is a looping animated WebP of
-:data:`CLIP_SIZE` px, :data:`FRAMES` x :data:`FRAME_MS` ms (1.5 s), typically 30-80 KB:
+:data:`CLIP_SIZE` px, :data:`FRAMES` x :data:`FRAME_MS` ms (1.5 s), typically 40-65 KB:
 small enough for a watch to fetch over a phone's Bluetooth link, and played natively by
 browsers, Android and watchOS image views.
 
 Drawing is pure and deterministic (the same spec gives the same bytes) and CPU-bound
-(about 0.1-0.2 s), so :meth:`LocalClipMaker.make_clip` runs it in a worker thread.
+(0.12-0.2 s), so :meth:`LocalClipMaker.make_clip` runs it in a worker thread.
 """
 
 from __future__ import annotations

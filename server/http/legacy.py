@@ -3,7 +3,7 @@
 - ``POST /sensor-data`` — ``{user_id, heart_rate?, hrv?, steps?, spo2?, skin_temp?,
   timestamp?}`` or ``{user_id, readings: [...]}``; one reading or several.
 - ``POST /api/v1/user/{id}/data`` — the same body without ``user_id``.
-- ``GET /avatar/current-state/{user_id}`` — ``{state_hash, timestamp, image_url, video_url, mood}``.
+- ``GET /avatar/current-state/{user_id}`` — ``{state_hash, timestamp, image_url, mood}``.
 - ``GET /api/v1/user/{id}/state`` — the state with the old field names.
 
 Old readings name fields ``heart_rate`` and ``timestamp`` (seconds or milliseconds); they
@@ -73,7 +73,6 @@ def _old_state(state: UserState) -> dict[str, Any]:
         "state_hash": state.state_hash,
         "timestamp": state.updated_at // 1000,
         "image_url": state.image_url,
-        "video_url": state.video_url,
         "mood": state.mood,
     }
 
@@ -95,8 +94,7 @@ async def user_data(request: Request) -> Response:
 
 
 async def avatar_current_state(request: Request) -> Response:
-    """``GET /avatar/current-state/{user_id}`` → ``{state_hash, timestamp, image_url,
-    video_url, mood}``."""
+    """``GET /avatar/current-state/{user_id}`` → ``{state_hash, timestamp, image_url, mood}``."""
     user_id = request.path_params["user_id"]
     try:
         authorize(request, user_id)
@@ -123,5 +121,6 @@ async def user_state(request: Request) -> Response:
             "reasoning": state.reasoning,
             "actions": list(state.actions),
             "version": state.version,
+            "video_url": state.video_url,
         }
     )

@@ -58,7 +58,7 @@ async def test_the_image_is_pushed_first_then_its_clip_in_a_second_delta(
 ) -> None:
     """Default (local) clips: ready image delta (clip coming), then a delta with the clip;
     the clip is a 256 px WebP served from /media; both URLs sit in one cache entry and in
-    the snapshot, the REST state and the legacy current-state."""
+    the snapshot, the REST state and the legacy state (not the seeds' current-state)."""
     async with start_server(settings, stages=[avatar_stage]) as live:
         watch = await live.connect("fay", "watch")
         async with live.http() as http:
@@ -66,7 +66,8 @@ async def test_the_image_is_pushed_first_then_its_clip_in_a_second_delta(
             image = await status_delta(watch, "ready")
             clip = await delta_with(watch, "video_url")
             served = await fetch(http, clip["video_url"])
-            legacy = await http.get("/avatar/current-state/fay", headers=auth("fay", "watch"))
+            legacy = await http.get("/api/v1/user/fay/state", headers=auth("fay", "watch"))
+            seed = await http.get("/avatar/current-state/fay", headers=auth("fay", "watch"))
             rest = await http.get("/v1/users/fay/state", headers=auth("fay", "watch"))
         snapshot = await snapshot_of(live, "fay")
         await saga_of(live).idle()
@@ -84,6 +85,7 @@ async def test_the_image_is_pushed_first_then_its_clip_in_a_second_delta(
     assert (entry.image_url, entry.video_url) == (image["image_url"], clip["video_url"])
     assert (snapshot["video_url"], snapshot["video_status"]) == (clip["video_url"], "ready")
     assert legacy.json()["video_url"] == clip["video_url"]
+    assert set(seed.json()) == {"state_hash", "timestamp", "image_url", "mood"}  # as deployed
     assert rest.json()["video_url"] == clip["video_url"]
 
 
