@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 from PIL import Image
 
 from brain.avatar import AvatarSpec, build_prompt, cache_hash
@@ -19,6 +20,7 @@ from brain.backoff import Backoff
 from server.avatar.stage import avatar_stage, avatar_stage_with
 from server.settings import Settings
 from server.store.retry import RetryPolicy
+from tests.avatar.test_media import REGION, bucket, moto_endpoint  # noqa: F401  (fixtures)
 from tests.avatar_saga.conftest import (
     ATTEMPTS,
     delta_with,
@@ -289,3 +291,31 @@ async def test_with_the_cache_off_the_same_prompt_generates_twice(
     assert metrics.avatar_cache.labels("bypass")._value.get() == 2
     assert metrics.avatar_cache.labels("hit")._value.get() == 0
     assert entry is not None
+
+
+async def test_with_s3_media_the_clip_is_stored_in_the_bucket(
+    settings: Settings,
+    moto_endpoint: str,  # noqa: F811
+    bucket: str,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """COMPANION_MEDIA=s3://…: image and clip go to S3 (moto); the clip URL serves the WebP."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_endpoint)
+    monkeypatch.setenv("AWS_REGION", REGION)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    s3_settings = replace(settings, media=f"s3://{bucket}/media")
+    async with start_server(s3_settings, stages=[avatar_stage]) as live:
+        watch = await live.connect("pam", "watch")
+        async with live.http() as http:
+            await post_state(http, "pam", **STRESSED)
+            clip = await delta_with(watch, "video_url")
+        await saga_of(live).idle()
+        await watch.close()
+    async with httpx.AsyncClient() as client:
+        served = await client.get(clip["video_url"])
+    assert urlsplit(clip["video_url"]).path.startswith(f"/{bucket}/media/avatars/")
+    assert served.status_code == 200
+    assert served.headers["content-type"] == "image/webp"
+    assert served.headers["cache-control"] == IMMUTABLE
+    assert served.content[:4] == b"RIFF" and served.content[8:12] == b"WEBP"
