@@ -21,6 +21,8 @@ VISIBLE_FIELDS: tuple[str, ...] = (
     "source",
     "image_url",
     "avatar_status",
+    "video_url",
+    "video_status",
 )
 """The fields of a user's state that devices display; the hash covers these and no other."""
 

@@ -10,6 +10,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _SLOW_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_CLIP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 240.0, 480.0)
+"""A local clip takes a fraction of a second, a Veo clip minutes."""
 
 
 class Metrics:
@@ -99,7 +101,7 @@ class Metrics:
         )
         self.avatar_cache = Counter(
             "companion_avatar_cache",
-            "Avatar cache lookups, by result (hit, miss).",
+            "Avatar cache lookups, by result (hit, miss, bypass: COMPANION_AVATAR_CACHE=off).",
             ["result"],
             registry=r,
         )
@@ -114,6 +116,23 @@ class Metrics:
         )
         self.avatar_waiting = Gauge(
             "companion_avatar_waiting", "Generations waiting for an avatar worker.", registry=r
+        )
+        self.avatar_clips = Counter(
+            "companion_avatar_clips",
+            "Clip maker calls, by result (ok, error).",
+            ["result"],
+            registry=r,
+        )
+        self.avatar_clip_failures = Counter(
+            "companion_avatar_clip_failures",
+            "Clips given up on (the image stays; video_status=failed).",
+            registry=r,
+        )
+        self.avatar_clip_seconds = Histogram(
+            "companion_avatar_clip_seconds",
+            "Time of one successful clip (Veo: submit to done).",
+            buckets=_CLIP_BUCKETS,
+            registry=r,
         )
         # The analysis pipeline (server.analysis.scheduler, server.analysis.pipeline).
         self.analysis_queue = Gauge(

@@ -477,6 +477,8 @@ SNAPSHOT_FIELDS: Final = (
     "energy",
     "image_url",
     "avatar_status",
+    "video_url",
+    "video_status",
     "reasoning",
     "actions",
     "source",

@@ -58,6 +58,11 @@ class Settings:
     media: str = "local"
     media_public_url: str = ""
     avatar_workers: int = 2
+    avatar_cache: str = "on"
+    video: str = "local"
+    veo_model: str = "veo-3.0-fast-generate-001"
+    video_timeout_s: float = 360.0
+    video_poll_s: float = 10.0
     log_level: str = "info"
 
     @property
@@ -231,6 +236,19 @@ SPECS: Final[tuple[Spec, ...]] = (
         "media_public_url", _url, "Public base URL of the S3 media (CDN); default: presigned URLs."
     ),
     Spec("avatar_workers", _positive_int, "Avatar generations running at once."),
+    Spec(
+        "avatar_cache",
+        _choice("on", "off"),
+        "`off` bypasses avatar cache reads (every change generates; entries are still written).",
+    ),
+    Spec(
+        "video",
+        _choice("off", "local", "veo"),
+        "Avatar clips: `off`, `local` (Pillow, animated WebP) or `veo` (Vertex AI).",
+    ),
+    Spec("veo_model", str, "Veo model id on Vertex AI (`COMPANION_VIDEO=veo`)."),
+    Spec("video_timeout_s", _positive_float, "Deadline of one clip (Veo: submit and polling)."),
+    Spec("video_poll_s", _positive_float, "Seconds between polls of a Veo operation."),
     Spec("log_level", _choice("debug", "info", "warning", "error"), "Log level."),
 )
 

@@ -211,10 +211,27 @@
     $("version").textContent = String(s.version);
     $("hash").textContent = s.state_hash;
     $("updated").textContent = s.updated_at ? new Date(s.updated_at).toLocaleTimeString() : "–";
-    $("avatar-status").textContent = `avatar: ${s.avatar_status}`;
+    const clipStatus = s.video_status && s.video_status !== "none" ? ` · clip: ${s.video_status}` : "";
+    $("avatar-status").textContent = `avatar: ${s.avatar_status}${clipStatus}`;
+    showAvatar(s.image_url, s.video_url);
+  }
+
+  // The clip when there is one, else the still. An animated WebP or GIF plays in the <img>;
+  // an MP4 or WebM (Veo) needs the <video>.
+  function showAvatar(imageUrl, videoUrl) {
     const avatar = $("avatar");
-    const wanted = s.image_url || "/debug/static/avatar.svg";
-    if (avatar.getAttribute("src") !== wanted) avatar.setAttribute("src", wanted);
+    const clip = $("avatar-clip");
+    const isVideo = Boolean(videoUrl) && /\.(mp4|webm)(\?|$)/.test(videoUrl);
+    const still = (!isVideo && videoUrl) || imageUrl || "/debug/static/avatar.svg";
+    if (avatar.getAttribute("src") !== still) avatar.setAttribute("src", still);
+    if (isVideo) {
+      if (clip.getAttribute("src") !== videoUrl) clip.setAttribute("src", videoUrl);
+    } else if (clip.hasAttribute("src")) {
+      clip.removeAttribute("src");
+      clip.load();
+    }
+    clip.hidden = !isVideo;
+    avatar.hidden = isVideo;
   }
 
   function logDelta(delta, latency) {

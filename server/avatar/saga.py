@@ -12,7 +12,13 @@ it starts a saga for that user, as a task of its own so the commit path never wa
    ``image_url`` + ``ready``;
 4. retryable :class:`GenerationError` → backoff with full jitter and retry; after the last try
    (or a non-retryable error, or a media/store error) commit ``avatar_status=failed``, which
-   records the saga for ``companion avatars retry-failed``.
+   records the saga for ``companion avatars retry-failed``;
+5. with a clip maker, the image commit carries ``video_status=generating`` (or the cached
+   clip's ``video_url``), then :class:`~server.avatar.clips.ClipStep` makes the clip and
+   commits ``video_url`` in a second delta; a failed clip never fails the image.
+
+``cache_reads=False`` (``COMPANION_AVATAR_CACHE=off``, the rollback switch) skips every cache
+read, so each change generates anew; entries are still written.
 
 Every saga commit is conditional: it applies only while the user still has the (state, mood,
 band) the saga was started for, so a late image never replaces the one of a newer state.
@@ -24,11 +30,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from brain.avatar import (
     AvatarSpec,
+    ClipMaker,
     GeneratedImage,
     GenerationError,
     ImageGenerator,
@@ -37,6 +44,7 @@ from brain.avatar import (
 )
 from brain.backoff import Backoff
 from brain.model import AvatarStatus, EnergyBand
+from server.avatar.clips import ClipJob, ClipStep, clip_changes
 from server.media.base import MediaStore, content_key
 from server.metrics import Metrics
 from server.state import Clock, Decide, StateService
@@ -95,12 +103,24 @@ def conditional(target: Target, changes: Mapping[str, Any]) -> Decide:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How one saga ended: ``ready`` (``cached`` or generated), ``failed`` or ``stale``."""
+    """How one saga ended: ``ready`` (``cached`` or generated), ``failed`` or ``stale``;
+    ``video_url`` is the clip's when one was committed."""
 
     user_id: str
     status: str
     image_url: str | None = None
     cached: bool = False
+    video_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Still:
+    """A generation's result: the phone image URL, its PNG when this saga made it, and the
+    clip URL when another saga had already made and cached both."""
+
+    url: str
+    png: bytes | None = None
+    video_url: str | None = None
 
 
 class AvatarSaga:
@@ -117,6 +137,9 @@ class AvatarSaga:
         workers: int = 2,
         retry: Backoff | None = None,
         clock: Clock = time.time,
+        clips: ClipMaker | None = None,
+        clip_backoff: Backoff | None = None,
+        cache_reads: bool = True,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
@@ -128,9 +151,23 @@ class AvatarSaga:
         self._retry = retry if retry is not None else Backoff(attempts=4, base=1.0)
         self._clock = clock
         self._workers = asyncio.Semaphore(workers)
-        self._inflight: dict[str, asyncio.Task[str]] = {}
+        self._inflight: dict[str, asyncio.Task[Still]] = {}
         self._tasks: set[asyncio.Task[Outcome]] = set()
         self._closed = False
+        self._cache_reads = cache_reads
+        self._clips: ClipStep | None = None
+        if clips is not None:
+            self._clips = ClipStep(
+                state,
+                store,
+                media,
+                clips,
+                metrics,
+                cause=CAUSE,
+                workers=workers,
+                backoff=clip_backoff,
+                clock=clock,
+            )
 
     async def on_commit(self, previous: UserState, committed: UserState, cause: str) -> None:
         """The :class:`StateService` listener: start a saga when the avatar must change."""
@@ -160,6 +197,8 @@ class AvatarSaga:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+        if self._clips is not None:
+            await self._clips.close()
 
     async def run(self, user: UserState) -> Outcome:
         """The saga for ``user``'s committed state; never raises (failures are committed)."""
@@ -168,15 +207,18 @@ class AvatarSaga:
             spec = AvatarSpec.of(user.state, user.mood, user.energy, user.profile.base_avatar)
             prompt = build_prompt(spec)
             key = cache_hash(prompt, spec.base_avatar.value)
-            entry = await self._store.get_avatar(key)
+            entry = await self._cached(key)
             if entry is not None:
                 self._metrics.avatar_cache.labels("hit").inc()
-                return await self._ready(user_id, target, entry.image_url, cached=True)
-            self._metrics.avatar_cache.labels("miss").inc()
-            generating = {"avatar_status": AvatarStatus.GENERATING.value}
-            await self._state.update(user_id, conditional(target, generating), cause=CAUSE)
-            url = await asyncio.shield(self._shared(key, prompt, spec))
-            return await self._ready(user_id, target, url, cached=False)
+                job = ClipJob(key, prompt, spec, entry.image_url)
+                outcome = await self._ready(user_id, target, job, entry.video_url, cached=True)
+            else:
+                self._metrics.avatar_cache.labels("miss" if self._cache_reads else "bypass").inc()
+                generating = {"avatar_status": AvatarStatus.GENERATING.value}
+                await self._state.update(user_id, conditional(target, generating), cause=CAUSE)
+                still = await asyncio.shield(self._shared(key, prompt, spec))
+                job = ClipJob(key, prompt, spec, still.url, still.png)
+                outcome = await self._ready(user_id, target, job, still.video_url, cached=False)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -189,17 +231,56 @@ class AvatarSaga:
                 log.exception("could not record the failed avatar saga of %s", user_id)
                 done = None
             return Outcome(user_id, AvatarStatus.FAILED.value if done else "stale")
+        if outcome.status != AvatarStatus.READY.value or not self._clip_wanted(job, outcome):
+            return outcome
+        # The image is committed and pushed: only now the clip (a clip never delays or
+        # fails its image; the clip step commits its own outcome).
+        assert self._clips is not None
+        video_url = await self._clips.run(user_id, job)
+        return replace(outcome, video_url=video_url)
 
-    async def _ready(self, user_id: str, target: Target, url: str, *, cached: bool) -> Outcome:
-        ready = {"image_url": url, "avatar_status": AvatarStatus.READY.value}
+    async def _cached(self, key: str) -> AvatarCacheEntry | None:
+        """The cache entry of ``key``; ``None`` when there is none or reads are off."""
+        return await self._store.get_avatar(key) if self._cache_reads else None
+
+    def _clip_wanted(self, job: ClipJob, outcome: Outcome) -> bool:
+        """Whether the saga must still make the clip of ``job`` after its image commit."""
+        return (
+            self._clips is not None
+            and outcome.video_url is None
+            and not self._clips.refused(job.key)
+        )
+
+    def _clip_fields(self, job: ClipJob, video_url: str | None) -> dict[str, Any]:
+        """What the image commit says of the clip: the cached one, one coming, or none."""
+        if self._clips is None:
+            return clip_changes(None, AvatarStatus.NONE)
+        if video_url is not None:
+            return clip_changes(video_url, AvatarStatus.READY)
+        if self._clips.refused(job.key):
+            return clip_changes(None, AvatarStatus.FAILED)
+        return clip_changes(None, AvatarStatus.GENERATING)
+
+    async def _ready(
+        self, user_id: str, target: Target, job: ClipJob, video_url: str | None, *, cached: bool
+    ) -> Outcome:
+        """Commit the image of ``job`` (and what is known of its clip) while the target
+        stands."""
+        url = job.image_url
+        ready = {
+            "image_url": url,
+            "avatar_status": AvatarStatus.READY.value,
+            **self._clip_fields(job, video_url),
+        }
+        video = ready["video_url"]
         committed = await self._state.update(user_id, conditional(target, ready), cause=CAUSE)
         if committed is None:
             current = await self._state.current(user_id)
             if Target.of(current) != target:
                 return Outcome(user_id, "stale", url, cached)
-        return Outcome(user_id, AvatarStatus.READY.value, url, cached)
+        return Outcome(user_id, AvatarStatus.READY.value, url, cached, video)
 
-    def _shared(self, key: str, prompt: str, spec: AvatarSpec) -> asyncio.Task[str]:
+    def _shared(self, key: str, prompt: str, spec: AvatarSpec) -> asyncio.Task[Still]:
         """The generation of ``key``: the one in flight, or a new one."""
         task = self._inflight.get(key)
         if task is None:
@@ -208,13 +289,13 @@ class AvatarSaga:
             task.add_done_callback(lambda _: self._inflight.pop(key, None))
         return task
 
-    async def _produce(self, key: str, prompt: str, spec: AvatarSpec) -> str:
-        """Generate, store and cache the avatar of ``key``; return the phone image URL."""
+    async def _produce(self, key: str, prompt: str, spec: AvatarSpec) -> Still:
+        """Generate, store and cache the avatar of ``key``; the phone image URL and PNG."""
         # A generation of this key may have finished between the caller's cache miss and
         # now (it left the in-flight table when it did): look again before paying.
-        entry = await self._store.get_avatar(key)
+        entry = await self._cached(key)
         if entry is not None:
-            return entry.image_url
+            return Still(entry.image_url, video_url=entry.video_url)
         self._metrics.avatar_waiting.inc()
         try:
             await self._workers.acquire()
@@ -229,7 +310,7 @@ class AvatarSaga:
             self._workers.release()
         created = int(self._clock() * 1000)
         await self._store.put_avatar(AvatarCacheEntry(key, url, prompt, created))
-        return url
+        return Still(url, image.phone_png)
 
     async def _generate(self, prompt: str, spec: AvatarSpec) -> GeneratedImage:
         """One generation with retries of retryable errors; raises the last error."""

@@ -1,8 +1,10 @@
-"""Wiring of the avatar saga: generator and media store from the settings, the stage, the
-``/media`` handler and ``companion avatars retry-failed``.
+"""Wiring of the avatar saga: generator, clip maker and media store from the settings, the
+stage, the ``/media`` handler and ``companion avatars retry-failed``.
 
 :func:`avatar_stage` is the :data:`~server.app.Stage` a full server runs: it builds the
-generator (``local`` → :class:`LocalRenderer`, ``gemini`` → :class:`GeminiGenerator`) and the
+generator (``local`` → :class:`LocalRenderer`, ``gemini`` → :class:`GeminiGenerator`), the
+clip maker (``COMPANION_VIDEO``: ``off``, ``local`` → :class:`LocalClipMaker`, ``veo`` →
+:class:`VeoClipMaker`), reads the cache switch (``COMPANION_AVATAR_CACHE``) and the
 media store (``local`` → :class:`LocalMediaStore` in ``media_dir`` at ``{base_url}/media``,
 ``s3://bucket/prefix`` → :class:`S3MediaStore`), puts them in ``services.extras`` (``media``,
 ``avatar_saga``), registers the saga as a commit listener and closes all of it on the stack.
@@ -23,7 +25,13 @@ from brain.backoff import Backoff
 from brain.model import AvatarStatus
 from server.avatar.saga import AvatarSaga, Outcome
 from server.media.local import LocalMediaStore, media_route
-from server.parts import build_broker, build_generator, build_media, build_store
+from server.parts import (
+    build_broker,
+    build_clip_maker,
+    build_generator,
+    build_media,
+    build_store,
+)
 from server.services import Services
 from server.settings import Settings
 from server.state import StateService
@@ -42,11 +50,19 @@ async def install_avatars(
     *,
     generator: ImageGenerator | None = None,
     retry: Backoff | None = None,
+    clip_backoff: Backoff | None = None,
 ) -> AvatarSaga:
-    """Build the saga for ``services``, register it, and close it with ``stack``."""
+    """Build the saga for ``services``, register it, and close it with ``stack``.
+
+    Raises ValueError when a generator or clip maker the settings name cannot be built
+    (Gemini or Veo without credentials).
+    """
     settings = services.settings
     the_generator = generator if generator is not None else build_generator(settings)
     stack.push_async_callback(the_generator.aclose)
+    clips = build_clip_maker(settings)
+    if clips is not None:
+        stack.push_async_callback(clips.aclose)
     media = build_media(settings)
     stack.push_async_callback(media.close)
     saga = AvatarSaga(
@@ -58,6 +74,9 @@ async def install_avatars(
         workers=settings.avatar_workers,
         retry=retry,
         clock=services.clock,
+        clips=clips,
+        clip_backoff=clip_backoff,
+        cache_reads=settings.avatar_cache == "on",
     )
     services.state.listeners.append(saga.on_commit)
     # Last in, first out: the saga stops (running sagas finish or are cancelled) before the
@@ -74,12 +93,17 @@ async def avatar_stage(services: Services, stack: AsyncExitStack) -> None:
 
 
 def avatar_stage_with(
-    *, generator: ImageGenerator | None = None, retry: Backoff | None = None
+    *,
+    generator: ImageGenerator | None = None,
+    retry: Backoff | None = None,
+    clip_backoff: Backoff | None = None,
 ) -> Callable[[Services, AsyncExitStack], Awaitable[None]]:
-    """An :func:`avatar_stage` with a given generator or retry policy (tests, benchmarks)."""
+    """An :func:`avatar_stage` with a given generator or retry policies (tests, benchmarks)."""
 
     async def stage(services: Services, stack: AsyncExitStack) -> None:
-        await install_avatars(services, stack, generator=generator, retry=retry)
+        await install_avatars(
+            services, stack, generator=generator, retry=retry, clip_backoff=clip_backoff
+        )
 
     return stage
 
@@ -138,10 +162,21 @@ async def retry_failed_in_process(
         state = StateService(store, hub, metrics, time.time)
         generator = build_generator(settings)
         stack.push_async_callback(generator.aclose)
+        clips = build_clip_maker(settings)
+        if clips is not None:
+            stack.push_async_callback(clips.aclose)
         media = build_media(settings)
         stack.push_async_callback(media.close)
         saga = AvatarSaga(
-            state, store, media, generator, metrics, workers=settings.avatar_workers, retry=retry
+            state,
+            store,
+            media,
+            generator,
+            metrics,
+            workers=settings.avatar_workers,
+            retry=retry,
+            clips=clips,
+            cache_reads=settings.avatar_cache == "on",
         )
         stack.push_async_callback(saga.close)
         return await retry_failed(saga, state, store, interrupted=interrupted)
@@ -153,5 +188,6 @@ def describe(outcomes: Sequence[Outcome]) -> list[str]:
     for outcome in outcomes:
         how = " (cache hit)" if outcome.cached else ""
         url = f" {outcome.image_url}" if outcome.image_url else ""
-        lines.append(f"{outcome.user_id}: {outcome.status}{how}{url}")
+        clip = f" clip {outcome.video_url}" if outcome.video_url else ""
+        lines.append(f"{outcome.user_id}: {outcome.status}{how}{url}{clip}")
     return lines or ["no users to retry"]

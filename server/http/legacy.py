@@ -121,5 +121,6 @@ async def user_state(request: Request) -> Response:
             "reasoning": state.reasoning,
             "actions": list(state.actions),
             "version": state.version,
+            "video_url": state.video_url,
         }
     )

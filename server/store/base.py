@@ -42,6 +42,8 @@ class UserState:
     source: str = "rules"
     image_url: str | None = None
     avatar_status: str = AvatarStatus.NONE.value
+    video_url: str | None = None
+    video_status: str = AvatarStatus.NONE.value
     profile: Profile = field(default_factory=Profile)
     updated_at: int = 0
 
@@ -56,6 +58,8 @@ class UserState:
             "source": self.source,
             "image_url": self.image_url,
             "avatar_status": self.avatar_status,
+            "video_url": self.video_url,
+            "video_status": self.video_status,
         }
 
     def rehashed(self) -> UserState:

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from brain.model import CoachStyle, CoachTone, Env, Frame, Profile
+from brain.model import AvatarStatus, CoachStyle, CoachTone, Env, Frame, Profile
 from server.store.base import AvatarCacheEntry, Usage, UserState
 
 SECONDS_PER_DAY = 86_400
@@ -107,6 +107,8 @@ def state_to_dict(state: UserState) -> dict[str, Any]:
         "source": state.source,
         "image_url": state.image_url,
         "avatar_status": state.avatar_status,
+        "video_url": state.video_url,
+        "video_status": state.video_status,
         "profile": profile_to_dict(state.profile),
         "updated_at": state.updated_at,
     }
@@ -126,6 +128,9 @@ def state_from_dict(data: dict[str, Any]) -> UserState:
         source=str(data["source"]),
         image_url=None if data.get("image_url") is None else str(data["image_url"]),
         avatar_status=str(data["avatar_status"]),
+        # Rows and documents from before clips have neither field.
+        video_url=None if data.get("video_url") is None else str(data["video_url"]),
+        video_status=str(data.get("video_status") or AvatarStatus.NONE.value),
         profile=profile_from_dict(data.get("profile") or {}),
         updated_at=int(data["updated_at"]),
     )

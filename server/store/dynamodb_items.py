@@ -46,7 +46,8 @@ def key_of(item: dict[str, Any], partition: str, sort: str | None) -> ItemKey:
 
 
 def state_item(state: UserState) -> Item:
-    """The ``user_state`` item of a state; ``image_url`` is left out when ``None``."""
+    """The ``user_state`` item of a state; ``image_url`` and ``video_url`` are left out when
+    ``None``."""
     data = codec.state_to_dict(state)
     item: Item = {
         "user_id": {"S": state.user_id},
@@ -59,11 +60,14 @@ def state_item(state: UserState) -> Item:
         "actions": {"L": [{"S": action} for action in state.actions]},
         "source": {"S": state.source},
         "avatar_status": {"S": state.avatar_status},
+        "video_status": {"S": state.video_status},
         "profile": {"M": {name: {"S": value} for name, value in data["profile"].items()}},
         "updated_at": {"N": str(state.updated_at)},
     }
     if state.image_url is not None:
         item["image_url"] = {"S": state.image_url}
+    if state.video_url is not None:
+        item["video_url"] = {"S": state.video_url}
     return item
 
 
@@ -82,6 +86,8 @@ def state_of(item: dict[str, Any]) -> UserState:
             "source": item["source"]["S"],
             "image_url": item["image_url"]["S"] if "image_url" in item else None,
             "avatar_status": item["avatar_status"]["S"],
+            "video_url": item["video_url"]["S"] if "video_url" in item else None,
+            "video_status": item["video_status"]["S"] if "video_status" in item else None,
             "profile": {name: value["S"] for name, value in item["profile"]["M"].items()},
             "updated_at": int(item["updated_at"]["N"]),
         }

@@ -56,6 +56,8 @@ CREATE TABLE IF NOT EXISTS user_state (
     source TEXT NOT NULL,
     image_url TEXT,
     avatar_status TEXT NOT NULL,
+    video_url TEXT,
+    video_status TEXT NOT NULL DEFAULT 'none',
     profile TEXT NOT NULL,
     updated_at INTEGER NOT NULL
 );
@@ -80,8 +82,15 @@ CREATE TABLE IF NOT EXISTS usage (
 
 _STATE_COLUMNS = (
     "user_id, version, state_hash, state, mood, energy, reasoning, actions, source,"
-    " image_url, avatar_status, profile, updated_at"
+    " image_url, avatar_status, video_url, video_status, profile, updated_at"
 )
+
+_ADDED_STATE_COLUMNS = (
+    ("video_url", "TEXT"),
+    ("video_status", "TEXT NOT NULL DEFAULT 'none'"),
+)
+"""Columns added to ``user_state`` after its first release: :meth:`SQLiteStore.open` adds
+them to a file made before them (``CREATE TABLE IF NOT EXISTS`` leaves an old table as it is)."""
 
 _STATE_NAMES = [name.strip() for name in _STATE_COLUMNS.split(",")]
 _INSERT_STATE = (
@@ -136,6 +145,7 @@ class SQLiteStore:
                 await writer.execute("PRAGMA synchronous=FULL")
                 await writer.execute("PRAGMA busy_timeout=5000")
                 await writer.executescript(_SCHEMA)
+                await _add_missing_columns(writer)
                 reader = await aiosqlite.connect(self._path, isolation_level=None)
                 opened.push_async_callback(reader.close)
                 await reader.execute("PRAGMA busy_timeout=5000")
@@ -405,3 +415,17 @@ def _state_from_row(row: sqlite3.Row) -> UserState:
     data["actions"] = orjson.loads(data["actions"])
     data["profile"] = orjson.loads(data["profile"])
     return codec.state_from_dict(data)
+
+
+async def _add_missing_columns(writer: aiosqlite.Connection) -> None:
+    """Add the :data:`_ADDED_STATE_COLUMNS` an older ``user_state`` table lacks."""
+    rows = await writer.execute_fetchall("PRAGMA table_info(user_state)")
+    present = {str(row[1]) for row in rows}
+    for name, declaration in _ADDED_STATE_COLUMNS:
+        if name not in present:
+            try:
+                await writer.execute(f"ALTER TABLE user_state ADD COLUMN {name} {declaration}")
+            except sqlite3.OperationalError as error:
+                # Another process opening the same file added it first.
+                if "duplicate column" not in str(error):
+                    raise
