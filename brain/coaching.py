@@ -101,7 +101,10 @@ def evidence(text: str) -> str:
 
 def _facts(f: Features, state: State, *, gentle: bool, energy: int) -> str:
     hr = f"{f.hr_mean or 0:.0f} bpm"
-    slope = f"{round(f.hr_slope or 0.0, 1) or 0.0:+.1f} bpm/min"  # no "-0.0"
+    if f.hr_slope is None and f.hr_rise_recent is not None:
+        slope = f"{round(f.hr_rise_recent) or 0:+d} bpm just now"  # too short for a slope
+    else:
+        slope = f"{round(f.hr_slope or 0.0, 1) or 0.0:+.1f} bpm/min"  # no "-0.0"
     steps = f"{f.steps_per_min or 0:.0f} steps/min"
     if state is State.STRESSED:
         if gentle:
