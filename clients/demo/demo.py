@@ -153,6 +153,11 @@ def main(args: argparse.Namespace) -> int:
     except (DemoError, TokenError, ValueError, RuntimeError) as exc:
         print(f"companion demo {args.demo_command}: {exc}", file=sys.stderr)
         return 1
+    except (BrokenPipeError, ConnectionResetError) as exc:
+        print(
+            f"companion demo {args.demo_command}: a helper process stopped: {exc}", file=sys.stderr
+        )
+        return 1
     except TimeoutError:
         print(
             f"companion demo {args.demo_command}: a helper did not start in time", file=sys.stderr
