@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
+import socket
 import sys
 from types import FrameType
 
@@ -57,6 +59,21 @@ def serve(settings: Settings) -> int:
     )
     config = uvicorn_config(settings)
     server = uvicorn.Server(config)
+    # Try the address before the banner and the app's start-up: a port in use is one clear
+    # line and exit code 1, not "serving on … ready" followed by uvicorn's error. uvicorn
+    # then binds it itself (handing it our socket would drop its "Uvicorn running on" line,
+    # which operators and tests wait for); losing a race in between fails as uvicorn does.
+    try:
+        listen(settings.host, settings.port, backlog=config.backlog).close()
+    except OSError as exc:
+        print(
+            f"companion serve: cannot listen on {settings.host}:{settings.port}: "
+            f"{os.strerror(exc.errno) if exc.errno else exc} (another server running? "
+            "choose another --port)",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_CANNOT_LISTEN
     base = settings.base_url
     print(
         f"companion: serving on {base} (store={settings.store}, broker={settings.broker}, "
@@ -83,6 +100,19 @@ def serve(settings: Settings) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0 if server.started else 1
+
+
+EXIT_CANNOT_LISTEN = 1
+"""Exit code of ``companion serve`` when its address is in use or not allowed."""
+
+
+def listen(host: str, port: int, *, backlog: int = 2048) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (IPv6 when ``host`` has a colon).
+
+    Raises :class:`OSError` when the address is in use, not allowed or not local.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=backlog)
 
 
 def _stopped(signum: int, frame: FrameType | None) -> None:

@@ -37,7 +37,10 @@ below the user's baseline), sleeping, resting, or calm.
 altitude, heat and low SpO2 take.
 - actions: at most three suggestions, or none.
 - reasoning: one or two sentences (at most {MAX_REASONING} characters) in your coaching \
-voice that mention the numbers you relied on. No diagnosis, no medical advice."""
+voice that mention the numbers you relied on. No diagnosis, no medical advice.
+- The *_recent fields (the newest frames) say what the user does now: let them outweigh \
+the whole window when the two disagree. When span_ms is under 180000, decide anyway and \
+begin the reasoning with "First impression" (the window is short)."""
 
 
 def persona(profile: Profile) -> str:

@@ -227,6 +227,12 @@ class AvatarSaga:
             failed = {"avatar_status": AvatarStatus.FAILED.value}
             try:
                 done = await self._state.update(user_id, conditional(target, failed), cause=CAUSE)
+                if done is None:
+                    # Nothing to commit: either a newer state superseded this one (stale),
+                    # or it was failed already (a repeat failure, e.g. from retry-failed).
+                    current = await self._state.current(user_id)
+                    again = current.avatar_status == AvatarStatus.FAILED.value
+                    done = current if again and Target.of(current) == target else None
             except Exception:
                 log.exception("could not record the failed avatar saga of %s", user_id)
                 done = None

@@ -98,6 +98,22 @@ def test_retry_failed_command_regenerates_in_process(
     assert capsys.readouterr().out.strip() == "no users to retry"
 
 
+def test_retry_failed_exits_1_when_a_saga_fails_again(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A repeat failure (the status was failed already) is a failure, not 'stale': exit 1."""
+    owl = Profile(base_avatar="owl")  # no such base avatar: the local renderer fails on it
+    failed = UserState(
+        "hal", version=1, state="stressed", mood="anxious", avatar_status="failed", profile=owl
+    )
+    seed_state(settings, failed)
+    monkeypatch.setenv("COMPANION_DATA_DIR", str(settings.data_dir))
+    assert main(["avatars", "retry-failed"]) == 1
+    assert capsys.readouterr().out.strip() == "hal: failed"
+    state = read_state(settings, "hal")
+    assert state is not None and state.avatar_status == "failed"
+
+
 def test_retry_failed_interrupted_also_resumes_sagas_a_stop_left_generating(
     settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
