@@ -60,8 +60,12 @@ def _to_frame(reading: Any, now_ms: int) -> Any:
     ts = frame.get("ts")
     if ts is None:
         frame["ts"] = now_ms
-    elif isinstance(ts, int | float) and not isinstance(ts, bool) and ts < _SECONDS_BEFORE:
-        frame["ts"] = int(ts * 1000)
+    elif (
+        isinstance(ts, int | float)
+        and not isinstance(ts, bool)
+        and 0 <= ts < _SECONDS_BEFORE  # also false for nan; inf is left to validation
+    ):
+        frame["ts"] = round(ts * 1000)
     frame.setdefault("device", "legacy-watch")
     return frame
 

@@ -439,7 +439,11 @@ def _operational_paths() -> dict[str, Any]:
                 {
                     "200": {"description": "The image", "content": {"image/*": {}}},
                     "304": {"description": "Not modified"},
-                    "404": {"description": "No such media", "content": {"text/plain": {}}},
+                    "404": {
+                        "description": "No such media (text from the media store, a problem "
+                        "for a key no media can have)",
+                        "content": {"text/plain": {}, _PROBLEM_TYPE: {"schema": _ref("Problem")}},
+                    },
                 },
             ),
         },
