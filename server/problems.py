@@ -3,8 +3,9 @@
 A route raises :class:`HTTPProblem` (or lets a :class:`~server.errors.StoreError` or an
 :class:`~server.errors.AuthError` escape); the exception handlers that
 :data:`EXCEPTION_HANDLERS` names, registered once on the app, turn each into its answer.
-So no route catches and re-wraps errors itself, and every error of the HTTP API has the
-same shape, including Starlette's own 404 and 405.
+So no route catches and re-wraps errors itself, every error of the HTTP API has the same
+shape, including Starlette's own 404 and 405, and each is counted once, by status, in
+``companion_http_errors``.
 """
 
 from __future__ import annotations
@@ -72,26 +73,33 @@ def auth_problem(error: AuthError) -> Response:
     return problem(401, str(error), code=code)
 
 
+def _counted(request: Request, response: Response) -> Response:
+    # companion_http_errors{status}: the label is a status our code chose, never client text.
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.http_errors.labels(str(response.status_code)).inc()
+    return response
+
+
 async def on_problem(request: Request, exc: Exception) -> Response:
     """Handler of :class:`HTTPProblem`."""
     assert isinstance(exc, HTTPProblem)
-    return exc.response()
+    return _counted(request, exc.response())
 
 
 async def on_auth_error(request: Request, exc: Exception) -> Response:
     """Handler of :class:`AuthError`: 401 or 403."""
     assert isinstance(exc, AuthError)
-    return auth_problem(exc)
+    return _counted(request, auth_problem(exc))
 
 
 async def on_store_error(request: Request, exc: Exception) -> Response:
     """Handler of :class:`StoreError`: 503 with ``Retry-After``, the store's words withheld
     (they may name tables, hosts or keys)."""
-    return problem(
-        503,
-        "the store is unavailable; retry later",
-        {"Retry-After": str(STORE_RETRY_AFTER_S)},
+    answer = problem(
+        503, "the store is unavailable; retry later", {"Retry-After": str(STORE_RETRY_AFTER_S)}
     )
+    return _counted(request, answer)
 
 
 async def on_http_exception(request: Request, exc: Exception) -> Response:
@@ -99,7 +107,7 @@ async def on_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     if exc.status_code in (204, 304):
         return Response(status_code=exc.status_code, headers=exc.headers)
-    return problem(exc.status_code, str(exc.detail), exc.headers)
+    return _counted(request, problem(exc.status_code, str(exc.detail), exc.headers))
 
 
 Handler = Callable[[Request, Exception], Awaitable[Response]]
