@@ -12,16 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from brain.avatar.prompt import Species
-from brain.model import (
-    Action,
-    AvatarStatus,
-    CoachStyle,
-    CoachTone,
-    Mood,
-    Profile,
-    Source,
-    State,
-)
+from brain.model import USER_STATE_FIELDS, Action, CoachStyle, CoachTone, Profile, Source
 from server.auth import DeviceKind, Principal
 from server.errors import VersionConflict
 from server.http.access import authorize, json, read_object, services_of
@@ -31,12 +22,10 @@ from server.store.codec import profile_to_dict, state_fields
 
 SERVICE_ONLY: Final = frozenset({DeviceKind.SERVICE})
 _URL_PREFIXES = ("http://", "https://", "/media/")
-_ENUMS: dict[str, type[Any]] = {
-    "state": State,
-    "mood": Mood,
-    "source": Source,
-    "avatar_status": AvatarStatus,
+_CHOICES: Final = {
+    f.name: tuple(f.schema["enum"]) for f in USER_STATE_FIELDS if f.visible and "enum" in f.schema
 }
+"""The state fields whose values come from an enum, and their values (from the one list)."""
 _PROFILE_ENUMS: dict[str, type[Any]] = {
     "style": CoachStyle,
     "tone": CoachTone,
@@ -62,6 +51,14 @@ def _enum_value(name: str, enum: type[Any], value: Any, status: int = 422) -> st
     return str(member.value)
 
 
+def _choice(name: str, allowed: tuple[str, ...], value: Any) -> str:
+    """``value`` as one of ``allowed``, in any letter case. Raises :class:`HTTPProblem` 422."""
+    chosen = value.lower() if isinstance(value, str) else value
+    if chosen not in allowed:
+        raise HTTPProblem(422, f"{name}: must be one of {', '.join(allowed)}")
+    return str(chosen)
+
+
 def validate_changes(body: dict[str, Any]) -> dict[str, Any]:
     """The state changes in a demo body. Raises :class:`HTTPProblem` (422) naming the field."""
     changes: dict[str, Any] = {}
@@ -69,8 +66,8 @@ def validate_changes(body: dict[str, Any]) -> dict[str, Any]:
         if name == "force":
             if not isinstance(value, bool):
                 raise HTTPProblem(422, "force: must be true or false")
-        elif name in _ENUMS:
-            changes[name] = _enum_value(name, _ENUMS[name], value)
+        elif name in _CHOICES:
+            changes[name] = _choice(name, _CHOICES[name], value)
         elif name == "energy":
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
                 raise HTTPProblem(422, "energy: must be a whole number 0..100")
