@@ -100,15 +100,18 @@ def _is_json(content_type: str) -> bool:
     return media_type == "application/json" or media_type.endswith("+json")
 
 
-async def read_json(request: Request, *, optional: bool = False) -> Any:
+async def read_json(
+    request: Request, *, optional: bool = False, any_media_type: bool = False
+) -> Any:
     """The request's JSON body (at most 1 MiB); ``{}`` when ``optional`` and empty.
 
-    A body without ``Content-Type`` is read as JSON (legacy firmware sends none).
-    Raises :class:`HTTPProblem`: 415 for another media type, 413 when too big, 400 when
-    it is not JSON.
+    A body without ``Content-Type`` is read as JSON (legacy firmware sends none), and so is
+    any body when ``any_media_type`` (the legacy routes: the old Lambdas parsed whatever
+    came). Raises :class:`HTTPProblem`: 415 for another media type, 413 when too big, 400
+    when it is not JSON.
     """
     content_type = request.headers.get("content-type")
-    if content_type is not None and not _is_json(content_type):
+    if not any_media_type and content_type is not None and not _is_json(content_type):
         raise HTTPProblem(415, "the body must be application/json")
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > MAX_BODY_BYTES:
@@ -126,9 +129,11 @@ async def read_json(request: Request, *, optional: bool = False) -> Any:
         raise HTTPProblem(400, f"body is not JSON: {exc.msg} at position {exc.pos}") from None
 
 
-async def read_object(request: Request, *, optional: bool = False) -> dict[str, Any]:
+async def read_object(
+    request: Request, *, optional: bool = False, any_media_type: bool = False
+) -> dict[str, Any]:
     """:func:`read_json`, which must be a JSON object (400 otherwise)."""
-    body = await read_json(request, optional=optional)
+    body = await read_json(request, optional=optional, any_media_type=any_media_type)
     if not isinstance(body, dict):
         raise HTTPProblem(400, "body must be a JSON object")
     return body

@@ -12,7 +12,8 @@ Old readings name fields ``heart_rate`` and ``timestamp`` (seconds or millisecon
 are translated to v1 frames and go through the same validation and ingest path, so a bad
 reading is rejected with its field and reason exactly as on the new API. Legacy firmware
 cannot set headers, so every route here also takes the token as ``?token=`` (so do the v1
-routes); the access log never shows query strings.
+routes); the access log never shows query strings. Bodies are read as JSON whatever their
+``Content-Type`` says, as the old Lambdas did (``json.loads(event["body"])``).
 
 ``timestamp`` is the commit time of the current version in epoch **milliseconds**: old
 watches compare it with the last one they saw, and at one-second resolution the image
@@ -75,7 +76,7 @@ async def _ingest(request: Request, path_user: str | None) -> Response:
     principal = authenticate(request)
     if path_user is not None:
         require_user(principal, path_user)
-    body = await read_object(request)
+    body = await read_object(request, any_media_type=True)
     user_id = path_user or body.get("user_id")
     if not isinstance(user_id, str):
         raise _bad_request("user_id is required")
@@ -175,7 +176,7 @@ async def demo_trigger(request: Request) -> Response:
     A service token, or the user's own debug token (``user_id`` defaults to the token's).
     """
     principal = authenticate(request)
-    body = await read_object(request, optional=True)
+    body = await read_object(request, optional=True, any_media_type=True)
     user_id = body.pop("user_id", principal.user_id)
     if not isinstance(user_id, str):
         raise _bad_request("user_id must be a string")

@@ -365,7 +365,7 @@ def _legacy_paths() -> dict[str, Any]:
         },
         closed=True,
     )
-    return {
+    paths: dict[str, Any] = {
         "/sensor-data": {
             "post": _op(
                 "Legacy upload (seed 000)",
@@ -402,6 +402,11 @@ def _legacy_paths() -> dict[str, Any]:
             )
         },
     }
+    for item in paths.values():
+        for operation in item.values():
+            if isinstance(operation, dict):  # bodies are JSON whatever their media type
+                operation["responses"].pop("415", None)
+    return paths
 
 
 def _ref_properties(name: str) -> dict[str, Any]:

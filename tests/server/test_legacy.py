@@ -167,3 +167,17 @@ async def test_demo_trigger_lets_the_analysis_decide_the_new_state(settings: Set
     assert body["health_metrics"]["stress_level"] == "high"
     assert body["source"] == "rules"
     assert time.time() * 1000 - body["timestamp"] < 60_000
+
+
+async def test_legacy_uploads_are_json_whatever_their_content_type(
+    live_server: LiveServer,
+) -> None:
+    body = b'{"user_id": "alice", "heart_rate": 70}'
+    async with live_server.http() as client:
+        answers = [
+            await client.post(
+                "/sensor-data", content=body, headers={**auth("alice"), "Content-Type": kind}
+            )
+            for kind in ("text/plain", "application/x-www-form-urlencoded", "application/json")
+        ]
+    assert [r.status_code for r in answers] == [200, 200, 200]
