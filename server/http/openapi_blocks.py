@@ -17,10 +17,12 @@ PROBLEM_TYPE: Final = "application/problem+json"
 
 
 def ref(name: str) -> dict[str, str]:
+    """A ``$ref`` to component schema ``name``."""
     return {"$ref": _REF + name}
 
 
 def problem_response(description: str, *, retry_after: bool = False) -> dict[str, Any]:
+    """A response block of problem details (with a required ``Retry-After`` if asked)."""
     response: dict[str, Any] = {
         "description": description,
         "content": {PROBLEM_TYPE: {"schema": ref("Problem")}},
@@ -31,6 +33,7 @@ def problem_response(description: str, *, retry_after: bool = False) -> dict[str
 
 
 def json_response(description: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """A response block of JSON with ``schema``."""
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
@@ -60,6 +63,8 @@ def operation(
     user: bool = True,
     extra: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """An operation that takes a token: ``ok`` answers plus 401/403/429/503, 404 for a
+    malformed user id when ``user``, and the body errors (400/413/415) with a ``body``."""
     responses: dict[str, Any] = {**ok, **_AUTH}
     if user:
         responses.update(_USER_ERRORS)
@@ -76,12 +81,14 @@ def operation(
 
 
 def public_operation(summary: str, responses: dict[str, Any]) -> dict[str, Any]:
+    """An operation that needs no token."""
     return {"summary": summary, "security": [], "responses": responses}
 
 
 def object_schema(
     properties: dict[str, Any], *, closed: bool = False, **more: Any
 ) -> dict[str, Any]:
+    """An object schema; ``closed`` refuses properties not listed."""
     schema: dict[str, Any] = {"type": "object", "properties": properties, **more}
     if closed:
         schema["additionalProperties"] = False
@@ -89,6 +96,7 @@ def object_schema(
 
 
 def choice(values: Any) -> dict[str, Any]:
+    """A string schema that allows the values of an enum (or any strings) only."""
     return {"type": "string", "enum": [str(getattr(v, "value", v)) for v in values]}
 
 
@@ -99,6 +107,7 @@ def _state_schema(fields: tuple[StateField, ...]) -> dict[str, Any]:
 
 
 def path_param(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    """A required path parameter."""
     return {"name": name, "in": "path", "required": True, "schema": schema}
 
 
@@ -106,6 +115,7 @@ USER_PARAM: Final = path_param("user_id", {"type": "string", "pattern": USER_ID_
 
 
 def components() -> dict[str, Any]:
+    """The ``components`` of the document: security schemes and schemas."""
     rejection = object_schema(
         {"index": {"type": "integer"}, "field": {"type": "string"}, "reason": {"type": "string"}},
         required=["index", "field", "reason"],
@@ -177,6 +187,7 @@ def components() -> dict[str, Any]:
 
 
 def ref_properties(name: str) -> dict[str, Any]:
+    """The properties of component schema ``name``, to spread into another object."""
     schema = components()["schemas"][name]
     properties: dict[str, Any] = schema["properties"]
     return properties
