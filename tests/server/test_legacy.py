@@ -181,3 +181,20 @@ async def test_legacy_uploads_are_json_whatever_their_content_type(
             for kind in ("text/plain", "application/x-www-form-urlencoded", "application/json")
         ]
     assert [r.status_code for r in answers] == [200, 200, 200]
+
+
+async def test_a_legacy_timestamp_too_far_off_is_rejected_not_a_500(
+    live_server: LiveServer,
+) -> None:
+    """Found by the OpenAPI fuzz: seconds times 1000 overflowed to -inf and crashed the route."""
+    async with live_server.http() as client:
+        answers = [
+            await client.post(
+                "/sensor-data",
+                content=b'{"user_id": "alice", "heart_rate": 70, "timestamp": %s}' % value,
+                headers=auth("alice"),
+            )
+            for value in (b"-1e308", b"1e308", b"-1", b"1.5e300")
+        ]
+    assert [r.status_code for r in answers] == [422] * 4
+    assert {r.json()["rejected"][0]["field"] for r in answers} == {"ts"}

@@ -10,6 +10,7 @@ blocking, so the fuzz runs in a worker thread. The REST rate limit is raised for
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -24,6 +25,7 @@ from schemathesis import GenerationMode, checks
 from server.analysis.pipeline import pipeline_stage
 from server.settings import Settings
 from tests.conftest import start_server, token
+from tests.server.conftest import errors_in
 
 EXAMPLES_PER_OPERATION = 25
 CHECKS = [
@@ -85,7 +87,7 @@ def fuzz_settings(settings_with: Callable[..., Settings]) -> Settings:
 
 
 async def test_every_documented_route_keeps_the_document_under_fuzzing(
-    fuzz_settings: Settings,
+    fuzz_settings: Settings, server_log: list[logging.LogRecord]
 ) -> None:
     async with start_server(fuzz_settings, stages=[pipeline_stage]) as live:
         async with httpx.AsyncClient(base_url=live.url) as client:
@@ -93,6 +95,7 @@ async def test_every_documented_route_keeps_the_document_under_fuzzing(
         headers = {"Authorization": f"Bearer {token('alice', 'service')}"}
         failures, statuses = await asyncio.to_thread(fuzz, document, live.url, headers)
     assert failures == []
+    assert errors_in(server_log) == []  # no client input gives an ERROR line or a traceback
     operations = {f"{m.upper()} {p}" for p, item in document["paths"].items() for m in item}
     operations -= {f"PARAMETERS {p}" for p in document["paths"]}
     reached = {label for label, _ in statuses}
