@@ -90,12 +90,18 @@ async def test_rest_is_rate_limited_per_token_with_429_and_retry_after(
         bob = await client.get("/v1/users/bob/state", headers=auth("bob", "watch"))
         # The budget is the token's, not the URL's: the query-string token counts the same.
         by_query = await client.get(f"/v1/users/alice/state?token={token('alice', 'watch')}")
+        # Service tokens (load driver, demo tools) are not limited.
+        service = [
+            (await client.get("/v1/users/alice/state", headers=auth("ops", "service"))).status_code
+            for _ in range(10)
+        ]
     assert answers == [200, 200, 200, 429, 429]
     assert limited.status_code == 429
     assert limited.headers["content-type"] == PROBLEM
     assert int(limited.headers["retry-after"]) >= 1
     assert (alice_phone.status_code, bob.status_code) == (200, 200)
     assert by_query.status_code == 429
+    assert service == [200] * 10
 
 
 async def test_unauthenticated_requests_do_not_spend_a_tokens_budget(
