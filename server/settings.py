@@ -215,7 +215,7 @@ SPECS: Final[tuple[Spec, ...]] = (
     Spec(
         "rest_rate_per_s",
         _positive_float,
-        "REST requests per second one token (user and device kind) may make.",
+        "REST requests per second per device token (user and kind; service: unlimited).",
     ),
     Spec("rest_rate_burst", _positive_int, "Burst size of that REST token bucket."),
     Spec(
