@@ -174,3 +174,17 @@ async def test_hostile_query_values_are_400_not_500(live_server: LiveServer) -> 
             for query in queries
         ]
     assert [r.status_code for r in answers] == [400] * 6
+
+
+async def test_made_up_frame_keys_never_become_metric_labels(live_server: LiveServer) -> None:
+    t0 = now_ms() - 10_000
+    frames = [{"ts": t0 + i, "hr": 70, f"made-up-{i}": 1} for i in range(50)]
+    frames.append({"ts": t0 + 99, "hr": 999})
+    frames.append({"ts": t0 + 98, "hr": 70, "env": {"sneaky": 1}})
+    async with live_server.http() as client:
+        response = await client.post("/v1/users/alice/frames", json=frames, headers=auth("alice"))
+        metrics = (await client.get("/metrics")).text
+    assert response.status_code == 422
+    assert "made-up" not in metrics and "sneaky" not in metrics
+    assert 'companion_frames_rejected_total{field="unknown"} 51.0' in metrics
+    assert 'companion_frames_rejected_total{field="hr"} 1.0' in metrics
