@@ -8,9 +8,11 @@ rejected wherever it enters.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from operator import attrgetter
+from typing import Any, Final
 
 
 class State(StrEnum):
@@ -157,3 +159,47 @@ class Assessment:
     @property
     def band(self) -> EnergyBand:
         return EnergyBand.of(self.energy)
+
+
+@dataclass(frozen=True, slots=True)
+class StateField:
+    """One field of a user's state record: its name, JSON Schema, and whether devices show it.
+
+    ``visible`` fields are the ones the state hash covers and deltas carry; the others
+    (identity, version, hash, time) describe the record itself.
+    """
+
+    name: str
+    schema: Mapping[str, Any]
+    visible: bool
+
+
+def _choice(values: type[StrEnum]) -> dict[str, Any]:
+    return {"type": "string", "enum": [member.value for member in values]}
+
+
+USER_STATE_FIELDS: Final[tuple[StateField, ...]] = (
+    StateField("user_id", {"type": "string"}, visible=False),
+    StateField("version", {"type": "integer", "minimum": 0}, visible=False),
+    StateField("state_hash", {"type": "string"}, visible=False),
+    StateField("state", _choice(State), visible=True),
+    StateField("mood", _choice(Mood), visible=True),
+    StateField("energy", {"type": "integer", "minimum": 0, "maximum": 100}, visible=True),
+    StateField("reasoning", {"type": "string"}, visible=True),
+    StateField("actions", {"type": "array", "items": {"type": "string"}}, visible=True),
+    StateField("source", _choice(Source), visible=True),
+    StateField("image_url", {"type": ["string", "null"]}, visible=True),
+    StateField("avatar_status", _choice(AvatarStatus), visible=True),
+    StateField("video_url", {"type": ["string", "null"]}, visible=True),
+    StateField("video_status", _choice(AvatarStatus), visible=True),
+    StateField("updated_at", {"type": "integer", "description": "epoch ms"}, visible=False),
+)
+"""THE list of a user's state fields, in wire order. The snapshot (``server.protocol``), the
+state hash (:mod:`brain.hashing`), the store codec, the legacy shapes and the OpenAPI schema
+all derive from it; a new field is added here and nowhere else."""
+
+VISIBLE_FIELDS: Final[tuple[str, ...]] = tuple(f.name for f in USER_STATE_FIELDS if f.visible)
+"""The fields devices display; the state hash covers these and no other."""
+
+SNAPSHOT_FIELDS: Final[tuple[str, ...]] = tuple(f.name for f in USER_STATE_FIELDS)
+"""Every field of the state record, in wire order (what a ``snapshot`` carries)."""

@@ -33,7 +33,7 @@ from server.http.scenario_routes import post_scenario
 from server.ingest import Ingestor
 from server.metrics import Metrics
 from server.parts import build_broker, build_store
-from server.problems import problem
+from server.problems import EXCEPTION_HANDLERS, problem
 from server.protocol import summarize
 from server.push.endpoint import websocket_endpoint
 from server.push.hub import Hub
@@ -105,16 +105,21 @@ def create_app(
             yield
             log.info("companion stopping: flushing pending frames")
 
-    app = CompanionApp(routes=routes(), lifespan=lifespan)
+    app = CompanionApp(
+        routes=routes(), lifespan=lifespan, exception_handlers=dict(EXCEPTION_HANDLERS)
+    )
     app.state.metrics = metrics
     return app
 
 
 WS_PATH = "/v1/ws"
+WS_PATHS = frozenset({WS_PATH, "/socket"})
+"""Where the WebSocket is: ``/v1/ws``, and ``/socket``, the seeds' path (seed 001's
+``wss://…/socket``), an alias so their phone apps connect unchanged."""
 
 
 class CompanionApp(Starlette):
-    """The Starlette app, with WebSocket upgrades of :data:`WS_PATH` sent straight to the endpoint.
+    """The Starlette app, with WebSocket upgrades of :data:`WS_PATHS` sent straight to the endpoint.
 
     A WebSocket connection lives for hours, and every layer between uvicorn and the
     endpoint keeps a suspended coroutine frame for all that time: Starlette's middleware
@@ -127,7 +132,9 @@ class CompanionApp(Starlette):
         if scope["type"] == "websocket":
             path: str = scope["path"]
             root: str = scope.get("root_path", "")
-            if path == WS_PATH or (root and path == root + WS_PATH):
+            if root and path.startswith(root):
+                path = path[len(root) :]
+            if path in WS_PATHS:
                 scope["app"] = self
                 await websocket_endpoint(WebSocket(scope, receive, send))
                 return
@@ -168,7 +175,7 @@ def routes() -> list[BaseRoute]:
     """Every route of the server."""
     user = "/v1/users/{user_id}"
     table: list[BaseRoute] = [
-        WebSocketRoute(WS_PATH, websocket_endpoint),
+        *(WebSocketRoute(path, websocket_endpoint) for path in sorted(WS_PATHS)),
         Route(f"{user}/frames", rest.post_frames, methods=["POST"]),
         Route(f"{user}/state", rest.get_state, methods=["GET"]),
         Route(f"{user}/export", rest.export_user, methods=["GET"]),
@@ -181,6 +188,7 @@ def routes() -> list[BaseRoute]:
         Route("/avatar/current-state/{user_id}", legacy.avatar_current_state, methods=["GET"]),
         Route("/api/v1/user/{user_id}/data", legacy.user_data, methods=["POST"]),
         Route("/api/v1/user/{user_id}/state", legacy.user_state, methods=["GET"]),
+        Route("/api/v1/demo/trigger", legacy.demo_trigger, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),

@@ -23,6 +23,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
+from brain.model import SNAPSHOT_FIELDS as SNAPSHOT_FIELDS
 from brain.model import Env, Frame
 
 VERSION: Final = 1
@@ -468,24 +469,6 @@ def delta_from_message(message: Mapping[str, Any]) -> Delta:
         raise ProtocolError("bad_message", f"not a delta: {exc!r}") from None
 
 
-SNAPSHOT_FIELDS: Final = (
-    "user_id",
-    "version",
-    "state_hash",
-    "state",
-    "mood",
-    "energy",
-    "image_url",
-    "avatar_status",
-    "video_url",
-    "video_status",
-    "reasoning",
-    "actions",
-    "source",
-    "updated_at",
-)
-
-
 def encode_snapshot(state: Mapping[str, Any]) -> str:
     """A ``snapshot`` message from a mapping holding :data:`SNAPSHOT_FIELDS`."""
     return encode({"op": "snapshot", **{name: state[name] for name in SNAPSHOT_FIELDS}})
@@ -554,3 +537,49 @@ def frame_to_wire(frame: Frame) -> dict[str, Any]:
         if env:
             out["env"] = env
     return out
+
+
+def frame_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a client frame, from the ranges :func:`parse_frame` checks (one
+    source: the OpenAPI document embeds it). What a schema cannot say is in the
+    descriptions: ``ts`` must lie within the accepted window around the server's clock, and
+    a frame must carry at least one measurement."""
+
+    def ranged(name: str, lo: float, hi: float) -> dict[str, Any]:
+        kind = "integer" if name == "steps" else "number"
+        return {"type": kind, "minimum": lo, "maximum": hi}
+
+    env = {
+        "type": "object",
+        "properties": {
+            **{name: ranged(name, lo, hi) for name, (lo, hi) in _ENV_RANGES.items()},
+            "weather": {"type": "string", "minLength": 1, "maxLength": 32},
+        },
+        "additionalProperties": False,
+    }
+    measurements = [*_RANGES, "env"]
+    return {
+        "type": "object",
+        "required": ["ts"],
+        "properties": {
+            "ts": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 2**53,
+                "description": "epoch milliseconds; at most "
+                f"{DEFAULT_MAX_FUTURE_MS // 60000} minutes ahead of the server's clock and "
+                "no older than the server's frame age limit",
+            },
+            **{name: ranged(name, lo, hi) for name, (lo, hi) in _RANGES.items()},
+            "device": {"type": "string", "pattern": _DEVICE_RE.pattern},
+            "seq": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+            "env": env,
+        },
+        "additionalProperties": False,
+        "anyOf": [{"required": [name]} for name in measurements],
+        "description": "one sensor sample; at least one measurement besides ts",
+    }
+
+
+USER_ID_PATTERN: Final = _USER_RE.pattern
+"""The shape of a user id (:func:`valid_user_id`), for documents that describe it."""

@@ -45,6 +45,8 @@ class Settings:
     outbox_limit: int = 64
     rate_per_s: float = 20.0
     rate_burst: int = 60
+    rest_rate_per_s: float = 5.0
+    rest_rate_burst: int = 30
     max_frame_age_s: int = 7 * 24 * 3600
     analyst: str = "rules"
     anthropic_model: str = "claude-haiku-4-5"
@@ -215,6 +217,12 @@ SPECS: Final[tuple[Spec, ...]] = (
         "rate_per_s", _positive_float, "Messages per second a connection may send (token bucket)."
     ),
     Spec("rate_burst", _positive_int, "Burst size of that token bucket."),
+    Spec(
+        "rest_rate_per_s",
+        _positive_float,
+        "REST requests per second per device token (user and kind; service: unlimited).",
+    ),
+    Spec("rest_rate_burst", _positive_int, "Burst size of that REST token bucket."),
     Spec(
         "max_frame_age_s",
         _positive_int,

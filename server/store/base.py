@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from brain.hashing import state_hash
-from brain.model import AvatarStatus, Frame, Profile
+from brain.model import VISIBLE_FIELDS, AvatarStatus, Frame, Profile
 
 FrameRow = tuple[str, Frame]
 """A frame and the user it belongs to: the unit of a write-behind batch."""
@@ -49,18 +49,9 @@ class UserState:
 
     def visible(self) -> dict[str, Any]:
         """The fields a device displays (the ones the state hash covers)."""
-        return {
-            "state": self.state,
-            "mood": self.mood,
-            "energy": self.energy,
-            "reasoning": self.reasoning,
-            "actions": list(self.actions),
-            "source": self.source,
-            "image_url": self.image_url,
-            "avatar_status": self.avatar_status,
-            "video_url": self.video_url,
-            "video_status": self.video_status,
-        }
+        visible = {name: getattr(self, name) for name in VISIBLE_FIELDS}
+        visible["actions"] = list(self.actions)
+        return visible
 
     def rehashed(self) -> UserState:
         """This state with ``state_hash`` recomputed from the visible fields."""

@@ -45,53 +45,42 @@ def key_of(item: dict[str, Any], partition: str, sort: str | None) -> ItemKey:
     return (item[partition]["S"], "" if sort is None else item[sort]["S"])
 
 
+def _attribute(value: Any) -> AttributeValueTypeDef:
+    if isinstance(value, bool):
+        raise TypeError("a state field is never a boolean")
+    if isinstance(value, int):
+        return {"N": str(value)}
+    if isinstance(value, str):
+        return {"S": value}
+    if isinstance(value, list):
+        return {"L": [_attribute(v) for v in value]}
+    if isinstance(value, dict):
+        return {"M": {k: _attribute(v) for k, v in value.items()}}
+    raise TypeError(f"no DynamoDB attribute for {type(value).__name__}")
+
+
+def _plain(attribute: dict[str, Any]) -> Any:
+    if "N" in attribute:
+        return int(attribute["N"])
+    if "S" in attribute:
+        return attribute["S"]
+    if "L" in attribute:
+        return [_plain(v) for v in attribute["L"]]
+    if "M" in attribute:
+        return {k: _plain(v) for k, v in attribute["M"].items()}
+    raise ValueError(f"not an attribute the store writes: {sorted(attribute)}")
+
+
 def state_item(state: UserState) -> Item:
-    """The ``user_state`` item of a state; ``image_url`` and ``video_url`` are left out when
-    ``None``."""
+    """The ``user_state`` item of a state (:func:`codec.state_to_dict`, attribute by
+    attribute); fields that are ``None`` (``image_url``) are left out."""
     data = codec.state_to_dict(state)
-    item: Item = {
-        "user_id": {"S": state.user_id},
-        "version": {"N": str(state.version)},
-        "state_hash": {"S": state.state_hash},
-        "state": {"S": state.state},
-        "mood": {"S": state.mood},
-        "energy": {"N": str(state.energy)},
-        "reasoning": {"S": state.reasoning},
-        "actions": {"L": [{"S": action} for action in state.actions]},
-        "source": {"S": state.source},
-        "avatar_status": {"S": state.avatar_status},
-        "video_status": {"S": state.video_status},
-        "profile": {"M": {name: {"S": value} for name, value in data["profile"].items()}},
-        "updated_at": {"N": str(state.updated_at)},
-    }
-    if state.image_url is not None:
-        item["image_url"] = {"S": state.image_url}
-    if state.video_url is not None:
-        item["video_url"] = {"S": state.video_url}
-    return item
+    return {name: _attribute(value) for name, value in data.items() if value is not None}
 
 
 def state_of(item: dict[str, Any]) -> UserState:
     """The state a ``user_state`` item holds."""
-    return codec.state_from_dict(
-        {
-            "user_id": item["user_id"]["S"],
-            "version": int(item["version"]["N"]),
-            "state_hash": item["state_hash"]["S"],
-            "state": item["state"]["S"],
-            "mood": item["mood"]["S"],
-            "energy": int(item["energy"]["N"]),
-            "reasoning": item["reasoning"]["S"],
-            "actions": [value["S"] for value in item["actions"]["L"]],
-            "source": item["source"]["S"],
-            "image_url": item["image_url"]["S"] if "image_url" in item else None,
-            "avatar_status": item["avatar_status"]["S"],
-            "video_url": item["video_url"]["S"] if "video_url" in item else None,
-            "video_status": item["video_status"]["S"] if "video_status" in item else None,
-            "profile": {name: value["S"] for name, value in item["profile"]["M"].items()},
-            "updated_at": int(item["updated_at"]["N"]),
-        }
-    )
+    return codec.state_from_dict({name: _plain(value) for name, value in item.items()})
 
 
 def avatar_item(entry: AvatarCacheEntry) -> Item:

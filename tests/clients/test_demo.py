@@ -82,11 +82,11 @@ async def test_seed_history_uploads_two_weeks_in_batches_of_at_most_500(
 
 async def test_profile_sets_coach_style_tone_and_base_avatar(live_server: LiveServer) -> None:
     answer = await demo.set_profile(
-        target(live_server), style="strict", tone="direct", base_avatar="owl"
+        target(live_server), style="strict", tone="direct", base_avatar="PANDA"
     )
-    assert answer["profile"] == {"style": "strict", "tone": "direct", "base_avatar": "owl"}
+    assert answer["profile"] == {"style": "strict", "tone": "direct", "base_avatar": "panda"}
     profile = (await live_server.services.state.current("alice")).profile
-    assert (profile.style, profile.tone, profile.base_avatar) == ("strict", "direct", "owl")
+    assert (profile.style, profile.tone, profile.base_avatar) == ("strict", "direct", "panda")
     await demo.set_profile(target(live_server), style="neutral", tone=None, base_avatar=None)
     profile = (await live_server.services.state.current("alice")).profile
     assert (profile.style, profile.tone) == ("neutral", "direct")
