@@ -32,6 +32,8 @@ from server.http.openapi import openapi_document
 from server.http.scenario_routes import post_scenario
 from server.ingest import Ingestor
 from server.metrics import Metrics
+from server.ops.page import ops_routes
+from server.ops.stage import ops_stage
 from server.parts import build_broker, build_store
 from server.problems import problem
 from server.protocol import summarize
@@ -100,6 +102,7 @@ def create_app(
             hooks.append(publish_summaries)
             for stage in default_stages(settings) if stages is None else stages:
                 await stage(services, stack)
+            await ops_stage(services, stack)  # joins the cluster last, leaves it first
             app.state.services = services
             log.info("companion ready: store=%s broker=%s", settings.store, settings.broker)
             yield
@@ -187,5 +190,6 @@ def routes() -> list[BaseRoute]:
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/media/{key:path}", media, methods=["GET", "HEAD"]),
         *debug_routes(),
+        *ops_routes(),
     ]
     return table
