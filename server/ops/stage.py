@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 OPS: Final = "ops"
 """The key of the :class:`OpsNode` in ``Services.extras``."""
+LOGGERS: Final = ("", "uvicorn.error")
+"""Where the error ring listens: the root logger, and uvicorn's, which does not propagate."""
 INTERVAL_S = 1.0
 STORE_PING_EVERY_S = 5.0
 STORE_PING_TIMEOUT_S = 2.0
@@ -101,7 +103,8 @@ class OpsNode:
         for result in ("ok", "error"):
             metrics.cluster_heartbeats.labels(result)
         count_store_errors(self.services.store, metrics)
-        logging.getLogger().addHandler(self.errors)
+        for logger in LOGGERS:
+            logging.getLogger(logger).addHandler(self.errors)
         await self.tick()  # the node is a member before the server says it is ready
         self._task = asyncio.create_task(self._run(), name="ops-heartbeat")
 
@@ -116,7 +119,8 @@ class OpsNode:
         except MembershipUnavailable as exc:
             log.warning("could not leave the cluster cleanly (%s); the heartbeat expires", exc)
         await self.membership.close()
-        logging.getLogger().removeHandler(self.errors)
+        for logger in LOGGERS:
+            logging.getLogger(logger).removeHandler(self.errors)
 
     async def _run(self) -> None:
         retry = 0
