@@ -229,6 +229,7 @@
       const kinds = KINDS.filter((k) => node.connections[k]).map((k) => `${k} ${num(node.connections[k])}`);
       cell(row, `${num(node.connections_total)}${kinds.length ? ` (${kinds.join(", ")})` : ""}`, "conns");
       cell(row, bytes(node.rss_bytes));
+      // A down node's last health is history: shown greyed (the row's style), not green.
       pill(cell(row, ""), node.broker_ok, node.broker, `${node.broker} down`);
       pill(cell(row, ""), node.store_ok, node.store, `${node.store} down`);
       cell(row, num(node.dead_letters_today));
@@ -287,9 +288,11 @@
     const H = 32;
     const present = values.filter((v) => v !== null);
     const top = Math.max(1e-9, ...present, target ? target * 1.2 : 0);
-    const x = (i) => (W * i) / (HISTORY - 1);
+    // The first points fill a shorter axis, so a fresh page shows a line, not a dot.
+    const span = Math.max(values.length, 30);
+    const x = (i) => (W * i) / (span - 1);
     const y = (v) => H - 2 - ((H - 4) * v) / top;
-    const offset = HISTORY - values.length;
+    const offset = span - values.length;
     let line = "";
     values.forEach((v, i) => {
       if (v === null) return;
@@ -310,7 +313,7 @@
     const [area, goal, path] = svg.children;
     path.setAttribute("d", line);
     const firstX = x(offset + values.findIndex((v) => v !== null));
-    area.setAttribute("d", line ? `${line}L${x(HISTORY - 1)},${H}L${firstX.toFixed(1)},${H}Z` : "");
+    area.setAttribute("d", line ? `${line}L${x(span - 1)},${H}L${firstX.toFixed(1)},${H}Z` : "");
     goal.setAttribute("d", target ? `M0,${y(target).toFixed(1)}L${W},${y(target).toFixed(1)}` : "");
   }
 

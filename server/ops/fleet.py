@@ -5,8 +5,9 @@
 
 * totals and gauges summed over the nodes that are up — each a sum of the same samples the
   nodes' ``/metrics`` show, so the page and a scrape agree;
-* rates per second over the window, per node and then summed, so a node that restarts
-  (its counters start again at zero) or goes down never makes a rate negative;
+* rates per second over the window, per node (from its oldest reading in the window) and
+  then summed, so a node that restarts (its counters start again at zero) or goes down
+  never makes a rate negative;
 * latency percentiles from the histogram buckets gained over the window (as
   ``histogram_quantile`` over ``rate(…_bucket[10s])``), in milliseconds, ``None`` when
   nothing was observed.
@@ -118,23 +119,26 @@ class FleetWindow:
             return {"nodes": [], "t": 0}
         now, first = self._samples[-1], self._samples[0]
         up = [m.record for m in now.members if m.up]
-        old = {m.record.node_id: m.record for m in first.members if m.up}
         span = now.t - first.t
         rates = {name: 0.0 for name in RATES}
         push: list[tuple[float, float]] = []
         ack: list[tuple[float, float]] = []
-        llm_usd = 0.0
+        llm_usd_per_s = 0.0
+        baselines = self._baselines()
         for record in up:
-            before = old.get(record.node_id)
-            if before is None or before.started_at != record.started_at or span <= 0:
-                continue  # new or restarted within the window: no rate from it yet
+            before = baselines.get(record.node_id)
+            if before is None or before.started_at != record.started_at:
+                continue  # restarted after its oldest reading here: no rate from it yet
+            node_span = record.seen_at - before.seen_at
+            if node_span <= 0:
+                continue  # one reading only: a rate needs two
             for name, key in RATES.items():
                 gain = record.counters.get(key, 0.0) - before.counters.get(key, 0.0)
-                rates[name] += max(0.0, gain) / span
-            llm_usd += max(
-                0.0,
-                record.counters.get("llm_cost_usd", 0.0) - before.counters.get("llm_cost_usd", 0.0),
+                rates[name] += max(0.0, gain) / node_span
+            spent = record.counters.get("llm_cost_usd", 0.0) - before.counters.get(
+                "llm_cost_usd", 0.0
             )
+            llm_usd_per_s += max(0.0, spent) / node_span
             push = _add(
                 push, bucket_gain(record.histograms.get("push", []), before.histograms.get("push"))
             )
@@ -154,7 +158,7 @@ class FleetWindow:
             "nodes_down": len(now.members) - len(up),
             "connections": _sum(up, "connections"),
             "rates": {k: round(v, 3) for k, v in rates.items()},
-            "llm_usd_per_h": round(llm_usd / span * 3600, 4) if span > 0 else 0.0,
+            "llm_usd_per_h": round(llm_usd_per_s * 3600, 4),
             "push_ms": _percentiles(push),
             "ack_ms": _percentiles(ack),
             "totals": counters,
@@ -165,6 +169,18 @@ class FleetWindow:
                 for r, e_json in _errors(up + [m.record for m in now.members if not m.up])
             ],
         }
+
+    def _baselines(self) -> dict[str, NodeRecord]:
+        """Each node's oldest record in the window from its current run (a node that joined
+        or restarted within the window counts from its first reading, not from none)."""
+        oldest: dict[str, NodeRecord] = {}
+        for sample in self._samples:
+            for member in sample.members:
+                record = member.record
+                known = oldest.get(record.node_id)
+                if member.up and (known is None or known.started_at != record.started_at):
+                    oldest[record.node_id] = record
+        return oldest
 
     @staticmethod
     def _node(member: Member, now: float) -> dict[str, Any]:

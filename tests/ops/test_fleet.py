@@ -60,6 +60,15 @@ def test_rates_are_per_second_over_the_window_and_never_negative() -> None:
     assert view["nodes_up"] == 2
 
 
+def test_a_node_that_joins_within_the_window_has_a_rate_from_its_first_reading() -> None:
+    window = FleetWindow()
+    window.add(Sample(100.0, (Member(record("a", 100.0), True),), True))
+    for t, frames in ((101.0, 0), (103.0, 40)):
+        joined = record("b", t, started=100.5, frames_accepted=frames)
+        window.add(Sample(t, (Member(record("a", t), True), Member(joined, True)), True))
+    assert window.view("a")["rates"]["frames_per_s"] == pytest.approx(20.0)
+
+
 def test_a_node_whose_heartbeat_expired_is_down_and_left_out_of_the_totals() -> None:
     window = FleetWindow()
     up, gone = record("a", 200.0, frames_accepted=5), record("b", 190.0, frames_accepted=7)
