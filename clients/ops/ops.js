@@ -54,8 +54,8 @@
     }
     setStatus("connecting");
     const scheme = location.protocol === "https:" ? "wss" : "ws";
-    const url = `${scheme}://${location.host}/ops/ws?token=${encodeURIComponent(page.token)}`;
-    const socket = new WebSocket(url);
+    // The token travels as a subprotocol, not in the URL: servers log handshake URLs.
+    const socket = new WebSocket(`${scheme}://${location.host}/ops/ws`, ["companion.ops", `bearer.${page.token}`]);
     page.socket = socket;
     socket.onopen = () => {
       page.attempt = 0;

@@ -6,8 +6,11 @@ The page (HTML, JavaScript, CSS; no build step, no CDN) lives with the other cli
 names of that directory are served. Every answer says ``Cache-Control: no-cache`` and
 ``Referrer-Policy: no-referrer``: the page carries its token in the query string.
 
-``/ops/ws`` takes an *operator* token (``?token=`` or ``Authorization: Bearer``) and the
-Origin allow-list of the device socket, then sends the fleet view as a JSON text message
+``/ops/ws`` takes an *operator* token and the Origin allow-list of the device socket. The
+page sends its token as a WebSocket subprotocol (``companion.ops`` and ``bearer.<token>``),
+because the server logs the path and query of every WebSocket handshake and a token must
+never be logged; tools may send ``Authorization: Bearer`` (or ``?token=``, which is logged).
+The server then sends the fleet view as a JSON text message
 once a second until the peer leaves or the token expires (closed with 4001). Every send has
 the write deadline of the device sockets; a peer that does not read in time is closed.
 """
@@ -47,6 +50,9 @@ _POLICY: Final = (
 )
 VIEW_WAIT_S: Final = 5.0
 """How long the feed waits for the next view before it resends the last one."""
+PROTOCOL: Final = "companion.ops"
+TOKEN_PROTOCOL: Final = "bearer."
+"""Prefix of the subprotocol that carries the page's token (JWTs are valid protocol names)."""
 CLOSE_POLICY: Final = 1008
 CLOSE_TOKEN_EXPIRED: Final = 4001
 
@@ -95,7 +101,12 @@ async def feed(websocket: WebSocket) -> None:
         await websocket.send_denial_response(problem(503, "starting"))
         return
     settings = services.settings
-    token = bearer(websocket.headers.get("authorization")) or websocket.query_params.get("token")
+    offered: list[str] = list(websocket.scope.get("subprotocols", []))
+    token = (
+        bearer(websocket.headers.get("authorization"))
+        or next((p[len(TOKEN_PROTOCOL) :] for p in offered if p.startswith(TOKEN_PROTOCOL)), None)
+        or websocket.query_params.get("token")
+    )
     try:
         principal = verify(token, settings.secret, now_s=int(services.clock()), operator=True)
         origin = websocket.headers.get("origin")
@@ -105,7 +116,8 @@ async def feed(websocket: WebSocket) -> None:
         services.metrics.handshake_rejects.labels(type(exc).__name__).inc()
         await websocket.send_denial_response(problem(exc.status, str(exc)))
         return
-    await websocket.accept()
+    # A browser that offered subprotocols drops a connection that does not choose one.
+    await websocket.accept(subprotocol=PROTOCOL if PROTOCOL in offered else None)
     reader = asyncio.create_task(_until_closed(websocket), name="ops-feed-reader")
     sender = asyncio.create_task(
         _send_views(websocket, node, principal.expires_at + LEEWAY_S, settings.write_timeout),

@@ -88,6 +88,21 @@ async def test_the_feed_shows_this_node_and_numbers_that_agree_with_metrics(
     await watch.close()
 
 
+async def test_the_page_sends_its_token_as_a_subprotocol_so_no_url_carries_it(
+    live_server: LiveServer,
+) -> None:
+    url = live_server.ws_url.replace("/v1/ws", "/ops/ws")
+    protocols = ["companion.ops", f"bearer.{token('oncall', 'operator')}"]
+    async with websockets.connect(url, subprotocols=protocols) as feed:  # type: ignore[arg-type]
+        assert feed.subprotocol == "companion.ops"
+        assert (await view_where(feed, lambda v: bool(v["nodes"])))["nodes"][0]["up"]
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        wrong = ["companion.ops", f"bearer.{token('alice', 'phone')}"]
+        async with websockets.connect(url, subprotocols=wrong):  # type: ignore[arg-type]
+            pass
+    assert refused.value.response.status_code == 403
+
+
 @pytest.mark.parametrize("device", ["phone", "watch", "debug", "service"])
 async def test_only_an_operator_token_opens_the_feed(live_server: LiveServer, device: str) -> None:
     with pytest.raises(websockets.InvalidStatus) as refused:

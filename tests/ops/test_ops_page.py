@@ -111,7 +111,7 @@ def row(page: Page, port: int) -> Locator:
 async def test_the_page_shows_both_nodes_and_a_killed_one_goes_down(
     cluster: Callable[[], object], browser: Browser
 ) -> None:
-    (_, port_a), (b, port_b) = await cluster(), await cluster()  # type: ignore[misc]
+    (node_a, port_a), (b, port_b) = await cluster(), await cluster()  # type: ignore[misc]
     url_a, url_b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
     on_a = await device(port_a, "alice", "phone")
     on_b = await device(port_b, "alice", "watch")
@@ -171,6 +171,8 @@ async def test_the_page_shows_both_nodes_and_a_killed_one_goes_down(
     print(f"killed node shown down after {shown_after:.1f} s")
     assert shown_after < KILLED_SHOWN_WITHIN_S
     assert errors == []
+    operator_token = page.url.split("token=")[1]
+    assert not [line for line in node_a.lines if operator_token in line]  # never logged
     await on_a.close()
     await on_b.close()
     await page.close()
