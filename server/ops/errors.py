@@ -22,6 +22,10 @@ RING_SIZE = 50
 """Errors kept per node: enough for "what has been going wrong", small in every heartbeat."""
 
 _OUR_PACKAGES = frozenset({"server", "brain"})
+_NOT_ERRORS = frozenset({"ASGI callable returned without completing handshake."})
+"""Log formats that are not errors: uvicorn's websockets-sansio logs this at ERROR after
+every refused handshake (a denial response), i.e. for every bad token a client sends
+(Kludex/uvicorn#3138, open). Counting it would let anyone page the on-call engineer."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +68,8 @@ class ErrorRing(logging.Handler):
         self._ring: deque[ErrorEvent] = deque(maxlen=RING_SIZE)
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.msg in _NOT_ERRORS:
+            return
         level = record.levelname.lower()
         if level not in ("warning", "error", "critical"):
             level = "error"

@@ -125,6 +125,17 @@ async def test_the_feed_refuses_no_token_a_bad_one_and_a_foreign_origin(
         assert refused.value.response.status_code == status
 
 
+async def test_refused_handshakes_are_not_counted_as_errors(live_server: LiveServer) -> None:
+    ops = live_server.services.extras["ops"]
+    for _ in range(3):
+        with pytest.raises(websockets.InvalidStatus):
+            async with websockets.connect(feed_url(live_server, "bad-token")):
+                pass
+    view = await ops.next_view(0, 5.0)
+    assert view[1]["totals"]["errors_logged"] == 0
+    assert ops.errors.recent() == []
+
+
 async def test_an_operator_token_reads_and_writes_no_users_data(live_server: LiveServer) -> None:
     operator = {"Authorization": f"Bearer {token('alice', 'operator')}"}
     async with live_server.http() as http:
