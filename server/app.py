@@ -1,7 +1,8 @@
 """The Starlette application: routes, and the lifespan that builds and stops the services.
 
-Start order: store → broker → hub → ingest → state → stages (pipeline, avatars); stop in
-reverse, so frames accepted before shutdown are written before the store closes.
+Start order: store → broker → hub → ingest → state → stages (pipeline, avatars) → ops (the
+node joins the cluster); stop in reverse, so the node leaves the cluster first and frames
+accepted before shutdown are written before the store closes.
 """
 
 from __future__ import annotations
