@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -33,7 +34,7 @@ from server.http.openapi import openapi_document
 from server.http.scenario_routes import post_scenario
 from server.ingest import Ingestor
 from server.metrics import Metrics
-from server.ops.page import ops_routes
+from server.ops.page import ops_openapi_paths, ops_routes
 from server.ops.stage import ops_stage
 from server.parts import build_broker, build_store
 from server.problems import problem
@@ -164,8 +165,14 @@ async def media(request: Request) -> Response:
     return await serve_media(request, None if services is None else services.extras.get(MEDIA))
 
 
+def api_document() -> dict[str, Any]:
+    """The OpenAPI document of every HTTP route, the fleet page's included."""
+    document = openapi_document()
+    return {**document, "paths": {**document["paths"], **ops_openapi_paths()}}
+
+
 async def openapi(request: Request) -> Response:
-    return rest.json(openapi_document())
+    return rest.json(api_document())
 
 
 def routes() -> list[BaseRoute]:

@@ -23,7 +23,7 @@ import hashlib
 import re
 from importlib.resources import files
 from importlib.resources.abc import Traversable
-from typing import Final
+from typing import Any, Final
 
 import orjson
 from starlette.requests import Request
@@ -160,6 +160,24 @@ async def _send_views(
         except TimeoutError:
             await websocket.close(CLOSE_POLICY, "slow consumer")
             return
+
+
+def ops_openapi_paths() -> dict[str, Any]:
+    """The fleet page's entries of the OpenAPI document (the WebSocket is described in
+    docs/operations.md: OpenAPI has no WebSockets)."""
+    html = {"200": {"description": "HTML"}}
+    return {
+        "/ops": {"get": {"summary": "Fleet page (operator token in ?token=)", "responses": html}},
+        "/ops/static/{name}": {
+            "get": {
+                "summary": "Fleet page assets",
+                "parameters": [
+                    {"in": "path", "name": "name", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {"200": {"description": "the file"}, "404": {"description": "none"}},
+            }
+        },
+    }
 
 
 def ops_routes() -> list[BaseRoute]:

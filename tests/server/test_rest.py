@@ -302,10 +302,9 @@ async def test_demo_state_rejects_bad_fields_naming_them(live_server: LiveServer
 def test_openapi_documents_every_http_route() -> None:
     from starlette.routing import Route
 
-    from server.app import routes
-    from server.http.openapi import openapi_document
+    from server.app import api_document, routes
 
-    documented = openapi_document()["paths"]
+    documented = api_document()["paths"]
     for route in routes():
         if isinstance(route, Route):
             assert route.path in documented, route.path
