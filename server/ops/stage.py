@@ -125,7 +125,14 @@ class OpsNode:
     async def _run(self) -> None:
         retry = 0
         while True:
-            if await self.tick():
+            try:
+                ok = await self.tick()
+            except Exception:
+                # A bug here must not end the heartbeat for good: the node would look dead
+                # to the cluster while it serves.
+                log.exception("ops heartbeat failed")
+                ok = False
+            if ok:
                 retry = 0
                 await asyncio.sleep(self._interval)
             else:

@@ -107,6 +107,15 @@ def test_the_rules_pass_promtool_check() -> None:
     assert "SUCCESS: 16 rules found" in result.stdout
 
 
+def test_the_example_prometheus_config_is_valid_and_loads_the_rules() -> None:
+    config = DEPLOY / "prometheus" / "prometheus.yml"
+    result = subprocess.run(
+        [promtool(), "check", "config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 16 rules found" in result.stdout
+
+
 def annotations(alert: str, summary: str, description: str | None = None) -> dict[str, str]:
     """What ``alert`` should say: ``summary``, and its description as the rule file has it
     (or as given, where the description itself is a template)."""
