@@ -11,7 +11,7 @@ from server.metrics import Metrics
 from server.ops.errors import ErrorEvent, ErrorRing, source_of
 from server.ops.fleet import FleetWindow, Sample, bucket_gain, quantile
 from server.ops.membership import Member
-from server.ops.node import NodeRecord, figures, read_registry
+from server.ops.node import NodeRecord, broker_connected, figures, read_registry
 
 INF = float("inf")
 
@@ -147,3 +147,14 @@ def test_sources_are_a_fixed_set() -> None:
     assert source_of("brain.analyst.claude") == "brain.analyst"
     assert source_of("uvicorn.error") == "uvicorn"
     assert source_of("some.library.deep") == "other"
+
+
+def test_broker_health_is_the_brokers_own_gauge_where_it_exports_one() -> None:
+    from prometheus_client import CollectorRegistry, Gauge
+
+    assert broker_connected(read_registry(Metrics().registry)) is None  # none: heartbeat decides
+    registry = CollectorRegistry()
+    gauge = Gauge("companion_broker_connected", "Broker connected.", registry=registry)
+    assert broker_connected(read_registry(registry)) is False
+    gauge.set(1)
+    assert broker_connected(read_registry(registry)) is True
