@@ -1,7 +1,8 @@
 """The Starlette application: routes, and the lifespan that builds and stops the services.
 
-Start order: store → broker → hub → ingest → state → stages (pipeline, avatars); stop in
-reverse, so frames accepted before shutdown are written before the store closes.
+Start order: store → broker → hub → ingest → state → stages (pipeline, avatars) → ops (the
+node joins the cluster); stop in reverse, so the node leaves the cluster first and frames
+accepted before shutdown are written before the store closes.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -32,6 +34,8 @@ from server.http.openapi import openapi_document
 from server.http.scenario_routes import post_scenario
 from server.ingest import Ingestor
 from server.metrics import Metrics
+from server.ops.page import ops_openapi_paths, ops_routes
+from server.ops.stage import ops_stage
 from server.parts import build_broker, build_store
 from server.problems import EXCEPTION_HANDLERS, problem
 from server.protocol import summarize
@@ -100,6 +104,7 @@ def create_app(
             hooks.append(publish_summaries)
             for stage in default_stages(settings) if stages is None else stages:
                 await stage(services, stack)
+            await ops_stage(services, stack)  # joins the cluster last, leaves it first
             app.state.services = services
             log.info("companion ready: store=%s broker=%s", settings.store, settings.broker)
             yield
@@ -167,8 +172,14 @@ async def media(request: Request) -> Response:
     return await serve_media(request, None if services is None else services.extras.get(MEDIA))
 
 
+def api_document() -> dict[str, Any]:
+    """The OpenAPI document of every HTTP route, the fleet page's included."""
+    document = openapi_document()
+    return {**document, "paths": {**document["paths"], **ops_openapi_paths()}}
+
+
 async def openapi(request: Request) -> Response:
-    return rest.json(openapi_document())
+    return rest.json(api_document())
 
 
 def routes() -> list[BaseRoute]:
@@ -195,5 +206,6 @@ def routes() -> list[BaseRoute]:
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/media/{key:path}", media, methods=["GET", "HEAD"]),
         *debug_routes(),
+        *ops_routes(),
     ]
     return table

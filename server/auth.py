@@ -2,7 +2,8 @@
 
 A token names a user (``sub``), a device kind (``dev``), an expiry (``exp``) and an id
 (``jti``). A connection or request may touch only its own user's data; a ``service`` token
-may touch any user. Browsers are also held to an Origin allow-list.
+may touch any user; an ``operator`` token (the fleet page, ``/ops``) touches no user's data
+at all: it sees fleet figures only. Browsers are also held to an Origin allow-list.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ class DeviceKind(StrEnum):
     WATCH = "watch"
     DEBUG = "debug"
     SERVICE = "service"
+    OPERATOR = "operator"
+    """The fleet page's kind: fleet figures only, never a user's data (not even its own)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +43,8 @@ class Principal:
 
     def may_access(self, user_id: str) -> bool:
         """Whether this caller may read or write ``user_id``'s data."""
+        if self.device is DeviceKind.OPERATOR:
+            return False
         return self.device is DeviceKind.SERVICE or user_id == self.user_id
 
     def require(self, user_id: str) -> None:
@@ -67,10 +72,15 @@ def issue(secret: str, user_id: str, device: DeviceKind, *, ttl_s: int, now_s: i
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-def verify(token: str | None, secret: str, *, now_s: int) -> Principal:
+def verify(token: str | None, secret: str, *, now_s: int, operator: bool = False) -> Principal:
     """The principal a token names.
 
-    Raises :class:`TokenMissing`, :class:`TokenExpired` or :class:`TokenInvalid`.
+    With ``operator`` (the fleet page) only an ``operator`` token is accepted; without it
+    (every device and REST route) an ``operator`` token is refused, so it never reads or
+    writes a user's data, whatever user its subject names.
+
+    Raises :class:`TokenMissing`, :class:`TokenExpired`, :class:`TokenInvalid` or
+    :class:`Forbidden` (the wrong kind for this door).
     """
     if not token:
         raise TokenMissing("no token: send 'Authorization: Bearer <token>' or ?token=")
@@ -96,6 +106,10 @@ def verify(token: str | None, secret: str, *, now_s: int) -> Principal:
     user_id = claims["sub"]
     if not isinstance(user_id, str) or not valid_user_id(user_id):
         raise TokenInvalid("invalid token: bad subject")
+    if operator and device is not DeviceKind.OPERATOR:
+        raise Forbidden(f"a {device} token may not open the fleet page: use an operator token")
+    if not operator and device is DeviceKind.OPERATOR:
+        raise Forbidden("an operator token is for the fleet page (/ops) only")
     return Principal(user_id, device, str(claims["jti"]), exp)
 
 

@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     token = sub.add_parser("token", help="print a signed device token")
     token.add_argument("user", help="user id")
-    kinds = ["phone", "watch", "debug", "service"]
+    kinds = ["phone", "watch", "debug", "service", "operator"]
     token.add_argument("--device", required=True, choices=kinds, help="device kind")
     token.add_argument("--ttl", type=int, default=30 * 24 * 3600, help="seconds (default 30 days)")
     _settings_flags(token)

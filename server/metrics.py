@@ -191,6 +191,55 @@ class Metrics:
             "companion_llm_circuit", "1 for the LLM circuit breaker's state.", ["state"], registry=r
         )
 
+        # Health of the node and its cluster (server.ops): what the fleet page and the
+        # alerts in deploy/prometheus read. Every label set is fixed by the code.
+        self.ack_latency = Histogram(
+            "companion_ack_latency_seconds",
+            "Frames submitted to ingest until they are durable (the time an ack waits).",
+            buckets=_SLOW_BUCKETS,
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "companion_store_errors",
+            "Store calls that failed (a lost version race is not an error), by operation.",
+            ["operation"],
+            registry=r,
+        )
+        self.cluster_nodes = Gauge(
+            "companion_cluster_nodes",
+            "Nodes of the cluster as this node sees them (up: heartbeat alive; down: expired).",
+            ["state"],
+            registry=r,
+        )
+        self.cluster_heartbeats = Counter(
+            "companion_cluster_heartbeats",
+            "This node's membership heartbeats, by result (ok, error).",
+            ["result"],
+            registry=r,
+        )
+        self.cluster_heartbeat_age = Gauge(
+            "companion_cluster_heartbeat_age_seconds",
+            "Seconds since this node's last heartbeat reached the membership (Redis).",
+            registry=r,
+        )
+        self.store_up = Gauge(
+            "companion_store_up",
+            "1 if the store answered this node's last health ping, else 0.",
+            registry=r,
+        )
+        self.errors_logged = Counter(
+            "companion_errors_logged",
+            "Warnings and errors logged, by level and the part of the server that logged them.",
+            ["level", "source"],
+            registry=r,
+        )
+        self.resident_memory = Gauge(
+            "companion_resident_memory_bytes", "Resident memory (RSS) of this process.", registry=r
+        )
+        self.started = Gauge(
+            "companion_start_time_seconds", "When this process started (epoch seconds).", registry=r
+        )
+
     def render(self) -> bytes:
         """The registry in Prometheus text format."""
         return generate_latest(self.registry)
