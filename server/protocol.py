@@ -218,6 +218,11 @@ _ENV_RANGES: Final[dict[str, tuple[float, float]]] = {
 }
 _FRAME_FIELDS: Final = frozenset({*_RANGES, "ts", "device", "seq", "env"})
 _ENV_FIELDS: Final = frozenset({*_ENV_RANGES, "weather"})
+REJECTION_FIELDS: Final = frozenset(
+    {"frame", *_FRAME_FIELDS, *(f"env.{name}" for name in _ENV_FIELDS)}
+)
+"""Every ``field`` a :class:`Rejection` names except an unknown key the client made up (a
+fixed set: metrics label rejections with it and ``other``, never with the client's key)."""
 _DEVICE_RE: Final = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _USER_RE: Final = re.compile(r"^[A-Za-z0-9._@:-]{1,128}$")
 
