@@ -34,6 +34,7 @@ DEFAULT_MAX_AGE_MS: Final = 7 * 24 * 3600 * 1000
 # Close codes (RFC 6455 and the application range), in one place.
 CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
+CLOSE_PROTOCOL_ERROR: Final = 1002
 CLOSE_BAD_DATA: Final = 1007
 CLOSE_POLICY: Final = 1008
 CLOSE_TOO_BIG: Final = 1009
@@ -73,6 +74,7 @@ class Disconnects:
     """Every disconnect the server makes, by name; the one table for server, metrics, clients."""
 
     NORMAL: Final = Disconnect(CLOSE_NORMAL, "normal", Reconnect.BACKOFF)
+    PROTOCOL_ERROR: Final = Disconnect(CLOSE_PROTOCOL_ERROR, "protocol error", Reconnect.BACKOFF)
     BAD_UTF8: Final = Disconnect(CLOSE_BAD_DATA, "invalid utf-8", Reconnect.BACKOFF)
     SLOW_CONSUMER: Final = Disconnect(CLOSE_POLICY, "slow consumer", Reconnect.BACKOFF)
     RATE_LIMIT: Final = Disconnect(CLOSE_POLICY, "rate limit", Reconnect.BACKOFF)
@@ -138,7 +140,14 @@ RECONNECT_CODES: Final = frozenset(
 """Close codes after which a client should reconnect (with backoff); others mean stop."""
 
 ErrorCode = Literal[
-    "bad_json", "bad_message", "unknown_op", "too_big", "rate_limited", "forbidden", "internal"
+    "bad_json",
+    "bad_message",
+    "unknown_op",
+    "too_big",
+    "rate_limited",
+    "forbidden",
+    "internal",
+    "unavailable",
 ]
 
 

@@ -1,12 +1,13 @@
 """Run the app on uvicorn with the transport choices of the architecture.
 
-uvloop + httptools + the sans-I/O ``websockets`` implementation (as
-:class:`server.push.transport.PushProtocol`, which adds a direct write path for pushed
-messages and keeps less per connection); permessage-deflate off
-(small messages, 5-10x memory per connection, decompression bombs); 64 KiB message limit
-(uvicorn closes with 1009 above it); keepalive pings at the configured interval. On
-SIGINT/SIGTERM uvicorn stops accepting, closes every WebSocket with 1012 (reconnect
-elsewhere), and then the lifespan writes pending frames and closes the store.
+uvloop, and :class:`server.push.transport.EdgeProtocol` as uvicorn's ``http`` protocol class
+(request deadline and size limits, then uvicorn's httptools protocol for HTTP, or our own
+WebSocket connection on ``websockets``' sans-I/O protocol for ``/v1/ws``); uvicorn's own
+WebSocket support is off (``ws="none"``). No permessage-deflate (small messages, 5-10x memory
+per connection, decompression bombs); 64 KiB message limit (1009 above it); keepalive pings
+at the configured interval. On SIGINT/SIGTERM uvicorn stops accepting, closes every
+WebSocket with 1012 (reconnect elsewhere), and then the lifespan writes pending frames and
+closes the store.
 """
 
 from __future__ import annotations
@@ -20,8 +21,7 @@ from types import FrameType
 import uvicorn
 
 from server.app import create_app
-from server.protocol import MAX_MESSAGE_BYTES
-from server.push.transport import PushProtocol
+from server.push.transport import EdgeProtocol
 from server.settings import Settings
 
 GRACEFUL_SHUTDOWN_S = 10
@@ -33,12 +33,8 @@ def uvicorn_config(settings: Settings, **overrides: object) -> uvicorn.Config:
         "host": settings.host,
         "port": settings.port,
         "loop": "uvloop",
-        "http": "httptools",
-        "ws": PushProtocol,
-        "ws_per_message_deflate": False,
-        "ws_max_size": MAX_MESSAGE_BYTES,
-        "ws_ping_interval": settings.ping_interval,
-        "ws_ping_timeout": settings.ping_timeout,
+        "http": EdgeProtocol,
+        "ws": "none",
         "lifespan": "on",
         "log_level": settings.log_level,
         "access_log": settings.log_level == "debug",

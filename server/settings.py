@@ -42,6 +42,7 @@ class Settings:
     ping_interval: float = 45.0
     ping_timeout: float = 20.0
     write_timeout: float = 10.0
+    handshake_timeout_s: float = 10.0
     outbox_limit: int = 64
     rate_per_s: float = 20.0
     rate_burst: int = 60
@@ -200,6 +201,11 @@ SPECS: Final[tuple[Spec, ...]] = (
         "write_timeout",
         _positive_float,
         "Seconds a send may block before the peer is closed as slow.",
+    ),
+    Spec(
+        "handshake_timeout_s",
+        _positive_float,
+        "Seconds a connection has to send a whole HTTP request or WebSocket upgrade.",
     ),
     Spec(
         "outbox_limit",
