@@ -309,8 +309,8 @@ def _parse_frame(raw: object, *, now_ms: int, limits: FrameLimits) -> Frame:
         values["device"] = device
     if (seq := raw.get("seq")) is not None:
         values["seq"] = int(_number("seq", seq, 0, 2**31 - 1, integer=True))
-    if (env := raw.get("env")) is not None:
-        values["env"] = _env(env)
+    if (env := raw.get("env")) is not None and (parsed := _env(env)) != Env():
+        values["env"] = parsed  # an empty ``env: {}`` is no measurement: left out
     if len(values) == 1 + ("device" in values) + ("seq" in values):
         raise _Bad("frame", "carries no measurement")
     return Frame(**values)
