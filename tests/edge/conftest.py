@@ -73,7 +73,11 @@ class Raw:
 
     @classmethod
     async def open(cls, live: LiveServer) -> Raw:
-        host, port = live.url.removeprefix("http://").split(":")
+        return await cls.open_url(live.url)
+
+    @classmethod
+    async def open_url(cls, url: str) -> Raw:
+        host, port = url.removeprefix("http://").split(":")
         reader, writer = await asyncio.open_connection(host, int(port))
         return cls(reader, writer)
 
