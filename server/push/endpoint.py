@@ -65,6 +65,8 @@ log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S: Final = 2.0
 """How long a closing peer may take to answer our close frame before the socket is dropped."""
+READ_AFTER_CLOSE_BYTES: Final = 64 * 1024
+"""Bytes a closing peer may still send (its close frame is a few) before it is dropped."""
 PAUSE_READING_AT: Final = 16
 """Messages waiting for the store or hub before the connection stops reading the socket."""
 
@@ -137,6 +139,7 @@ class Connection(asyncio.Protocol):
         "_paused",
         "_pending",
         "_ping_sent",
+        "_read_after_close",
         "_reading_paused",
         "_registry",
         "_resumed",
@@ -168,6 +171,7 @@ class Connection(asyncio.Protocol):
         self._writer: asyncio.Task[None] | None = None
         self._paused = False
         self._reading_paused = False
+        self._read_after_close = 0
         self._resumed: asyncio.Future[None] | None = None
         self._message: list[bytes] | None = None
         self._message_text = False
@@ -292,6 +296,13 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_rx = time.monotonic()
+        if self._closing is not None:
+            # Closing: only the peer's close frame is still of interest. A peer that keeps
+            # flooding instead is not parsed any longer than this.
+            self._read_after_close += len(data)
+            if self._read_after_close > READ_AFTER_CLOSE_BYTES:
+                self._transport.abort()
+                return
         ws = self._ws
         try:
             ws.receive_data(data)

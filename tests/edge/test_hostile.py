@@ -13,6 +13,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.frames import Opcode
 
 from server.push import endpoint
+from server.push.endpoint import CLOSE_TIMEOUT_S
 from server.settings import Settings
 from tests.conftest import LiveServer, start_server, token
 from tests.edge.conftest import (
@@ -175,9 +176,11 @@ async def test_an_empty_continuation_flood_is_rate_limited_1008(
     raw = await edge.attacker()
     try:
         start = frame(Opcode.TEXT, b"", fin=False)
-        await raw.send(start + frame(Opcode.CONT, b"", fin=False) * 30_000)
+        await raw.send(start + frame(Opcode.CONT, b"", fin=False) * 100_000)
         await probe_is_quick(edge)
         assert await raw.close_code() == 1008
+        # A closing peer that keeps flooding is dropped, not parsed until the close timeout.
+        assert await raw.closed_within(CLOSE_TIMEOUT_S / 2)
     finally:
         raw.close()
     closes = edge.live.services.metrics.registry.get_sample_value(
