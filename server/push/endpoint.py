@@ -65,6 +65,8 @@ log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT_S: Final = 2.0
 """How long a closing peer may take to answer our close frame before the socket is dropped."""
+FEED_BYTES: Final = 4096
+"""Bytes handed to websockets' parser at a time (see :meth:`Connection.data_received`)."""
 READ_AFTER_CLOSE_BYTES: Final = 64 * 1024
 """Bytes a closing peer may still send (its close frame is a few) before it is dropped."""
 PAUSE_READING_AT: Final = 16
@@ -296,18 +298,27 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_rx = time.monotonic()
-        if self._closing is not None:
-            # Closing: only the peer's close frame is still of interest. A peer that keeps
-            # flooding instead is not parsed any longer than this.
-            self._read_after_close += len(data)
-            if self._read_after_close > READ_AFTER_CLOSE_BYTES:
-                self._transport.abort()
+        # websockets parses all it is given at once; fed in slices, a flood of tiny frames
+        # costs at most one slice beyond the frame that broke a limit.
+        for start in range(0, len(data), FEED_BYTES):
+            chunk = data[start : start + FEED_BYTES] if len(data) > FEED_BYTES else data
+            if self._closing is not None:
+                # Closing: only the peer's close frame is still of interest. A peer that
+                # keeps sending instead is not parsed any longer than this.
+                self._read_after_close += len(chunk)
+                if self._read_after_close > READ_AFTER_CLOSE_BYTES:
+                    self._transport.abort()
+                    return
+            if not self._feed(chunk):
                 return
+
+    def _feed(self, data: bytes) -> bool:
+        """Parse ``data`` and act on its frames; ``False`` once the stream has ended."""
         ws = self._ws
         try:
             ws.receive_data(data)
         except EOFError:  # data after the end of the stream: nothing to do with it
-            return
+            return False
         self._flush()  # pongs, the echo of a close, the close of a bad frame
         for event in ws.events_received():
             if self._closing is not None:
@@ -319,6 +330,7 @@ class Connection(asyncio.Protocol):
             code = ws.close_sent.code
             self._closing = _FAILED_BY_CODE.get(code, Disconnects.PROTOCOL_ERROR)
             self.services.metrics.closes.labels(self._closing.reason).inc()
+        return True
 
     def eof_received(self) -> bool | None:
         self._ws.receive_eof()
