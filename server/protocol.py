@@ -61,7 +61,7 @@ class Disconnect:
     """One named way a connection ends: its close code, its reason and the reconnect rule.
 
     ``reason`` is a fixed, short string: it is sent in the close frame, used as the
-    ``reason`` label of ``companion_ws_closes_total`` (so the label set is bounded) and
+    ``reason`` label of ``companion_closes_total`` (so the label set is bounded) and
     shown by clients.
     """
 

@@ -433,3 +433,15 @@ async def test_garbage_instead_of_http_is_answered_400(
         assert await raw.closed_within(3.0)
         await probe_is_quick(edge)
     assert_clean_log(server_log.records, edge.secrets)
+
+
+async def test_frames_sent_with_the_upgrade_request_are_read(
+    edge: Edge, server_log: pytest.LogCaptureFixture
+) -> None:
+    async with raw_connection(edge.live) as raw:
+        await raw.send(upgrade_request(edge.token) + text({"op": "ping", "t": 5}))
+        status, _ = await raw.response_head()
+        assert status == 101
+        (pong,) = await raw.messages(1)
+        assert (pong["op"], pong["t"]) == ("pong", 5)
+    assert_clean_log(server_log.records, edge.secrets)
