@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 
@@ -444,4 +445,25 @@ async def test_frames_sent_with_the_upgrade_request_are_read(
         assert status == 101
         (pong,) = await raw.messages(1)
         assert (pong["op"], pong["t"]) == ("pong", 5)
+    assert_clean_log(server_log.records, edge.secrets)
+
+
+async def test_random_bytes_before_and_after_the_upgrade_log_no_error(
+    edge: Edge, server_log: pytest.LogCaptureFixture
+) -> None:
+    rng = random.Random(13)
+    request = upgrade_request(edge.token)
+    for case in range(60):
+        async with raw_connection(edge.live) as raw:
+            noise = rng.randbytes(rng.randrange(1, 3000))
+            if case % 3 == 0:  # garbage instead of a request
+                await raw.send(noise)
+            elif case % 3 == 1:  # a request cut short, then garbage
+                await raw.send(request[: rng.randrange(len(request))] + noise)
+            else:  # an upgrade, then garbage as frames (a partial frame may stay open)
+                assert await raw.upgrade(edge.token) == 101
+                await raw.send(noise)
+                continue
+            assert await raw.closed_within(HANDSHAKE_TIMEOUT_S + 3)
+    await probe_is_quick(edge)
     assert_clean_log(server_log.records, edge.secrets)
