@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from urllib.parse import urlparse
+from urllib.parse import urlsplit
 
 import jwt
 
@@ -123,13 +123,32 @@ def bearer(authorization: str | None) -> str | None:
     return token.strip()
 
 
-def origin_allowed(origin: str | None, host: str | None, allowed: Iterable[str]) -> bool:
-    """Whether a browser ``Origin`` may connect: none given (not a browser), the server's own
-    host, or one of ``allowed`` (``*`` allows all)."""
+def origin_allowed(origin: str | None, own: Iterable[str], allowed: Iterable[str]) -> bool:
+    """Whether a browser ``Origin`` may connect: none given (not a browser), one of the
+    server's ``own`` origins (its public URL), or one of ``allowed`` (``*`` allows all).
+
+    Never compared with the request's ``Host`` header: a page on ``evil.example`` whose
+    name resolves here would send ``Host`` and ``Origin`` that agree.
+    """
     if origin is None:
         return True
-    origin = origin.rstrip("/")
-    allowed = tuple(allowed)
-    if "*" in allowed or origin in allowed:
-        return True
-    return host is not None and urlparse(origin).netloc == host
+    origin = origin.rstrip("/").lower()
+    allowed = tuple(a.lower() for a in allowed)
+    return "*" in allowed or origin in allowed or origin in (o.rstrip("/").lower() for o in own)
+
+
+def own_origins(public_url: str, local: tuple[str, int] | None) -> tuple[str, ...]:
+    """The origins of the server itself: its public URL if one is configured, else the
+    address the client connected to (``local``: the socket's own host and port, never a
+    header), and for a loopback address also ``localhost`` on that port."""
+    if public_url:
+        parts = urlsplit(public_url)
+        return (f"{parts.scheme}://{parts.netloc}",)
+    if local is None:
+        return ()
+    host, port = local[0], local[1]
+    shown = f"[{host}]" if ":" in host else host
+    origins = [f"http://{shown}:{port}", f"https://{shown}:{port}"]
+    if host in ("127.0.0.1", "::1"):
+        origins += [f"http://localhost:{port}", f"https://localhost:{port}"]
+    return tuple(origins)

@@ -6,12 +6,51 @@ process and read exact counts. ``/metrics`` renders :attr:`Metrics.registry`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Final
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from server.protocol import REJECTION_FIELDS, Disconnects
+
+OTHER: Final = "other"
+"""The label value of everything outside a label's fixed set."""
+
+HANDSHAKE_REJECT_REASONS: Final = frozenset(
+    {
+        "TokenMissing",
+        "TokenInvalid",
+        "TokenExpired",
+        "Forbidden",
+        "bad request",
+        "not found",
+        "timeout",
+        "uri too long",
+        "headers too large",
+    }
+)
+"""Why the edge refused a connection before it became a WebSocket (a fixed set)."""
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _SLOW_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 _CLIP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 240.0, 480.0)
 """A local clip takes a fraction of a second, a Veo clip minutes."""
+
+
+class FixedLabelCounter:
+    """A counter with one label whose values come from a fixed set; any other value counts as
+    :data:`OTHER`. Label values are never a client's strings: each one costs memory for the
+    life of the process and a line in every ``/metrics`` scrape."""
+
+    __slots__ = ("_allowed", "_counter")
+
+    def __init__(self, counter: Counter, allowed: Iterable[str]) -> None:
+        self._counter = counter
+        self._allowed = frozenset(allowed)
+
+    def labels(self, value: str) -> Counter:
+        """The child counter of ``value``, or of :data:`OTHER` if ``value`` is not in the set."""
+        return self._counter.labels(value if value in self._allowed else OTHER)
 
 
 class Metrics:
@@ -28,17 +67,35 @@ class Metrics:
             ["device"],
             registry=r,
         )
-        self.handshake_rejects = Counter(
-            "companion_handshake_rejects", "WebSocket handshakes refused.", ["reason"], registry=r
+        self.handshake_rejects = FixedLabelCounter(
+            Counter(
+                "companion_handshake_rejects",
+                "Connections refused before a WebSocket was open (auth, timeout, limits).",
+                ["reason"],
+                registry=r,
+            ),
+            HANDSHAKE_REJECT_REASONS,
         )
-        self.closes = Counter(
-            "companion_closes", "Connections closed by the server.", ["reason"], registry=r
+        self.closes = FixedLabelCounter(
+            Counter(
+                "companion_closes",
+                "WebSocket connections closed by the server, by named disconnect.",
+                ["reason"],
+                registry=r,
+            ),
+            (d.reason for d in Disconnects.all()),
         )
         self.frames_accepted = Counter(
             "companion_frames_accepted", "Frames stored.", ["path"], registry=r
         )
-        self.frames_rejected = Counter(
-            "companion_frames_rejected", "Frames rejected by validation.", ["field"], registry=r
+        self.frames_rejected = FixedLabelCounter(
+            Counter(
+                "companion_frames_rejected",
+                "Frames rejected by validation, by field (unknown fields: other).",
+                ["field"],
+                registry=r,
+            ),
+            REJECTION_FIELDS,
         )
         self.frames_not_durable = Counter(
             "companion_frames_not_durable",

@@ -35,6 +35,7 @@ DEFAULT_MAX_AGE_MS: Final = 7 * 24 * 3600 * 1000
 # Close codes (RFC 6455 and the application range), in one place.
 CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
+CLOSE_PROTOCOL_ERROR: Final = 1002
 CLOSE_BAD_DATA: Final = 1007
 CLOSE_POLICY: Final = 1008
 CLOSE_TOO_BIG: Final = 1009
@@ -61,7 +62,7 @@ class Disconnect:
     """One named way a connection ends: its close code, its reason and the reconnect rule.
 
     ``reason`` is a fixed, short string: it is sent in the close frame, used as the
-    ``reason`` label of ``companion_ws_closes_total`` (so the label set is bounded) and
+    ``reason`` label of ``companion_closes_total`` (so the label set is bounded) and
     shown by clients.
     """
 
@@ -74,6 +75,7 @@ class Disconnects:
     """Every disconnect the server makes, by name; the one table for server, metrics, clients."""
 
     NORMAL: Final = Disconnect(CLOSE_NORMAL, "normal", Reconnect.BACKOFF)
+    PROTOCOL_ERROR: Final = Disconnect(CLOSE_PROTOCOL_ERROR, "protocol error", Reconnect.BACKOFF)
     BAD_UTF8: Final = Disconnect(CLOSE_BAD_DATA, "invalid utf-8", Reconnect.BACKOFF)
     SLOW_CONSUMER: Final = Disconnect(CLOSE_POLICY, "slow consumer", Reconnect.BACKOFF)
     RATE_LIMIT: Final = Disconnect(CLOSE_POLICY, "rate limit", Reconnect.BACKOFF)
@@ -134,7 +136,14 @@ def describe_close(code: int | None) -> str:
 
 
 ErrorCode = Literal[
-    "bad_json", "bad_message", "unknown_op", "too_big", "rate_limited", "forbidden", "internal"
+    "bad_json",
+    "bad_message",
+    "unknown_op",
+    "too_big",
+    "rate_limited",
+    "forbidden",
+    "internal",
+    "unavailable",
 ]
 
 
@@ -214,6 +223,11 @@ _ENV_RANGES: Final[dict[str, tuple[float, float]]] = {
 }
 _FRAME_FIELDS: Final = frozenset({*_RANGES, "ts", "device", "seq", "env"})
 _ENV_FIELDS: Final = frozenset({*_ENV_RANGES, "weather"})
+REJECTION_FIELDS: Final = frozenset(
+    {"frame", *_FRAME_FIELDS, *(f"env.{name}" for name in _ENV_FIELDS)}
+)
+"""Every ``field`` a :class:`Rejection` names except an unknown key the client made up (a
+fixed set: metrics label rejections with it and ``other``, never with the client's key)."""
 _DEVICE_RE: Final = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _USER_RE: Final = re.compile(r"^[A-Za-z0-9._@:-]{1,128}$")
 
@@ -291,8 +305,8 @@ def _parse_frame(raw: object, *, now_ms: int, limits: FrameLimits) -> Frame:
         values["device"] = device
     if (seq := raw.get("seq")) is not None:
         values["seq"] = int(_number("seq", seq, 0, 2**31 - 1, integer=True))
-    if (env := raw.get("env")) is not None:
-        values["env"] = _env(env)
+    if (env := raw.get("env")) is not None and (parsed := _env(env)) != Env():
+        values["env"] = parsed  # an empty ``env: {}`` is no measurement: left out
     if len(values) == 1 + ("device" in values) + ("seq" in values):
         raise _Bad("frame", "carries no measurement")
     return Frame(**values)

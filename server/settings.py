@@ -181,6 +181,11 @@ class Settings:
     write_timeout: float = setting(
         _positive_float, "Seconds a send may block before the peer is closed as slow.", default=10.0
     )
+    handshake_timeout_s: float = setting(
+        _positive_float,
+        "Seconds a connection has to send a whole HTTP request or WebSocket upgrade.",
+        default=10.0,
+    )
     outbox_limit: int = setting(
         _positive_int, "Messages pending per connection before it is closed as slow.", default=64
     )

@@ -31,7 +31,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from server.auth import LEEWAY_S, bearer, origin_allowed, verify
+from server.auth import LEEWAY_S, bearer, origin_allowed, own_origins, verify
 from server.errors import AuthError, Forbidden
 from server.ops.stage import OPS, OpsNode
 from server.problems import problem
@@ -110,7 +110,9 @@ async def feed(websocket: WebSocket) -> None:
     try:
         principal = verify(token, settings.secret, now_s=int(services.clock()), operator=True)
         origin = websocket.headers.get("origin")
-        if not origin_allowed(origin, websocket.headers.get("host"), settings.allowed_origins):
+        server = websocket.scope.get("server")  # the socket's own address, never a header
+        own = own_origins(settings.public_url, tuple(server) if server else None)
+        if not origin_allowed(origin, own, settings.allowed_origins):
             raise Forbidden("origin not allowed")
     except AuthError as exc:
         services.metrics.handshake_rejects.labels(type(exc).__name__).inc()
