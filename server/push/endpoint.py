@@ -51,13 +51,13 @@ from server.push.session import (
     Store,
 )
 from server.services import Services
+from server.store.codec import state_fields
 
 __all__ = [
     "MAX_ERRORS",
     "SERVICE_MAX_AGE_MS",
     "Connection",
     "authenticate",
-    "snapshot_fields",
     "websocket_endpoint",
 ]
 
@@ -435,7 +435,7 @@ class Connection(asyncio.Protocol):
             log.warning("state of %s not readable: %s", join.user_id, type(exc).__name__)
             self._send(self.session.unavailable(join.user_id))
             return
-        text = self.session.snapshot(join.user_id, snapshot_fields(state), join.since)
+        text = self.session.snapshot(join.user_id, state_fields(state), join.since)
         if not self.outbox.put_snapshot(join.user_id, state.version, text):
             self._close(Disconnects.SLOW_CONSUMER)
             return
@@ -535,14 +535,3 @@ class Connection(asyncio.Protocol):
         resumed, self._resumed = self._resumed, None
         if resumed is not None and not resumed.done():
             resumed.set_result(None)
-
-
-def snapshot_fields(state: Any) -> dict[str, Any]:
-    """The snapshot mapping of a :class:`~server.store.base.UserState`."""
-    return {
-        "user_id": state.user_id,
-        "version": state.version,
-        "state_hash": state.state_hash,
-        "updated_at": state.updated_at,
-        **state.visible(),
-    }

@@ -109,6 +109,8 @@ def test_hello_joins_the_own_user_and_answers_a_snapshot_or_uptodate() -> None:
         "energy": 70,
         "image_url": None,
         "avatar_status": "none",
+        "video_url": None,
+        "video_status": "none",
         "reasoning": "",
         "actions": [],
         "source": "rules",

@@ -8,8 +8,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
+import orjson
 import pytest
 import uvloop
+import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
@@ -18,7 +20,7 @@ from websockets.streams import StreamReader
 from server.protocol import text_frame
 from server.push.endpoint import Connection
 from server.push.transport import SEND_BUFFER_BYTES, EdgeProtocol
-from tests.conftest import LiveServer, recv_op
+from tests.conftest import LiveServer, recv_op, token
 from tests.server.conftest import commit
 
 
@@ -100,7 +102,15 @@ async def test_accepted_sockets_have_a_bounded_send_buffer(live_server: LiveServ
         assert SEND_BUFFER_BYTES <= size <= 2 * SEND_BUFFER_BYTES  # Linux reports it doubled
 
 
-async def test_uvicorns_own_websocket_protocols_are_off(live_server: LiveServer) -> None:
-    config = live_server.server.config
-    assert config.http_protocol_class is EdgeProtocol
-    assert config.ws_protocol_class is None
+@pytest.mark.parametrize("path", ["/v1/ws", "/socket"])
+async def test_device_sockets_are_served_by_our_connection_not_uvicorns(
+    live_server: LiveServer, path: str
+) -> None:
+    """EdgeProtocol answers device upgrades itself; uvicorn's WebSocket protocol (its ``ws``
+    setting) only upgrades the app's own routes (the operator's fleet feed)."""
+    assert live_server.server.config.http_protocol_class is EdgeProtocol
+    url = live_server.ws_url.replace("/v1/ws", path) + f"?token={token('alice', 'watch')}"
+    async with websockets.connect(url) as ws:
+        await ws.send(orjson.dumps({"op": "hello", "client": "t"}).decode())
+        await recv_op(ws, "snapshot")
+        connection_of(live_server, "alice")  # asserts the peer is our Connection
