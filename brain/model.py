@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 from operator import attrgetter
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from brain.health import HealthMetrics
 
 
 class State(StrEnum):
@@ -145,7 +149,13 @@ class Profile:
 
 @dataclass(frozen=True, slots=True)
 class Assessment:
-    """What an analysis decided about a user's window of frames."""
+    """What an analysis decided about a user's window of frames.
+
+    ``health`` is what :func:`brain.health.compute_health` found in the user's stored days
+    and this window (fatigue, stress, sleep, HRV trend), when the caller computed it; it
+    describes the user, not the decision, so it never changes ``state``, ``mood`` or
+    ``energy``.
+    """
 
     state: State
     mood: Mood
@@ -153,6 +163,7 @@ class Assessment:
     reasoning: str
     actions: tuple[Action, ...] = field(default_factory=tuple)
     source: Source = Source.RULES
+    health: HealthMetrics | None = None
 
     @property
     def band(self) -> EnergyBand:
