@@ -59,6 +59,7 @@ class Settings:
     media_public_url: str = ""
     avatar_workers: int = 2
     avatar_cache: str = "on"
+    avatar_lease_s: float = 120.0
     video: str = "local"
     veo_model: str = "veo-3.0-fast-generate-001"
     video_timeout_s: float = 360.0
@@ -240,6 +241,11 @@ SPECS: Final[tuple[Spec, ...]] = (
         "avatar_cache",
         _choice("on", "off"),
         "`off` bypasses avatar cache reads (every change generates; entries are still written).",
+    ),
+    Spec(
+        "avatar_lease_s",
+        _positive_float,
+        "Seconds a node holds an avatar saga without renewing; then another node resumes it.",
     ),
     Spec(
         "video",
