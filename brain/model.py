@@ -12,7 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from operator import attrgetter
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from brain.health import HealthMetrics
 
 
 class State(StrEnum):
@@ -147,7 +150,13 @@ class Profile:
 
 @dataclass(frozen=True, slots=True)
 class Assessment:
-    """What an analysis decided about a user's window of frames."""
+    """What an analysis decided about a user's window of frames.
+
+    ``health`` is what :func:`brain.health.compute_health` found in the user's stored days
+    and this window (fatigue, stress, sleep, HRV trend), when the caller computed it; it
+    describes the user, not the decision, so it never changes ``state``, ``mood`` or
+    ``energy``.
+    """
 
     state: State
     mood: Mood
@@ -155,6 +164,7 @@ class Assessment:
     reasoning: str
     actions: tuple[Action, ...] = field(default_factory=tuple)
     source: Source = Source.RULES
+    health: HealthMetrics | None = None
 
     @property
     def band(self) -> EnergyBand:

@@ -70,7 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     avatars = sub.add_parser("avatars", help="avatar sagas")
     avatars_sub = avatars.add_subparsers(dest="avatars_command", required=True)
     retry_failed = avatars_sub.add_parser(
-        "retry-failed", help="re-run the saga of every user whose avatar_status is failed"
+        "retry-failed",
+        help="drain the dead letters: re-run the saga of every user with one or whose"
+        " avatar_status is failed",
     )
     retry_failed.add_argument(
         "--interrupted",
@@ -80,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _settings_flags(retry_failed)
     retry_failed.set_defaults(func=_avatars_retry_failed)
+    failed = avatars_sub.add_parser(
+        "failed", help="list the dead letters: sagas that failed after their retries, and why"
+    )
+    _settings_flags(failed)
+    failed.set_defaults(func=_avatars_failed)
 
     for plugin in sorted(entry_points(group=COMMANDS_GROUP), key=lambda ep: ep.name):
         plugin.load()(sub)
@@ -190,6 +197,15 @@ def _avatars_retry_failed(args: argparse.Namespace) -> int:
     for line in describe(outcomes):
         print(line)
     return 0 if all(o.status != "failed" for o in outcomes) else 1
+
+
+def _avatars_failed(args: argparse.Namespace) -> int:
+    from server.avatar.stage import dead_letters_in_process, describe_letters
+
+    settings = _load(args)
+    for line in describe_letters(asyncio.run(dead_letters_in_process(settings))):
+        print(line)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -241,6 +241,11 @@ class Settings:
         "`off` bypasses avatar cache reads (every change generates; entries are still written).",
         default="on",
     )
+    avatar_lease_s: float = setting(
+        _positive_float,
+        "Seconds a node holds an avatar saga without renewing; then another node resumes it.",
+        default=120.0,
+    )
     video: str = setting(
         _choice("off", "local", "veo"),
         "Avatar clips: `off`, `local` (Pillow, animated WebP) or `veo` (Vertex AI).",

@@ -1,5 +1,6 @@
 """Wiring of the avatar saga: generator, clip maker and media store from the settings, the
-stage, the ``/media`` handler and ``companion avatars retry-failed``.
+stage, the ``/media`` handler, ``companion avatars failed`` and ``companion avatars
+retry-failed``.
 
 :func:`avatar_stage` is the :data:`~server.app.Stage` a full server runs: it builds the
 generator (``local`` → :class:`LocalRenderer`, ``gemini`` → :class:`GeminiGenerator`), the
@@ -7,13 +8,18 @@ clip maker (``COMPANION_VIDEO``: ``off``, ``local`` → :class:`LocalClipMaker`,
 :class:`VeoClipMaker`), reads the cache switch (``COMPANION_AVATAR_CACHE``) and the
 media store (``local`` → :class:`LocalMediaStore` in ``media_dir`` at ``{base_url}/media``,
 ``s3://bucket/prefix`` → :class:`S3MediaStore`), puts them in ``services.extras`` (``media``,
-``avatar_saga``), registers the saga as a commit listener and closes all of it on the stack.
+``avatar_saga``), registers the saga as a commit listener, starts its keeper (which resumes
+sagas a stopped process left, see :mod:`server.avatar.durable`) and closes all of it on the
+stack.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
+import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 
@@ -23,6 +29,7 @@ from starlette.responses import PlainTextResponse, Response
 from brain.avatar import ImageGenerator
 from brain.backoff import Backoff
 from brain.model import AvatarStatus
+from server.avatar.durable import node_name
 from server.avatar.saga import AvatarSaga, Outcome
 from server.media.local import LocalMediaStore, media_route
 from server.parts import (
@@ -35,7 +42,7 @@ from server.parts import (
 from server.services import Services
 from server.settings import Settings
 from server.state import StateService
-from server.store.base import Store
+from server.store.base import DeadLetter, Store
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +84,14 @@ async def install_avatars(
         clips=clips,
         clip_backoff=clip_backoff,
         cache_reads=settings.avatar_cache == "on",
+        owner=node_name(settings.port),
+        lease_s=settings.avatar_lease_s,
     )
     services.state.listeners.append(saga.on_commit)
     # Last in, first out: the saga stops (running sagas finish or are cancelled) before the
     # generator, media store and store it uses are closed.
     stack.push_async_callback(saga.close)
+    saga.keep()
     services.extras[MEDIA] = media
     services.extras[SAGA] = saga
     return saga
@@ -126,16 +136,23 @@ async def serve_media(request: Request, store: object) -> Response:
 async def retry_failed(
     saga: AvatarSaga, state: StateService, store: Store, *, interrupted: bool = False
 ) -> list[Outcome]:
-    """Re-run the saga of every user whose ``avatar_status`` is ``failed`` (and, with
-    ``interrupted``, ``generating``: a saga cancelled by a shutdown leaves that); their
-    outcomes."""
+    """Drain the dead-letter list: re-run the saga of every user with a dead letter or whose
+    ``avatar_status`` is ``failed`` (and, with ``interrupted``, ``generating``), for the
+    user's current state, then remove the letters replayed (a repeat failure has added a new
+    one). The outcomes, one per user."""
+    letters = await store.dead_letters()
+    users = dict.fromkeys(letter.user_id for letter in letters)
     statuses = [AvatarStatus.FAILED.value]
     if interrupted:
         statuses.append(AvatarStatus.GENERATING.value)
-    outcomes: list[Outcome] = []
     for status in statuses:
-        for user_id in await store.users_with_avatar_status(status):
-            outcomes.append(await saga.run(await state.current(user_id)))
+        users.update(dict.fromkeys(await store.users_with_avatar_status(status)))
+    outcomes: list[Outcome] = []
+    for user_id in users:
+        outcomes.append(await saga.run(await state.current(user_id)))
+        for letter in letters:
+            if letter.user_id == user_id:
+                await store.remove_dead_letter(user_id, letter.key)
     return outcomes
 
 
@@ -145,7 +162,6 @@ async def retry_failed_in_process(
     """``companion avatars retry-failed``: the configured store, broker, media and generator,
     in this process (no server needed). Deltas go out through the configured broker, so
     devices on running nodes see them when the broker is Redis."""
-    import time
 
     from server.metrics import Metrics
     from server.push.hub import Hub
@@ -177,6 +193,8 @@ async def retry_failed_in_process(
             retry=retry,
             clips=clips,
             cache_reads=settings.avatar_cache == "on",
+            owner=f"{socket.gethostname()}:cli-{os.getpid()}",
+            lease_s=settings.avatar_lease_s,
         )
         stack.push_async_callback(saga.close)
         return await retry_failed(saga, state, store, interrupted=interrupted)
@@ -191,3 +209,26 @@ def describe(outcomes: Sequence[Outcome]) -> list[str]:
         clip = f" clip {outcome.video_url}" if outcome.video_url else ""
         lines.append(f"{outcome.user_id}: {outcome.status}{how}{url}{clip}")
     return lines or ["no users to retry"]
+
+
+async def dead_letters_in_process(settings: Settings) -> list[DeadLetter]:
+    """``companion avatars failed``: the dead letters of the configured store."""
+    store = build_store(settings)
+    await store.open()
+    try:
+        return await store.dead_letters()
+    finally:
+        await store.close()
+
+
+def describe_letters(letters: Sequence[DeadLetter]) -> list[str]:
+    """One line per dead letter, as ``companion avatars failed`` prints them: when (UTC),
+    user, state/mood, prompt hash (12 characters), starts, reason."""
+    lines = []
+    for letter in letters:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(letter.failed_at / 1000))
+        lines.append(
+            f"{when} {letter.user_id} {letter.state}/{letter.mood}"
+            f" prompt {letter.cache_hash[:12] or '-'} starts {letter.attempts}: {letter.reason}"
+        )
+    return lines or ["no dead letters"]

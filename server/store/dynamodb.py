@@ -31,6 +31,7 @@ from server.store import codec, schema
 from server.store import dynamodb_items as items
 from server.store.base import AvatarCacheEntry, FrameRow, Usage, UserState
 from server.store.dynamodb_requests import BatchTable, call, items_of_pages, write_batch
+from server.store.dynamodb_sagas import DynamoDBSagas
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb.client import DynamoDBClient
@@ -40,7 +41,7 @@ _MAX_TS = 10**13 - 1
 """The largest ts a 13-digit sort key holds (the year 2286)."""
 
 
-class DynamoDBStore:
+class DynamoDBStore(DynamoDBSagas):
     """The :class:`~server.store.base.Store` in the DynamoDB tables of ``table_prefix``.
 
     ``endpoint_url`` points at DynamoDB Local in tests; ``max_pool_connections`` bounds the
@@ -70,6 +71,10 @@ class DynamoDBStore:
         self._usage = BatchTable(schema.USAGE.name(table_prefix), "user_id", "day")
         self._state_table = schema.USER_STATE.name(table_prefix)
         self._avatar_table = schema.AVATAR_CACHE.name(table_prefix)
+        self._saga_table = schema.AVATAR_SAGAS.name(table_prefix)
+        self._letters = BatchTable(
+            schema.AVATAR_DEAD_LETTERS.name(table_prefix), "user_id", "letter_key"
+        )
 
     async def open(self) -> None:
         """Open the client (tables are not created: see :meth:`create_tables`). Idempotent."""
@@ -354,8 +359,8 @@ class DynamoDBStore:
         (calling again finishes the job: deletes are idempotent).
         """
         deleted = 0
-        for table in (self._frames, self._usage):
-            assert table.sort_key is not None  # both tables have one; mypy needs to know
+        for table in (self._frames, self._usage, self._letters):
+            assert table.sort_key is not None  # these tables have one; mypy needs to know
             keys = self._query(
                 TableName=table.name,
                 KeyConditionExpression="#pk = :user",
@@ -384,7 +389,17 @@ class DynamoDBStore:
             ),
             self._retry,
         )
-        return deleted + (1 if response.get("Attributes") else 0)
+        saga = await call(
+            "DeleteItem avatar_sagas",
+            lambda: client.delete_item(
+                TableName=self._saga_table,
+                Key={"user_id": {"S": user_id}},
+                ReturnValues="ALL_OLD",
+            ),
+            self._retry,
+        )
+        found = [response, saga]
+        return deleted + sum(1 for answer in found if answer.get("Attributes"))
 
     def _query(self, **request: Any) -> AsyncGenerator[dict[str, Any], None]:
         """The items of a Query, page after page."""

@@ -34,6 +34,7 @@ from brain.model import Frame
 from server.errors import StoreError, VersionConflict
 from server.store import codec
 from server.store.base import AvatarCacheEntry, FrameRow, Usage, UserState
+from server.store.sqlite_sagas import SAGA_SCHEMA, SQLiteSagas
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS frames (
@@ -113,7 +114,7 @@ class _StateWrite:
     done: asyncio.Future[None]
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteSagas):
     """The :class:`~server.store.base.Store` in a SQLite file at ``path``.
 
     Frames are kept ``frame_retention_days`` after their ``ts``. Every method but
@@ -145,6 +146,7 @@ class SQLiteStore:
                 await writer.execute("PRAGMA synchronous=FULL")
                 await writer.execute("PRAGMA busy_timeout=5000")
                 await writer.executescript(_SCHEMA)
+                await writer.executescript(SAGA_SCHEMA)
                 await _add_missing_columns(writer)
                 reader = await aiosqlite.connect(self._path, isolation_level=None)
                 opened.push_async_callback(reader.close)
@@ -397,7 +399,7 @@ class SQLiteStore:
         """Delete the user's frames, state and usage in one transaction; return the count."""
         deleted = 0
         async with self._transaction() as writer:
-            for table in ("frames", "user_state", "usage"):
+            for table in ("frames", "user_state", "usage", "avatar_sagas", "avatar_dead_letters"):
                 cursor = await writer.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))
                 deleted += cursor.rowcount
         return deleted
