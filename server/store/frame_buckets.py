@@ -1,0 +1,217 @@
+"""Frames packed for storage: one compact item per (user, device, minute), shared by both stores.
+
+Storing one item per frame made every 1 Hz frame a DynamoDB write request unit and ~220
+bytes on disk. A bucket holds every frame one device took in one UTC minute
+(:data:`BUCKET_MS`), column by column (all ``hr`` values, then all ``hrv`` values, ...) as
+orjson, numbers as scaled integer deltas where that is exact, compressed with zlib: a
+minute of 1 Hz frames is 550 to 750 bytes, about 10 bytes a frame (one frame as JSON is
+about 220), so one write unit carries the whole minute.
+
+A bucket is merged, never overwritten: :func:`merge` keeps every frame already in the
+bucket and adds only frames whose key ``(ts, device, seq)`` is new, so a resent frame never
+duplicates or replaces another (the first write of a key wins, as with one item per frame).
+
+Everything here is pure; :func:`decode` raises :class:`ValueError` on a payload it did not
+make.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from brain.model import TIME_ORDER, Frame
+from server.store import codec
+
+BUCKET_MS = 60_000
+"""Width of a bucket: one minute, 60 frames at 1 Hz."""
+
+_FORMAT = 1
+"""Version of the payload layout, stored in it so a later layout can read older buckets."""
+
+_ZLIB_LEVEL = 6
+"""zlib's default: level 9 saves under 2 % more on a minute of frames and costs twice the CPU."""
+
+FrameKey = tuple[int, int]
+"""A frame's identity inside a bucket (the device is the bucket's): ``(ts, seq)``."""
+
+
+@dataclass(frozen=True, slots=True)
+class BucketId:
+    """Which bucket a frame goes to: its user, its device and the minute it starts."""
+
+    user_id: str
+    device: str
+    start_ms: int
+
+    @property
+    def sort_key(self) -> str:
+        """The bucket's sort key: zero-padded start, then device (sorts by time)."""
+        return f"{self.start_ms:013d}#{self.device}"
+
+
+def bucket_start(ts: int) -> int:
+    """The start of the bucket that holds a frame taken at ``ts`` (epoch ms)."""
+    return ts - ts % BUCKET_MS
+
+
+def bucket_of(user_id: str, frame: Frame) -> BucketId:
+    """The bucket of ``frame`` of ``user_id``."""
+    return BucketId(user_id, frame.device, bucket_start(frame.ts))
+
+
+def frame_key(frame: Frame) -> FrameKey:
+    """The key of ``frame`` inside its bucket."""
+    return (frame.ts, frame.seq)
+
+
+def expires_at(frames: Iterable[Frame], retention_days: int) -> int:
+    """The bucket's expiry (epoch s): that of its newest frame, so no frame goes early.
+
+    Reads still leave out each frame past its own retention (:func:`codec.expires_at`).
+    """
+    return max(codec.expires_at(frame, retention_days) for frame in frames)
+
+
+def merge(existing: Sequence[Frame], new: Iterable[Frame]) -> tuple[list[Frame], int]:
+    """The frames of a bucket after adding ``new`` to ``existing``, oldest first, and how
+    many were added. A key already present (in ``existing``, or earlier in ``new``) keeps
+    its first frame."""
+    merged = {frame_key(frame): frame for frame in existing}
+    added = 0
+    for frame in new:
+        key = frame_key(frame)
+        if key not in merged:
+            merged[key] = frame
+            added += 1
+    return sorted(merged.values(), key=TIME_ORDER), added
+
+
+def encode(bucket: BucketId, frames: Sequence[Frame]) -> bytes:
+    """The stored payload of a bucket's frames (all of ``bucket``'s device and minute).
+
+    Columns: ``t`` the offsets from the bucket start, ``q`` the sequence numbers (left out
+    when all are 0), one column per other field present (``None`` where a frame lacks it),
+    ``env.<name>`` for environment fields. Raises :class:`ValueError` on a frame that
+    belongs to another bucket.
+    """
+    columns: dict[str, list[Any]] = {"t": []}
+    count = len(frames)
+    for index, frame in enumerate(frames):
+        if frame.device != bucket.device or bucket_start(frame.ts) != bucket.start_ms:
+            raise ValueError(f"frame {frame.key} does not belong to bucket {bucket.sort_key}")
+        columns["t"].append(frame.ts - bucket.start_ms)
+        data = codec.frame_to_dict(frame)
+        for name in ("ts", "device"):
+            del data[name]
+        env = data.pop("env", None) or {}
+        data.update({f"env.{name}": value for name, value in env.items()})
+        if frame.env is not None and not env:
+            data["env"] = True  # an Env with every field None still round-trips
+        if data.get("seq") == 0:
+            del data["seq"]
+        for name, value in data.items():
+            column = "q" if name == "seq" else name
+            columns.setdefault(column, [None] * count)[index] = value
+    packed = {name: _pack_column(values) for name, values in columns.items()}
+    return zlib.compress(orjson.dumps({"v": _FORMAT, "c": packed}), _ZLIB_LEVEL)
+
+
+def decode(device: str, start_ms: int, payload: bytes) -> list[Frame]:
+    """The frames :func:`encode` packed into ``payload`` for ``device``'s bucket at ``start_ms``.
+
+    Raises :class:`ValueError` when ``payload`` is not such a bucket.
+    """
+    try:
+        document = orjson.loads(zlib.decompress(payload))
+        if document["v"] != _FORMAT:
+            raise ValueError(f"unknown frame bucket format {document['v']!r}")
+        columns = {name: _unpack_column(packed) for name, packed in document["c"].items()}
+        offsets = columns["t"]
+    except (zlib.error, orjson.JSONDecodeError, KeyError, TypeError, IndexError) as error:
+        raise ValueError(f"not a frame bucket: {error}") from error
+    frames = []
+    for index, offset in enumerate(offsets):
+        data: dict[str, Any] = {"ts": start_ms + offset, "device": device}
+        env: dict[str, Any] = {}
+        for column, values in columns.items():
+            value = values[index]
+            if column == "t" or value is None:
+                continue
+            if column == "q":
+                data["seq"] = value
+            elif column == "env":
+                data.setdefault("env", {})
+            elif column.startswith("env."):
+                env[column.removeprefix("env.")] = value
+            else:
+                data[column] = value
+        if env:
+            data["env"] = env
+        frames.append(codec.frame_from_dict(data))
+    return frames
+
+
+_MAX_DECIMALS = 3
+"""Decimals a float column may have to be stored as scaled integer deltas (sensors report
+one or two; a column with more is kept as it is)."""
+
+
+def _pack_column(values: list[Any]) -> list[Any] | dict[str, Any]:
+    """A column as ``{"s": decimals, "d": deltas}`` when every value is a number that
+    survives scaling by ``10**decimals`` exactly, else as it is.
+
+    Deltas of slowly changing readings are small integers that zlib packs a third tighter
+    than the readings themselves. ``s`` 0 means integers; floats get at least one decimal so
+    that they come back as floats.
+    """
+    if not values or any(
+        v is None or isinstance(v, bool | str) or not math.isfinite(v) for v in values
+    ):
+        return values
+    integers = all(isinstance(v, int) for v in values)
+    for decimals in range(0 if integers else 1, _MAX_DECIMALS + 1):
+        scale = 10**decimals
+        scaled = [round(v * scale) for v in values]
+        if integers or all(n / scale == v for n, v in zip(scaled, values, strict=True)):
+            deltas = [scaled[0]] + [b - a for a, b in itertools.pairwise(scaled)]
+            return {"s": decimals, "d": deltas}
+    return values
+
+
+def _unpack_column(packed: list[Any] | dict[str, Any]) -> list[Any]:
+    """The column :func:`_pack_column` made ``packed`` from."""
+    if isinstance(packed, list):
+        return packed
+    decimals, deltas = int(packed["s"]), packed["d"]
+    total, values = 0, []
+    for delta in deltas:
+        total += int(delta)
+        values.append(total if decimals == 0 else total / 10**decimals)
+    return values
+
+
+def group(rows: Iterable[tuple[int, str, Frame]]) -> dict[BucketId, list[tuple[int, Frame]]]:
+    """Rows ``(index, user_id, frame)`` grouped by bucket, each keeping its row index."""
+    buckets: dict[BucketId, list[tuple[int, Frame]]] = {}
+    for index, user_id, frame in rows:
+        buckets.setdefault(bucket_of(user_id, frame), []).append((index, frame))
+    return buckets
+
+
+def between(
+    frames: Iterable[Frame], start_ms: int, end_ms: int, now_ms: int, days: int
+) -> list[Frame]:
+    """The ``frames`` with ``start_ms <= ts < end_ms`` still within retention at ``now_ms``."""
+    return [
+        frame
+        for frame in frames
+        if start_ms <= frame.ts < end_ms
+        and not codec.is_expired(codec.expires_at(frame, days), now_ms)
+    ]
