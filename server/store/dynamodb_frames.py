@@ -1,18 +1,20 @@
-"""Frames in DynamoDB: one item per (user, device, minute), merged by conditional writes.
+"""Frames in DynamoDB: one item per (user, device, minute) and part, merged by conditional writes.
 
-An item of the ``frames`` table is a bucket of :mod:`server.store.frame_buckets`: ``sk`` is
-``<minute start, 13 digits>#<device>``, ``f`` the packed frames (binary), ``n`` how many,
-``v`` a version that grows by one on every write, and ``expires_at`` the TTL of the newest
-frame. A minute of 1 Hz frames is one item under 1 KB: one write request unit for 60 frames
-when it is written once, instead of 60.
+An item of the ``frames`` table is one part of a bucket of :mod:`server.store.frame_buckets`:
+``sk`` is ``<minute start, 13 digits>#<device>#<part>``, ``f`` the packed frames (binary),
+``n`` how many, ``t0``/``t1`` their first and last ``ts``, ``v`` a version that grows by one
+on every write, and ``expires_at`` the TTL of the newest frame. A minute of 1 Hz frames is
+one item under 1 KB: one write request unit for 60 frames when it is written once, instead
+of 60.
 
-Merging: a write is a ``PutItem`` conditional on the version it merged into (or on the item
-not existing yet). When another writer got there first, the condition fails, DynamoDB hands
-back the item as it is now (``ReturnValuesOnConditionCheckFailure``), the frames are merged
-into that and the write tried again, so two nodes writing one bucket never lose a frame.
-The last bucket written per device is remembered (bounded, least recently used first out),
-so the next write of the same minute needs no read, and a resend of frames the bucket holds
-already writes nothing.
+Merging: a write is a ``PutItem`` conditional on the version of the part it merged into (or
+on the part not existing yet). When another writer got there first, the condition fails,
+the bucket's parts are read again (one strongly consistent Query), the frames placed anew
+and the write tried again, so two nodes writing one bucket never lose or duplicate a frame.
+The parts of the last bucket written per device are remembered (bounded, least recently
+used first out), so the next write of the same minute needs no read, and a resend of frames
+the bucket holds already writes nothing. A node that does not know a bucket assumes it is
+new (``attribute_not_exists``): the common case costs no read either.
 
 Items of the one-item-per-frame layout (``payload`` holding one frame's JSON) are still read,
 exported and erased, so a table written by an older version needs no migration.
@@ -42,27 +44,31 @@ if TYPE_CHECKING:
 
 MAX_MERGE_ATTEMPTS = 8
 """Conflicting writers of one bucket a write outlasts before it gives up (each conflict
-means another writer's merge landed, so the bucket keeps making progress)."""
+means another writer's write landed, so the bucket keeps making progress)."""
 
 REMEMBERED_BUCKETS = 20_000
-"""Latest buckets kept in memory (about 1 KB each): one per device streaming to this node."""
+"""Latest buckets kept in memory (about 1 KB each at 1 Hz): one per device streaming here."""
 
 Items = Callable[..., AsyncIterator[dict[str, Any]]]
 """The store's paginated Query: request keyword arguments in, items out."""
 
 
 @dataclass(frozen=True, slots=True)
-class _Known:
-    """The last state of a bucket this node wrote or saw: its version and payload."""
+class _Part:
+    """A stored part as this node last wrote or read it (packed: a frame is ~10 bytes)."""
 
-    start_ms: int
+    info: buckets.PartInfo
     version: int
     payload: bytes
 
-    @property
-    def packed(self) -> tuple[int, bytes]:
-        """The bucket's start and payload, as :func:`frame_buckets.decode` takes them."""
-        return self.start_ms, self.payload
+
+@dataclass(slots=True)
+class _Bucket:
+    """The parts of the bucket a device wrote last, as this node knows them (updated in
+    place as parts are written; a failed write makes the node read the bucket again)."""
+
+    start_ms: int
+    parts: dict[int, _Part]
 
 
 class DynamoDBFrames:
@@ -88,10 +94,10 @@ class DynamoDBFrames:
         self._retry = retry
         self._query = query
         self._remembered = remembered
-        self._known: OrderedDict[tuple[str, str], _Known] = OrderedDict()
+        self._known: OrderedDict[tuple[str, str], _Bucket] = OrderedDict()
 
     async def put(self, rows: Sequence[FrameRow]) -> None:
-        """Merge the rows into their buckets, up to :data:`BATCH_CONCURRENCY` buckets at once.
+        """Add the rows to their buckets, up to :data:`BATCH_CONCURRENCY` buckets at once.
 
         Raises :class:`~server.errors.FramesNotDurable` naming the rows of the buckets that
         could not be written (the others are durable).
@@ -101,7 +107,7 @@ class DynamoDBFrames:
 
         async def bounded(bucket: buckets.BucketId, frames: list[Frame]) -> str | None:
             async with gate:
-                return await self._merge(bucket, frames)
+                return await self._add(bucket, frames)
 
         ordered = list(grouped.items())
         reasons = await asyncio.gather(
@@ -116,66 +122,70 @@ class DynamoDBFrames:
         if failed:
             raise FramesNotDurable(frozenset(failed), next(r for r in reasons if r is not None))
 
-    async def _merge(self, bucket: buckets.BucketId, frames: list[Frame]) -> str | None:
-        """Write ``frames`` into ``bucket``; ``None`` once durable, else why not."""
+    async def _add(self, bucket: buckets.BucketId, new: list[Frame]) -> str | None:
+        """Write ``new`` into ``bucket``; ``None`` once durable, else why not."""
         memory_key = (bucket.user_id, bucket.device)
         known = self._known.get(memory_key)
-        if known is not None and known.start_ms != bucket.start_ms:
-            known = None
+        if known is None or known.start_ms != bucket.start_ms:
+            known = _Bucket(bucket.start_ms, {})  # assume a new minute: no read
         for _ in range(MAX_MERGE_ATTEMPTS):
-            version = 0 if known is None else known.version
-            stored = (
-                []
-                if known is None
-                else buckets.decode(bucket.device, known.start_ms, known.payload)
-            )
-            merged, added = buckets.merge(stored, frames)
-            if not added:
-                return None  # every frame is there already: a resend costs nothing
-            payload = buckets.encode(bucket, merged)
+            infos = [part.info for part in known.parts.values()]
+            loaded = {
+                n: buckets.decode(bucket.device, bucket.start_ms, known.parts[n].payload)
+                for n in buckets.parts_to_read(infos, new)
+            }
+            changed = buckets.place(infos, loaded, new)
             try:
-                await self._put(bucket, merged, payload, version)
-            except ClientError as error:
-                old: Any = error.response.get("Item")
-                known = (
-                    None if not old else _Known(bucket.start_ms, int(old["v"]["N"]), old["f"]["B"])
-                )
+                for number, frames in sorted(changed.items()):
+                    old = known.parts.get(number)
+                    version = 0 if old is None else old.version
+                    payload = buckets.encode(bucket, frames)
+                    await self._put(bucket, number, frames, payload, version)
+                    info = buckets.PartInfo.of(number, frames)
+                    known.parts[number] = _Part(info, version + 1, payload)
+            except ClientError:
+                known = await self._load(bucket)
                 continue
             except StoreError as error:
+                self._known.pop(memory_key, None)  # a write may have landed: read next time
                 return str(error)
-            self._remember(memory_key, _Known(bucket.start_ms, version + 1, payload))
+            self._remember(memory_key, known)
             return None
-        return f"bucket {bucket.sort_key} kept changing under {MAX_MERGE_ATTEMPTS} writes"
+        self._known.pop(memory_key, None)
+        return f"bucket {bucket.sort_key(0)} kept changing under {MAX_MERGE_ATTEMPTS} writes"
 
     async def _put(
-        self, bucket: buckets.BucketId, frames: list[Frame], payload: bytes, version: int
+        self,
+        bucket: buckets.BucketId,
+        number: int,
+        frames: list[Frame],
+        payload: bytes,
+        version: int,
     ) -> None:
-        """PutItem of the bucket at ``version + 1`` if it is still at ``version`` (0: absent).
+        """PutItem of a part at ``version + 1`` if it is still at ``version`` (0: absent).
 
-        Raises :class:`ClientError` when the condition failed (with the item found), or
+        Raises :class:`ClientError` when the condition failed, or
         :class:`~server.errors.StoreError`.
         """
+        info = buckets.PartInfo.of(number, frames)
         item: dict[str, AttributeValueTypeDef] = {
             "user_id": {"S": bucket.user_id},
-            "sk": {"S": bucket.sort_key},
+            "sk": {"S": bucket.sort_key(number)},
             "v": {"N": str(version + 1)},
-            "n": {"N": str(len(frames))},
+            "n": {"N": str(info.count)},
+            "t0": {"N": str(info.first_ts)},
+            "t1": {"N": str(info.last_ts)},
             "expires_at": {"N": str(buckets.expires_at(frames, self._retention_days))},
             "f": {"B": payload},
         }
+        request: dict[str, Any] = {"TableName": self._table, "Item": item}
         if version == 0:
-            condition, values = "attribute_not_exists(#sk)", None
+            request["ConditionExpression"] = "attribute_not_exists(#sk)"
+            request["ExpressionAttributeNames"] = {"#sk": "sk"}
         else:
-            condition, values = "#v = :v", {":v": {"N": str(version)}}
-        request: dict[str, Any] = {
-            "TableName": self._table,
-            "Item": item,
-            "ConditionExpression": condition,
-            "ExpressionAttributeNames": {"#sk": "sk"} if version == 0 else {"#v": "v"},
-            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
-        }
-        if values is not None:
-            request["ExpressionAttributeValues"] = values
+            request["ConditionExpression"] = "#v = :v"
+            request["ExpressionAttributeNames"] = {"#v": "v"}
+            request["ExpressionAttributeValues"] = {":v": {"N": str(version)}}
         client = self._client()
         await call(
             "PutItem frames",
@@ -184,7 +194,31 @@ class DynamoDBFrames:
             passthrough=frozenset({"ConditionalCheckFailedException"}),
         )
 
-    def _remember(self, key: tuple[str, str], known: _Known) -> None:
+    async def _load(self, bucket: buckets.BucketId) -> _Bucket:
+        """Every part of ``bucket`` as stored now (a strongly consistent Query).
+
+        Raises :class:`~server.errors.StoreError`.
+        """
+        found = self._query(
+            TableName=self._table,
+            KeyConditionExpression="#pk = :user AND begins_with(#sk, :prefix)",
+            ExpressionAttributeNames={"#pk": "user_id", "#sk": "sk"},
+            ExpressionAttributeValues={
+                ":user": {"S": bucket.user_id},
+                ":prefix": {"S": f"{bucket.start_ms:013d}#{bucket.device}#"},
+            },
+            ConsistentRead=True,
+        )
+        parts: dict[int, _Part] = {}
+        async for item in found:
+            _, number = buckets.BucketId.of_sort_key(bucket.user_id, item["sk"]["S"])
+            info = buckets.PartInfo(
+                number, int(item["n"]["N"]), int(item["t0"]["N"]), int(item["t1"]["N"])
+            )
+            parts[number] = _Part(info, int(item["v"]["N"]), item["f"]["B"])
+        return _Bucket(bucket.start_ms, parts)
+
+    def _remember(self, key: tuple[str, str], known: _Bucket) -> None:
         self._known[key] = known
         self._known.move_to_end(key)
         while len(self._known) > self._remembered:
@@ -247,5 +281,5 @@ def frames_of(item: dict[str, Any]) -> list[Frame]:
     """
     if "payload" in item:
         return [codec.decode_frame(item["payload"]["S"])]
-    start, _, device = item["sk"]["S"].partition("#")
-    return buckets.decode(device, int(start), item["f"]["B"])
+    bucket, _ = buckets.BucketId.of_sort_key(item["user_id"]["S"], item["sk"]["S"])
+    return buckets.decode(bucket.device, bucket.start_ms, item["f"]["B"])

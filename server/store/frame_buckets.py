@@ -7,9 +7,12 @@ orjson, numbers as scaled integer deltas where that is exact, compressed with zl
 minute of 1 Hz frames is 550 to 750 bytes, about 10 bytes a frame (one frame as JSON is
 about 220), so one write unit carries the whole minute.
 
-A bucket is merged, never overwritten: :func:`merge` keeps every frame already in the
-bucket and adds only frames whose key ``(ts, device, seq)`` is new, so a resent frame never
-duplicates or replaces another (the first write of a key wins, as with one item per frame).
+A bucket is stored in parts of at most :data:`PART_FRAMES` frames, so a device streaming
+faster than 1 Hz never makes one write re-encode (or one DynamoDB item grow to) more than a
+part: frames arriving in time order only ever touch the last, open part. :func:`place` puts
+new frames into parts, never overwriting: a frame whose key ``(ts, device, seq)`` is stored
+already is dropped (the first write of a key wins, as with one item per frame), and it can
+only be in a part whose time range holds its ``ts`` (:func:`parts_to_read` names those).
 
 Everything here is pure; :func:`decode` raises :class:`ValueError` on a payload it did not
 make.
@@ -20,7 +23,7 @@ from __future__ import annotations
 import itertools
 import math
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +45,29 @@ FrameKey = tuple[int, int]
 """A frame's identity inside a bucket (the device is the bucket's): ``(ts, seq)``."""
 
 
+PART_FRAMES = 120
+"""Most frames in one part: two minutes at 1 Hz (so a 1 Hz minute is one part, one item)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PartInfo:
+    """What a store knows of a stored part without reading its payload."""
+
+    number: int
+    count: int
+    first_ts: int
+    last_ts: int
+
+    @classmethod
+    def of(cls, number: int, frames: Sequence[Frame]) -> PartInfo:
+        """The info of part ``number`` holding ``frames`` (at least one)."""
+        return cls(number, len(frames), min(f.ts for f in frames), max(f.ts for f in frames))
+
+    def may_hold(self, frame: Frame) -> bool:
+        """Whether ``frame`` could be stored in this part (its ts is in the part's range)."""
+        return self.first_ts <= frame.ts <= self.last_ts
+
+
 @dataclass(frozen=True, slots=True)
 class BucketId:
     """Which bucket a frame goes to: its user, its device and the minute it starts."""
@@ -50,10 +76,21 @@ class BucketId:
     device: str
     start_ms: int
 
-    @property
-    def sort_key(self) -> str:
-        """The bucket's sort key: zero-padded start, then device (sorts by time)."""
-        return f"{self.start_ms:013d}#{self.device}"
+    def sort_key(self, part: int) -> str:
+        """The sort key of part ``part``: zero-padded start, device, part (sorts by time).
+
+        Devices are ``[A-Za-z0-9._:-]`` (the protocol's rule), so ``#`` separates cleanly.
+        """
+        return f"{self.start_ms:013d}#{self.device}#{part}"
+
+    @classmethod
+    def of_sort_key(cls, user_id: str, sort_key: str) -> tuple[BucketId, int]:
+        """The bucket and part number a sort key names; raises :class:`ValueError`."""
+        start, _, rest = sort_key.partition("#")
+        device, _, part = rest.rpartition("#")
+        if not device:
+            raise ValueError(f"not a frame bucket key: {sort_key!r}")
+        return cls(user_id, device, int(start)), int(part)
 
 
 def bucket_start(ts: int) -> int:
@@ -79,18 +116,49 @@ def expires_at(frames: Iterable[Frame], retention_days: int) -> int:
     return max(codec.expires_at(frame, retention_days) for frame in frames)
 
 
-def merge(existing: Sequence[Frame], new: Iterable[Frame]) -> tuple[list[Frame], int]:
-    """The frames of a bucket after adding ``new`` to ``existing``, oldest first, and how
-    many were added. A key already present (in ``existing``, or earlier in ``new``) keeps
-    its first frame."""
-    merged = {frame_key(frame): frame for frame in existing}
-    added = 0
-    for frame in new:
+def parts_to_read(parts: Sequence[PartInfo], new: Sequence[Frame]) -> set[int]:
+    """The parts whose frames :func:`place` needs: those that may hold one of ``new``, and
+    the last part while it has room (new frames go there)."""
+    numbers = {part.number for part in parts if any(part.may_hold(f) for f in new)}
+    if parts:
+        last = max(parts, key=lambda part: part.number)
+        if last.count < PART_FRAMES:
+            numbers.add(last.number)
+    return numbers
+
+
+def place(
+    parts: Sequence[PartInfo], loaded: Mapping[int, Sequence[Frame]], new: Iterable[Frame]
+) -> dict[int, list[Frame]]:
+    """The parts to write (number -> all their frames, oldest first) to add ``new``.
+
+    ``parts`` is every stored part of the bucket and ``loaded`` the frames of (at least)
+    the parts :func:`parts_to_read` names. A frame whose key is stored already, or came
+    earlier in ``new``, is dropped; the rest fill the last part up to
+    :data:`PART_FRAMES`, then new parts. An empty result means nothing is new.
+    """
+    seen = {frame_key(frame) for frames in loaded.values() for frame in frames}
+    fresh = []
+    for frame in sorted(new, key=TIME_ORDER):
         key = frame_key(frame)
-        if key not in merged:
-            merged[key] = frame
-            added += 1
-    return sorted(merged.values(), key=TIME_ORDER), added
+        if key not in seen:
+            seen.add(key)
+            fresh.append(frame)
+    if not fresh:
+        return {}
+    last = max(parts, key=lambda part: part.number) if parts else None
+    if last is not None and last.count < PART_FRAMES:
+        number, filling = last.number, list(loaded[last.number])
+    else:
+        number, filling = (0 if last is None else last.number + 1), []
+    changed: dict[int, list[Frame]] = {}
+    for frame in fresh:
+        if len(filling) >= PART_FRAMES:
+            changed[number] = filling
+            number, filling = number + 1, []
+        filling.append(frame)
+    changed[number] = filling
+    return {n: sorted(frames, key=TIME_ORDER) for n, frames in changed.items()}
 
 
 def encode(bucket: BucketId, frames: Sequence[Frame]) -> bytes:
@@ -105,7 +173,7 @@ def encode(bucket: BucketId, frames: Sequence[Frame]) -> bytes:
     count = len(frames)
     for index, frame in enumerate(frames):
         if frame.device != bucket.device or bucket_start(frame.ts) != bucket.start_ms:
-            raise ValueError(f"frame {frame.key} does not belong to bucket {bucket.sort_key}")
+            raise ValueError(f"frame {frame.key} does not belong to bucket {bucket.sort_key(0)}")
         columns["t"].append(frame.ts - bucket.start_ms)
         data = codec.frame_to_dict(frame)
         for name in ("ts", "device"):

@@ -13,8 +13,9 @@ Concurrency: two connections. Writes go through one writer connection, serialise
 rollback can never undo another's writes. Reads use a second connection, which in WAL mode
 sees only committed data and never waits for the writer.
 
-Frames are packed, one row per (user, device, minute) in ``frame_buckets``
-(:mod:`server.store.frame_buckets`): ~13 bytes a frame instead of ~220. A file written by an
+Frames are packed, one row per (user, device, minute) in ``frame_buckets`` (more parts
+when a device sends over :data:`~server.store.frame_buckets.PART_FRAMES` frames a minute;
+see :mod:`server.store.frame_buckets`): ~10 bytes a frame instead of ~220. A file written by an
 older version (one row per frame in ``frames``) is packed when it is opened.
 
 Frames are not deleted when their retention ends (SQLite has no TTL): reads leave them out,
@@ -45,10 +46,13 @@ CREATE TABLE IF NOT EXISTS frame_buckets (
     user_id TEXT NOT NULL,
     start_ms INTEGER NOT NULL,
     device TEXT NOT NULL,
+    part INTEGER NOT NULL,
     count INTEGER NOT NULL,
+    first_ts INTEGER NOT NULL,
+    last_ts INTEGER NOT NULL,
     payload BLOB NOT NULL,
     expires_at INTEGER NOT NULL,
-    PRIMARY KEY (user_id, start_ms, device)
+    PRIMARY KEY (user_id, start_ms, device, part)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS user_state (
     user_id TEXT PRIMARY KEY,
@@ -199,48 +203,50 @@ class SQLiteStore:
         await self._read("SELECT 1")
 
     async def put_frames(self, rows: Sequence[FrameRow]) -> None:
-        """Merge the rows into their minute buckets in one transaction.
+        """Add the rows to their minute buckets in one transaction.
 
-        A frame whose key is stored already keeps the stored frame; a bucket that gains no
-        frame is not rewritten.
+        A frame whose key is stored already keeps the stored frame; only the parts that
+        gain frames are rewritten.
         """
         if not rows:
             return
         grouped = buckets.group((i, user_id, frame) for i, (user_id, frame) in enumerate(rows))
         async with self._transaction() as writer:
             for bucket, indexed in grouped.items():
-                stored = await self._bucket_frames(writer, bucket)
-                merged, added = buckets.merge(stored, (frame for _, frame in indexed))
-                if added:
-                    await self._write_bucket(writer, bucket, merged)
+                await self._add_to_bucket(writer, bucket, [frame for _, frame in indexed])
 
-    async def _bucket_frames(
-        self, connection: aiosqlite.Connection, bucket: buckets.BucketId
-    ) -> list[Frame]:
-        found = list(
-            await connection.execute_fetchall(
-                "SELECT payload FROM frame_buckets"
-                " WHERE user_id = ? AND start_ms = ? AND device = ?",
-                (bucket.user_id, bucket.start_ms, bucket.device),
-            )
-        )
-        return buckets.decode(bucket.device, bucket.start_ms, found[0][0]) if found else []
-
-    async def _write_bucket(
-        self, writer: aiosqlite.Connection, bucket: buckets.BucketId, frames: list[Frame]
+    async def _add_to_bucket(
+        self, writer: aiosqlite.Connection, bucket: buckets.BucketId, new: list[Frame]
     ) -> None:
-        await writer.execute(
-            "INSERT OR REPLACE INTO frame_buckets"
-            " (user_id, start_ms, device, count, payload, expires_at) VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                bucket.user_id,
-                bucket.start_ms,
-                bucket.device,
-                len(frames),
-                buckets.encode(bucket, frames),
-                buckets.expires_at(frames, self._retention_days),
-            ),
-        )
+        where = "WHERE user_id = ? AND start_ms = ? AND device = ?"
+        key = (bucket.user_id, bucket.start_ms, bucket.device)
+        parts = [
+            buckets.PartInfo(*row)
+            for row in await writer.execute_fetchall(
+                f"SELECT part, count, first_ts, last_ts FROM frame_buckets {where}", key
+            )
+        ]
+        loaded = {}
+        for number in buckets.parts_to_read(parts, new):
+            found = await writer.execute_fetchall(
+                f"SELECT payload FROM frame_buckets {where} AND part = ?", (*key, number)
+            )
+            loaded[number] = buckets.decode(bucket.device, bucket.start_ms, next(iter(found))[0])
+        for number, frames in buckets.place(parts, loaded, new).items():
+            info = buckets.PartInfo.of(number, frames)
+            await writer.execute(
+                "INSERT OR REPLACE INTO frame_buckets (user_id, start_ms, device, part, count,"
+                " first_ts, last_ts, payload, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    *key,
+                    number,
+                    info.count,
+                    info.first_ts,
+                    info.last_ts,
+                    buckets.encode(bucket, frames),
+                    buckets.expires_at(frames, self._retention_days),
+                ),
+            )
 
     async def _frames_of(
         self, user_id: str, start_ms: int, end_ms: int, *, now_ms: int
@@ -287,9 +293,7 @@ class SQLiteStore:
                 (i, str(row[0]), codec.decode_frame(row[1])) for i, row in enumerate(rows)
             )
             for bucket, indexed in grouped.items():
-                stored = await self._bucket_frames(writer, bucket)
-                merged, _ = buckets.merge(stored, (frame for _, frame in indexed))
-                await self._write_bucket(writer, bucket, merged)
+                await self._add_to_bucket(writer, bucket, [frame for _, frame in indexed])
             await writer.execute("DROP TABLE frames")
         except BaseException:
             await writer.rollback()

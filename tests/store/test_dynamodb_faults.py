@@ -202,8 +202,9 @@ async def test_a_bucket_with_a_non_retryable_error_fails_only_its_rows(
 async def test_two_nodes_writing_one_bucket_merge_and_lose_no_frame(
     dynamodb_store_factory: DynamoDBStoreFactory, dynamodb_local: str
 ) -> None:
-    """A node that does not know the bucket, or knows an old version of it, merges."""
-    frames = [Frame(ts=T0 + i * 1000, hr=60.0 + i, device="w") for i in range(60)]
+    """A node that does not know the bucket, or knows an old version of it, merges; so do
+    two nodes writing the same frames at once, across the parts of a 4 Hz minute."""
+    frames = [Frame(ts=T0 + i * 250, hr=60.0 + i % 50, device="w") for i in range(240)]
     async with dynamodb_store_factory() as first:
         second = DynamoDBStore(
             table_prefix=first.table_prefix,
@@ -216,13 +217,9 @@ async def test_two_nodes_writing_one_bucket_merge_and_lose_no_frame(
             await first.put_frames([("alice", f) for f in frames[:10]])
             await second.put_frames([("alice", f) for f in frames[10:20]])  # new to second
             await first.put_frames([("alice", f) for f in frames[20:30]])  # first is stale
-            await asyncio.gather(  # and both at once, each chunk twice
-                *(
-                    node.put_frames([("alice", f) for f in frames[start : start + 5]])
-                    for start in range(30, 60, 5)
-                    for node in (first, second)
-                )
-            )
+            for start in range(30, 240, 30):
+                chunk = [("alice", f) for f in frames[start : start + 30]]
+                await asyncio.gather(first.put_frames(chunk), second.put_frames(chunk))
         finally:
             await second.close()
 

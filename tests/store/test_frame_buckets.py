@@ -43,14 +43,29 @@ def test_a_payload_that_is_not_a_bucket_raises_value_error() -> None:
             buckets.decode("watch-1", T0, payload)
 
 
-def test_merge_keeps_the_first_frame_of_a_key_and_counts_only_new_ones() -> None:
+def test_place_keeps_the_first_frame_of_a_key_and_adds_only_new_ones() -> None:
     stored = [Frame(ts=T0, hr=60.0), Frame(ts=T0 + 2000, hr=62.0)]
+    parts = [buckets.PartInfo.of(0, stored)]
     resent = [Frame(ts=T0 + 2000, hr=99.0), Frame(ts=T0 + 1000, hr=61.0)]
 
-    merged, added = buckets.merge(stored, resent + resent)
+    assert buckets.parts_to_read(parts, resent) == {0}
+    changed = buckets.place(parts, {0: stored}, resent + resent)
 
-    assert merged == [stored[0], resent[1], stored[1]]
-    assert added == 1
+    assert changed == {0: [stored[0], resent[1], stored[1]]}
+    assert buckets.place(parts, {0: stored}, stored) == {}
+
+
+def test_a_fast_device_fills_parts_and_in_order_frames_touch_only_the_last() -> None:
+    fast = [Frame(ts=T0 + i * 10, hr=60.0) for i in range(buckets.PART_FRAMES * 2 + 5)]
+    changed = buckets.place([], {}, fast)
+    assert [len(frames) for frames in changed.values()] == [120, 120, 5]
+    parts = [buckets.PartInfo.of(n, frames) for n, frames in changed.items()]
+
+    later = [Frame(ts=T0 + 50_000 + i, hr=61.0) for i in range(3)]
+    assert buckets.parts_to_read(parts, later) == {2}
+    assert list(buckets.place(parts, {2: changed[2]}, later)) == [2]
+    # A resend of an old frame is checked against the part whose range holds it.
+    assert buckets.parts_to_read(parts, [fast[7]]) == {0, 2}
 
 
 @pytest.mark.parametrize("kind", scenarios.KINDS)
