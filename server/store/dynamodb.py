@@ -246,6 +246,8 @@ class DynamoDBStore:
         input_tokens: int,
         output_tokens: int,
         cost_usd: float,
+        cache_write_tokens: int = 0,
+        cache_read_tokens: int = 0,
     ) -> Usage:
         """UpdateItem ``ADD`` to the user's usage of ``day``; return the new totals.
 
@@ -257,18 +259,24 @@ class DynamoDBStore:
             lambda: client.update_item(
                 TableName=self._usage.name,
                 Key={"user_id": {"S": user_id}, "day": {"S": day}},
-                UpdateExpression="ADD #calls :calls, #in :in, #out :out, #cost :cost",
+                UpdateExpression=(
+                    "ADD #calls :calls, #in :in, #out :out, #cost :cost, #cw :cw, #cr :cr"
+                ),
                 ExpressionAttributeNames={
                     "#calls": "calls",
                     "#in": "input_tokens",
                     "#out": "output_tokens",
                     "#cost": "cost_usd",
+                    "#cw": "cache_write_tokens",
+                    "#cr": "cache_read_tokens",
                 },
                 ExpressionAttributeValues={
                     ":calls": {"N": str(calls)},
                     ":in": {"N": str(input_tokens)},
                     ":out": {"N": str(output_tokens)},
                     ":cost": {"N": items.cost_number(cost_usd)},
+                    ":cw": {"N": str(cache_write_tokens)},
+                    ":cr": {"N": str(cache_read_tokens)},
                 },
                 ReturnValues="ALL_NEW",
             ),

@@ -117,4 +117,6 @@ def usage_of(user_id: str, day: str, item: dict[str, Any]) -> Usage:
         input_tokens=int(number("input_tokens")),
         output_tokens=int(number("output_tokens")),
         cost_usd=float(number("cost_usd")),
+        cache_write_tokens=int(number("cache_write_tokens")),
+        cache_read_tokens=int(number("cache_read_tokens")),
     )

@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any
 
 import orjson
 
-from brain.model import TIME_ORDER, Frame
+from brain.model import TIME_ORDER, Env, Frame
 from server.store import codec
 
 BUCKET_MS = 60_000
@@ -161,32 +163,39 @@ def place(
     return {n: sorted(frames, key=TIME_ORDER) for n, frames in changed.items()}
 
 
+_READINGS = ("hr", "hrv", "steps", "spo2", "skin_temp", "resp_rate")
+"""The frame fields stored as columns of their own (``ts``, ``seq`` and ``env`` are apart)."""
+
+_ENV_READINGS = ("altitude_m", "temp_c", "humidity_pct", "speed_mps", "weather")
+
+
 def encode(bucket: BucketId, frames: Sequence[Frame]) -> bytes:
     """The stored payload of a bucket's frames (all of ``bucket``'s device and minute).
 
     Columns: ``t`` the offsets from the bucket start, ``q`` the sequence numbers (left out
-    when all are 0), one column per other field present (``None`` where a frame lacks it),
-    ``env.<name>`` for environment fields. Raises :class:`ValueError` on a frame that
-    belongs to another bucket.
+    when all are 0), one column per reading present (``None`` where a frame lacks it),
+    ``env`` (``1`` where a frame has an environment) and ``env.<name>`` for its readings.
+    Raises :class:`ValueError` on a frame that belongs to another bucket.
     """
-    columns: dict[str, list[Any]] = {"t": []}
-    count = len(frames)
-    for index, frame in enumerate(frames):
-        if frame.device != bucket.device or bucket_start(frame.ts) != bucket.start_ms:
+    start = bucket.start_ms
+    for frame in frames:
+        if frame.device != bucket.device or not start <= frame.ts < start + BUCKET_MS:
             raise ValueError(f"frame {frame.key} does not belong to bucket {bucket.sort_key(0)}")
-        columns["t"].append(frame.ts - bucket.start_ms)
-        data = codec.frame_to_dict(frame)
-        for name in ("ts", "device"):
-            del data[name]
-        env = data.pop("env", None) or {}
-        data.update({f"env.{name}": value for name, value in env.items()})
-        if frame.env is not None and not env:
-            data["env"] = True  # an Env with every field None still round-trips
-        if data.get("seq") == 0:
-            del data["seq"]
-        for name, value in data.items():
-            column = "q" if name == "seq" else name
-            columns.setdefault(column, [None] * count)[index] = value
+    columns: dict[str, list[Any]] = {"t": [frame.ts - start for frame in frames]}
+    seqs = [frame.seq for frame in frames]
+    if any(seqs):
+        columns["q"] = seqs
+    for name in _READINGS:
+        values = [getattr(frame, name) for frame in frames]
+        if any(value is not None for value in values):
+            columns[name] = values
+    envs = [frame.env for frame in frames]
+    if any(env is not None for env in envs):
+        columns["env"] = [None if env is None else 1 for env in envs]
+        for name in _ENV_READINGS:
+            values = [None if env is None else getattr(env, name) for env in envs]
+            if any(value is not None for value in values):
+                columns[f"env.{name}"] = values
     packed = {name: _pack_column(values) for name, values in columns.items()}
     return zlib.compress(orjson.dumps({"v": _FORMAT, "c": packed}), _ZLIB_LEVEL)
 
@@ -201,28 +210,32 @@ def decode(device: str, start_ms: int, payload: bytes) -> list[Frame]:
         if document["v"] != _FORMAT:
             raise ValueError(f"unknown frame bucket format {document['v']!r}")
         columns = {name: _unpack_column(packed) for name, packed in document["c"].items()}
-        offsets = columns["t"]
+        offsets = columns.pop("t")
+        seqs = columns.pop("q", None)
+        has_env = columns.pop("env", None)
+        env_columns = [
+            (name.removeprefix("env."), columns.pop(name))
+            for name in list(columns)
+            if name.startswith("env.")
+        ]
+        readings = list(columns.items())
+        frames = []
+        for index, offset in enumerate(offsets):
+            env = None
+            if has_env is not None and has_env[index] is not None:
+                env = Env(**{n: c[index] for n, c in env_columns if c[index] is not None})
+            fields = {name: column[index] for name, column in readings if column[index] is not None}
+            frames.append(
+                Frame(
+                    ts=start_ms + offset,
+                    device=device,
+                    seq=0 if seqs is None else seqs[index],
+                    env=env,
+                    **fields,
+                )
+            )
     except (zlib.error, orjson.JSONDecodeError, KeyError, TypeError, IndexError) as error:
         raise ValueError(f"not a frame bucket: {error}") from error
-    frames = []
-    for index, offset in enumerate(offsets):
-        data: dict[str, Any] = {"ts": start_ms + offset, "device": device}
-        env: dict[str, Any] = {}
-        for column, values in columns.items():
-            value = values[index]
-            if column == "t" or value is None:
-                continue
-            if column == "q":
-                data["seq"] = value
-            elif column == "env":
-                data.setdefault("env", {})
-            elif column.startswith("env."):
-                env[column.removeprefix("env.")] = value
-            else:
-                data[column] = value
-        if env:
-            data["env"] = env
-        frames.append(codec.frame_from_dict(data))
     return frames
 
 
@@ -232,25 +245,28 @@ one or two; a column with more is kept as it is)."""
 
 
 def _pack_column(values: list[Any]) -> list[Any] | dict[str, Any]:
-    """A column as ``{"s": decimals, "d": deltas}`` when every value is a number that
-    survives scaling by ``10**decimals`` exactly, else as it is.
+    """A column as ``{"s": decimals, "d": deltas}`` when its values are all integers, or all
+    finite floats that survive scaling by ``10**decimals`` exactly; else as it is.
 
     Deltas of slowly changing readings are small integers that zlib packs a third tighter
-    than the readings themselves. ``s`` 0 means integers; floats get at least one decimal so
-    that they come back as floats.
+    than the readings themselves. ``s`` 0 means integers; a float column gets at least one
+    decimal, so its values come back as floats.
     """
-    if not values or any(
-        v is None or isinstance(v, bool | str) or not math.isfinite(v) for v in values
-    ):
+    kinds = set(map(type, values))
+    if kinds == {int}:
+        scaled: list[int] = values
+        decimals = 0
+    elif kinds == {float} and all(map(math.isfinite, values)):
+        for decimals in range(1, _MAX_DECIMALS + 1):
+            scale = 10**decimals
+            scaled = [round(value * scale) for value in values]
+            if all(map(operator.eq, map(operator.truediv, scaled, repeat(scale)), values)):
+                break
+        else:
+            return values
+    else:
         return values
-    integers = all(isinstance(v, int) for v in values)
-    for decimals in range(0 if integers else 1, _MAX_DECIMALS + 1):
-        scale = 10**decimals
-        scaled = [round(v * scale) for v in values]
-        if integers or all(n / scale == v for n, v in zip(scaled, values, strict=True)):
-            deltas = [scaled[0]] + [b - a for a, b in itertools.pairwise(scaled)]
-            return {"s": decimals, "d": deltas}
-    return values
+    return {"s": decimals, "d": [scaled[0], *map(operator.sub, scaled[1:], scaled)]}
 
 
 def _unpack_column(packed: list[Any] | dict[str, Any]) -> list[Any]:
@@ -258,11 +274,11 @@ def _unpack_column(packed: list[Any] | dict[str, Any]) -> list[Any]:
     if isinstance(packed, list):
         return packed
     decimals, deltas = int(packed["s"]), packed["d"]
-    total, values = 0, []
-    for delta in deltas:
-        total += int(delta)
-        values.append(total if decimals == 0 else total / 10**decimals)
-    return values
+    totals = list(itertools.accumulate(deltas))
+    if decimals == 0:
+        return totals
+    scale = 10**decimals
+    return [total / scale for total in totals]
 
 
 def group(rows: Iterable[tuple[int, str, Frame]]) -> dict[BucketId, list[tuple[int, Frame]]]:

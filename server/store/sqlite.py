@@ -84,6 +84,8 @@ CREATE TABLE IF NOT EXISTS usage (
     input_tokens INTEGER NOT NULL,
     output_tokens INTEGER NOT NULL,
     cost_usd REAL NOT NULL,
+    cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_read_tokens INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (user_id, day)
 );
 """
@@ -150,6 +152,7 @@ class SQLiteStore:
                 await writer.execute("PRAGMA busy_timeout=5000")
                 await writer.executescript(_SCHEMA)
                 await self._migrate_frame_rows(writer)
+                await _add_usage_cache_columns(writer)
                 reader = await aiosqlite.connect(self._path, isolation_level=None)
                 opened.push_async_callback(reader.close)
                 await reader.execute("PRAGMA busy_timeout=5000")
@@ -408,47 +411,52 @@ class SQLiteStore:
         input_tokens: int,
         output_tokens: int,
         cost_usd: float,
+        cache_write_tokens: int = 0,
+        cache_read_tokens: int = 0,
     ) -> Usage:
         """Add to the user's usage of ``day`` in one statement; return the new totals."""
         async with self._transaction() as writer:
             async with writer.execute(
-                "INSERT INTO usage (user_id, day, calls, input_tokens, output_tokens, cost_usd)"
-                " VALUES (?, ?, ?, ?, ?, ?)"
+                f"INSERT INTO usage ({_USAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (user_id, day) DO UPDATE SET"
                 " calls = calls + excluded.calls,"
                 " input_tokens = input_tokens + excluded.input_tokens,"
                 " output_tokens = output_tokens + excluded.output_tokens,"
-                " cost_usd = cost_usd + excluded.cost_usd"
-                " RETURNING calls, input_tokens, output_tokens, cost_usd",
-                (user_id, day, calls, input_tokens, output_tokens, cost_usd),
+                " cost_usd = cost_usd + excluded.cost_usd,"
+                " cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,"
+                " cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens"
+                f" RETURNING {_USAGE_COLUMNS}",
+                (
+                    user_id,
+                    day,
+                    calls,
+                    input_tokens,
+                    output_tokens,
+                    cost_usd,
+                    cache_write_tokens,
+                    cache_read_tokens,
+                ),
             ) as cursor:
                 row = await cursor.fetchone()
         if row is None:  # RETURNING always yields the row; this guards against a bad SQLite
             raise StoreError(f"usage of {user_id!r} on {day} was not returned")
-        return Usage(user_id, day, int(row[0]), int(row[1]), int(row[2]), float(row[3]))
+        return _usage_of(row)
 
     async def get_usage(self, user_id: str, day: str) -> Usage:
         """The user's usage on ``day``, zeros when there is none."""
         rows = await self._read(
-            "SELECT calls, input_tokens, output_tokens, cost_usd FROM usage"
-            " WHERE user_id = ? AND day = ?",
-            (user_id, day),
+            f"SELECT {_USAGE_COLUMNS} FROM usage WHERE user_id = ? AND day = ?", (user_id, day)
         )
-        if not rows:
-            return Usage(user_id, day)
-        calls, input_tokens, output_tokens, cost = rows[0]
-        return Usage(user_id, day, calls, input_tokens, output_tokens, float(cost))
+        return _usage_of(rows[0]) if rows else Usage(user_id, day)
 
     async def export_user(self, user_id: str, *, now_ms: int) -> dict[str, Any]:
         """Everything stored about the user (unexpired frames), as JSON-ready data."""
         state = await self.get_state(user_id)
         frames = await self._frames_of(user_id, 0, _END_OF_TIME, now_ms=now_ms)
         usage_rows = await self._read(
-            "SELECT day, calls, input_tokens, output_tokens, cost_usd FROM usage"
-            " WHERE user_id = ? ORDER BY day",
-            (user_id,),
+            f"SELECT {_USAGE_COLUMNS} FROM usage WHERE user_id = ? ORDER BY day", (user_id,)
         )
-        usage = [Usage(user_id, day, c, i, o, float(cost)) for day, c, i, o, cost in usage_rows]
+        usage = [_usage_of(row) for row in usage_rows]
         return codec.export_document(user_id, state, frames, usage)
 
     async def delete_user(self, user_id: str) -> int:
@@ -464,6 +472,34 @@ class SQLiteStore:
                 cursor = await writer.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))
                 deleted += cursor.rowcount
         return deleted
+
+
+_USAGE_COLUMNS = (
+    "user_id, day, calls, input_tokens, output_tokens, cost_usd,"
+    " cache_write_tokens, cache_read_tokens"
+)
+
+
+def _usage_of(row: sqlite3.Row) -> Usage:
+    user_id, day, calls, input_tokens, output_tokens, cost, cache_write, cache_read = row
+    return Usage(
+        str(user_id),
+        str(day),
+        int(calls),
+        int(input_tokens),
+        int(output_tokens),
+        float(cost),
+        int(cache_write),
+        int(cache_read),
+    )
+
+
+async def _add_usage_cache_columns(writer: aiosqlite.Connection) -> None:
+    """Add the prompt-cache columns to a ``usage`` table made by an older version."""
+    columns = {row[1] for row in await writer.execute_fetchall("PRAGMA table_info(usage)")}
+    for name in ("cache_write_tokens", "cache_read_tokens"):
+        if name not in columns:
+            await writer.execute(f"ALTER TABLE usage ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0")
 
 
 def _state_to_row(state: UserState) -> tuple[Any, ...]:
