@@ -10,9 +10,10 @@ asked only when something happened since it was last asked:
   costs nothing);
 - **state_change**: the rules' candidate state differs from the one they saw when the LLM
   was last asked: a candidate change of state;
-- **new_situation**: same candidate state, but the situation moved: another energy band,
-  another activity (still, walking, running), another place (altitude band, temperature
-  band, weather, moving or not);
+- **new_situation**: same candidate state, but the situation moved: another energy band or
+  another place (altitude band of 1,000 m, temperature band of 10 °C, weather, moving or
+  not), and the last call is at least :attr:`TriggerCaps.situation_after_ms` old (entering
+  a new place often comes with a change of state a few minutes later: one call, not two);
 - **refresh**: nothing moved for :attr:`TriggerCaps.refresh_after_ms` (the reasoning and
   advice would otherwise stay hours old).
 
@@ -69,11 +70,14 @@ class TriggerCaps:
 
     per_hour: int = 4
     per_day: int = 24
+    situation_after_ms: int = HOUR_MS
     refresh_after_ms: int = 4 * HOUR_MS
 
     def __post_init__(self) -> None:
-        if self.per_hour < 0 or self.per_day < 0 or self.refresh_after_ms <= 0:
-            raise ValueError(f"caps must be >= 0 and the refresh interval > 0, got {self}")
+        if min(self.per_hour, self.per_day, self.situation_after_ms) < 0:
+            raise ValueError(f"caps and intervals must be >= 0, got {self}")
+        if self.refresh_after_ms <= 0:
+            raise ValueError(f"the refresh interval must be positive, got {self}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,21 +86,20 @@ class Situation:
 
     state: State
     energy: EnergyBand
-    activity: str
     place: tuple[int | None, int | None, str | None, bool]
 
     @classmethod
     def of(cls, features: Features, candidate: Assessment) -> Situation:
-        """The situation of a window, from its features and the rules' assessment."""
-        steps = features.steps_per_min or 0.0
-        activity = "running" if steps >= 130 else "walking" if steps >= 40 else "still"
-        altitude = None if features.altitude_m is None else int(features.altitude_m // 500)
+        """The situation of a window, from its features and the rules' assessment.
+
+        Activity (still, walking, running) is not part of it: the state says it already.
+        """
+        altitude = None if features.altitude_m is None else int(features.altitude_m // 1000)
         temp = None if features.temp_c is None else int(features.temp_c // 10)
         moving = (features.speed_mps or 0.0) >= 2.0
         return cls(
             state=candidate.state,
             energy=candidate.band,
-            activity=activity,
             place=(altitude, temp, features.weather, moving),
         )
 
@@ -166,12 +169,14 @@ def should_trigger(
         reason = TriggerReason.FIRST
     elif situation.state != memory.situation.state:
         reason = TriggerReason.STATE_CHANGE
-    elif situation != memory.situation:
-        reason = TriggerReason.NEW_SITUATION
-    elif memory.last_ms is None or now_ms - memory.last_ms >= caps.refresh_after_ms:
-        reason = TriggerReason.REFRESH
     else:
-        return Verdict(False, TriggerReason.SAME, situation)
+        since = None if memory.last_ms is None else now_ms - memory.last_ms
+        if situation != memory.situation and (since is None or since >= caps.situation_after_ms):
+            reason = TriggerReason.NEW_SITUATION
+        elif since is None or since >= caps.refresh_after_ms:
+            reason = TriggerReason.REFRESH
+        else:
+            return Verdict(False, TriggerReason.SAME, situation)
     if sum(1 for t in memory.calls_ms if t > now_ms - DAY_MS) >= caps.per_day:
         return Verdict(False, TriggerReason.DAILY_CAP, situation)
     if sum(1 for t in memory.calls_ms if t > now_ms - HOUR_MS) >= caps.per_hour:

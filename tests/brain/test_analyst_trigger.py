@@ -107,16 +107,17 @@ def test_a_candidate_change_of_state_is_asked() -> None:
     assert (verdict.ask, verdict.reason) == (True, TriggerReason.STATE_CHANGE)
 
 
-def test_a_new_situation_in_the_same_state_is_asked() -> None:
+def test_a_new_situation_in_the_same_state_is_asked_once_the_last_call_is_an_hour_old() -> None:
     calm = window("calm")
     memory = asked_about(calm)
     assert memory.situation is not None
     # Same candidate state, but the last call saw the user at another altitude band.
     moved = replace(memory, situation=replace(memory.situation, place=(7, 0, "snow", False)))
-    later = window("calm", NOW + 5 * MIN, previous=candidate(calm).state)
+    soon = window("calm", NOW + 59 * MIN, previous=candidate(calm).state)
+    later = window("calm", NOW + 60 * MIN, previous=candidate(calm).state)
 
+    assert verdict_of(soon, moved).reason is TriggerReason.SAME
     verdict = verdict_of(later, moved)
-
     assert (verdict.ask, verdict.reason) == (True, TriggerReason.NEW_SITUATION)
 
 
