@@ -35,25 +35,14 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from brain.model import TIME_ORDER, Frame
+from brain.model import Frame
 from server.errors import StoreError, VersionConflict
 from server.store import codec
 from server.store import frame_buckets as buckets
+from server.store import sqlite_frames as frames
 from server.store.base import AvatarCacheEntry, FrameRow, Usage, UserState
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS frame_buckets (
-    user_id TEXT NOT NULL,
-    start_ms INTEGER NOT NULL,
-    device TEXT NOT NULL,
-    part INTEGER NOT NULL,
-    count INTEGER NOT NULL,
-    first_ts INTEGER NOT NULL,
-    last_ts INTEGER NOT NULL,
-    payload BLOB NOT NULL,
-    expires_at INTEGER NOT NULL,
-    PRIMARY KEY (user_id, start_ms, device, part)
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS user_state (
     user_id TEXT PRIMARY KEY,
     version INTEGER NOT NULL,
@@ -150,8 +139,8 @@ class SQLiteStore:
                 await writer.execute("PRAGMA journal_mode=WAL")
                 await writer.execute("PRAGMA synchronous=FULL")
                 await writer.execute("PRAGMA busy_timeout=5000")
-                await writer.executescript(_SCHEMA)
-                await self._migrate_frame_rows(writer)
+                await writer.executescript(frames.SCHEMA + _SCHEMA)
+                await frames.migrate_frame_rows(writer, self._retention_days)
                 await _add_usage_cache_columns(writer)
                 reader = await aiosqlite.connect(self._path, isolation_level=None)
                 opened.push_async_callback(reader.close)
@@ -216,52 +205,8 @@ class SQLiteStore:
         grouped = buckets.group((i, user_id, frame) for i, (user_id, frame) in enumerate(rows))
         async with self._transaction() as writer:
             for bucket, indexed in grouped.items():
-                await self._add_to_bucket(writer, bucket, [frame for _, frame in indexed])
-
-    async def _add_to_bucket(
-        self, writer: aiosqlite.Connection, bucket: buckets.BucketId, new: list[Frame]
-    ) -> None:
-        where = "WHERE user_id = ? AND start_ms = ? AND device = ?"
-        key = (bucket.user_id, bucket.start_ms, bucket.device)
-        parts = [
-            buckets.PartInfo(*row)
-            for row in await writer.execute_fetchall(
-                f"SELECT part, count, first_ts, last_ts FROM frame_buckets {where}", key
-            )
-        ]
-        loaded = {}
-        for number in buckets.parts_to_read(parts, new):
-            found = await writer.execute_fetchall(
-                f"SELECT payload FROM frame_buckets {where} AND part = ?", (*key, number)
-            )
-            loaded[number] = buckets.decode(bucket.device, bucket.start_ms, next(iter(found))[0])
-        for number, frames in buckets.place(parts, loaded, new).items():
-            info = buckets.PartInfo.of(number, frames)
-            await writer.execute(
-                "INSERT OR REPLACE INTO frame_buckets (user_id, start_ms, device, part, count,"
-                " first_ts, last_ts, payload, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    *key,
-                    number,
-                    info.count,
-                    info.first_ts,
-                    info.last_ts,
-                    buckets.encode(bucket, frames),
-                    buckets.expires_at(frames, self._retention_days),
-                ),
-            )
-
-    async def _frames_of(
-        self, user_id: str, start_ms: int, end_ms: int, *, now_ms: int
-    ) -> list[Frame]:
-        rows = await self._read(
-            "SELECT device, start_ms, payload FROM frame_buckets"
-            " WHERE user_id = ? AND start_ms >= ? AND start_ms < ? AND expires_at >= ?",
-            (user_id, buckets.bucket_start(start_ms), end_ms, now_ms // 1000),
-        )
-        frames = [frame for row in rows for frame in buckets.decode(row[0], row[1], row[2])]
-        found = buckets.between(frames, start_ms, end_ms, now_ms, self._retention_days)
-        return sorted(found, key=TIME_ORDER)
+                new = [frame for _, frame in indexed]
+                await frames.add_to_bucket(writer, bucket, new, self._retention_days)
 
     async def frames_between(
         self, user_id: str, start_ms: int, end_ms: int, *, now_ms: int
@@ -269,39 +214,18 @@ class SQLiteStore:
         """The user's unexpired frames with ``start_ms <= ts < end_ms``, oldest first."""
         if end_ms <= start_ms:
             return []
-        return await self._frames_of(user_id, start_ms, end_ms, now_ms=now_ms)
+        rows = await self._read(*frames.range_query(user_id, start_ms, end_ms, now_ms))
+        return frames.frames_of_rows(rows, start_ms, end_ms, now_ms, self._retention_days)
 
     async def purge_expired(self, now_ms: int) -> int:
-        """Delete buckets whose every frame's retention ended before ``now_ms``; return how
-        many frames they held (a bucket goes at most a minute after its oldest frame)."""
+        """Delete bucket parts whose every frame's retention ended before ``now_ms``; return
+        how many frames they held (a part goes at most a minute after its oldest frame)."""
         async with self._transaction() as writer:
             cursor = await writer.execute(
                 "DELETE FROM frame_buckets WHERE expires_at < ? RETURNING count",
                 (now_ms // 1000,),
             )
             return sum(int(row[0]) for row in await cursor.fetchall())
-
-    async def _migrate_frame_rows(self, writer: aiosqlite.Connection) -> None:
-        """Pack the rows of the one-row-per-frame ``frames`` table of older versions into
-        buckets, then drop it (once, in one transaction, at open)."""
-        listed = await writer.execute_fetchall(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'frames'"
-        )
-        if not list(listed):
-            return
-        await writer.execute("BEGIN IMMEDIATE")
-        try:
-            rows = await writer.execute_fetchall("SELECT user_id, payload FROM frames")
-            grouped = buckets.group(
-                (i, str(row[0]), codec.decode_frame(row[1])) for i, row in enumerate(rows)
-            )
-            for bucket, indexed in grouped.items():
-                await self._add_to_bucket(writer, bucket, [frame for _, frame in indexed])
-            await writer.execute("DROP TABLE frames")
-        except BaseException:
-            await writer.rollback()
-            raise
-        await writer.commit()
 
     async def get_state(self, user_id: str) -> UserState | None:
         """The user's state, or ``None`` when none was ever written."""
@@ -452,12 +376,12 @@ class SQLiteStore:
     async def export_user(self, user_id: str, *, now_ms: int) -> dict[str, Any]:
         """Everything stored about the user (unexpired frames), as JSON-ready data."""
         state = await self.get_state(user_id)
-        frames = await self._frames_of(user_id, 0, _END_OF_TIME, now_ms=now_ms)
+        found = await self.frames_between(user_id, 0, _END_OF_TIME, now_ms=now_ms)
         usage_rows = await self._read(
             f"SELECT {_USAGE_COLUMNS} FROM usage WHERE user_id = ? ORDER BY day", (user_id,)
         )
         usage = [_usage_of(row) for row in usage_rows]
-        return codec.export_document(user_id, state, frames, usage)
+        return codec.export_document(user_id, state, found, usage)
 
     async def delete_user(self, user_id: str) -> int:
         """Delete the user's frames, state and usage in one transaction; return the count
