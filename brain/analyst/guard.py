@@ -3,6 +3,9 @@
 :class:`GuardedAnalyst` asks a :class:`~brain.analyst.base.MeteredAnalyst` (Claude) and falls
 back to the rules on any failure. In order, for each request:
 
+0. with a :class:`~brain.analyst.trigger.TriggerGate`, whether the window is worth a call at
+   all (:func:`~brain.analyst.trigger.should_trigger`); when it is not, the LLM's last answer
+   stands while the rules see the same situation, and the rules answer otherwise;
 1. the answer cache (:mod:`brain.analyst.cache`): a fresh answer for alike features and the
    same persona is reused without a call;
 2. the circuit breaker (:mod:`brain.analyst.circuit`): while open, no call goes out;
@@ -12,7 +15,8 @@ back to the rules on any failure. In order, for each request:
    :class:`~brain.backoff.Backoff`: full jitter, 3 attempts by default) when the failure
    may pass (timeouts, 429, 5xx, 529). An invalid answer is not retried: the same input
    would likely get the same answer, at full price;
-5. the usage of every attempt is added to the ledger, priced by :mod:`brain.analyst.pricing`.
+5. the usage of every attempt is added to the ledger, priced by :mod:`brain.analyst.pricing`
+   (prompt-cache writes and reads apart).
 
 :meth:`GuardedAnalyst.decide` says which fallback reason applied; :attr:`GuardedAnalyst.stats`
 counts calls, tokens, cost, cache hits and fallbacks by reason, and an optional
@@ -45,6 +49,7 @@ from brain.analyst.circuit import CircuitBreaker, CircuitState
 from brain.analyst.errors import AnalystTimeout, AnalystUnavailable, AnswerInvalid
 from brain.analyst.pricing import PRICES, Price, price_of
 from brain.analyst.rules import RulesAnalyst
+from brain.analyst.trigger import Situation, TriggerGate, TriggerReason, Verdict
 from brain.backoff import Backoff
 from brain.model import Assessment
 
@@ -63,6 +68,8 @@ class FallbackReason(StrEnum):
     CIRCUIT_OPEN = "circuit_open"
     BUDGET = "budget"
     LEDGER = "ledger"
+    UNTRIGGERED = "untriggered"
+    """The window was not worth a call (:mod:`brain.analyst.trigger`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +100,8 @@ class GuardStats:
     retries: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
     cost_usd: float = 0.0
     cache_hits: int = 0
     cache_misses: int = 0
@@ -136,6 +145,8 @@ class _Attempts:
     calls: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
     cost_usd: float = 0.0
 
 
@@ -161,6 +172,7 @@ class GuardedAnalyst:
         budget: DailyBudget = DailyBudget(),  # frozen, so one default for all is safe
         prices: Mapping[str, Price] = PRICES,
         observer: GuardObserver | None = None,
+        gate: TriggerGate | None = None,
     ) -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
@@ -173,6 +185,7 @@ class GuardedAnalyst:
         self.prices = prices
         self.breaker = breaker if breaker is not None else CircuitBreaker(clock=clock)
         self.cache = cache if cache is not None else ResponseCache(clock=clock)
+        self.gate = gate
         self.stats = GuardStats()
         self._clock = clock
         self._observer = observer
@@ -183,11 +196,21 @@ class GuardedAnalyst:
         return (await self.decide(request)).assessment
 
     async def decide(self, request: AnalysisRequest) -> Decision:
-        """Assess ``request`` through cache, circuit, budget and retries; say how it went."""
+        """Assess ``request`` through gate, cache, circuit, budget and retries; say how it went."""
+        situation = None
+        if self.gate is not None:
+            candidate = await self.fallback.assess(request)
+            trigger = self.gate.check(
+                request.user_id, request.features, request.previous, candidate, request.now_ms
+            )
+            if not trigger.ask:
+                return self._untriggered(request, trigger, candidate)
+            situation = trigger.situation
         key = cache_key(request, self.primary.model)
         cached = self.cache.get(key)
         self._count_cache(hit=cached is not None)
         if cached is not None:
+            self._asked(request, situation, cached)
             return Decision(cached, cached=True)
         if not self.breaker.allow():
             self._watch_circuit()
@@ -209,6 +232,9 @@ class GuardedAnalyst:
                 self.breaker.cancel()  # a probe that never ran says nothing about the LLM
             self._watch_circuit()
         await self._record_usage(request, attempts)
+        self._asked(
+            request, situation, None if attempts.answer is None else attempts.answer.assessment
+        )
         if attempts.answer is None:
             return await self._fall_back(request, attempts.reason)
         self.stats.answers += 1
@@ -238,7 +264,14 @@ class GuardedAnalyst:
             except AnswerInvalid as exc:
                 log.warning("LLM answer for %s is invalid: %s", request.user_id, exc)
                 model = exc.model or self.primary.model
-                self._bill(result, model, exc.input_tokens, exc.output_tokens)
+                self._bill(
+                    result,
+                    model,
+                    exc.input_tokens,
+                    exc.output_tokens,
+                    exc.cache_write_tokens,
+                    exc.cache_read_tokens,
+                )
                 self._observe_call(FallbackReason.INVALID, started)
                 result.reason = FallbackReason.INVALID
                 return result
@@ -246,7 +279,14 @@ class GuardedAnalyst:
                 log.exception("LLM analyst raised unexpectedly for %s", request.user_id)
                 result.reason, retryable = FallbackReason.ERROR, False
             else:
-                self._bill(result, answer.model, answer.input_tokens, answer.output_tokens)
+                self._bill(
+                    result,
+                    answer.model,
+                    answer.input_tokens,
+                    answer.output_tokens,
+                    answer.cache_write_tokens,
+                    answer.cache_read_tokens,
+                )
                 self._observe_call(None, started)
                 result.answer = answer
                 return result
@@ -265,13 +305,30 @@ class GuardedAnalyst:
             return FallbackReason.LEDGER
         return FallbackReason.BUDGET if self.budget.spent(usage) else None
 
-    def _bill(self, result: _Attempts, model: str, input_tokens: int, output_tokens: int) -> None:
-        cost = price_of(model, self.prices).cost(input_tokens, output_tokens)
+    def _bill(
+        self,
+        result: _Attempts,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        cache_write_tokens: int = 0,
+        cache_read_tokens: int = 0,
+    ) -> None:
+        cost = price_of(model, self.prices).cost(
+            input_tokens,
+            output_tokens,
+            cache_write_tokens=cache_write_tokens,
+            cache_read_tokens=cache_read_tokens,
+        )
         result.input_tokens += input_tokens
         result.output_tokens += output_tokens
+        result.cache_write_tokens += cache_write_tokens
+        result.cache_read_tokens += cache_read_tokens
         result.cost_usd += cost
         self.stats.input_tokens += input_tokens
         self.stats.output_tokens += output_tokens
+        self.stats.cache_write_tokens += cache_write_tokens
+        self.stats.cache_read_tokens += cache_read_tokens
         self.stats.cost_usd += cost
         if self._observer is not None:
             self._observer.on_usage(
@@ -289,9 +346,31 @@ class GuardedAnalyst:
                 input_tokens=result.input_tokens,
                 output_tokens=result.output_tokens,
                 cost_usd=result.cost_usd,
+                cache_write_tokens=result.cache_write_tokens,
+                cache_read_tokens=result.cache_read_tokens,
             )
         except Exception:  # the answer is still good; the next budget check may be lenient
             log.exception("cannot record the LLM usage of %s", request.user_id)
+
+    def _untriggered(
+        self, request: AnalysisRequest, verdict: Verdict, candidate: Assessment
+    ) -> Decision:
+        """The answer to a window not worth a call: the LLM's last answer while the rules
+        see the situation it answered, else the rules' own (a capped change goes through)."""
+        assert self.gate is not None
+        self.stats.fallbacks[FallbackReason.UNTRIGGERED] += 1
+        if self._observer is not None:
+            self._observer.on_fallback(FallbackReason.UNTRIGGERED)
+        last = self.gate.memory(request.user_id).answer
+        if verdict.reason is TriggerReason.SAME and last is not None:
+            return Decision(last, fallback=FallbackReason.UNTRIGGERED)
+        return Decision(candidate, fallback=FallbackReason.UNTRIGGERED)
+
+    def _asked(
+        self, request: AnalysisRequest, situation: Situation | None, answer: Assessment | None
+    ) -> None:
+        if self.gate is not None and situation is not None:
+            self.gate.asked(request.user_id, situation, request.now_ms, answer)
 
     async def _fall_back(self, request: AnalysisRequest, reason: FallbackReason) -> Decision:
         self.stats.fallbacks[reason] += 1

@@ -118,7 +118,11 @@ class DeadLetter:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """LLM use of one user on one UTC day (``day`` is ``YYYY-MM-DD``)."""
+    """LLM use of one user on one UTC day (``day`` is ``YYYY-MM-DD``).
+
+    ``input_tokens`` are the uncached input tokens; prompt-cache writes and reads are
+    counted apart (they are billed at 1.25 and 0.1 times the input price).
+    """
 
     user_id: str
     day: str
@@ -126,6 +130,8 @@ class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
 
 
 class Store(Protocol):
@@ -216,6 +222,8 @@ class Store(Protocol):
         input_tokens: int,
         output_tokens: int,
         cost_usd: float,
+        cache_write_tokens: int = 0,
+        cache_read_tokens: int = 0,
     ) -> Usage:
         """Atomically add to a user's day of LLM use and return the new totals."""
 

@@ -6,9 +6,10 @@ are switched off, so there is one bound, not two multiplied); see
 :mod:`server.store.dynamodb_requests` for what is retried and why.
 
 Reads that a write decides on (state, usage budget) and reads of frames just acked are
-strongly consistent. Frame writes are ``BatchWriteItem`` puts: a resent frame overwrites its
-item with the same content, so a resend is idempotent. Expired frames stay in the table until
-DynamoDB's TTL removes them (up to a few days later); reads filter them out.
+strongly consistent. Frames are packed one item per (user, device, minute) and merged by
+conditional writes (:mod:`server.store.dynamodb_frames`): a resent frame is found in its
+bucket and never stored twice. Expired frames stay in the table until DynamoDB's TTL removes
+them (up to a few days later); reads filter them out.
 
 A ``put_state`` retried after a lost answer may report :class:`~server.errors.VersionConflict`
 although the first try landed; the caller re-reads, finds its own state, and moves on.
@@ -26,19 +27,17 @@ from botocore.exceptions import ClientError
 
 from brain.backoff import Backoff
 from brain.model import Frame
-from server.errors import FramesNotDurable, StoreError, VersionConflict
+from server.errors import StoreError, VersionConflict
 from server.store import codec, schema
 from server.store import dynamodb_items as items
 from server.store.base import AvatarCacheEntry, FrameRow, Usage, UserState
+from server.store.dynamodb_frames import DynamoDBFrames
 from server.store.dynamodb_requests import BatchTable, call, items_of_pages, write_batch
 from server.store.dynamodb_sagas import DynamoDBSagas
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb.client import DynamoDBClient
     from types_aiobotocore_dynamodb.type_defs import WriteRequestTypeDef
-
-_MAX_TS = 10**13 - 1
-"""The largest ts a 13-digit sort key holds (the year 2286)."""
 
 
 class DynamoDBStore(DynamoDBSagas):
@@ -67,7 +66,14 @@ class DynamoDBStore(DynamoDBSagas):
         self._retry = retry or Backoff()
         self._stack: AsyncExitStack | None = None
         self._client: DynamoDBClient | None = None
-        self._frames = BatchTable(schema.FRAMES.name(table_prefix), "user_id", "sk")
+        self._frame_table = BatchTable(schema.FRAMES.name(table_prefix), "user_id", "sk")
+        self._frames = DynamoDBFrames(
+            lambda: self.client,
+            self._frame_table.name,
+            retention_days=frame_retention_days,
+            retry=self._retry,
+            query=self._query,
+        )
         self._usage = BatchTable(schema.USAGE.name(table_prefix), "user_id", "day")
         self._state_table = schema.USER_STATE.name(table_prefix)
         self._avatar_table = schema.AVATAR_CACHE.name(table_prefix)
@@ -131,52 +137,18 @@ class DynamoDBStore(DynamoDBSagas):
         )
 
     async def put_frames(self, rows: Sequence[FrameRow]) -> None:
-        """Write the rows with BatchWriteItem, retrying unprocessed and throttled items.
+        """Merge the rows into their minute buckets (:mod:`server.store.dynamodb_frames`).
 
         Raises :class:`~server.errors.FramesNotDurable` with the indexes (into ``rows``) of
         the rows still unwritten when the retry policy is spent; the others are durable.
         """
-        indexes: dict[items.ItemKey, list[int]] = {}
-        requests: list[WriteRequestTypeDef] = []
-        for index, (user_id, frame) in enumerate(rows):
-            key = (user_id, frame.key)
-            if key in indexes:
-                # BatchWriteItem refuses a key twice in one request; one write serves both.
-                indexes[key].append(index)
-                continue
-            indexes[key] = [index]
-            item = items.frame_item(user_id, frame, self._retention_days)
-            requests.append({"PutRequest": {"Item": item}})
-        if not requests:
-            return
-        failed = await write_batch(self.client, self._frames, requests, self._retry)
-        if failed:
-            failed_indexes = frozenset(index for key in failed for index in indexes[key])
-            raise FramesNotDurable(failed_indexes, next(iter(failed.values())))
+        await self._frames.put(rows)
 
     async def frames_between(
         self, user_id: str, start_ms: int, end_ms: int, *, now_ms: int
     ) -> list[Frame]:
         """The user's unexpired frames with ``start_ms <= ts < end_ms``, oldest first."""
-        start_ms, end_ms = max(start_ms, 0), min(end_ms, _MAX_TS + 1)
-        if end_ms <= start_ms:
-            return []
-        # Keys are "ts#device#seq" with a 13-digit ts: "#" sorts before "$", so the range
-        # below holds every key of start_ms .. end_ms - 1 and none of end_ms.
-        found = self._query(
-            TableName=self._frames.name,
-            KeyConditionExpression="#pk = :user AND #sk BETWEEN :low AND :high",
-            FilterExpression="#expires >= :now",
-            ExpressionAttributeNames={"#pk": "user_id", "#sk": "sk", "#expires": "expires_at"},
-            ExpressionAttributeValues={
-                ":user": {"S": user_id},
-                ":low": {"S": f"{start_ms:013d}#"},
-                ":high": {"S": f"{end_ms - 1:013d}$"},
-                ":now": {"N": str(now_ms // 1000)},
-            },
-            ConsistentRead=True,
-        )
-        return [items.frame_of(item) async for item in found]
+        return await self._frames.between(user_id, start_ms, end_ms, now_ms=now_ms)
 
     async def get_state(self, user_id: str) -> UserState | None:
         """The user's state (strongly consistent read), or ``None``."""
@@ -279,6 +251,8 @@ class DynamoDBStore(DynamoDBSagas):
         input_tokens: int,
         output_tokens: int,
         cost_usd: float,
+        cache_write_tokens: int = 0,
+        cache_read_tokens: int = 0,
     ) -> Usage:
         """UpdateItem ``ADD`` to the user's usage of ``day``; return the new totals.
 
@@ -290,18 +264,24 @@ class DynamoDBStore(DynamoDBSagas):
             lambda: client.update_item(
                 TableName=self._usage.name,
                 Key={"user_id": {"S": user_id}, "day": {"S": day}},
-                UpdateExpression="ADD #calls :calls, #in :in, #out :out, #cost :cost",
+                UpdateExpression=(
+                    "ADD #calls :calls, #in :in, #out :out, #cost :cost, #cw :cw, #cr :cr"
+                ),
                 ExpressionAttributeNames={
                     "#calls": "calls",
                     "#in": "input_tokens",
                     "#out": "output_tokens",
                     "#cost": "cost_usd",
+                    "#cw": "cache_write_tokens",
+                    "#cr": "cache_read_tokens",
                 },
                 ExpressionAttributeValues={
                     ":calls": {"N": str(calls)},
                     ":in": {"N": str(input_tokens)},
                     ":out": {"N": str(output_tokens)},
                     ":cost": {"N": items.cost_number(cost_usd)},
+                    ":cw": {"N": str(cache_write_tokens)},
+                    ":cr": {"N": str(cache_read_tokens)},
                 },
                 ReturnValues="ALL_NEW",
             ),
@@ -327,17 +307,7 @@ class DynamoDBStore(DynamoDBSagas):
     async def export_user(self, user_id: str, *, now_ms: int) -> dict[str, Any]:
         """Everything stored about the user (unexpired frames), as JSON-ready data."""
         state = await self.get_state(user_id)
-        frames = self._query(
-            TableName=self._frames.name,
-            KeyConditionExpression="#pk = :user",
-            FilterExpression="#expires >= :now",
-            ExpressionAttributeNames={"#pk": "user_id", "#expires": "expires_at"},
-            ExpressionAttributeValues={
-                ":user": {"S": user_id},
-                ":now": {"N": str(now_ms // 1000)},
-            },
-            ConsistentRead=True,
-        )
+        frames = await self._frames.between(user_id, 0, 10**13, now_ms=now_ms)
         usage = self._query(
             TableName=self._usage.name,
             KeyConditionExpression="#pk = :user",
@@ -348,7 +318,7 @@ class DynamoDBStore(DynamoDBSagas):
         return codec.export_document(
             user_id,
             state,
-            [items.frame_of(item) async for item in frames],
+            frames,
             [items.usage_of(user_id, item["day"]["S"], item) async for item in usage],
         )
 
@@ -359,9 +329,14 @@ class DynamoDBStore(DynamoDBSagas):
         (calling again finishes the job: deletes are idempotent).
         """
         deleted = 0
-        for table in (self._frames, self._usage, self._letters):
+        keyed = await self._frames.keys_and_counts(user_id)
+        self._frames.forget_user(user_id)
+        frame_keys = [key for key, _ in keyed]
+        await self._delete_items(self._frame_table, user_id, frame_keys)
+        deleted += sum(count for _, count in keyed)
+        for table in (self._usage, self._letters):
             assert table.sort_key is not None  # these tables have one; mypy needs to know
-            keys = self._query(
+            found_keys = self._query(
                 TableName=table.name,
                 KeyConditionExpression="#pk = :user",
                 ProjectionExpression="#pk, #sk",
@@ -369,16 +344,9 @@ class DynamoDBStore(DynamoDBSagas):
                 ExpressionAttributeValues={":user": {"S": user_id}},
                 ConsistentRead=True,
             )
-            requests: list[WriteRequestTypeDef] = [
-                {"DeleteRequest": {"Key": key}} async for key in keys
-            ]
-            failed = await write_batch(self.client, table, requests, self._retry)
-            if failed:
-                raise StoreError(
-                    f"could not delete {len(failed)} item(s) of user {user_id!r} from"
-                    f" {table.name}: {next(iter(failed.values()))}"
-                )
-            deleted += len(requests)
+            keys = [key async for key in found_keys]
+            await self._delete_items(table, user_id, keys)
+            deleted += len(keys)
         client = self.client
         response = await call(
             "DeleteItem user_state",
@@ -400,6 +368,19 @@ class DynamoDBStore(DynamoDBSagas):
         )
         found = [response, saga]
         return deleted + sum(1 for answer in found if answer.get("Attributes"))
+
+    async def _delete_items(
+        self, table: BatchTable, user_id: str, keys: list[dict[str, Any]]
+    ) -> None:
+        """Delete the items with ``keys`` from ``table``; raise :class:`StoreError` naming
+        how many could not be deleted."""
+        requests: list[WriteRequestTypeDef] = [{"DeleteRequest": {"Key": key}} for key in keys]
+        failed = await write_batch(self.client, table, requests, self._retry)
+        if failed:
+            raise StoreError(
+                f"could not delete {len(failed)} item(s) of user {user_id!r} from"
+                f" {table.name}: {next(iter(failed.values()))}"
+            )
 
     def _query(self, **request: Any) -> AsyncGenerator[dict[str, Any], None]:
         """The items of a Query, page after page."""

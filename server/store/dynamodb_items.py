@@ -1,8 +1,8 @@
 """DynamoDB items of the store's records, and the records of items.
 
 Items are the low-level client's typed attribute maps (``{"S": ...}``, ``{"N": ...}``):
-one client for the store's lifetime, no resource layer. A frame's ``payload`` is the same
-compact JSON the SQLite store keeps (:func:`server.store.codec.encode_frame`). Reading back
+one client for the store's lifetime, no resource layer (frame items are
+:mod:`server.store.dynamodb_frames`'). Reading back
 raises :class:`KeyError` or :class:`ValueError` on an item the store did not write.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from brain.model import Frame
 from server.store import codec
 from server.store.base import AvatarCacheEntry, Usage, UserState
 
@@ -22,22 +21,6 @@ if TYPE_CHECKING:
 
 ItemKey = tuple[str, str]
 """An item's key as plain strings: (partition key, sort key or "")."""
-
-
-def frame_item(user_id: str, frame: Frame, retention_days: int) -> Item:
-    """The ``frames`` item of one frame (``expires_at`` is DynamoDB's TTL attribute)."""
-    return {
-        "user_id": {"S": user_id},
-        "sk": {"S": frame.key},
-        "ts": {"N": str(frame.ts)},
-        "expires_at": {"N": str(codec.expires_at(frame, retention_days))},
-        "payload": {"S": codec.encode_frame(frame).decode()},
-    }
-
-
-def frame_of(item: dict[str, Any]) -> Frame:
-    """The frame a ``frames`` item holds."""
-    return codec.decode_frame(item["payload"]["S"])
 
 
 def key_of(item: dict[str, Any], partition: str, sort: str | None) -> ItemKey:
@@ -129,4 +112,6 @@ def usage_of(user_id: str, day: str, item: dict[str, Any]) -> Usage:
         input_tokens=int(number("input_tokens")),
         output_tokens=int(number("output_tokens")),
         cost_usd=float(number("cost_usd")),
+        cache_write_tokens=int(number("cache_write_tokens")),
+        cache_read_tokens=int(number("cache_read_tokens")),
     )

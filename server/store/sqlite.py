@@ -13,6 +13,11 @@ Concurrency: two connections. Writes go through one writer connection, serialise
 rollback can never undo another's writes. Reads use a second connection, which in WAL mode
 sees only committed data and never waits for the writer.
 
+Frames are packed, one row per (user, device, minute) in ``frame_buckets`` (more parts
+when a device sends over :data:`~server.store.frame_buckets.PART_FRAMES` frames a minute;
+see :mod:`server.store.frame_buckets`): ~10 bytes a frame instead of ~220. A file written by an
+older version (one row per frame in ``frames``) is packed when it is opened.
+
 Frames are not deleted when their retention ends (SQLite has no TTL): reads leave them out,
 and :meth:`SQLiteStore.purge_expired` deletes them when the server calls it.
 """
@@ -33,18 +38,12 @@ import orjson
 from brain.model import Frame
 from server.errors import StoreError, VersionConflict
 from server.store import codec
+from server.store import frame_buckets as buckets
+from server.store import sqlite_frames as frames
 from server.store.base import AvatarCacheEntry, FrameRow, Usage, UserState
 from server.store.sqlite_sagas import SAGA_SCHEMA, SQLiteSagas
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS frames (
-    user_id TEXT NOT NULL,
-    sk TEXT NOT NULL,
-    ts INTEGER NOT NULL,
-    payload BLOB NOT NULL,
-    expires_at INTEGER NOT NULL,
-    PRIMARY KEY (user_id, sk)
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS user_state (
     user_id TEXT PRIMARY KEY,
     version INTEGER NOT NULL,
@@ -77,9 +76,14 @@ CREATE TABLE IF NOT EXISTS usage (
     input_tokens INTEGER NOT NULL,
     output_tokens INTEGER NOT NULL,
     cost_usd REAL NOT NULL,
+    cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_read_tokens INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (user_id, day)
 );
 """
+
+_END_OF_TIME = 10**13
+"""An ``end_ms`` after every frame (13-digit epoch milliseconds reach the year 2286)."""
 
 _STATE_COLUMNS = (
     "user_id, version, state_hash, state, mood, energy, reasoning, actions, source,"
@@ -145,9 +149,11 @@ class SQLiteStore(SQLiteSagas):
                 await writer.execute("PRAGMA journal_mode=WAL")
                 await writer.execute("PRAGMA synchronous=FULL")
                 await writer.execute("PRAGMA busy_timeout=5000")
-                await writer.executescript(_SCHEMA)
+                await writer.executescript(frames.SCHEMA + _SCHEMA)
                 await writer.executescript(SAGA_SCHEMA)
+                await frames.migrate_frame_rows(writer, self._retention_days)
                 await _add_missing_columns(writer)
+                await _add_usage_cache_columns(writer)
                 reader = await aiosqlite.connect(self._path, isolation_level=None)
                 opened.push_async_callback(reader.close)
                 await reader.execute("PRAGMA busy_timeout=5000")
@@ -201,44 +207,37 @@ class SQLiteStore(SQLiteSagas):
         await self._read("SELECT 1")
 
     async def put_frames(self, rows: Sequence[FrameRow]) -> None:
-        """Write the rows in one transaction; a key that exists already keeps its frame."""
+        """Add the rows to their minute buckets in one transaction.
+
+        A frame whose key is stored already keeps the stored frame; only the parts that
+        gain frames are rewritten.
+        """
         if not rows:
             return
-        values = [
-            (
-                user_id,
-                frame.key,
-                frame.ts,
-                codec.encode_frame(frame),
-                codec.expires_at(frame, self._retention_days),
-            )
-            for user_id, frame in rows
-        ]
+        grouped = buckets.group((i, user_id, frame) for i, (user_id, frame) in enumerate(rows))
         async with self._transaction() as writer:
-            await writer.executemany(
-                "INSERT OR IGNORE INTO frames (user_id, sk, ts, payload, expires_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                values,
-            )
+            for bucket, indexed in grouped.items():
+                new = [frame for _, frame in indexed]
+                await frames.add_to_bucket(writer, bucket, new, self._retention_days)
 
     async def frames_between(
         self, user_id: str, start_ms: int, end_ms: int, *, now_ms: int
     ) -> list[Frame]:
         """The user's unexpired frames with ``start_ms <= ts < end_ms``, oldest first."""
-        rows = await self._read(
-            "SELECT payload FROM frames WHERE user_id = ? AND ts >= ? AND ts < ?"
-            " AND expires_at >= ? ORDER BY sk",
-            (user_id, start_ms, end_ms, now_ms // 1000),
-        )
-        return [codec.decode_frame(row[0]) for row in rows]
+        if end_ms <= start_ms:
+            return []
+        rows = await self._read(*frames.range_query(user_id, start_ms, end_ms, now_ms))
+        return frames.frames_of_rows(rows, start_ms, end_ms, now_ms, self._retention_days)
 
     async def purge_expired(self, now_ms: int) -> int:
-        """Delete frames whose retention ended before ``now_ms``; return how many."""
+        """Delete bucket parts whose every frame's retention ended before ``now_ms``; return
+        how many frames they held (a part goes at most a minute after its oldest frame)."""
         async with self._transaction() as writer:
             cursor = await writer.execute(
-                "DELETE FROM frames WHERE expires_at < ?", (now_ms // 1000,)
+                "DELETE FROM frame_buckets WHERE expires_at < ? RETURNING count",
+                (now_ms // 1000,),
             )
-            return cursor.rowcount
+            return sum(int(row[0]) for row in await cursor.fetchall())
 
     async def get_state(self, user_id: str) -> UserState | None:
         """The user's state, or ``None`` when none was ever written."""
@@ -348,61 +347,95 @@ class SQLiteStore(SQLiteSagas):
         input_tokens: int,
         output_tokens: int,
         cost_usd: float,
+        cache_write_tokens: int = 0,
+        cache_read_tokens: int = 0,
     ) -> Usage:
         """Add to the user's usage of ``day`` in one statement; return the new totals."""
         async with self._transaction() as writer:
             async with writer.execute(
-                "INSERT INTO usage (user_id, day, calls, input_tokens, output_tokens, cost_usd)"
-                " VALUES (?, ?, ?, ?, ?, ?)"
+                f"INSERT INTO usage ({_USAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (user_id, day) DO UPDATE SET"
                 " calls = calls + excluded.calls,"
                 " input_tokens = input_tokens + excluded.input_tokens,"
                 " output_tokens = output_tokens + excluded.output_tokens,"
-                " cost_usd = cost_usd + excluded.cost_usd"
-                " RETURNING calls, input_tokens, output_tokens, cost_usd",
-                (user_id, day, calls, input_tokens, output_tokens, cost_usd),
+                " cost_usd = cost_usd + excluded.cost_usd,"
+                " cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,"
+                " cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens"
+                f" RETURNING {_USAGE_COLUMNS}",
+                (
+                    user_id,
+                    day,
+                    calls,
+                    input_tokens,
+                    output_tokens,
+                    cost_usd,
+                    cache_write_tokens,
+                    cache_read_tokens,
+                ),
             ) as cursor:
                 row = await cursor.fetchone()
         if row is None:  # RETURNING always yields the row; this guards against a bad SQLite
             raise StoreError(f"usage of {user_id!r} on {day} was not returned")
-        return Usage(user_id, day, int(row[0]), int(row[1]), int(row[2]), float(row[3]))
+        return _usage_of(row)
 
     async def get_usage(self, user_id: str, day: str) -> Usage:
         """The user's usage on ``day``, zeros when there is none."""
         rows = await self._read(
-            "SELECT calls, input_tokens, output_tokens, cost_usd FROM usage"
-            " WHERE user_id = ? AND day = ?",
-            (user_id, day),
+            f"SELECT {_USAGE_COLUMNS} FROM usage WHERE user_id = ? AND day = ?", (user_id, day)
         )
-        if not rows:
-            return Usage(user_id, day)
-        calls, input_tokens, output_tokens, cost = rows[0]
-        return Usage(user_id, day, calls, input_tokens, output_tokens, float(cost))
+        return _usage_of(rows[0]) if rows else Usage(user_id, day)
 
     async def export_user(self, user_id: str, *, now_ms: int) -> dict[str, Any]:
         """Everything stored about the user (unexpired frames), as JSON-ready data."""
         state = await self.get_state(user_id)
-        frame_rows = await self._read(
-            "SELECT payload FROM frames WHERE user_id = ? AND expires_at >= ? ORDER BY sk",
-            (user_id, now_ms // 1000),
-        )
+        found = await self.frames_between(user_id, 0, _END_OF_TIME, now_ms=now_ms)
         usage_rows = await self._read(
-            "SELECT day, calls, input_tokens, output_tokens, cost_usd FROM usage"
-            " WHERE user_id = ? ORDER BY day",
-            (user_id,),
+            f"SELECT {_USAGE_COLUMNS} FROM usage WHERE user_id = ? ORDER BY day", (user_id,)
         )
-        frames = [codec.decode_frame(row[0]) for row in frame_rows]
-        usage = [Usage(user_id, day, c, i, o, float(cost)) for day, c, i, o, cost in usage_rows]
-        return codec.export_document(user_id, state, frames, usage)
+        usage = [_usage_of(row) for row in usage_rows]
+        return codec.export_document(user_id, state, found, usage)
 
     async def delete_user(self, user_id: str) -> int:
-        """Delete the user's frames, state and usage in one transaction; return the count."""
+        """Delete the user's frames, state and usage in one transaction; return the count
+        (frames counted one by one, not by bucket)."""
         deleted = 0
         async with self._transaction() as writer:
-            for table in ("frames", "user_state", "usage", "avatar_sagas", "avatar_dead_letters"):
+            cursor = await writer.execute(
+                "DELETE FROM frame_buckets WHERE user_id = ? RETURNING count", (user_id,)
+            )
+            deleted += sum(int(row[0]) for row in await cursor.fetchall())
+            for table in ("user_state", "usage", "avatar_sagas", "avatar_dead_letters"):
                 cursor = await writer.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))
                 deleted += cursor.rowcount
         return deleted
+
+
+_USAGE_COLUMNS = (
+    "user_id, day, calls, input_tokens, output_tokens, cost_usd,"
+    " cache_write_tokens, cache_read_tokens"
+)
+
+
+def _usage_of(row: sqlite3.Row) -> Usage:
+    user_id, day, calls, input_tokens, output_tokens, cost, cache_write, cache_read = row
+    return Usage(
+        str(user_id),
+        str(day),
+        int(calls),
+        int(input_tokens),
+        int(output_tokens),
+        float(cost),
+        int(cache_write),
+        int(cache_read),
+    )
+
+
+async def _add_usage_cache_columns(writer: aiosqlite.Connection) -> None:
+    """Add the prompt-cache columns to a ``usage`` table made by an older version."""
+    columns = {row[1] for row in await writer.execute_fetchall("PRAGMA table_info(usage)")}
+    for name in ("cache_write_tokens", "cache_read_tokens"):
+        if name not in columns:
+            await writer.execute(f"ALTER TABLE usage ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0")
 
 
 def _state_to_row(state: UserState) -> tuple[Any, ...]:

@@ -83,6 +83,8 @@ class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
 
 
 class MemoryLedger:
@@ -100,6 +102,8 @@ class MemoryLedger:
         input_tokens: int,
         output_tokens: int,
         cost_usd: float,
+        cache_write_tokens: int = 0,
+        cache_read_tokens: int = 0,
     ) -> Usage:
         old = self.days.get((user_id, day), Usage())
         new = Usage(
@@ -107,6 +111,8 @@ class MemoryLedger:
             old.input_tokens + input_tokens,
             old.output_tokens + output_tokens,
             old.cost_usd + cost_usd,
+            old.cache_write_tokens + cache_write_tokens,
+            old.cache_read_tokens + cache_read_tokens,
         )
         self.days[(user_id, day)] = new
         return new
@@ -527,3 +533,69 @@ def test_the_usage_ledger_protocol_matches_the_stores_methods() -> None:
         assert [(p.name, p.kind) for p in ours.values()] == [
             (p.name, p.kind) for p in theirs.values()
         ]
+
+
+# --- prompt caching -------------------------------------------------------------------------
+
+
+async def test_tool_instructions_and_persona_are_marked_for_the_prompt_cache(
+    guard: GuardedAnalyst, api: FakeAnthropicApi
+) -> None:
+    await guard.decide(request("hike"))
+
+    body = api.requests[0].body
+    assert body["tools"][-1]["cache_control"] == {"type": "ephemeral"}
+    marked = [("cache_control" in block) for block in body["system"]]
+    assert marked == [True, True, False]  # instructions, persona, then the environment
+    assert body["system"][1]["text"] == persona(STRICT)
+    assert body["system"][2]["text"].startswith("Environment:")
+
+
+async def test_a_cached_prefix_is_written_once_read_after_and_billed_apart(
+    guard: GuardedAnalyst, api: FakeAnthropicApi, ledger: MemoryLedger
+) -> None:
+    api.cache_minimum_tokens = 100  # the fake's prefix here is ~600 tokens
+    await guard.decide(request("exercise", user="ana"))
+    await guard.decide(request("stress", user="ben"))  # same persona: same cached prefix
+
+    first, second = api.usages
+    assert first["cache_creation_input_tokens"] > 0 and first["cache_read_input_tokens"] == 0
+    assert second["cache_read_input_tokens"] == first["cache_creation_input_tokens"]
+    assert second["cache_creation_input_tokens"] == 0
+    ben = ledger.days[("ben", "2023-11-15")]
+    assert ben.cache_read_tokens == second["cache_read_input_tokens"]
+    assert ben.input_tokens == second["input_tokens"]
+    price = price_of(MODEL)
+    assert ben.cost_usd == pytest.approx(
+        price.cost(
+            second["input_tokens"],
+            second["output_tokens"],
+            cache_read_tokens=second["cache_read_input_tokens"],
+        )
+    )
+    uncached = price.cost(
+        second["input_tokens"] + second["cache_read_input_tokens"], second["output_tokens"]
+    )
+    assert ben.cost_usd < uncached
+    assert guard.stats.cache_write_tokens == first["cache_creation_input_tokens"]
+
+
+async def test_a_prefix_under_the_models_minimum_is_not_cached(
+    guard: GuardedAnalyst, api: FakeAnthropicApi, ledger: MemoryLedger
+) -> None:
+    """Haiku 4.5 caches prefixes from 4,096 tokens: this prompt's static part is shorter."""
+    await guard.decide(request("exercise", user="ana"))
+    await guard.decide(request("stress", user="ben"))
+
+    assert all(
+        u["cache_creation_input_tokens"] == u["cache_read_input_tokens"] == 0 for u in api.usages
+    )
+    assert ledger.days[("ben", "2023-11-15")].cache_read_tokens == 0
+
+
+def test_cache_writes_cost_125_and_reads_10_percent_of_input() -> None:
+    haiku = price_of(MODEL)
+
+    assert haiku.cost(0, 0, cache_write_tokens=1_000_000) == pytest.approx(1.25)
+    assert haiku.cost(0, 0, cache_read_tokens=1_000_000) == pytest.approx(0.10)
+    assert haiku.cost(1_000_000, 1_000_000) == pytest.approx(6.0)
