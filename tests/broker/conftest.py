@@ -17,11 +17,23 @@ from pathlib import Path
 
 import pytest
 
+from brain.backoff import Backoff
+from server.broker.redis import RedisBroker
 from tests.services import free_port, missing, redis_server
 
-__all__ = ["RedisProcess", "eventually", "redis_process", "redis_server"]
+__all__ = ["RedisProcess", "eventually", "quick_broker", "redis_process", "redis_server"]
 
 START_TIMEOUT_S = 10.0
+
+
+def quick_broker(url: str) -> RedisBroker:
+    """A broker that notices outages within a second and retries at most 0.2 s apart."""
+    return RedisBroker(
+        url,
+        heartbeat_s=0.2,
+        command_timeout_s=0.5,
+        backoff=Backoff(attempts=None, base=0.02, cap=0.2),
+    )
 
 
 async def eventually(condition: Callable[[], bool], within: float = 10.0) -> None:

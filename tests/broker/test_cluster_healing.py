@@ -16,7 +16,6 @@ from typing import Any
 import httpx
 from websockets.asyncio.client import ClientConnection
 
-from brain.backoff import Backoff
 from clients.bridge.phonestate import Applied, PhoneState
 from server.app import Stage
 from server.avatar.stage import avatar_stage
@@ -25,18 +24,8 @@ from server.broker.redis import RedisBroker
 from server.settings import Settings
 from server.store.base import UserState
 from server.store.sqlite import SQLiteStore
-from tests.broker.conftest import RedisProcess, eventually
+from tests.broker.conftest import RedisProcess, eventually, quick_broker
 from tests.conftest import LiveServer, auth, recv, send, start_server
-
-
-def quick_broker(url: str) -> RedisBroker:
-    """A broker that notices outages within a second and retries at most 0.2 s apart."""
-    return RedisBroker(
-        url,
-        heartbeat_s=0.2,
-        command_timeout_s=0.5,
-        backoff=Backoff(attempts=None, base=0.02, cap=0.2),
-    )
 
 
 @asynccontextmanager
