@@ -12,7 +12,8 @@ meanwhile. So the reader heals, and says so:
   ends that connection; the reader logs one WARNING for the outage, then connects a fresh
   one with :class:`brain.backoff.Backoff` (forever, full jitter), subscribing every channel
   wanted at that moment — including those subscribed during the outage;
-- once connected again it logs one INFO and calls ``on_reconnect``: the hub resynchronises
+- once connected again it logs one INFO and, as soon as Redis confirms the subscriptions
+  (the answer to a ``PING`` sent after them), calls ``on_reconnect``: the hub resynchronises
   its devices by version (``docs/protocol.md``).
 
 ``publish`` fails fast with :class:`~server.errors.BrokerUnavailable` while the subscriber
@@ -90,7 +91,9 @@ class RedisBroker:
         self._on_reconnect: OnReconnect | None = None
         self._pubsub: PubSub | None = None  # set only while connected
         self._broken = False  # a (un)subscribe failed on the current connection
+        self._announce = False  # reconnected: tell on_reconnect once subscriptions hold
         self._reader: asyncio.Task[None] | None = None
+        self._closing = False
         self._last_heard: float | None = None
         self._last_ping = 0.0
         self._down_since: float | None = None
@@ -144,6 +147,7 @@ class RedisBroker:
         )
 
     async def close(self) -> None:
+        self._closing = True
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -158,7 +162,9 @@ class RedisBroker:
 
     async def _run(self) -> None:
         retry = 0
-        while True:
+        # The flag as well as the cancel: a read whose own deadline expires at the moment of
+        # the cancel can turn the cancel into a timeout (redis-py returns None for it).
+        while not self._closing:
             pubsub = self._pubsub
             if pubsub is None:
                 try:
@@ -199,6 +205,11 @@ class RedisBroker:
                         await pubsub.subscribe(*added)
                     if gone:
                         await pubsub.unsubscribe(*gone)
+                if self._down_since is not None:
+                    # Redis answers in order: once this PING's answer arrives, every
+                    # SUBSCRIBE above is in force, and only then may the hub read the
+                    # current states (a commit between the two would otherwise be missed).
+                    await pubsub.ping()
         except BaseException:
             await _close_quietly(pubsub)
             raise
@@ -213,20 +224,25 @@ class RedisBroker:
                 outage,
                 len(self._channels),
             )
-            if self._on_reconnect is not None:
-                self._on_reconnect()
+            self._announce = True
 
     async def _listen(self, pubsub: PubSub) -> None:
-        """Deliver messages until the connection fails (raises one of ``_LOST``)."""
-        while True:
+        """Deliver messages until the connection fails (raises one of ``_LOST``) or the
+        broker closes."""
+        while not self._closing:
             if self._broken:
                 raise BrokerUnavailable("a subscription could not be sent")
             message = await pubsub.get_message(timeout=self._heartbeat)
             now = self._clock()
             if message is not None:
                 self._last_heard = now  # any answer counts: messages, confirmations, pongs
-                if message.get("type") == "message":
+                kind = message.get("type")
+                if kind == "message":
                     self._deliver(message)
+                elif kind == "pong" and self._announce:
+                    self._announce = False
+                    if self._on_reconnect is not None:
+                        self._on_reconnect()
                 continue
             silent = now - (self._last_heard or now)
             if silent >= _SILENCE_HEARTBEATS * self._heartbeat:
