@@ -120,6 +120,7 @@ class Hub:
         self._unpublished: dict[str, int] = {}
         self._unsynced: dict[str, int] = {}
         self._marks = itertools.count()
+        self._republished = 0
         self._repair_wake = asyncio.Event()
         self._repairer: asyncio.Task[None] | None = None
         self._chores: set[asyncio.Task[None]] = set()
@@ -193,23 +194,26 @@ class Hub:
         """Send a committed delta to every node (this one included). Never raises.
 
         The state is committed already, so a broker that does not take the delta is no error
-        for the caller: it is logged (once per user until repaired), counted, and the user's
-        current state is re-published when the broker takes messages again.
+        for the caller: it is counted, the user's current state is re-published when the
+        broker takes messages again, and one WARNING says so for each run of failures (the
+        users after the first, at DEBUG: an outage must not write a line per user).
         """
         try:
             await self._broker.publish(delta.user_id, delta.encode().encode())
         except Exception as exc:
             self._metrics.publish_failures.labels("delta").inc()
-            if delta.user_id not in self._unpublished:
-                if isinstance(exc, CompanionError):
-                    log.warning(
-                        "delta v%d of %s not published (%s); re-publishing when the broker is back",
-                        delta.version,
-                        delta.user_id,
-                        exc,
-                    )
-                else:
-                    log.exception("publishing delta v%d of %s failed", delta.version, delta.user_id)
+            if not isinstance(exc, CompanionError):
+                log.exception("publishing delta v%d of %s failed", delta.version, delta.user_id)
+            elif not self._unpublished:
+                log.warning(
+                    "deltas not published (%s), first v%d of %s; the current states are "
+                    "re-published when the broker is back",
+                    exc,
+                    delta.version,
+                    delta.user_id,
+                )
+            else:
+                log.debug("delta v%d of %s not published either", delta.version, delta.user_id)
             self._unpublished[delta.user_id] = next(self._marks)
             self._wake_repairs()
             return
@@ -308,7 +312,7 @@ class Hub:
 
     def _on_reconnect(self) -> None:
         """The broker is back: every user with local interest may have missed deltas."""
-        log.info("broker reconnected: resynchronising %d users by version", len(self._interest))
+        log.debug("broker reconnected: resynchronising %d users by version", len(self._interest))
         mark = next(self._marks)
         self._unsynced.update(dict.fromkeys(self._interest, mark))
         self._wake_repairs()
@@ -321,6 +325,7 @@ class Hub:
     async def _repair(self) -> None:
         """Repair until nothing is left, backing off while the store or broker cannot."""
         retry = 0
+        before = self._republished
         while self._unpublished or self._unsynced:
             self._repair_wake.clear()
             if await self._repair_round():
@@ -331,6 +336,8 @@ class Hub:
                 async with asyncio.timeout(self._repair_policy.delay(retry)):
                     await self._repair_wake.wait()
             retry += 1
+        if (count := self._republished - before) > 0:
+            log.info("re-published the current state of %d users", count)
 
     async def _repair_round(self) -> bool:
         """One pass over what needs repairing; whether all of it was done."""
@@ -367,6 +374,7 @@ class Hub:
             log.debug("re-publishing %s failed: %s", user_id, type(exc).__name__)
             return False
         self._metrics.repairs.labels("republish").inc()
+        self._republished += 1
         return True
 
     async def _resync(self, read: ReadCurrent, user_id: str) -> bool:

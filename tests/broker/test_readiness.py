@@ -50,10 +50,20 @@ async def test_readyz_is_503_naming_the_broker_while_redis_is_down_and_200_once_
         assert body["detail"] == "not ready: broker"
         assert body["checks"]["store"] == {"ok": True}
         assert body["checks"]["broker"]["connected"] is False
+        assert "companion_broker_connected 0.0" in await scrape(live)
         await redis_process.start()
         await eventually(lambda: broker.health().connected)
         status, body, _ = await ready(live)
         assert status == 200 and body["checks"]["broker"]["reconnects"] == 1
+        metrics = await scrape(live)
+        assert "companion_broker_connected 1.0" in metrics
+        assert "companion_broker_reconnects_total 1.0" in metrics
+        assert "companion_broker_last_heard_age_seconds " in metrics
+
+
+async def scrape(live: LiveServer) -> str:
+    async with httpx.AsyncClient(base_url=live.url, timeout=5) as http:
+        return (await http.get("/metrics")).text
 
 
 async def test_readyz_answers_within_a_second_while_redis_hangs(
