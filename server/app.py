@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -105,7 +106,9 @@ def create_app(
             for stage in default_stages(settings) if stages is None else stages:
                 await stage(services, stack)
             app.state.services = services
-            log.info("companion ready: store=%s broker=%s", settings.store, settings.broker)
+            log.info(
+                "companion ready: store=%s broker=%s", settings.store, safe_url(settings.broker)
+            )
             yield
             log.info("companion stopping: flushing pending frames")
 
@@ -136,6 +139,16 @@ class CompanionApp(Starlette):
                 await websocket_endpoint(WebSocket(scope, receive, send))
                 return
         await super().__call__(scope, receive, send)
+
+
+def safe_url(url: str) -> str:
+    """``url`` without its user and password (a ``rediss://:secret@host`` broker URL)."""
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 async def run_isolated(

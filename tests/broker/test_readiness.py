@@ -5,8 +5,10 @@ accepts connections and never answers)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -116,3 +118,16 @@ async def test_readyz_answers_within_a_second_with_503_when_the_store_hangs(
     assert body["detail"] == "not ready: store"
     assert body["checks"]["store"]["ok"] is False
     assert body["checks"]["broker"]["ok"] is True
+
+
+async def test_the_broker_password_never_reaches_the_log(
+    settings: Settings, redis_process: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret_url = redis_process.url.replace("redis://", "redis://:s3cret-pass@")
+    with_password = replace(settings, broker=secret_url)
+    async with start_server(with_password, broker=quick_broker(redis_process.url)) as live:
+        status, _, _ = await ready(live)
+    assert status == 200
+    assert any("companion ready" in r.getMessage() for r in caplog.records)
+    assert not any("s3cret-pass" in r.getMessage() for r in caplog.records)
