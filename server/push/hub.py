@@ -6,18 +6,16 @@ broker message once, and offers the same text to every local peer of that user. 
 awaits a peer: offering only queues into the peer's outbox, so one slow peer cannot hold up
 the broker, ingest or any other peer; a peer whose ``offer`` raises is dropped, alone.
 
-It also repairs what the broker lost, by version (the state is small: the current version
-stands for everything before it). A delta the broker did not take is re-published as the
-user's current state once it can be; after the broker reconnects, every user with local
-interest gets the current state as a delta to its local peers and watches. The current state
-comes from :meth:`Hub.read_current_with` (the state service sits above the hub).
+What the broker loses is made good by version (:mod:`server.push.repair`): a delta the
+broker did not take is re-published as the user's current state once it can be, and after
+the broker reconnects every user with local interest gets the current state as a delta to
+its local peers and watches. The current state comes from :meth:`Hub.read_current_with`
+(the state service sits above the hub).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
@@ -37,21 +35,9 @@ from server.protocol import (
     delta_from_message,
     text_frame,
 )
+from server.push.repair import REPAIR, ReadCurrent, Repairs
 
 log = logging.getLogger(__name__)
-
-ReadCurrent = Callable[[str], Awaitable[Delta | None]]
-"""The user's current state as a delta from the version before it, with every visible field
-(``None`` when nothing was committed yet)."""
-
-REPAIR = Backoff(attempts=None, base=0.2, cap=10.0)
-"""How the hub retries a repair the store or the broker could not do yet."""
-
-REPAIR_READ_TIMEOUT_S = 5.0
-"""Deadline of one current-state read during a repair."""
-
-_REPAIR_BATCH = 32
-"""Users repaired at once (bounded: a reconnect may concern thousands)."""
 
 
 class Peer(Protocol):
@@ -109,20 +95,16 @@ class Hub:
         self._broker = broker
         self._metrics = metrics
         self._clock = clock
-        self._repair_policy = repair
         self._peers: dict[str, set[Peer]] = {}
         self._watches: dict[str, set[Watch]] = {}
         self._interest: dict[str, int] = {}
-        self._read_current: ReadCurrent | None = None
-        # User -> mark (a number that grows with each marking, so that a repair in flight
-        # does not clear a newer mark): committed but not published, and local devices that
-        # may have missed deltas during a broker outage.
-        self._unpublished: dict[str, int] = {}
-        self._unsynced: dict[str, int] = {}
-        self._marks = itertools.count()
-        self._republished = 0
-        self._repair_wake = asyncio.Event()
-        self._repairer: asyncio.Task[None] | None = None
+        self._repairs = Repairs(
+            broker,
+            metrics,
+            lambda delta: self._offer_delta(delta, delta.encode().encode(), observe_latency=False),
+            lambda user_id: user_id in self._interest,
+            repair,
+        )
         self._chores: set[asyncio.Task[None]] = set()
         metrics.track_broker(broker.health)
 
@@ -131,16 +113,15 @@ class Hub:
 
     async def close(self) -> None:
         """Stop repairing and close the broker."""
-        tasks = [*self._chores, *([self._repairer] if self._repairer else [])]
-        for task in tasks:
+        await self._repairs.close()
+        for task in self._chores:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self._repairer = None
+        await asyncio.gather(*self._chores, return_exceptions=True)
         await self._broker.close()
 
     def read_current_with(self, read: ReadCurrent) -> None:
         """Use ``read`` for the current state of a user whose devices need repairing."""
-        self._read_current = read
+        self._repairs.read_current = read
 
     def broker_health(self) -> BrokerHealth:
         return self._broker.health()
@@ -202,9 +183,10 @@ class Hub:
             await self._broker.publish(delta.user_id, delta.encode().encode())
         except Exception as exc:
             self._metrics.publish_failures.labels("delta").inc()
+            first = self._repairs.unpublished(delta.user_id)
             if not isinstance(exc, CompanionError):
                 log.exception("publishing delta v%d of %s failed", delta.version, delta.user_id)
-            elif not self._unpublished:
+            elif first:
                 log.warning(
                     "deltas not published (%s), first v%d of %s; the current states are "
                     "re-published when the broker is back",
@@ -214,11 +196,8 @@ class Hub:
                 )
             else:
                 log.debug("delta v%d of %s not published either", delta.version, delta.user_id)
-            self._unpublished[delta.user_id] = next(self._marks)
-            self._wake_repairs()
             return
-        # A newer delta went out: devices that missed the lost one see a gap and catch up.
-        self._unpublished.pop(delta.user_id, None)
+        self._repairs.published(delta.user_id)
         self._metrics.deltas_published.inc()
 
     async def publish_summary(self, summary: FramesSummary) -> None:
@@ -313,86 +292,7 @@ class Hub:
     def _on_reconnect(self) -> None:
         """The broker is back: every user with local interest may have missed deltas."""
         log.debug("broker reconnected: resynchronising %d users by version", len(self._interest))
-        mark = next(self._marks)
-        self._unsynced.update(dict.fromkeys(self._interest, mark))
-        self._wake_repairs()
-
-    def _wake_repairs(self) -> None:
-        self._repair_wake.set()
-        if self._repairer is None or self._repairer.done():
-            self._repairer = asyncio.create_task(self._repair(), name="hub-repair")
-
-    async def _repair(self) -> None:
-        """Repair until nothing is left, backing off while the store or broker cannot."""
-        retry = 0
-        before = self._republished
-        while self._unpublished or self._unsynced:
-            self._repair_wake.clear()
-            if await self._repair_round():
-                retry = 0
-                continue
-            # Wait the backoff, or less if the broker reconnects (or a new failure) meanwhile.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._repair_policy.delay(retry)):
-                    await self._repair_wake.wait()
-            retry += 1
-        if (count := self._republished - before) > 0:
-            log.info("re-published the current state of %d users", count)
-
-    async def _repair_round(self) -> bool:
-        """One pass over what needs repairing; whether all of it was done."""
-        read = self._read_current
-        if read is None:
-            log.warning(
-                "hub has no current-state reader: %d users not repaired",
-                len(self._unpublished.keys() | self._unsynced.keys()),
-            )
-            self._unpublished.clear()
-            self._unsynced.clear()
-            return True
-        done = True
-        for marks, repair in ((self._unpublished, self._republish), (self._unsynced, self._resync)):
-            pending = list(marks.items())
-            for start in range(0, len(pending), _REPAIR_BATCH):
-                batch = pending[start : start + _REPAIR_BATCH]
-                results = await asyncio.gather(*(repair(read, user) for user, _ in batch))
-                for (user, mark), repaired in zip(batch, results, strict=True):
-                    # Marked again meanwhile (a newer failure, another reconnect): keep it.
-                    if repaired and marks.get(user) == mark:
-                        del marks[user]
-                done = done and all(results)
-        return done
-
-    async def _republish(self, read: ReadCurrent, user_id: str) -> bool:
-        """Publish the user's current state to every node; whether that was done."""
-        try:
-            async with asyncio.timeout(REPAIR_READ_TIMEOUT_S):
-                current = await read(user_id)
-            if current is not None:
-                await self._broker.publish(user_id, current.encode().encode())
-        except (CompanionError, TimeoutError) as exc:
-            log.debug("re-publishing %s failed: %s", user_id, type(exc).__name__)
-            return False
-        self._metrics.repairs.labels("republish").inc()
-        self._republished += 1
-        return True
-
-    async def _resync(self, read: ReadCurrent, user_id: str) -> bool:
-        """Offer the user's current state to this node's devices; whether that was done."""
-        if user_id not in self._interest:
-            return True
-        try:
-            async with asyncio.timeout(REPAIR_READ_TIMEOUT_S):
-                current = await read(user_id)
-        except (CompanionError, TimeoutError) as exc:
-            log.debug("resync read of %s failed: %s", user_id, type(exc).__name__)
-            return False
-        if current is not None:
-            # Only this node's devices: every node resyncs its own. Devices at this version
-            # ignore it, one behind apply it, further behind see a gap and ask for a snapshot.
-            self._offer_delta(current, current.encode().encode(), observe_latency=False)
-            self._metrics.repairs.labels("resync").inc()
-        return True
+        self._repairs.reconnected(self._interest)
 
     def _spawn(self, work: Awaitable[None]) -> None:
         async def run() -> None:
