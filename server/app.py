@@ -7,11 +7,13 @@ accepted before shutdown are written before the store closes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -25,7 +27,7 @@ from server.analysis.pipeline import pipeline_stage
 from server.analysis.retention import retention_stage
 from server.avatar.stage import MEDIA, avatar_stage, serve_media
 from server.broker.base import Broker
-from server.errors import StoreError
+from server.errors import CompanionError
 from server.http import demo_routes as demo
 from server.http import legacy, rest
 from server.http.analyse_routes import post_analyse
@@ -41,7 +43,7 @@ from server.problems import EXCEPTION_HANDLERS, problem
 from server.protocol import summarize
 from server.push.endpoint import websocket_endpoint
 from server.push.hub import Hub
-from server.services import Services
+from server.services import FramesHook, Services
 from server.settings import Settings
 from server.state import StateService
 from server.store.base import Store
@@ -79,12 +81,14 @@ def create_app(
             the_broker = broker if broker is not None else build_broker(settings)
             hub = Hub(the_broker, metrics, clock)
             await hub.start()
-            stack.push_async_callback(the_broker.close)
-            hooks: list[Callable[[Mapping[str, Sequence[Frame]]], Awaitable[None]]] = []
+            stack.push_async_callback(hub.close)
+            hooks: list[FramesHook] = []
 
             async def on_committed(by_user: Mapping[str, Sequence[Frame]]) -> None:
+                # Each hook on its own: a summary publish failing during a broker outage
+                # must not keep the pipeline from scheduling the analysis.
                 for hook in hooks:
-                    await hook(by_user)
+                    await run_isolated(hook, by_user, metrics)
 
             ingestor = Ingestor(
                 the_store,
@@ -106,7 +110,9 @@ def create_app(
                 await stage(services, stack)
             await ops_stage(services, stack)  # joins the cluster last, leaves it first
             app.state.services = services
-            log.info("companion ready: store=%s broker=%s", settings.store, settings.broker)
+            log.info(
+                "companion ready: store=%s broker=%s", settings.store, safe_url(settings.broker)
+            )
             yield
             log.info("companion stopping: flushing pending frames")
 
@@ -146,19 +152,75 @@ class CompanionApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
+def safe_url(url: str) -> str:
+    """``url`` without its user and password (a ``rediss://:secret@host`` broker URL)."""
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def run_isolated(
+    hook: FramesHook, by_user: Mapping[str, Sequence[Frame]], metrics: Metrics
+) -> None:
+    """Run one frames hook; a failure is logged and counted, never passed on."""
+    name = getattr(hook, "__qualname__", type(hook).__name__)  # server code: bounded
+    try:
+        await hook(by_user)
+    except CompanionError as exc:
+        metrics.hook_failures.labels(name).inc()
+        log.warning("frames hook %s failed: %s", name, exc)
+    except Exception:
+        metrics.hook_failures.labels(name).inc()
+        log.exception("frames hook %s failed", name)
+
+
 async def healthz(request: Request) -> Response:
+    """Liveness: the process answers. Dependencies are /readyz's business, so that a Redis
+    or DynamoDB outage takes nodes out of the load balancer instead of restarting them."""
     return rest.json({"status": "ok"})
 
 
+READY_CHECK_TIMEOUT_S = 0.8
+"""Deadline of the store check of /readyz (a load balancer's timeout is a few seconds)."""
+
+
 async def readyz(request: Request) -> Response:
+    """Readiness: 200 when the store answers and the broker is connected, else 503; the
+    body names each check. Answers within :data:`READY_CHECK_TIMEOUT_S` and a little, even
+    when a dependency hangs."""
     services: Services | None = getattr(request.app.state, "services", None)
     if services is None:
         return problem(503, "starting")
+    store = await _store_check(services.store)
+    broker = services.hub.broker_health()
+    checks: dict[str, dict[str, Any]] = {
+        "store": store,
+        "broker": {
+            "ok": broker.connected,
+            "connected": broker.connected,
+            "last_heard_age_s": broker.last_heard_age_s,
+            "reconnects": broker.reconnects,
+        },
+    }
+    down = [name for name, check in checks.items() if not check["ok"]]
+    if down:
+        return problem(503, f"not ready: {', '.join(down)}", checks=checks)
+    return rest.json({"status": "ready", "checks": checks})
+
+
+async def _store_check(store: Store) -> dict[str, Any]:
+    """Whether the store answers a ping within the deadline, and why not."""
     try:
-        await services.store.ping()
-    except StoreError as exc:
-        return problem(503, f"store not ready: {exc}")
-    return rest.json({"status": "ready"})
+        async with asyncio.timeout(READY_CHECK_TIMEOUT_S):
+            await store.ping()
+    except TimeoutError:
+        return {"ok": False, "error": f"no answer within {READY_CHECK_TIMEOUT_S} s"}
+    except Exception as exc:  # whatever it is, the node is not ready; never a 500 here
+        return {"ok": False, "error": type(exc).__name__}
+    return {"ok": True}
 
 
 async def metrics_endpoint(request: Request) -> Response:

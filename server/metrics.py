@@ -6,10 +6,12 @@ process and read exact counts. ``/metrics`` renders :attr:`Metrics.registry`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Final
+from collections.abc import Callable, Iterable, Iterator
+from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from server.protocol import REJECTION_FIELDS, Disconnects
 
@@ -296,7 +298,89 @@ class Metrics:
         self.started = Gauge(
             "companion_start_time_seconds", "When this process started (epoch seconds).", registry=r
         )
+        # Failures kept where they happen (the broker, the hub, the commit path, the hooks).
+        self.peer_failures = Counter(
+            "companion_peer_failures",
+            "Local subscribers dropped because taking a message raised.",
+            registry=r,
+        )
+        self.publish_failures = Counter(
+            "companion_publish_failures",
+            "Publishes the broker did not take, by kind (delta: repaired later; summary).",
+            ["kind"],
+            registry=r,
+        )
+        self.repairs = Counter(
+            "companion_broker_repairs",
+            "Current states sent to make up for lost messages, by kind (republish: a delta "
+            "the broker did not take, to every node; resync: to local devices after a "
+            "broker reconnect).",
+            ["kind"],
+            registry=r,
+        )
+        self.listener_failures = Counter(
+            "companion_commit_listener_failures",
+            "Commit listeners (avatar saga) that raised; the commit stands.",
+            registry=r,
+        )
+        self.hook_failures = Counter(
+            "companion_frames_hook_failures",
+            "Frames hooks that raised, by hook; the other hooks still ran.",
+            ["hook"],
+            registry=r,
+        )
+
+    def track_broker(self, read: Callable[[], BrokerReading]) -> None:
+        """Export the broker's health, read at each scrape: ``companion_broker_connected``,
+        ``companion_broker_reconnects_total``, ``companion_broker_handler_errors_total`` and
+        ``companion_broker_last_heard_age_seconds``. Call once per registry."""
+        self.registry.register(_BrokerCollector(read))
 
     def render(self) -> bytes:
         """The registry in Prometheus text format."""
         return generate_latest(self.registry)
+
+
+class BrokerReading(Protocol):
+    """What :meth:`Metrics.track_broker` reads (``server.broker.base.BrokerHealth``)."""
+
+    @property
+    def connected(self) -> bool: ...
+    @property
+    def reconnects(self) -> int: ...
+    @property
+    def handler_errors(self) -> int: ...
+    @property
+    def last_heard_age_s(self) -> float | None: ...
+
+
+class _BrokerCollector(Collector):
+    """The broker's own counts and state, turned into samples when scraped."""
+
+    def __init__(self, read: Callable[[], BrokerReading]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        health = self._read()
+        yield GaugeMetricFamily(
+            "companion_broker_connected",
+            "1 while the broker is connected to its server (always 1 in memory).",
+            value=1.0 if health.connected else 0.0,
+        )
+        yield CounterMetricFamily(
+            "companion_broker_reconnects",
+            "Times the broker connected again after losing its server.",
+            value=health.reconnects,
+        )
+        yield CounterMetricFamily(
+            "companion_broker_handler_errors",
+            "Broker messages whose handler raised (delivery went on).",
+            value=health.handler_errors,
+        )
+        age = GaugeMetricFamily(
+            "companion_broker_last_heard_age_seconds",
+            "Seconds since the broker last heard from its server (message or heartbeat).",
+        )
+        if health.last_heard_age_s is not None:
+            age.add_metric([], health.last_heard_age_s)
+        yield age

@@ -174,7 +174,7 @@ async def retry_failed_in_process(
         broker = build_broker(settings)
         hub = Hub(broker, metrics)
         await hub.start()
-        stack.push_async_callback(broker.close)
+        stack.push_async_callback(hub.close)
         state = StateService(store, hub, metrics, time.time)
         generator = build_generator(settings)
         stack.push_async_callback(generator.aclose)
