@@ -37,6 +37,7 @@ class Settings:
     store: str = "sqlite"
     table_prefix: str = "companion-dev-"
     frame_retention_days: int = 30
+    history_retention_days: int = 90
     broker: str = "memory"
     allowed_origins: tuple[str, ...] = ()
     ping_interval: float = 45.0
@@ -193,6 +194,11 @@ SPECS: Final[tuple[Spec, ...]] = (
     Spec("store", _choice("sqlite", "dynamodb"), "Store adapter."),
     Spec("table_prefix", _prefix, "DynamoDB table-name prefix (one per environment)."),
     Spec("frame_retention_days", _positive_int, "How long frames are kept (TTL)."),
+    Spec(
+        "history_retention_days",
+        _positive_int,
+        "How long decision-history events are kept (TTL; SQLite purges hourly).",
+    ),
     Spec("broker", _broker, "`memory` (one node) or a `redis://` URL (several nodes)."),
     Spec(
         "allowed_origins",

@@ -65,7 +65,14 @@ USAGE = TableSpec(
     sort_key=KeyAttribute("day"),  # YYYY-MM-DD, UTC
 )
 
-TABLES: tuple[TableSpec, ...] = (FRAMES, USER_STATE, AVATAR_CACHE, USAGE)
+HISTORY = TableSpec(
+    suffix="history",
+    partition_key=KeyAttribute("user_id"),
+    sort_key=KeyAttribute("sk"),  # the version, 12 digits zero-padded: sorts by version
+    ttl_attribute="expires_at",
+)
+
+TABLES: tuple[TableSpec, ...] = (FRAMES, USER_STATE, AVATAR_CACHE, USAGE, HISTORY)
 """Every table the store uses."""
 
 WAIT_DELAY_SECONDS = 2

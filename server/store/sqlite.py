@@ -15,6 +15,8 @@ sees only committed data and never waits for the writer.
 
 Frames are not deleted when their retention ends (SQLite has no TTL): reads leave them out,
 and :meth:`SQLiteStore.purge_expired` deletes them when the server calls it.
+History events likewise: reads leave expired ones out, and
+:meth:`SQLiteStore.purge_expired_history` deletes them (:mod:`server.history` calls it).
 """
 
 from __future__ import annotations
@@ -32,8 +34,15 @@ import orjson
 
 from brain.model import Frame
 from server.errors import StoreError, VersionConflict
-from server.store import codec
-from server.store.base import AvatarCacheEntry, FrameRow, Usage, UserState
+from server.store import codec, history_codec
+from server.store.base import (
+    AvatarCacheEntry,
+    FrameRow,
+    HistoryEvent,
+    HistoryQuery,
+    Usage,
+    UserState,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS frames (
@@ -80,6 +89,19 @@ CREATE TABLE IF NOT EXISTS usage (
 );
 """
 
+_HISTORY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS history (
+    user_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, version)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS history_expires_at ON history (expires_at);
+"""
+"""The decision history: one row per committed version (:mod:`server.history`)."""
+
 _STATE_COLUMNS = (
     "user_id, version, state_hash, state, mood, energy, reasoning, actions, source,"
     " image_url, avatar_status, video_url, video_status, profile, updated_at"
@@ -121,9 +143,16 @@ class SQLiteStore:
     is not open or SQLite fails.
     """
 
-    def __init__(self, path: pathlib.Path, *, frame_retention_days: int = 30) -> None:
+    def __init__(
+        self,
+        path: pathlib.Path,
+        *,
+        frame_retention_days: int = 30,
+        history_retention_days: int = 90,
+    ) -> None:
         self._path = path
         self._retention_days = frame_retention_days
+        self._history_retention_days = history_retention_days
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
@@ -145,6 +174,7 @@ class SQLiteStore:
                 await writer.execute("PRAGMA synchronous=FULL")
                 await writer.execute("PRAGMA busy_timeout=5000")
                 await writer.executescript(_SCHEMA)
+                await writer.executescript(_HISTORY_SCHEMA)
                 await _add_missing_columns(writer)
                 reader = await aiosqlite.connect(self._path, isolation_level=None)
                 opened.push_async_callback(reader.close)
@@ -401,6 +431,59 @@ class SQLiteStore:
                 cursor = await writer.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))
                 deleted += cursor.rowcount
         return deleted
+
+    async def put_history(self, event: HistoryEvent) -> bool:
+        """Insert the event in one statement whose condition is the state's version: no
+        row when the (user, version) has one already or the user's state is gone or older
+        (erased). Returns whether a row was inserted."""
+        async with self._transaction() as writer:
+            cursor = await writer.execute(
+                "INSERT OR IGNORE INTO history (user_id, version, at, payload, expires_at)"
+                " SELECT ?, ?, ?, ?, ? WHERE EXISTS"
+                " (SELECT 1 FROM user_state WHERE user_id = ? AND version >= ?)",
+                (
+                    event.user_id,
+                    event.version,
+                    event.at,
+                    history_codec.encode_event(event),
+                    history_codec.expires_at(event, self._history_retention_days),
+                    event.user_id,
+                    event.version,
+                ),
+            )
+            return cursor.rowcount == 1
+
+    async def history(
+        self, user_id: str, query: HistoryQuery, *, now_ms: int
+    ) -> list[HistoryEvent]:
+        """The user's unexpired history events that ``query`` selects, newest first."""
+        sql = "SELECT payload FROM history WHERE user_id = ? AND expires_at >= ?"
+        parameters: list[Any] = [user_id, now_ms // 1000]
+        for bound, condition in (
+            (query.before_version, " AND version < ?"),
+            (query.since_version, " AND version > ?"),
+            (query.before_ms, " AND at < ?"),
+            (query.since_ms, " AND at >= ?"),
+        ):
+            if bound is not None:
+                sql += condition
+                parameters.append(bound)
+        rows = await self._read(sql + " ORDER BY version DESC LIMIT ?", (*parameters, query.limit))
+        return [history_codec.decode_event(user_id, row[0]) for row in rows]
+
+    async def delete_history(self, user_id: str) -> int:
+        """Delete every history row of the user; return how many."""
+        async with self._transaction() as writer:
+            cursor = await writer.execute("DELETE FROM history WHERE user_id = ?", (user_id,))
+            return cursor.rowcount
+
+    async def purge_expired_history(self, now_ms: int) -> int:
+        """Delete history events whose retention ended before ``now_ms``; return how many."""
+        async with self._transaction() as writer:
+            cursor = await writer.execute(
+                "DELETE FROM history WHERE expires_at < ?", (now_ms // 1000,)
+            )
+            return cursor.rowcount
 
 
 def _state_to_row(state: UserState) -> tuple[Any, ...]:
