@@ -50,7 +50,7 @@ SAGA_CAUSES: Final = frozenset({"avatar"})
 ``source`` the state keeps from the assessment before."""
 
 RETRY: Final = Backoff(attempts=3, base=0.1, cap=1.0)
-"""Retries of one event's write; each store call also retries on its own (DynamoDB)."""
+"""Attempts at one event's write (each DynamoDB call also retries on its own)."""
 
 PURGE_INTERVAL_S: Final = 3600.0
 MAX_PAGE: Final = 100
