@@ -7,7 +7,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+from jsonschema import Draft202012Validator
 
+from server import provenance
+from server.provenance import Provenance
 from server.store.history_codec import EVENT_FIELDS
 from tests.conftest import LiveServer, auth
 from tests.history.conftest import Clock
@@ -188,3 +191,29 @@ async def test_export_holds_the_history_and_the_erase_deletes_it(
     assert after["history"] == []
     assert emptied == {"user_id": "alice", "events": [], "next_before": None}
     assert versions(bobs) == [1]
+
+
+async def test_a_page_with_every_field_set_keeps_the_openapi_schema(
+    history_server: LiveServer,
+) -> None:
+    state = history_server.services.state
+    with provenance.attach(
+        Provenance(model="claude-haiku-4-5", cost_usd=0.001, features={"hr": 90.0}, fallback=None),
+        cause="analysis",
+    ):
+        await state.update(
+            "alice",
+            lambda current: {"state": "stressed", "image_url": "https://m/x.png"},
+            cause="analysis",
+        )
+    async with history_server.http() as client:
+        document = (await client.get("/openapi.json")).json()
+        page = await history(client, "alice")
+
+    schemas = document["components"]["schemas"]
+    assert list(schemas["HistoryEvent"]["properties"]) == list(EVENT_FIELDS)
+    validator = Draft202012Validator(
+        {"$ref": "#/components/schemas/HistoryPage", "components": document["components"]}
+    )
+    assert list(validator.iter_errors(page)) == []
+    assert page["events"][0]["model"] == "claude-haiku-4-5"
