@@ -52,6 +52,9 @@ SAGA_CAUSES: Final = frozenset({"avatar"})
 RETRY: Final = Backoff(attempts=3, base=0.1, cap=1.0)
 """Attempts at one event's write (each DynamoDB call also retries on its own)."""
 
+OUTCOMES: Final = ("recorded", "skipped", "failed")
+"""The ``outcome`` label values of ``companion_history_events``."""
+
 PURGE_INTERVAL_S: Final = 3600.0
 MAX_PAGE: Final = 100
 """The most events one read returns."""
@@ -177,6 +180,8 @@ async def purge_once(services: Services) -> int:
 async def history_stage(services: Services, stack: AsyncExitStack) -> None:
     """Record every commit from now on, and purge expired events periodically (SQLite)."""
     recorder = HistoryRecorder(services.store, services.metrics)
+    for outcome in OUTCOMES:  # every label exists from the start, at zero
+        services.metrics.history_events.labels(outcome)
     services.state.listeners.append(recorder.on_commit)
     services.extras[HISTORY] = recorder
     if not isinstance(services.store, SQLiteStore):
