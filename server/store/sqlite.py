@@ -102,6 +102,14 @@ CREATE INDEX IF NOT EXISTS history_expires_at ON history (expires_at);
 """
 """The decision history: one row per committed version (:mod:`server.history`)."""
 
+_INSERT_HISTORY = (
+    "INSERT OR IGNORE INTO history (user_id, version, at, payload, expires_at)"
+    " SELECT ?, ?, ?, ?, ? WHERE EXISTS"
+    " (SELECT 1 FROM user_state WHERE user_id = ? AND version >= ?)"
+)
+"""One event, inserted only when its (user, version) is new and the user's state is at that
+version or later (an event of an erased user is not written)."""
+
 _STATE_COLUMNS = (
     "user_id, version, state_hash, state, mood, energy, reasoning, actions, source,"
     " image_url, avatar_status, video_url, video_status, profile, updated_at"
@@ -159,6 +167,9 @@ class SQLiteStore:
         # State writes waiting for the next group commit, and the task committing them.
         self._pending_states: list[_StateWrite] = []
         self._state_flush: asyncio.Task[None] | None = None
+        # History events waiting for the next group commit, and the task writing them.
+        self._pending_history: list[tuple[Sequence[Any], asyncio.Future[bool]]] = []
+        self._history_flush: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         """Open (creating the file, directories and tables if needed). Idempotent."""
@@ -188,6 +199,8 @@ class SQLiteStore:
         """Close both connections (after pending state writes). Idempotent."""
         if self._state_flush is not None:
             await asyncio.shield(self._state_flush)
+        if self._history_flush is not None:
+            await asyncio.shield(self._history_flush)
         writer, reader = self._writer, self._reader
         self._writer = self._reader = None
         for connection in (reader, writer):
@@ -435,23 +448,49 @@ class SQLiteStore:
     async def put_history(self, event: HistoryEvent) -> bool:
         """Insert the event in one statement whose condition is the state's version: no
         row when the (user, version) has one already or the user's state is gone or older
-        (erased). Returns whether a row was inserted."""
-        async with self._transaction() as writer:
-            cursor = await writer.execute(
-                "INSERT OR IGNORE INTO history (user_id, version, at, payload, expires_at)"
-                " SELECT ?, ?, ?, ?, ? WHERE EXISTS"
-                " (SELECT 1 FROM user_state WHERE user_id = ? AND version >= ?)",
-                (
-                    event.user_id,
-                    event.version,
-                    event.at,
-                    history_codec.encode_event(event),
-                    history_codec.expires_at(event, self._history_retention_days),
-                    event.user_id,
-                    event.version,
-                ),
-            )
-            return cursor.rowcount == 1
+        (erased). Returns whether a row was inserted.
+
+        Like :meth:`put_state`, events that arrive while another group is being written
+        share the next transaction: a burst of commits costs one fsync, not one each.
+        Raises :class:`~server.errors.StoreError`.
+        """
+        row = (
+            event.user_id,
+            event.version,
+            event.at,
+            history_codec.encode_event(event),
+            history_codec.expires_at(event, self._history_retention_days),
+            event.user_id,
+            event.version,
+        )
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending_history.append((row, done))
+        if self._history_flush is None:
+            self._history_flush = asyncio.create_task(self._flush_history(), name="sqlite-history")
+        return await done
+
+    async def _flush_history(self) -> None:
+        try:
+            while self._pending_history:
+                batch, self._pending_history = self._pending_history, []
+                outcomes: list[bool | StoreError] = []
+                try:
+                    async with self._transaction() as writer:
+                        for row, _ in batch:
+                            cursor = await writer.execute(_INSERT_HISTORY, row)
+                            outcomes.append(cursor.rowcount == 1)
+                except (StoreError, sqlite3.Error) as error:
+                    failure = error if isinstance(error, StoreError) else StoreError(str(error))
+                    outcomes = [failure] * len(batch)
+                for (_, done), outcome in zip(batch, outcomes, strict=True):
+                    if done.done():  # the caller went away
+                        continue
+                    if isinstance(outcome, StoreError):
+                        done.set_exception(outcome)
+                    else:
+                        done.set_result(outcome)
+        finally:
+            self._history_flush = None
 
     async def history(
         self, user_id: str, query: HistoryQuery, *, now_ms: int
