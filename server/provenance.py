@@ -5,7 +5,9 @@ was decided. The code that decides (the analysis pipeline) knows more — which 
 answered, what it cost, a summary of the features, why the rules answered instead — and
 hands it to the decision history with :func:`attach` around the commit it causes::
 
-    with provenance.attach(Provenance(model="claude-haiku-4-5", cost_usd=0.0004), cause="analysis"):
+    how = Provenance(model="claude-haiku-4-5", cost_usd=0.0004,
+                     features=summarize_features(request.features))
+    with provenance.attach(how, cause="analysis"):
         await react(state, user_id, assessment)
 
 **Why a context variable.** The decision and the commit it causes run in one task
@@ -27,8 +29,10 @@ import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Final
+
+from brain.features import Features
 
 FeatureValue = float | int | str | bool | None
 
@@ -69,6 +73,18 @@ class Provenance:
             features=features,
             fallback=None if self.fallback is None else self.fallback[:MAX_TEXT],
         )
+
+
+def summarize_features(features: Features) -> dict[str, FeatureValue]:
+    """The features an analysis saw, as a history keeps them: every field that has a value
+    but the analysis time, numbers rounded to two decimals."""
+    summary: dict[str, FeatureValue] = {}
+    for item in fields(features):
+        value = getattr(features, item.name)
+        if item.name == "now_ms" or value is None:
+            continue
+        summary[item.name] = round(value, 2) if isinstance(value, float) else value
+    return summary
 
 
 def _bounded_value(value: FeatureValue) -> FeatureValue:

@@ -129,7 +129,8 @@ class HistoryQuery:
 
 
 class Store(Protocol):
-    """Durable storage of frames, user state, the avatar cache and LLM usage."""
+    """Durable storage of frames, user state, the avatar cache, LLM usage and the decision
+    history."""
 
     async def open(self) -> None:
         """Connect, and create tables the embedded adapter owns. Idempotent."""

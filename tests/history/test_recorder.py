@@ -12,11 +12,13 @@ from typing import Any
 import pytest
 
 from brain.backoff import Backoff, instant
+from brain.features import compute_features
+from brain.model import Frame
 from server import provenance
 from server.avatar.stage import SAGA, avatar_stage
 from server.history import HistoryReader, HistoryRecorder, event_of, history_stage, purge_once
 from server.metrics import Metrics
-from server.provenance import MAX_FEATURES, MAX_TEXT, Provenance
+from server.provenance import MAX_FEATURES, MAX_TEXT, Provenance, summarize_features
 from server.settings import Settings
 from server.store.base import HistoryEvent, HistoryQuery, UserState
 from server.store.sqlite import SQLiteStore
@@ -201,3 +203,19 @@ async def test_the_route_reads_from_the_events_not_the_state(history_server: Liv
         page = (await client.get("/v1/users/alice/history", headers=auth("alice"))).json()
 
     assert [e["version"] for e in page["events"]] == [2]
+
+
+def test_a_feature_summary_keeps_the_values_an_analysis_saw_rounded() -> None:
+    now = 1_764_547_200_000
+    frames = [Frame(ts=now - i * 30_000, hr=80.0 + i / 3, hrv=41.0, steps=0) for i in range(20)]
+    features = compute_features(frames, now_ms=now, baseline=None)
+
+    summary = summarize_features(features)
+
+    assert "now_ms" not in summary
+    assert summary["count"] == 20
+    assert summary["hrv_mean"] == 41.0
+    assert summary["hr_mean"] == round(features.hr_mean or 0, 2)
+    assert all(v is not None for v in summary.values())
+    assert all(len(str(v).partition(".")[2]) <= 2 for v in summary.values() if isinstance(v, float))
+    assert Provenance(features=summary).bounded().features == dict(sorted(summary.items()))
