@@ -28,10 +28,12 @@ from server.analysis.retention import retention_stage
 from server.avatar.stage import MEDIA, avatar_stage, serve_media
 from server.broker.base import Broker
 from server.errors import CompanionError
+from server.history import history_stage
 from server.http import demo_routes as demo
 from server.http import legacy, rest
 from server.http.analyse_routes import post_analyse
 from server.http.debug_page import debug_routes
+from server.http.history import get_history
 from server.http.openapi import openapi_document
 from server.http.scenario_routes import post_scenario
 from server.ingest import Ingestor
@@ -56,7 +58,7 @@ Stage = Callable[[Services, AsyncExitStack], Awaitable[None]]
 
 def default_stages(settings: Settings) -> list[Stage]:
     """The stages a full server runs after the core."""
-    return [retention_stage, avatar_stage, pipeline_stage]
+    return [retention_stage, history_stage, avatar_stage, pipeline_stage]
 
 
 def create_app(
@@ -251,6 +253,7 @@ def routes() -> list[BaseRoute]:
         *(WebSocketRoute(path, websocket_endpoint) for path in sorted(WS_PATHS)),
         Route(f"{user}/frames", rest.post_frames, methods=["POST"]),
         Route(f"{user}/state", rest.get_state, methods=["GET"]),
+        Route(f"{user}/history", get_history, methods=["GET"]),
         Route(f"{user}/export", rest.export_user, methods=["GET"]),
         Route(user, rest.delete_user, methods=["DELETE"]),
         Route("/v1/demo/users/{user_id}/state", demo.post_state, methods=["POST"]),

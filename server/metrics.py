@@ -122,6 +122,13 @@ class Metrics:
         self.commit_conflicts = Counter(
             "companion_state_conflicts", "Commits that lost a version race.", registry=r
         )
+        self.history_events = Counter(
+            "companion_history_events",
+            "Decision-history writes, by outcome: recorded, skipped (recorded already, or the"
+            " user was erased), failed (the store kept failing).",
+            ["outcome"],
+            registry=r,
+        )
         self.deltas_published = Counter(
             "companion_deltas_published", "Deltas published to the broker.", registry=r
         )

@@ -34,11 +34,16 @@ def build_store(settings: Settings) -> Store:
             region=aws_region(),
             endpoint_url=os.environ.get("AWS_ENDPOINT_URL_DYNAMODB"),
             frame_retention_days=settings.frame_retention_days,
+            history_retention_days=settings.history_retention_days,
         )
     from server.store.sqlite import SQLiteStore
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return SQLiteStore(settings.sqlite_path, frame_retention_days=settings.frame_retention_days)
+    return SQLiteStore(
+        settings.sqlite_path,
+        frame_retention_days=settings.frame_retention_days,
+        history_retention_days=settings.history_retention_days,
+    )
 
 
 def build_broker(settings: Settings) -> Broker:

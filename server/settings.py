@@ -166,6 +166,11 @@ class Settings:
     frame_retention_days: int = setting(
         _positive_int, "How long frames are kept (TTL).", default=30
     )
+    history_retention_days: int = setting(
+        _positive_int,
+        "How long decision-history events are kept (TTL; SQLite purges hourly).",
+        default=90,
+    )
     broker: str = setting(
         _broker, "`memory` (one node) or a `redis://` URL (several nodes).", default="memory"
     )

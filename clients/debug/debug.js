@@ -34,6 +34,9 @@
     pinger: null,
   };
   window.companionDebug = page; // for the console and for tests
+  // The decision timeline (timeline.js, loaded first); a no-op when it is missing.
+  const timeline = () =>
+    window.companionTimeline || { start() {}, onDelta() {}, onSnapshot() {} };
 
   // -- token ---------------------------------------------------------------------------
 
@@ -141,6 +144,7 @@
       case "snapshot":
         page.state = message;
         renderState();
+        timeline().onSnapshot(page.state);
         break;
       case "delta":
         onDelta(message);
@@ -174,6 +178,7 @@
     state.updated_at = delta.t;
     renderState();
     logDelta(delta, latency);
+    timeline().onDelta(delta, state);
   }
 
   function onFrames(summary) {
@@ -371,6 +376,7 @@
       return;
     }
     $("who").textContent = `user ${page.claims.sub} (${page.claims.dev} token)`;
+    timeline().start(page.claims.sub, page.token);
     connect();
   }
 

@@ -32,6 +32,7 @@ from server.http.openapi_blocks import (
     ref,
     ref_properties,
 )
+from server.http.openapi_history import history_paths, history_schemas
 from server.http.rest import MAX_WAIT_S
 from server.http.scenario_routes import MAX_MINUTES
 from server.protocol import MAX_FRAMES_PER_MESSAGE
@@ -342,12 +343,16 @@ def _operational_paths() -> dict[str, Any]:
     }
 
 
+def _with_history(parts: dict[str, Any]) -> dict[str, Any]:
+    return {**parts, "schemas": {**parts["schemas"], **history_schemas()}}
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
     """The document, built once."""
     return {
         "openapi": "3.1.0",
         "info": {"title": "Companion push server", "version": "1"},
-        "components": components(),
-        "paths": {**_v1_paths(), **_legacy_paths(), **_operational_paths()},
+        "components": _with_history(components()),
+        "paths": {**_v1_paths(), **history_paths(), **_legacy_paths(), **_operational_paths()},
     }

@@ -16,6 +16,7 @@ from server import protocol as wire
 from server.auth import DeviceKind, Principal
 from server.errors import FramesNotDurable, StoreError
 from server.etag import none_match
+from server.history import HistoryReader
 from server.http.access import authorize, read_json, services_of
 from server.http.access import json as json  # re-exported: app.py answers with it
 from server.problems import HTTPProblem
@@ -23,6 +24,7 @@ from server.protocol import FrameLimits
 from server.push.endpoint import SERVICE_MAX_AGE_MS
 from server.store.base import UserState
 from server.store.codec import state_fields
+from server.store.history_codec import event_to_dict
 
 MAX_WAIT_S: Final = 60.0
 DATA_OWNERS: Final = frozenset({DeviceKind.PHONE, DeviceKind.SERVICE})
@@ -145,18 +147,20 @@ def _wait_seconds(request: Request) -> float:
 
 
 async def export_user(request: Request) -> Response:
-    """``GET /v1/users/{id}/export``: everything stored about the user (GDPR access);
-    phone or service tokens only."""
+    """``GET /v1/users/{id}/export``: everything stored about the user (GDPR access), the
+    decision history (``history``, oldest first) included; phone or service tokens only."""
     user_id = request.path_params["user_id"]
     authorize(request, user_id, DATA_OWNERS)
     services = services_of(request)
     data = await services.store.export_user(user_id, now_ms=services.now_ms())
+    history = await HistoryReader(services.store, services.clock).everything(user_id)
+    data["history"] = [event_to_dict(event) for event in history]
     return json(data, headers={"Content-Disposition": f'attachment; filename="{user_id}.json"'})
 
 
 async def delete_user(request: Request) -> Response:
-    """``DELETE /v1/users/{id}``: erase the user's frames, state and usage (GDPR erasure);
-    phone or service tokens only."""
+    """``DELETE /v1/users/{id}``: erase the user's frames, state, usage and decision
+    history (GDPR erasure); phone or service tokens only."""
     user_id = request.path_params["user_id"]
     authorize(request, user_id, DATA_OWNERS)
     services = services_of(request)
@@ -165,6 +169,9 @@ async def delete_user(request: Request) -> Response:
     for forget in services.erase_hooks:
         forget(user_id)
     deleted = await services.store.delete_user(user_id)
+    # After the state: a history write racing the erase finds no state and keeps nothing
+    # (server.store.dynamodb_history), or lands before this and is deleted here.
+    deleted += await services.store.delete_history(user_id)
     for forget in services.erase_hooks:
         forget(user_id)
     return json({"user_id": user_id, "deleted": deleted})

@@ -31,6 +31,9 @@ OPERATIONS: Final = (
     "get_usage",
     "export_user",
     "delete_user",
+    "put_history",
+    "history",
+    "delete_history",
 )
 """The ``operation`` label values of ``companion_store_errors``: the store interface."""
 

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from brain.hashing import state_hash
 from brain.model import VISIBLE_FIELDS, AvatarStatus, Frame, Profile
+from server.provenance import Provenance
 
 FrameRow = tuple[str, Frame]
 """A frame and the user it belongs to: the unit of a write-behind batch."""
@@ -134,8 +135,50 @@ class Usage:
     cache_read_tokens: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class HistoryEvent:
+    """One committed version of a user's state, as the decision history keeps it.
+
+    ``at`` is the commit time (epoch ms, the version's ``updated_at``); ``cause`` what made
+    the commit (``analysis``, ``avatar``, ``demo``…) and ``source`` who decided (``rules``,
+    ``llm``, ``manual``, ``avatar``); ``changed`` names the visible fields that changed.
+    ``provenance`` says how the decision was reached, when the decider told.
+    """
+
+    user_id: str
+    version: int
+    at: int
+    cause: str
+    source: str
+    state: str
+    mood: str
+    energy: int
+    reasoning: str = ""
+    actions: tuple[str, ...] = ()
+    image_url: str | None = None
+    video_url: str | None = None
+    changed: tuple[str, ...] = ()
+    provenance: Provenance = field(default_factory=Provenance)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    """Which of a user's history events to read: newest first, at most ``limit``.
+
+    Bounds are exclusive and optional: versions below ``before_version`` and above
+    ``since_version``, commit times (epoch ms) below ``before_ms`` and from ``since_ms`` on.
+    """
+
+    limit: int = 20
+    before_version: int | None = None
+    since_version: int | None = None
+    before_ms: int | None = None
+    since_ms: int | None = None
+
+
 class Store(Protocol):
-    """Durable storage of frames, user state, the avatar cache and LLM usage."""
+    """Durable storage of frames, user state, the avatar cache, LLM usage and the decision
+    history."""
 
     async def open(self) -> None:
         """Connect, and create tables the embedded adapter owns. Idempotent."""
@@ -235,4 +278,21 @@ class Store(Protocol):
 
     async def delete_user(self, user_id: str) -> int:
         """Erase a user's frames, state, usage, saga and dead letters; return how many
-        records were deleted."""
+        records were deleted (the decision history is erased by :meth:`delete_history`)."""
+
+    async def put_history(self, event: HistoryEvent) -> bool:
+        """Record ``event`` unless an event of its (user, version) is recorded already or
+        the user has no state at that version or later (erased meanwhile).
+
+        Returns whether this call recorded it: a retry, or a second node, records nothing
+        twice. Raises :class:`~server.errors.StoreError`.
+        """
+
+    async def history(
+        self, user_id: str, query: HistoryQuery, *, now_ms: int
+    ) -> list[HistoryEvent]:
+        """The user's history events that ``query`` selects, newest first, leaving out
+        those whose retention ended before ``now_ms``."""
+
+    async def delete_history(self, user_id: str) -> int:
+        """Erase every history event of the user (expired ones too); return how many."""

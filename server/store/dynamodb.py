@@ -29,8 +29,16 @@ from brain.backoff import Backoff
 from brain.model import Frame
 from server.errors import StoreError, VersionConflict
 from server.store import codec, schema
+from server.store import dynamodb_history as history
 from server.store import dynamodb_items as items
-from server.store.base import AvatarCacheEntry, FrameRow, Usage, UserState
+from server.store.base import (
+    AvatarCacheEntry,
+    FrameRow,
+    HistoryEvent,
+    HistoryQuery,
+    Usage,
+    UserState,
+)
 from server.store.dynamodb_frames import DynamoDBFrames
 from server.store.dynamodb_requests import BatchTable, call, items_of_pages, write_batch
 from server.store.dynamodb_sagas import DynamoDBSagas
@@ -56,6 +64,7 @@ class DynamoDBStore(DynamoDBSagas):
         endpoint_url: str | None = None,
         max_pool_connections: int = 64,
         frame_retention_days: int = 30,
+        history_retention_days: int = 90,
         retry: Backoff | None = None,
     ) -> None:
         self._prefix = table_prefix
@@ -81,6 +90,8 @@ class DynamoDBStore(DynamoDBSagas):
         self._letters = BatchTable(
             schema.AVATAR_DEAD_LETTERS.name(table_prefix), "user_id", "letter_key"
         )
+        self._history_table = schema.HISTORY.name(table_prefix)
+        self._history_retention_days = history_retention_days
 
     async def open(self) -> None:
         """Open the client (tables are not created: see :meth:`create_tables`). Idempotent."""
@@ -381,6 +392,32 @@ class DynamoDBStore(DynamoDBSagas):
                 f"could not delete {len(failed)} item(s) of user {user_id!r} from"
                 f" {table.name}: {next(iter(failed.values()))}"
             )
+
+    async def put_history(self, event: HistoryEvent) -> bool:
+        """Record ``event`` once, while its user's state is at its version or later; see
+        :func:`server.store.dynamodb_history.put_event`."""
+        return await history.put_event(
+            self.client,
+            self._history_table,
+            self._state_table,
+            event,
+            retention_days=self._history_retention_days,
+            retry=self._retry,
+        )
+
+    async def history(
+        self, user_id: str, query: HistoryQuery, *, now_ms: int
+    ) -> list[HistoryEvent]:
+        """The user's unexpired history events that ``query`` selects, newest first."""
+        return await history.query_events(
+            self.client, self._history_table, user_id, query, now_ms=now_ms, retry=self._retry
+        )
+
+    async def delete_history(self, user_id: str) -> int:
+        """Delete every history event of the user; return how many."""
+        return await history.delete_events(
+            self.client, self._history_table, user_id, retry=self._retry
+        )
 
     def _query(self, **request: Any) -> AsyncGenerator[dict[str, Any], None]:
         """The items of a Query, page after page."""

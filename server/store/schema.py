@@ -72,6 +72,13 @@ AVATAR_DEAD_LETTERS = TableSpec(
     sort_key=KeyAttribute("letter_key"),  # DeadLetter.key: failed_at#saga_id
 )
 
+HISTORY = TableSpec(
+    suffix="history",
+    partition_key=KeyAttribute("user_id"),
+    sort_key=KeyAttribute("sk"),  # the version, 12 digits zero-padded: sorts by version
+    ttl_attribute="expires_at",
+)
+
 TABLES: tuple[TableSpec, ...] = (
     FRAMES,
     USER_STATE,
@@ -79,6 +86,7 @@ TABLES: tuple[TableSpec, ...] = (
     USAGE,
     AVATAR_SAGAS,
     AVATAR_DEAD_LETTERS,
+    HISTORY,
 )
 """Every table the store uses."""
 

@@ -20,6 +20,8 @@ older version (one row per frame in ``frames``) is packed when it is opened.
 
 Frames are not deleted when their retention ends (SQLite has no TTL): reads leave them out,
 and :meth:`SQLiteStore.purge_expired` deletes them when the server calls it.
+History events likewise: reads leave expired ones out, and
+:meth:`SQLiteStore.purge_expired_history` deletes them (:mod:`server.history` calls it).
 """
 
 from __future__ import annotations
@@ -37,10 +39,17 @@ import orjson
 
 from brain.model import Frame
 from server.errors import StoreError, VersionConflict
-from server.store import codec
+from server.store import codec, history_codec
 from server.store import frame_buckets as buckets
 from server.store import sqlite_frames as frames
-from server.store.base import AvatarCacheEntry, FrameRow, Usage, UserState
+from server.store.base import (
+    AvatarCacheEntry,
+    FrameRow,
+    HistoryEvent,
+    HistoryQuery,
+    Usage,
+    UserState,
+)
 from server.store.sqlite_sagas import SAGA_SCHEMA, SQLiteSagas
 
 _SCHEMA = """
@@ -85,6 +94,27 @@ CREATE TABLE IF NOT EXISTS usage (
 _END_OF_TIME = 10**13
 """An ``end_ms`` after every frame (13-digit epoch milliseconds reach the year 2286)."""
 
+_HISTORY_SCHEMA = """
+CREATE TABLE IF NOT EXISTS history (
+    user_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    at INTEGER NOT NULL,
+    payload BLOB NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (user_id, version)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS history_expires_at ON history (expires_at);
+"""
+"""The decision history: one row per committed version (:mod:`server.history`)."""
+
+_INSERT_HISTORY = (
+    "INSERT OR IGNORE INTO history (user_id, version, at, payload, expires_at)"
+    " SELECT ?, ?, ?, ?, ? WHERE EXISTS"
+    " (SELECT 1 FROM user_state WHERE user_id = ? AND version >= ?)"
+)
+"""One event, inserted only when its (user, version) is new and the user's state is at that
+version or later (an event of an erased user is not written)."""
+
 _STATE_COLUMNS = (
     "user_id, version, state_hash, state, mood, energy, reasoning, actions, source,"
     " image_url, avatar_status, video_url, video_status, profile, updated_at"
@@ -126,15 +156,25 @@ class SQLiteStore(SQLiteSagas):
     is not open or SQLite fails.
     """
 
-    def __init__(self, path: pathlib.Path, *, frame_retention_days: int = 30) -> None:
+    def __init__(
+        self,
+        path: pathlib.Path,
+        *,
+        frame_retention_days: int = 30,
+        history_retention_days: int = 90,
+    ) -> None:
         self._path = path
         self._retention_days = frame_retention_days
+        self._history_retention_days = history_retention_days
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
         # State writes waiting for the next group commit, and the task committing them.
         self._pending_states: list[_StateWrite] = []
         self._state_flush: asyncio.Task[None] | None = None
+        # History events waiting for the next group commit, and the task writing them.
+        self._pending_history: list[tuple[Sequence[Any], asyncio.Future[bool]]] = []
+        self._history_flush: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         """Open (creating the file, directories and tables if needed). Idempotent."""
@@ -152,6 +192,7 @@ class SQLiteStore(SQLiteSagas):
                 await writer.executescript(frames.SCHEMA + _SCHEMA)
                 await writer.executescript(SAGA_SCHEMA)
                 await frames.migrate_frame_rows(writer, self._retention_days)
+                await writer.executescript(_HISTORY_SCHEMA)
                 await _add_missing_columns(writer)
                 await _add_usage_cache_columns(writer)
                 reader = await aiosqlite.connect(self._path, isolation_level=None)
@@ -166,6 +207,8 @@ class SQLiteStore(SQLiteSagas):
         """Close both connections (after pending state writes). Idempotent."""
         if self._state_flush is not None:
             await asyncio.shield(self._state_flush)
+        if self._history_flush is not None:
+            await asyncio.shield(self._history_flush)
         writer, reader = self._writer, self._reader
         self._writer = self._reader = None
         for connection in (reader, writer):
@@ -408,6 +451,85 @@ class SQLiteStore(SQLiteSagas):
                 cursor = await writer.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))
                 deleted += cursor.rowcount
         return deleted
+
+    async def put_history(self, event: HistoryEvent) -> bool:
+        """Insert the event in one statement whose condition is the state's version: no
+        row when the (user, version) has one already or the user's state is gone or older
+        (erased). Returns whether a row was inserted.
+
+        Like :meth:`put_state`, events that arrive while another group is being written
+        share the next transaction: a burst of commits costs one fsync, not one each.
+        Raises :class:`~server.errors.StoreError`.
+        """
+        row = (
+            event.user_id,
+            event.version,
+            event.at,
+            history_codec.encode_event(event),
+            history_codec.expires_at(event, self._history_retention_days),
+            event.user_id,
+            event.version,
+        )
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending_history.append((row, done))
+        if self._history_flush is None:
+            self._history_flush = asyncio.create_task(self._flush_history(), name="sqlite-history")
+        return await done
+
+    async def _flush_history(self) -> None:
+        try:
+            while self._pending_history:
+                batch, self._pending_history = self._pending_history, []
+                outcomes: list[bool | StoreError] = []
+                try:
+                    async with self._transaction() as writer:
+                        for row, _ in batch:
+                            cursor = await writer.execute(_INSERT_HISTORY, row)
+                            outcomes.append(cursor.rowcount == 1)
+                except (StoreError, sqlite3.Error) as error:
+                    failure = error if isinstance(error, StoreError) else StoreError(str(error))
+                    outcomes = [failure] * len(batch)
+                for (_, done), outcome in zip(batch, outcomes, strict=True):
+                    if done.done():  # the caller went away
+                        continue
+                    if isinstance(outcome, StoreError):
+                        done.set_exception(outcome)
+                    else:
+                        done.set_result(outcome)
+        finally:
+            self._history_flush = None
+
+    async def history(
+        self, user_id: str, query: HistoryQuery, *, now_ms: int
+    ) -> list[HistoryEvent]:
+        """The user's unexpired history events that ``query`` selects, newest first."""
+        sql = "SELECT payload FROM history WHERE user_id = ? AND expires_at >= ?"
+        parameters: list[Any] = [user_id, now_ms // 1000]
+        for bound, condition in (
+            (query.before_version, " AND version < ?"),
+            (query.since_version, " AND version > ?"),
+            (query.before_ms, " AND at < ?"),
+            (query.since_ms, " AND at >= ?"),
+        ):
+            if bound is not None:
+                sql += condition
+                parameters.append(bound)
+        rows = await self._read(sql + " ORDER BY version DESC LIMIT ?", (*parameters, query.limit))
+        return [history_codec.decode_event(user_id, row[0]) for row in rows]
+
+    async def delete_history(self, user_id: str) -> int:
+        """Delete every history row of the user; return how many."""
+        async with self._transaction() as writer:
+            cursor = await writer.execute("DELETE FROM history WHERE user_id = ?", (user_id,))
+            return cursor.rowcount
+
+    async def purge_expired_history(self, now_ms: int) -> int:
+        """Delete history events whose retention ended before ``now_ms``; return how many."""
+        async with self._transaction() as writer:
+            cursor = await writer.execute(
+                "DELETE FROM history WHERE expires_at < ?", (now_ms // 1000,)
+            )
+            return cursor.rowcount
 
 
 _USAGE_COLUMNS = (

@@ -62,7 +62,7 @@ async def test_tables_have_the_specified_keys_and_on_demand_billing(
         assert table.get("BillingModeSummary", {}).get("BillingMode") == "PAY_PER_REQUEST"
 
 
-async def test_ttl_is_enabled_on_frames_only(bare_store: DynamoDBStore) -> None:
+async def test_ttl_is_enabled_on_frames_and_history_only(bare_store: DynamoDBStore) -> None:
     await bare_store.create_tables()
     await bare_store.create_tables()  # enabling twice would be an error if not skipped
 
@@ -71,7 +71,7 @@ async def test_ttl_is_enabled_on_frames_only(bare_store: DynamoDBStore) -> None:
             TableName=spec.name(bare_store.table_prefix)
         )
         ttl = described["TimeToLiveDescription"]
-        if spec is schema.FRAMES:
+        if spec in (schema.FRAMES, schema.HISTORY):
             assert ttl["TimeToLiveStatus"] == "ENABLED"
             assert ttl["AttributeName"] == "expires_at"
         else:
