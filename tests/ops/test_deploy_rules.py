@@ -24,6 +24,12 @@ METRIC = re.compile(r"\b(companion_[a-z0-9_]+)")
 SUFFIXES = ("_bucket", "_count", "_sum")
 
 
+def rule_count() -> int:
+    """How many alert rules alerts.yml declares (what promtool must find)."""
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    return sum(len(group["rules"]) for group in groups)
+
+
 def promtool() -> str:
     found = shutil.which("promtool")
     if found is None:
@@ -104,7 +110,7 @@ def test_the_rules_pass_promtool_check() -> None:
         [promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 16 rules found" in result.stdout
+    assert f"SUCCESS: {rule_count()} rules found" in result.stdout
 
 
 def test_the_example_prometheus_config_is_valid_and_loads_the_rules() -> None:
@@ -113,7 +119,7 @@ def test_the_example_prometheus_config_is_valid_and_loads_the_rules() -> None:
         [promtool(), "check", "config", str(config)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 16 rules found" in result.stdout
+    assert f"SUCCESS: {rule_count()} rules found" in result.stdout
 
 
 def annotations(alert: str, summary: str, description: str | None = None) -> dict[str, str]:
