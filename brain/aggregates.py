@@ -33,7 +33,8 @@ from brain.model import TIME_ORDER, Frame
 MINUTE_MS = 60_000
 
 ENV_FIELDS = ("temp_c", "humidity_pct", "speed_mps", "weather")
-"""Environment fields whose latest value the features report."""
+"""Environment fields whose latest value the features report (:attr:`PartSummary.last_fields`
+in this order)."""
 
 TAIL_FRAMES = 11
 """Newest frames a summary keeps per part: the recent part of the features needs at most
@@ -96,17 +97,23 @@ class Part:
         "keys",
         "last_alt",
         "last_env",
-        "last_fields",
+        "last_humidity",
+        "last_speed",
         "last_steps",
+        "last_temp",
+        "last_weather",
         "n_alt",
         "n_env",
-        "n_fields",
         "n_hr",
         "n_hrv",
+        "n_humidity",
         "n_resp",
         "n_skin",
+        "n_speed",
         "n_spo2",
         "n_steps",
+        "n_temp",
+        "n_weather",
         "s_hrv",
         "s_resp",
         "s_skin",
@@ -129,68 +136,134 @@ class Part:
         self.sx = self.sxx = self.sy = self.sxy = 0.0
         self.s_hrv = self.s_spo2 = self.s_skin = self.s_resp = 0.0
         self.n_steps = self.s_steps = self.n_alt = self.n_env = 0
+        self.n_temp = self.n_humidity = self.n_speed = self.n_weather = 0
         self.first_steps: Frame | None = None
         self.last_steps: Frame | None = None
         self.first_alt: Frame | None = None
         self.last_alt: Frame | None = None
         self.last_env: Frame | None = None
-        self.n_fields = [0] * len(ENV_FIELDS)
-        self.last_fields: list[Frame | None] = [None] * len(ENV_FIELDS)
+        self.last_temp: Frame | None = None
+        self.last_humidity: Frame | None = None
+        self.last_speed: Frame | None = None
+        self.last_weather: Frame | None = None
 
     def __len__(self) -> int:
         return len(self.frames)
 
-    def insert(self, key: Key, frame: Frame, origin_ms: int) -> None:
-        """Add a frame that is not held yet (the window checked), in time order."""
-        keys = self.keys
-        if not keys or key > keys[-1]:
-            keys.append(key)
-            self.frames.append(frame)
-        else:
-            at = bisect_left(keys, key)
-            keys.insert(at, key)
-            self.frames.insert(at, frame)
-        self._add(frame, key, origin_ms)
+    def extend(self, keys: list[Key], frames: list[Frame], origin_ms: int) -> None:
+        """Append frames newer than every frame held (the common case), oldest first."""
+        self.keys.extend(keys)
+        self.frames.extend(frames)
+        self._count(frames, origin_ms)
 
-    def _add(self, f: Frame, key: Key, origin_ms: int) -> None:
-        hr = f.hr
-        if hr is not None:
-            x = (f.ts - origin_ms) / MINUTE_MS
-            self.n_hr += 1
-            self.sx += x
-            self.sxx += x * x
-            self.sy += hr
-            self.sxy += x * hr
-        if f.hrv is not None:
-            self.n_hrv += 1
-            self.s_hrv += f.hrv
-        if f.spo2 is not None:
-            self.n_spo2 += 1
-            self.s_spo2 += f.spo2
-        if f.skin_temp is not None:
-            self.n_skin += 1
-            self.s_skin += f.skin_temp
-        if f.resp_rate is not None:
-            self.n_resp += 1
-            self.s_resp += f.resp_rate
-        if f.steps is not None:
-            self.n_steps += 1
-            self.s_steps += f.steps
-            self.first_steps = _earlier(self.first_steps, f, key)
-            self.last_steps = _later(self.last_steps, f, key)
-        env = f.env
-        if env is None:
+    def _count(self, frames: list[Frame], origin_ms: int) -> None:
+        """Add ``frames`` (oldest first, newer than every frame counted) to the aggregates.
+
+        One loop over local variables: this runs for every frame the server ingests.
+        """
+        n_hr, sx, sxx, sy, sxy = self.n_hr, self.sx, self.sxx, self.sy, self.sxy
+        n_hrv, s_hrv, n_spo2, s_spo2 = self.n_hrv, self.s_hrv, self.n_spo2, self.s_spo2
+        n_skin, s_skin, n_resp, s_resp = self.n_skin, self.s_skin, self.n_resp, self.s_resp
+        n_steps, s_steps, n_env, n_alt = self.n_steps, self.s_steps, self.n_env, self.n_alt
+        for f in frames:
+            hr = f.hr
+            if hr is not None:
+                x = (f.ts - origin_ms) / MINUTE_MS
+                n_hr += 1
+                sx += x
+                sxx += x * x
+                sy += hr
+                sxy += x * hr
+            v = f.hrv
+            if v is not None:
+                n_hrv += 1
+                s_hrv += v
+            v = f.spo2
+            if v is not None:
+                n_spo2 += 1
+                s_spo2 += v
+            v = f.skin_temp
+            if v is not None:
+                n_skin += 1
+                s_skin += v
+            v = f.resp_rate
+            if v is not None:
+                n_resp += 1
+                s_resp += v
+            steps = f.steps
+            if steps is not None:
+                n_steps += 1
+                s_steps += steps
+                self.last_steps = f
+                if self.first_steps is None:
+                    self.first_steps = f
+            env = f.env
+            if env is not None:
+                n_env += 1
+                self.last_env = f
+                if env.altitude_m is not None:
+                    n_alt += 1
+                    self.last_alt = f
+                    if self.first_alt is None:
+                        self.first_alt = f
+                if env.temp_c is not None:
+                    self.n_temp += 1
+                    self.last_temp = f
+                if env.humidity_pct is not None:
+                    self.n_humidity += 1
+                    self.last_humidity = f
+                if env.speed_mps is not None:
+                    self.n_speed += 1
+                    self.last_speed = f
+                if env.weather is not None:
+                    self.n_weather += 1
+                    self.last_weather = f
+        self.n_hr, self.sx, self.sxx, self.sy, self.sxy = n_hr, sx, sxx, sy, sxy
+        self.n_hrv, self.s_hrv, self.n_spo2, self.s_spo2 = n_hrv, s_hrv, n_spo2, s_spo2
+        self.n_skin, self.s_skin, self.n_resp, self.s_resp = n_skin, s_skin, n_resp, s_resp
+        self.n_steps, self.s_steps, self.n_env, self.n_alt = n_steps, s_steps, n_env, n_alt
+
+    def insert(self, key: Key, frame: Frame, origin_ms: int) -> None:
+        """Add one frame that is not held yet (the window checked) at its place in time."""
+        at = bisect_left(self.keys, key)
+        if at == len(self.keys):
+            self.extend([key], [frame], origin_ms)
             return
-        self.n_env += 1
-        self.last_env = _later(self.last_env, f, key)
-        if env.altitude_m is not None:
-            self.n_alt += 1
-            self.first_alt = _earlier(self.first_alt, f, key)
-            self.last_alt = _later(self.last_alt, f, key)
-        for i, name in enumerate(ENV_FIELDS):
-            if getattr(env, name) is not None:
-                self.n_fields[i] += 1
-                self.last_fields[i] = _later(self.last_fields[i], f, key)
+        self.keys.insert(at, key)
+        self.frames.insert(at, frame)
+        lasts = self._lasts()
+        first_steps, first_alt = self.first_steps, self.first_alt
+        self._count([frame], origin_ms)
+        # _count took ``frame`` for the latest frame with each of its fields, but it is older
+        # than the newest frame held: keep whichever of the two is later, or earlier.
+        self._set_lasts(
+            tuple(_later(old, new) for old, new in zip(lasts, self._lasts(), strict=True))
+        )
+        has_alt = frame.env is not None and frame.env.altitude_m is not None
+        self.first_steps = _earlier(first_steps, frame if frame.steps is not None else None)
+        self.first_alt = _earlier(first_alt, frame if has_alt else None)
+
+    def _lasts(self) -> tuple[Frame | None, ...]:
+        return (
+            self.last_steps,
+            self.last_env,
+            self.last_alt,
+            self.last_temp,
+            self.last_humidity,
+            self.last_speed,
+            self.last_weather,
+        )
+
+    def _set_lasts(self, lasts: tuple[Frame | None, ...]) -> None:
+        (
+            self.last_steps,
+            self.last_env,
+            self.last_alt,
+            self.last_temp,
+            self.last_humidity,
+            self.last_speed,
+            self.last_weather,
+        ) = lasts
 
     def drop_oldest(self, count: int, origin_ms: int) -> None:
         """Remove the ``count`` oldest frames and their share of every aggregate."""
@@ -201,45 +274,59 @@ class Part:
             self.frames.clear()
             self._reset()  # exact zeros: no drift survives an empty part
             return
+        n_hr, sx, sxx, sy, sxy = self.n_hr, self.sx, self.sxx, self.sy, self.sxy
+        n_hrv, s_hrv, n_spo2, s_spo2 = self.n_hrv, self.s_hrv, self.n_spo2, self.s_spo2
+        n_skin, s_skin, n_resp, s_resp = self.n_skin, self.s_skin, self.n_resp, self.s_resp
+        n_steps, s_steps, n_env, n_alt = self.n_steps, self.s_steps, self.n_env, self.n_alt
         for f in self.frames[:count]:
-            self._remove(f, origin_ms)
+            hr = f.hr
+            if hr is not None:
+                x = (f.ts - origin_ms) / MINUTE_MS
+                n_hr -= 1
+                sx -= x
+                sxx -= x * x
+                sy -= hr
+                sxy -= x * hr
+            v = f.hrv
+            if v is not None:
+                n_hrv -= 1
+                s_hrv -= v
+            v = f.spo2
+            if v is not None:
+                n_spo2 -= 1
+                s_spo2 -= v
+            v = f.skin_temp
+            if v is not None:
+                n_skin -= 1
+                s_skin -= v
+            v = f.resp_rate
+            if v is not None:
+                n_resp -= 1
+                s_resp -= v
+            steps = f.steps
+            if steps is not None:
+                n_steps -= 1
+                s_steps -= steps
+            env = f.env
+            if env is not None:
+                n_env -= 1
+                if env.altitude_m is not None:
+                    n_alt -= 1
+                if env.temp_c is not None:
+                    self.n_temp -= 1
+                if env.humidity_pct is not None:
+                    self.n_humidity -= 1
+                if env.speed_mps is not None:
+                    self.n_speed -= 1
+                if env.weather is not None:
+                    self.n_weather -= 1
+        self.n_hr, self.sx, self.sxx, self.sy, self.sxy = n_hr, sx, sxx, sy, sxy
+        self.n_hrv, self.s_hrv, self.n_spo2, self.s_spo2 = n_hrv, s_hrv, n_spo2, s_spo2
+        self.n_skin, self.s_skin, self.n_resp, self.s_resp = n_skin, s_skin, n_resp, s_resp
+        self.n_steps, self.s_steps, self.n_env, self.n_alt = n_steps, s_steps, n_env, n_alt
         del self.keys[:count]
         del self.frames[:count]
         self._refresh_refs()
-
-    def _remove(self, f: Frame, origin_ms: int) -> None:
-        hr = f.hr
-        if hr is not None:
-            x = (f.ts - origin_ms) / MINUTE_MS
-            self.n_hr -= 1
-            self.sx -= x
-            self.sxx -= x * x
-            self.sy -= hr
-            self.sxy -= x * hr
-        if f.hrv is not None:
-            self.n_hrv -= 1
-            self.s_hrv -= f.hrv
-        if f.spo2 is not None:
-            self.n_spo2 -= 1
-            self.s_spo2 -= f.spo2
-        if f.skin_temp is not None:
-            self.n_skin -= 1
-            self.s_skin -= f.skin_temp
-        if f.resp_rate is not None:
-            self.n_resp -= 1
-            self.s_resp -= f.resp_rate
-        if f.steps is not None:
-            self.n_steps -= 1
-            self.s_steps -= f.steps
-        env = f.env
-        if env is None:
-            return
-        self.n_env -= 1
-        if env.altitude_m is not None:
-            self.n_alt -= 1
-        for i, name in enumerate(ENV_FIELDS):
-            if getattr(env, name) is not None:
-                self.n_fields[i] -= 1
 
     def _refresh_refs(self) -> None:
         """After the oldest frames left: forget first/last frames that left with them.
@@ -261,15 +348,19 @@ class Part:
             self.first_alt = next(
                 f for f in self.frames if f.env is not None and f.env.altitude_m is not None
             )
-        for i, n in enumerate(self.n_fields):
-            if n == 0:
-                self.last_fields[i] = None
+        if self.n_temp == 0:
+            self.last_temp = None
+        if self.n_humidity == 0:
+            self.last_humidity = None
+        if self.n_speed == 0:
+            self.last_speed = None
+        if self.n_weather == 0:
+            self.last_weather = None
 
     def rebase(self, origin_ms: int) -> None:
         """Recompute every aggregate from the frames held, with ``x`` from ``origin_ms``."""
         self._reset()
-        for key, frame in zip(self.keys, self.frames, strict=True):
-            self._add(frame, key, origin_ms)
+        self._count(self.frames, origin_ms)
 
     def freeze(self) -> PartSummary:
         """The aggregates as they are now; raises :class:`IndexError` when the part is empty."""
@@ -299,14 +390,18 @@ class Part:
             first_alt=self.first_alt,
             last_alt=self.last_alt,
             last_env=self.last_env,
-            last_fields=tuple(self.last_fields),
+            last_fields=(self.last_temp, self.last_humidity, self.last_speed, self.last_weather),
             tail=tuple(self.frames[-TAIL_FRAMES:]),
         )
 
 
-def _earlier(held: Frame | None, frame: Frame, key: Key) -> Frame:
-    return frame if held is None or key < TIME_ORDER(held) else held
+def _earlier(held: Frame | None, other: Frame | None) -> Frame | None:
+    if held is None or other is None:
+        return other if held is None else held
+    return held if TIME_ORDER(held) < TIME_ORDER(other) else other
 
 
-def _later(held: Frame | None, frame: Frame, key: Key) -> Frame:
-    return frame if held is None or key > TIME_ORDER(held) else held
+def _later(held: Frame | None, other: Frame | None) -> Frame | None:
+    if held is None or other is None:
+        return other if held is None else held
+    return held if TIME_ORDER(held) > TIME_ORDER(other) else other

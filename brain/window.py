@@ -125,7 +125,8 @@ class Window:
         cutoff = now_ms - self.span_ms
         added = 0
         keys = self._keys
-        parts = self._parts
+        # Frames newer than all held (the common case) go to their parts in one batch each.
+        pending: dict[str | None, tuple[list[Key], list[Frame]]] = {}
         for frame in frames:
             if frame.ts < cutoff:
                 continue  # too late to matter, and re-adding it would resurrect evicted data
@@ -133,27 +134,42 @@ class Window:
             if not keys:
                 self._origin_ms = frame.ts
             if not keys or key > keys[-1]:
-                # The common case: frames arrive in order, so appending avoids a bisect.
+                # Frames arrive in order, mostly, so appending avoids a bisect.
                 keys.append(key)
                 self._frames.append(frame)
-            else:
-                at = bisect_left(keys, key)
-                if at < len(keys) and keys[at] == key:
-                    continue
-                keys.insert(at, key)
-                self._frames.insert(at, frame)
-                if at < len(self._cumulative[0]) - 1 - self._cumulative_skip:
-                    self._cumulative_stale = True  # prefix sums past ``at`` changed
-            name = part_of(frame)
-            part = parts.get(name)
-            if part is None:
-                part = parts[name] = Part(name)
-            part.insert(key, frame, self._origin_ms)
+                batch = pending.get(part_of(frame))
+                if batch is None:
+                    batch = pending[part_of(frame)] = ([], [])
+                batch[0].append(key)
+                batch[1].append(frame)
+                added += 1
+                continue
+            at = bisect_left(keys, key)
+            if at < len(keys) and keys[at] == key:
+                continue
+            keys.insert(at, key)
+            self._frames.insert(at, frame)
+            if at < len(self._cumulative[0]) - 1 - self._cumulative_skip:
+                self._cumulative_stale = True  # prefix sums past ``at`` changed
+            self._flush(pending)
+            self._part(part_of(frame)).insert(key, frame, self._origin_ms)
             added += 1
+        self._flush(pending)
         if added:
             self._snapshot = None
         self.evict(now_ms=now_ms)
         return added
+
+    def _part(self, name: str | None) -> Part:
+        part = self._parts.get(name)
+        if part is None:
+            part = self._parts[name] = Part(name)
+        return part
+
+    def _flush(self, pending: dict[str | None, tuple[list[Key], list[Frame]]]) -> None:
+        for name, (keys, frames) in pending.items():
+            self._part(name).extend(keys, frames, self._origin_ms)
+        pending.clear()
 
     def refill(self, frames: Iterable[Frame], *, now_ms: int) -> int:
         """Merge frames read from the store and mark the window warm; return how many were new."""
