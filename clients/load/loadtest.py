@@ -56,6 +56,12 @@ SETTLE_S = 3.0
 """After the last change: how long to wait for outstanding acks before closing."""
 
 
+def own_cpu_seconds() -> float:
+    """User + system CPU seconds this process has used so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def raise_fd_limit() -> int:
     """Raise this process's open-file limit to its hard limit; return the new soft limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -76,6 +82,7 @@ def _worker(
     ramp = plan.ramp / plan.processes
 
     async def main() -> None:
+        began = own_cpu_seconds()
         fleet = Fleet(plan, tokens, share)
         await fleet.ramp(ramp)
         out.put(("ramped", index, fleet.ramp_seconds, fleet.stats.to_dict()))
@@ -83,6 +90,7 @@ def _worker(
             out.put(("progress", index, 0.0, fleet.stats.to_dict()))
         await fleet.settle(SETTLE_S)
         await fleet.stop()
+        fleet.stats.count("cpu_us", round((own_cpu_seconds() - began) * 1e6))
         out.put(("final", index, fleet.ramp_seconds, fleet.stats.to_dict()))
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -100,6 +108,7 @@ async def run_plan(
     Raises :class:`PlanError` for a plan that must not run.
     """
     plan.validate()
+    began_cpu = own_cpu_seconds()
     tokens = await Tokens(plan.secret, plan.token_cmd).all_for(plan)
     users = [f"{plan.prefix}{i}" for i in range(plan.user_count)]
     stats = RunStats()
@@ -116,6 +125,7 @@ async def run_plan(
     else:
         worker_stats, ramp_s = await _run_workers(plan, tokens, driver, stats, started, progress)
     total = RunStats.merged([stats, *worker_stats]) if plan.processes > 1 else stats
+    total.count("cpu_us", round((own_cpu_seconds() - began_cpu) * 1e6))
     return _report(plan, total, ramp_s, time.perf_counter() - started, driver)
 
 
@@ -247,6 +257,8 @@ def _report(
         "plan": {k: v for k, v in dataclasses.asdict(plan).items() if k != "secret"},
         "elapsed_s": round(elapsed, 3),
         "ramp_s": round(ramp_s, 3),
+        "generator_cpu_s": round(counters["cpu_us"] / 1e6, 3),
+        "generator_cpu_share": round(counters["cpu_us"] / 1e6 / elapsed, 2) if elapsed else 0.0,
         "connections": {
             "target": ws_devices,
             "opened": counters["opened"],
@@ -296,6 +308,11 @@ def render(report: dict[str, Any]) -> str:
                 ["delivery ratio", report["pushes"]["delivery_ratio"]],
                 ["polls (requests)", counters.get("requests", 0)],
                 ["errors", sum(report["errors"].values())],
+                [
+                    "load generator CPU (all processes)",
+                    f"{report['generator_cpu_s']:.1f} s"
+                    f" ({report['generator_cpu_share']:.2f} of a core)",
+                ],
             ],
         ),
         "",
