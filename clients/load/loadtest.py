@@ -101,11 +101,16 @@ def _worker(
 
 
 async def run_plan(
-    plan: LoadPlan, *, progress: Callable[[str], None] | None = None
+    plan: LoadPlan,
+    *,
+    progress: Callable[[str], None] | None = None,
+    on_ramped: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``plan`` and return its report (what ``--json`` prints).
 
-    Raises :class:`PlanError` for a plan that must not run.
+    ``on_ramped`` is called once every device is connected, before the changes start (a
+    benchmark reads the server's memory there). Raises :class:`PlanError` for a plan that
+    must not run.
     """
     plan.validate()
     began_cpu = own_cpu_seconds()
@@ -121,9 +126,13 @@ async def run_plan(
     )
     started = time.perf_counter()
     if plan.processes == 1:
-        worker_stats, ramp_s = await _run_here(plan, tokens, driver, stats, started, progress)
+        worker_stats, ramp_s = await _run_here(
+            plan, tokens, driver, stats, started, progress, on_ramped
+        )
     else:
-        worker_stats, ramp_s = await _run_workers(plan, tokens, driver, stats, started, progress)
+        worker_stats, ramp_s = await _run_workers(
+            plan, tokens, driver, stats, started, progress, on_ramped
+        )
     total = RunStats.merged([stats, *worker_stats]) if plan.processes > 1 else stats
     total.count("cpu_us", round((own_cpu_seconds() - began_cpu) * 1e6))
     return _report(plan, total, ramp_s, time.perf_counter() - started, driver)
@@ -144,6 +153,7 @@ async def _run_here(
     stats: RunStats,
     started: float,
     progress: Callable[[str], None] | None,
+    on_ramped: Callable[[], None] | None = None,
 ) -> tuple[list[RunStats], float]:
     commit_times = driver.commit_times if driver else None
     fleet = Fleet(plan, tokens, range(plan.devices), stats=stats, commit_times=commit_times)
@@ -154,6 +164,8 @@ async def _run_here(
     )
     try:
         await fleet.ramp(plan.ramp)
+        if on_ramped is not None:
+            on_ramped()
         if driver is not None:
             await driver.run(plan.duration)
         else:
@@ -173,6 +185,7 @@ async def _run_workers(
     stats: RunStats,
     started: float,
     progress: Callable[[str], None] | None,
+    on_ramped: Callable[[], None] | None = None,
 ) -> tuple[list[RunStats], float]:
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
@@ -215,6 +228,8 @@ async def _run_workers(
 
     try:
         await collect(lambda: len(ramps) == len(workers), plan.devices / plan.ramp * 2 + 60)
+        if on_ramped is not None:
+            on_ramped()
         if driver is not None:
             driven = False
 
