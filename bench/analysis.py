@@ -13,6 +13,9 @@ the window's ``frames``). *Cold*: the first analysis after the window was filled
 snapshot copies the frame list and brings the trend's prefix sums up to date). *Warm*: the
 steady state, 4 new frames (one second at 4 Hz) added and as many evicted before each
 analysis; ``window.add`` (which updates the aggregates) is timed separately, per frame.
+**The brain beside ingest** models the ingest benchmark's brain work in process CPU time
+(contention on a shared machine slows it but does not inflate it): 200 windows fed 400
+frames/s each in 80-frame messages and analysed once a second.
 
 **Throughput** runs the pipeline in-process (SQLite store in a temp dir, memory broker, the
 rules analyst): every user's 15 minutes of ``stress`` frames are stored, handed to the
@@ -130,6 +133,53 @@ def print_request_costs() -> None:
         )
 
 
+def ingest_model(users: int = 200, per_user_hz: int = 400, seconds: int = 12) -> dict[str, float]:
+    """The brain's share of the ingest benchmark, in process CPU: ``users`` windows fed
+    ``per_user_hz`` frames/s in 80-frame batches (5 messages/s) and analysed once a second,
+    as the server does at 80,000 frames/s with the default debounce. The first seconds fill
+    the windows to their 3,600-frame cap and are not counted. Returns CPU seconds per
+    second of stream for adding and for analysing."""
+    start = 1_700_000_000_000
+    step_ms = 1000 // per_user_hz
+    windows = [Window() for _ in range(users)]
+    adding = analysing = 0.0
+    warm_up = 3_600 // per_user_hz + 1
+    for second in range(seconds + warm_up):
+        counted = second >= warm_up
+        for message in range(5):
+            first = second * per_user_hz + message * per_user_hz // 5
+            batch = [_frame_at(start + (first + i) * step_ms) for i in range(per_user_hz // 5)]
+            now = batch[-1].ts
+            began = time.process_time()
+            for window in windows:
+                window.add(batch, now_ms=now)
+            if counted:
+                adding += time.process_time() - began
+        began = time.process_time()
+        now = start + (second + 1) * 1000 - step_ms
+        for window in windows:
+            window.evict(now_ms=now)
+            _analyse(window.frames, now)
+        if counted:
+            analysing += time.process_time() - began
+    return {"adding_cpu_per_s": adding / seconds, "analysing_cpu_per_s": analysing / seconds}
+
+
+def _frame_at(ts: int) -> Frame:
+    i = ts // 250
+    return Frame(
+        ts=ts,
+        hr=70 + (i % 40) / 4,
+        hrv=45 + (i % 13) / 2,
+        steps=i % 3,
+        spo2=97.5,
+        skin_temp=33.2,
+        resp_rate=14.0,
+        device="watch-1",
+        env=_ENV,
+    )
+
+
 async def throughput(users: int, workers: int, data_dir: Path) -> tuple[float, float]:
     """Analyses per second for a cold and a warm round over ``users`` users."""
     store = SQLiteStore(data_dir / "bench.sqlite3")
@@ -217,6 +267,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     print_request_costs()
+    model = ingest_model()
+    print(
+        "the brain beside ingest (200 users x 400 frames/s, 80-frame batches, one analysis "
+        f"per user per second): adding {model['adding_cpu_per_s']:.2f} + analysing "
+        f"{model['analysing_cpu_per_s']:.2f} CPU seconds per second"
+    )
     if args.only_requests:
         return
     with tempfile.TemporaryDirectory() as tmp:
