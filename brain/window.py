@@ -34,6 +34,10 @@ DEFAULT_SPAN_MS = 15 * 60_000
 DEFAULT_MAX_FRAMES = 3_600
 """Frames one window holds at most: 15 minutes at 1 Hz from four devices."""
 
+REBASE_MIN_LAG_MS = 60_000
+"""How far the origin of the least-squares ``x`` may lag the oldest frame at the least
+before the window recomputes its sums (see :meth:`Window._rebase`)."""
+
 DEFAULT_MAX_USERS = 50_000
 """Windows a registry holds at most before it forgets the least recently used user."""
 
@@ -210,7 +214,12 @@ class Window:
             self._cumulative_skip += drop
         del self._keys[:drop]
         del self._frames[:drop]
-        if self._frames[0].ts - self._origin_ms > self.span_ms:
+        # Σx² - (Σx)²/n cancels more digits the further x starts from 0 relative to the
+        # spread of the frames: rebase once the origin lags twice the window's width (at
+        # least a minute, at most a span), which bounds that loss to a factor of ~10.
+        width = self._frames[-1].ts - self._frames[0].ts
+        lag_limit = min(self.span_ms, max(2 * width, REBASE_MIN_LAG_MS))
+        if self._frames[0].ts - self._origin_ms > lag_limit:
             self._rebase()
         return drop
 
@@ -222,8 +231,9 @@ class Window:
     def _rebase(self) -> None:
         """Start ``x`` at the oldest frame again and recompute the parts' sums from scratch.
 
-        Runs once the oldest frame is a span past the origin, so at most once per span of
-        frames (constant time per frame), and keeps ``x`` small and the float sums' drift
+        Runs once the oldest frame is past the origin by twice the window's width (at least
+        :data:`REBASE_MIN_LAG_MS`, at most a span): at most once per that many evicted frames,
+        so constant time per frame, and it keeps ``x`` small and the float sums' drift
         bounded.
         """
         self._origin_ms = self._frames[0].ts
