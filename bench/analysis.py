@@ -37,6 +37,7 @@ import asyncio
 import statistics
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -77,14 +78,8 @@ def _frame(i: int, start_ms: int) -> Frame:
     )
 
 
-def _analyse(frames: object, now_ms: int) -> None:
-    request = build_request(
-        "u",
-        frames,
-        now_ms=now_ms,
-        profile=Profile(),
-        baseline=BASELINE,  # type: ignore[arg-type]
-    )
+def _analyse(frames: Iterable[Frame], now_ms: int) -> None:
+    request = build_request("u", frames, now_ms=now_ms, profile=Profile(), baseline=BASELINE)
     assess(request.features, Profile())
 
 

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Self, TypeAlias
 
 from brain.aggregates import ENV_FIELDS, MINUTE_MS, PartSummary
 from brain.features import (
+    MIN_SLOPE_SPAN_MS,
     PRIMARY_MIN_FRAMES,
     RECENT_FRAMES,
     RECENT_MS,
@@ -42,9 +43,6 @@ from brain.features import (
     step_rate,
 )
 from brain.model import TIME_ORDER, Env, Frame
-
-MIN_SLOPE_SPAN_MS = 60_000
-"""As :data:`brain.features.MIN_SLOPE_SPAN_MS`: a slope needs a minute of samples."""
 
 _TS = attrgetter("ts")
 
