@@ -204,3 +204,21 @@ def test_the_same_frames_object_is_returned_until_the_window_changes() -> None:
     window.add([Frame(ts=T0 + 1000, hr=71.0)], now_ms=T0 + 1000)
     assert window.frames is not first
     assert len(first) == 1  # an earlier snapshot keeps what it held
+
+
+def test_the_first_altitude_is_found_again_after_it_left_the_window() -> None:
+    """The climb is measured from the oldest altitude still held, not the one evicted."""
+    window = Window(span_ms=5 * MIN)
+    window.add(
+        [
+            Frame(ts=T0, hr=70.0, env=Env(altitude_m=100.0)),
+            Frame(ts=T0 + 2 * MIN, hr=71.0),
+            Frame(ts=T0 + 3 * MIN, hr=72.0, env=Env(altitude_m=200.0)),
+            Frame(ts=T0 + 4 * MIN, hr=73.0, env=Env(altitude_m=260.0)),
+        ],
+        now_ms=T0 + 4 * MIN,
+    )
+    window.evict(now_ms=T0 + 6 * MIN)  # the frame at 100 m leaves
+    features = window.frames.summary.features(now_ms=T0 + 6 * MIN, baseline=None)
+    assert features.altitude_gain_m == 60.0
+    assert_matches_scratch(window, T0 + 6 * MIN, None)
