@@ -10,7 +10,8 @@ created first with ``companion tables create``), ``--phones`` phones connect and
 ``frames`` messages of ``--batch`` frames, together offering that many frames per second
 for ``--duration`` seconds. A frame counts as ingested when its batch is acked (the server
 acks only durable frames: SQLite commits with ``synchronous=FULL``). Reported: offered and
-acked frames/s, ack latency (batch sent → ack), and the server's CPU share.
+acked frames/s, ack latency (batch sent → ack), the server's CPU share and the load
+generator's (all its ``--processes`` worker processes, default 2, and the parent).
 Writes ``bench/results/ingest[-dynamodb].{json,md}``.
 """
 
@@ -60,6 +61,7 @@ async def one(rate: float, args: argparse.Namespace, env: dict[str, str]) -> dic
             ramp=1000,
             phone_hello=False,
             prefix="ing-",
+            processes=args.processes,
         )
         cpu0 = cpu_seconds(server.pid)
         report = await run_plan(plan)
@@ -78,6 +80,8 @@ async def one(rate: float, args: argparse.Namespace, env: dict[str, str]) -> dic
         "ack_ms": ack,
         "errors": report["errors"],
         "server_cpu_share": round(cpu / report["elapsed_s"], 2),
+        "generator_processes": args.processes,
+        "generator_cpu_share": report["generator_cpu_share"],
     }
 
 
@@ -92,6 +96,7 @@ def render(rows: list[dict[str, Any]], store: str) -> str:
             fmt_ms(r["ack_ms"]["p99"]),
             fmt_ms(r["ack_ms"]["max"]),
             f"{r['server_cpu_share']:.2f}",
+            f"{r['generator_cpu_share']:.2f}",
             sum(r["errors"].values()),
         ]
         for r in rows
@@ -105,6 +110,7 @@ def render(rows: list[dict[str, Any]], store: str) -> str:
         "ack p99 ms",
         "ack max ms",
         "server CPU",
+        "generator CPU",
         "errors",
     ]
     return (
@@ -140,6 +146,9 @@ def main() -> None:
     )
     parser.add_argument("--phones", type=int, default=200)
     parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument(
+        "--processes", type=int, default=2, help="load generator processes (phones split)"
+    )
     args = parser.parse_args()
     env = store_env()
     if env["COMPANION_STORE"] == "dynamodb":

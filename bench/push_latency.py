@@ -9,7 +9,10 @@ subscribed and got its snapshot), and reads the server's RSS before and after: t
 difference divided by N is the memory per idle connection. Then ``--changes`` state changes
 are committed through the demo route at ``--rate`` per second, round-robin over the users,
 and every delta's latency is taken from its server commit time ``t`` to its arrival at the
-watch (one clock: all on loopback). Writes ``bench/results/push_latency[-SUFFIX].{json,md}``.
+watch (one clock: all on loopback). The watches are spread over ``--processes`` load
+generator processes (default 2; the driver of the changes runs in the parent), and the
+server's and the generator's CPU are reported. Writes
+``bench/results/push_latency[-SUFFIX].{json,md}``.
 """
 
 from __future__ import annotations
@@ -22,9 +25,17 @@ from typing import Any
 
 import uvloop
 
-from bench.harness import SECRET, ServerProcess, rss_kib, settle_memory, write_results
+from bench.harness import (
+    SECRET,
+    ServerProcess,
+    cpu_seconds,
+    rss_kib,
+    settle_memory,
+    write_results,
+)
 from clients.load.devices import Fleet
 from clients.load.driver import StateDriver
+from clients.load.loadtest import run_plan
 from clients.load.plan import LoadPlan, Tokens
 from clients.load.stats import fmt_ms, latency_table, markdown_table
 
@@ -60,7 +71,72 @@ async def idle_connections(
     }
 
 
+async def measure_processes(args: argparse.Namespace) -> dict[str, Any]:
+    """The same run with the watches spread over ``--processes`` load generator processes
+    (:func:`~clients.load.loadtest.run_plan`; the driver runs in this one)."""
+    with ServerProcess.companion() as server:
+        warm_plan = LoadPlan(
+            server=server.url, secret=SECRET, watches=WARMUP_WATCHES, prefix="pl-warm-"
+        )
+        warm = Fleet(warm_plan, await Tokens(SECRET).all_for(warm_plan), range(WARMUP_WATCHES))
+        await warm.ramp(1000)
+        await warm.stop()
+        settle_memory()
+        before = rss_kib(server.pid)
+        ramped: dict[str, float] = {}
+
+        def on_ramped() -> None:
+            ramped["rss"] = rss_kib(server.pid)
+
+        plan = LoadPlan(
+            server=server.url,
+            secret=SECRET,
+            watches=args.subscribers,
+            ramp=args.ramp,
+            duration=args.changes / args.rate,
+            changes_per_s=args.rate,
+            prefix="pl-",
+            processes=args.processes,
+        )
+        cpu0 = cpu_seconds(server.pid)
+        report = await run_plan(plan, on_ramped=on_ramped)
+        server_cpu = cpu_seconds(server.pid) - cpu0
+        rss_end = rss_kib(server.pid)
+    stats = report["_stats"]
+    opened = report["connections"]["opened"]
+    after = int(ramped.get("rss", rss_end))
+    memory = {
+        "opened": opened,
+        "snapshots": stats.counters["snapshots"],
+        "ramp_s": report["ramp_s"],
+        "open_rate_per_s": report["connections"]["open_rate_per_s"],
+        "rss_before_kib": before,
+        "rss_after_kib": after,
+        "kib_per_connection": round((after - before) / max(opened, 1), 2),
+        "rss_end_kib": rss_end,
+    }
+    return {
+        "subscribers": args.subscribers,
+        "changes_requested": args.changes,
+        "rate_per_s": args.rate,
+        "changes_committed": stats.counters["changes"],
+        "change_errors": dict(stats.errors),
+        "deltas_received": stats.counters["deltas"],
+        "versions_pushed": stats.counters["versions_pushed"],
+        "commit_seconds": round(plan.duration, 2),
+        "memory": memory,
+        "latency_ms": {name: h.summary() for name, h in stats.histograms.items()},
+        "push": stats.histograms["push"].summary(),
+        "generator_processes": args.processes,
+        "generator_cpu_share": report["generator_cpu_share"],
+        "server_cpu_share": round(server_cpu / report["elapsed_s"], 2),
+        "_stats": stats,
+    }
+
+
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    if args.processes > 1:
+        return await measure_processes(args)
     plan = LoadPlan(
         server="http://127.0.0.1:1",  # replaced below, once the port is known
         secret=SECRET,
@@ -122,6 +198,11 @@ def render(result: dict[str, Any]) -> str:
             ],
             ["memory per idle connection (KiB)", f"{m['kib_per_connection']:.1f}"],
             ["connections opened / s", m["open_rate_per_s"]],
+            [
+                "server CPU / load generator CPU (cores, whole run)",
+                f"{result.get('server_cpu_share', '-')} / {result.get('generator_cpu_share', '-')}"
+                f" ({result.get('generator_processes', 1)} generator processes)",
+            ],
         ],
     )
     return (
@@ -141,6 +222,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0, help="state changes per second")
     parser.add_argument("--ramp", type=float, default=1000.0, help="connections per second")
     parser.add_argument("--suffix", default="", help="results file name suffix")
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=2,
+        help="load generator processes for the watches (1: all in this process, as before)",
+    )
     args = parser.parse_args()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         result = runner.run(measure(args))

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from brain.features import Baseline, Features, TrendPoint, compute_features, trend
 from brain.model import TIME_ORDER, Assessment, Env, Frame, Profile, State
+from brain.summary import WindowFrames
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,7 +47,27 @@ def build_request(
     previous: State | None = None,
     tz_offset_min: int = 0,
 ) -> AnalysisRequest:
-    """An :class:`AnalysisRequest` from a window's frames: features, trend and latest env."""
+    """An :class:`AnalysisRequest` from a window's frames: features, trend and latest env.
+
+    Given a window's :attr:`~brain.window.Window.frames` (a :class:`WindowFrames`), it reads
+    them from the window's running aggregates, at a cost independent of the window's size;
+    given any other frames, it computes them from scratch (the same values, see
+    :mod:`brain.summary`).
+    """
+    if isinstance(frames, WindowFrames):
+        summary = frames.summary
+        return AnalysisRequest(
+            user_id=user_id,
+            now_ms=now_ms,
+            features=summary.features(
+                now_ms=now_ms, baseline=baseline, tz_offset_min=tz_offset_min
+            ),
+            profile=profile,
+            baseline=baseline,
+            trend=summary.trend(now_ms=now_ms),
+            env=summary.latest_env(),
+            previous=previous,
+        )
     frames = sorted(frames, key=TIME_ORDER)
     env = next((f.env for f in reversed(frames) if f.env is not None), None)
     return AnalysisRequest(

@@ -56,6 +56,12 @@ SETTLE_S = 3.0
 """After the last change: how long to wait for outstanding acks before closing."""
 
 
+def own_cpu_seconds() -> float:
+    """User + system CPU seconds this process has used so far."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def raise_fd_limit() -> int:
     """Raise this process's open-file limit to its hard limit; return the new soft limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -76,6 +82,7 @@ def _worker(
     ramp = plan.ramp / plan.processes
 
     async def main() -> None:
+        began = own_cpu_seconds()
         fleet = Fleet(plan, tokens, share)
         await fleet.ramp(ramp)
         out.put(("ramped", index, fleet.ramp_seconds, fleet.stats.to_dict()))
@@ -83,6 +90,7 @@ def _worker(
             out.put(("progress", index, 0.0, fleet.stats.to_dict()))
         await fleet.settle(SETTLE_S)
         await fleet.stop()
+        fleet.stats.count("cpu_us", round((own_cpu_seconds() - began) * 1e6))
         out.put(("final", index, fleet.ramp_seconds, fleet.stats.to_dict()))
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
@@ -93,13 +101,19 @@ def _worker(
 
 
 async def run_plan(
-    plan: LoadPlan, *, progress: Callable[[str], None] | None = None
+    plan: LoadPlan,
+    *,
+    progress: Callable[[str], None] | None = None,
+    on_ramped: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``plan`` and return its report (what ``--json`` prints).
 
-    Raises :class:`PlanError` for a plan that must not run.
+    ``on_ramped`` is called once every device is connected, before the changes start (a
+    benchmark reads the server's memory there). Raises :class:`PlanError` for a plan that
+    must not run.
     """
     plan.validate()
+    began_cpu = own_cpu_seconds()
     tokens = await Tokens(plan.secret, plan.token_cmd).all_for(plan)
     users = [f"{plan.prefix}{i}" for i in range(plan.user_count)]
     stats = RunStats()
@@ -112,10 +126,15 @@ async def run_plan(
     )
     started = time.perf_counter()
     if plan.processes == 1:
-        worker_stats, ramp_s = await _run_here(plan, tokens, driver, stats, started, progress)
+        worker_stats, ramp_s = await _run_here(
+            plan, tokens, driver, stats, started, progress, on_ramped
+        )
     else:
-        worker_stats, ramp_s = await _run_workers(plan, tokens, driver, stats, started, progress)
+        worker_stats, ramp_s = await _run_workers(
+            plan, tokens, driver, stats, started, progress, on_ramped
+        )
     total = RunStats.merged([stats, *worker_stats]) if plan.processes > 1 else stats
+    total.count("cpu_us", round((own_cpu_seconds() - began_cpu) * 1e6))
     return _report(plan, total, ramp_s, time.perf_counter() - started, driver)
 
 
@@ -134,6 +153,7 @@ async def _run_here(
     stats: RunStats,
     started: float,
     progress: Callable[[str], None] | None,
+    on_ramped: Callable[[], None] | None = None,
 ) -> tuple[list[RunStats], float]:
     commit_times = driver.commit_times if driver else None
     fleet = Fleet(plan, tokens, range(plan.devices), stats=stats, commit_times=commit_times)
@@ -144,6 +164,8 @@ async def _run_here(
     )
     try:
         await fleet.ramp(plan.ramp)
+        if on_ramped is not None:
+            on_ramped()
         if driver is not None:
             await driver.run(plan.duration)
         else:
@@ -163,6 +185,7 @@ async def _run_workers(
     stats: RunStats,
     started: float,
     progress: Callable[[str], None] | None,
+    on_ramped: Callable[[], None] | None = None,
 ) -> tuple[list[RunStats], float]:
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
@@ -205,6 +228,8 @@ async def _run_workers(
 
     try:
         await collect(lambda: len(ramps) == len(workers), plan.devices / plan.ramp * 2 + 60)
+        if on_ramped is not None:
+            on_ramped()
         if driver is not None:
             driven = False
 
@@ -247,6 +272,8 @@ def _report(
         "plan": {k: v for k, v in dataclasses.asdict(plan).items() if k != "secret"},
         "elapsed_s": round(elapsed, 3),
         "ramp_s": round(ramp_s, 3),
+        "generator_cpu_s": round(counters["cpu_us"] / 1e6, 3),
+        "generator_cpu_share": round(counters["cpu_us"] / 1e6 / elapsed, 2) if elapsed else 0.0,
         "connections": {
             "target": ws_devices,
             "opened": counters["opened"],
@@ -296,6 +323,11 @@ def render(report: dict[str, Any]) -> str:
                 ["delivery ratio", report["pushes"]["delivery_ratio"]],
                 ["polls (requests)", counters.get("requests", 0)],
                 ["errors", sum(report["errors"].values())],
+                [
+                    "load generator CPU (all processes)",
+                    f"{report['generator_cpu_s']:.1f} s"
+                    f" ({report['generator_cpu_share']:.2f} of a core)",
+                ],
             ],
         ),
         "",

@@ -45,6 +45,7 @@ COUNTERS = (
     "bytes_in",
     "polls_changed",
     "server_errors",
+    "cpu_us",
 )
 
 

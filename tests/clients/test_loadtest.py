@@ -89,6 +89,33 @@ async def test_cli_run_counts_acks_and_pushes_and_prints_json(live_server: LiveS
     assert "conns 40/40" in err  # the live progress line
 
 
+async def test_two_worker_processes_merge_their_numbers_and_report_the_generator_cpu(
+    live_server: LiveServer,
+) -> None:
+    plan = LoadPlan(
+        server=live_server.url,
+        secret=SECRET,
+        phones=6,
+        watches=6,
+        frame_rate=4,
+        batch=2,
+        changes_per_s=10,
+        ramp=200,
+        duration=2,
+        processes=2,
+    )
+    ramped: list[int] = []
+    report = await run_plan(plan, on_ramped=lambda: ramped.append(1))
+    counters = report["counters"]
+    assert ramped == [1]
+    assert report["errors"] == {}
+    assert report["connections"]["opened"] == 12  # 6 devices in each worker
+    assert counters["frames_acked"] == counters["frames_sent"] > 0
+    assert report["pushes"]["delivery_ratio"] == 1.0
+    assert report["latency_ms"]["push"]["count"] == counters["deltas"] > 0
+    assert report["generator_cpu_s"] > 0  # the workers' CPU and this process's
+
+
 async def test_cli_refuses_a_server_off_this_machine() -> None:
     code, out, err = await companion(
         "loadtest",
