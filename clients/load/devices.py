@@ -182,6 +182,7 @@ class Fleet:
         failover = failover or Failover(self._nodes)
         while not self._stopping:
             rule = Reconnect.BACKOFF  # a lost or timed-out attempt, unless the server answered
+            retry_after: int | None = None
             async with self._gate:
                 started = time.perf_counter()
                 try:
@@ -198,6 +199,7 @@ class Fleet:
                     conn = None
                     if isinstance(exc, HandshakeFailed) and exc.status:
                         rule = reconnect_after_refusal(exc.status)
+                        retry_after = exc.retry_after
             if conn is not None:
                 stats.histograms["connect"].add((time.perf_counter() - started) * 1000)
                 stats.count("opened")
@@ -208,7 +210,7 @@ class Fleet:
                 for _, payload in sorted(device.pending.items()):
                     conn.send_text(payload[1])
                 return
-            if (retry := failover.failed(rule)) is None:
+            if (retry := failover.failed(rule, retry_after)) is None:
                 return  # the token is refused: no reconnect can help
             await asyncio.sleep(retry.pause)
 
