@@ -143,6 +143,14 @@ class Fleet:
         if self._http is not None:
             await self._http.aclose()
 
+    def drop_all(self) -> int:
+        """Cut every open connection at once, as a dead node or a network outage does: each
+        device comes back under the reconnect rule. Returns how many were cut."""
+        conns = [d.conn for d in self.devices if d.conn is not None and d.conn.is_open]
+        for conn in conns:
+            conn.abort()
+        return len(conns)
+
     async def settle(self, seconds: float) -> bool:
         """Wait up to ``seconds`` until every batch sent was acked; whether it was."""
         try:
