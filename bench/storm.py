@@ -2,7 +2,7 @@
 that stayed connected keep getting pushes.
 
     python -m bench.storm                       # 19,000 storm devices, 200 steady, 2 workers
-    python -m bench.storm --devices 5000 --admit-rate 1500 --admit-burst 300
+    python -m bench.storm --devices 5000 --admit-rate 1500 --admit-burst 50
 
 Starts ``companion serve`` (SQLite, memory broker) with the admission settings given, opens
 ``--steady`` watches in this process and ``--devices`` watches spread over ``--workers``
@@ -33,7 +33,7 @@ from typing import Any
 
 import uvloop
 
-from bench.harness import SECRET, ServerProcess, rss_kib, write_results
+from bench.harness import SECRET, ServerProcess, cpu_seconds, rss_kib, write_results
 from clients.load.devices import Fleet
 from clients.load.driver import StateDriver
 from clients.load.loadtest import raise_fd_limit
@@ -152,6 +152,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         window = devices / args.admit_rate + 10.0
         driving = asyncio.create_task(driver.run(window))
         loadavg = os.getloadavg()
+        cpu_before = cpu_seconds(server.pid)
         go.set()
         reports = []
         for _ in workers:
@@ -162,6 +163,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         storm_stats = RunStats.merged([RunStats.from_dict(r[3]) for r in reports])
         # The steady devices' pushes while the storm lasted (not after).
         steady_push = steady.stats.histograms["push"].summary()
+        server_cpu = cpu_seconds(server.pid) - cpu_before
         stop_rss.set()
         peak = await rss_task
         refused = _metric(server.url, REFUSED) - refused_before
@@ -187,6 +189,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "steady_push_ms": steady_push,
         "steady_push_quiet_ms": baseline,
         "steady_changes": driver_stats.counters["changes"],
+        "server_cpu_s": round(server_cpu, 2),
+        "server_cpu_ms_per_device": round(server_cpu * 1000 / max(devices, 1), 3),
         "rss_before_kib": rss_before,
         "rss_peak_kib": peak,
         "loadavg_at_storm": loadavg,
@@ -225,7 +229,9 @@ def render(result: dict[str, Any]) -> str:
         f"## Reconnect storm: {result['devices']:,} devices at once, "
         f"{result['steady']} steady\n\n"
         f"fd limit {result['fd_limit']:,} (asked for {result['devices_asked']:,} devices); "
-        f"{result['workers']} client processes; load average at the cut {load}. Steady "
+        f"{result['workers']} client processes; load average at the cut {load}; server CPU "
+        f"during the storm {result['server_cpu_s']:g} s "
+        f"({result['server_cpu_ms_per_device']:g} ms per device). Steady "
         f"devices' push latency before the storm (quiet server): p50 {fmt_ms(quiet['p50'])} ms,"
         f" p99 {fmt_ms(quiet['p99'])} ms ({quiet['count']:,} pushes).\n\n"
         + markdown_table(headers, rows)
@@ -246,7 +252,7 @@ def main() -> None:
     )
     parser.add_argument("--ramp", type=float, default=1500.0, help="connects/s before the storm")
     parser.add_argument("--admit-rate", type=float, default=1500.0)
-    parser.add_argument("--admit-burst", type=int, default=300)
+    parser.add_argument("--admit-burst", type=int, default=50)
     args = parser.parse_args()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         result = runner.run(measure(args))

@@ -202,7 +202,7 @@ class Settings:
         default=1500.0,
     )
     admit_burst: int = setting(
-        _positive_int, "Handshakes admitted at once before the admit rate applies.", default=300
+        _positive_int, "Handshakes admitted at once before the admit rate applies.", default=50
     )
     drain_s: float = setting(
         _drain_window,
