@@ -5,16 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+from clients.bridge.bridge import Bridge
+from clients.bridge.journal import Journal
+from clients.connect.access import endpoints
 from clients.connect.wsclient import HandshakeFailed, open_ws
 from clients.load.devices import Fleet
 from clients.load.plan import LoadPlan, Tokens
 from server.settings import Settings
-from tests.conftest import SECRET, LiveServer, auth, start_server
+from tests.conftest import SECRET, LiveServer, auth, start_server, token
 
 
 def ignore(*_args: object) -> None:
@@ -109,3 +114,43 @@ async def test_open_ws_reports_the_retry_after_of_a_refusal(
             await open_ws(live.ws_url, auth("alice", "watch"), ignore, ignore)
         assert caught.value.status == 503
         assert caught.value.retry_after is not None
+
+
+async def test_the_bridge_waits_for_its_appointment_plus_jitter(
+    settings_with: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """The phone bridge, refused by admission, pauses ``Retry-After`` + rand() * 1 s."""
+    pauses: list[float] = []
+    paused = asyncio.Event()
+
+    async def recording_sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        paused.set()
+        await asyncio.sleep(0)
+
+    async def no_frames(cursor: Any) -> AsyncIterator[tuple[list[dict[str, Any]], Any]]:
+        if False:  # an empty source: the bridge only connects
+            yield [], cursor
+
+    class Empty:
+        chunks = staticmethod(no_frames)
+
+    async with start_server(settings_with(admit_rate=0.5, admit_burst=1)) as live:
+        holder = await live.connect("bob", "watch")  # spends the only token
+        journal = Journal(tmp_path / "journal")
+        journal.open()
+        bridge = Bridge(
+            endpoints(live.url), token("alice"), Empty(), journal,
+            sleep=recording_sleep, rand=lambda: 0.25,
+        )  # fmt: skip
+        run = asyncio.create_task(bridge.run())
+        try:
+            async with asyncio.timeout(5):
+                await paused.wait()
+        finally:
+            bridge.stop()
+            await asyncio.wait_for(run, 5)
+            journal.close()
+            await holder.close()
+    assert _sample(live, "try later") >= 1
+    assert pauses[0] in (1.25, 2.25)  # Retry-After 1 or 2 (the slot 2 s away), + 0.25 s
