@@ -43,6 +43,7 @@ from server.push.outbox import Outbox
 from server.push.session import (
     MAX_ERRORS,
     MAX_MESSAGE_S,
+    MAX_SUBSCRIPTIONS,
     SERVICE_MAX_AGE_MS,
     Action,
     Close,
@@ -547,7 +548,8 @@ class Connection(asyncio.Protocol):
         """Hold ``delta`` (merged with held ones) until ``until``; ``None``: it matters, send
         it and everything held now."""
         if self._held is None:
-            self._held = Outbox(self.services.settings.outbox_limit)
+            # One merged delta per user: never more entries than subscriptions.
+            self._held = Outbox(MAX_SUBSCRIPTIONS)
         if not self._held.put_delta(delta, text):
             self.services.metrics.outbox_drops.labels("full").inc()
             self._close(Disconnects.SLOW_CONSUMER)

@@ -7,6 +7,7 @@ import pytest
 from brain.backoff import Backoff
 from clients.connect.access import Endpoints
 from clients.connect.failover import Failover
+from server.auth import DeviceKind, Principal
 from server.protocol import (
     DEFAULT_SAVER_INTERVAL_S,
     MAX_RETRY_AFTER_S,
@@ -23,6 +24,7 @@ from server.protocol import (
 )
 from server.push.admission import Admission, drain_window
 from server.push.policy import Pacer, urgent
+from server.push.session import Join, Reply, Session, SessionLimits
 
 SAVER_60 = DeliveryPolicy(Power.SAVER, 60.0)
 
@@ -179,3 +181,30 @@ def test_a_retry_hint_is_an_appointment_waited_for_with_up_to_one_second_of_jitt
 def test_a_refusal_that_means_stop_is_not_retried_whatever_its_hint() -> None:
     failover = Failover([Endpoints("http://a", "ws://a/v1/ws")])
     assert failover.failed(Reconnect.STOP, 5) is None
+
+
+# -- the session (no loop) ----------------------------------------------------------------
+
+
+def session() -> Session:
+    principal = Principal("u", DeviceKind.WATCH, token_id="t", expires_at=10**10)
+    return Session(principal, SessionLimits(100.0, 100, 10**9), now=0.0)
+
+
+def test_hello_with_a_policy_sets_it_and_counts_as_a_wake_up() -> None:
+    s = session()
+    message = b'{"op":"hello","client":"w","power":"saver","min_interval_s":60}'
+    assert isinstance(s.on_message(message, text=True, now=100.0), Join)
+    assert s.pacer.policy == SAVER_60
+    assert s.pacer.next_wake() == 160.0
+
+
+def test_policy_message_changes_the_policy_and_is_answered_with_it() -> None:
+    s = session()
+    action = s.on_message(b'{"op":"policy","power":"saver","min_interval_s":60}', text=True, now=0)
+    assert action == Reply(SAVER_60.encode())
+    assert s.pacer.saver
+    s.on_message(b'{"op":"hello","client":"w"}', text=True, now=1.0)
+    assert s.pacer.policy == SAVER_60  # a hello without power keeps it
+    s.on_message(b'{"op":"policy","power":"normal"}', text=True, now=2.0)
+    assert not s.pacer.saver

@@ -12,6 +12,8 @@ from tests.conftest import LiveServer, recv, send
 from tests.server.conftest import commit
 
 USER = "alice"
+TIMER_SLACK_S = 0.01
+"""The event loop's timers have millisecond resolution and may fire that much early."""
 
 
 async def hello(ws: ClientConnection, **policy: Any) -> float:
@@ -43,7 +45,7 @@ async def test_saver_device_gets_changes_that_can_wait_merged_once_the_interval_
         assert merged["base"] == first["version"] - 1
         assert merged["changes"]["energy"] == 42
         assert merged["changes"]["reasoning"] == "steady"
-        assert arrived - woke >= 1.5
+        assert arrived - woke >= 1.5 - TIMER_SLACK_S
 
 
 async def test_saver_device_gets_a_new_mood_at_once_with_what_was_held(
