@@ -27,6 +27,7 @@ HANDSHAKE_REJECT_REASONS: Final = frozenset(
         "bad request",
         "not found",
         "timeout",
+        "try later",
         "uri too long",
         "headers too large",
     }

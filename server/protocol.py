@@ -4,8 +4,9 @@ Sans-I/O: this module turns text into typed messages and typed messages into tex
 knows nothing of sockets or event loops, so clients (which may import only this module
 from the server) and the server share one codec, and it is tested without a loop.
 
-Client → server: ``hello``, ``frames``, ``subscribe``, ``ping``.
-Server → client: ``snapshot``, ``delta``, ``ack``, ``pong``, ``uptodate``, ``error``, and
+Client → server: ``hello``, ``frames``, ``subscribe``, ``ping``, ``policy``.
+Server → client: ``snapshot``, ``delta``, ``ack``, ``pong``, ``uptodate``, ``error``,
+``policy`` (the delivery policy in force, the answer to a ``policy`` op), and
 ``frames`` (a summary of ingested frames, for debug subscribers only).
 
 A bad message raises :class:`ProtocolError` with a stable ``code``; a bad *frame* inside a
@@ -135,6 +136,23 @@ def describe_close(code: int | None) -> str:
     return f"{code} ({_NAME_BY_CODE.get(code, 'unknown')})"
 
 
+MAX_RETRY_AFTER_S: Final = 120
+"""The longest ``Retry-After`` a client honours: a larger (or hostile) hint is cut to it, so
+no answer can park a device for hours."""
+
+
+def retry_after_s(value: str | None) -> int | None:
+    """The seconds of a ``Retry-After`` header in its delta-seconds form, at most
+    :data:`MAX_RETRY_AFTER_S`; ``None`` when absent or not a whole number of seconds (the
+    HTTP-date form is not used by this server; a client then follows its own rule)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value.isascii() or not value.isdigit() or len(value) > 9:
+        return None
+    return min(int(value), MAX_RETRY_AFTER_S)
+
+
 ErrorCode = Literal[
     "bad_json",
     "bad_message",
@@ -160,10 +178,51 @@ class ProtocolError(Exception):
 # Client messages
 
 
+class Power(enum.Enum):
+    """How a device wants to be woken: every change at once, or few wake-ups (a battery saver)."""
+
+    NORMAL = "normal"
+    SAVER = "saver"
+
+
+DEFAULT_SAVER_INTERVAL_S: Final = 300.0
+"""The interval of ``power: saver`` when the device names none: at most one wake-up per five
+minutes for changes that do not matter at once."""
+MIN_SAVER_INTERVAL_S: Final = 1.0
+MAX_SAVER_INTERVAL_S: Final = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPolicy:
+    """A device's delivery policy: ``power`` and, in saver mode, the least number of seconds
+    between two wake-ups for changes that can wait (``min_interval_s``; 0 in normal mode)."""
+
+    power: Power = Power.NORMAL
+    min_interval_s: float = 0.0
+
+    def encode(self) -> str:
+        """The ``policy`` message confirming this policy to the device."""
+        return encode(
+            {"op": "policy", "power": self.power.value, "min_interval_s": self.min_interval_s}
+        )
+
+
+NORMAL_DELIVERY: Final = DeliveryPolicy()
+
+
 @dataclass(frozen=True, slots=True)
 class Hello:
     client: str
     since: int | None = None
+    policy: DeliveryPolicy | None = None
+    """The delivery policy stated with the hello (``None``: keep the connection's)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SetPolicy:
+    """A ``policy`` message: the device changes its delivery policy."""
+
+    policy: DeliveryPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +253,7 @@ class Ping:
     t: float
 
 
-ClientMessage = Hello | FrameBatch | Subscribe | Ping
+ClientMessage = Hello | FrameBatch | Subscribe | Ping | SetPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,6 +405,36 @@ def _int_field(message: Mapping[str, Any], name: str, *, required: bool) -> int 
     return value
 
 
+def _policy(message: Mapping[str, Any], *, required: bool) -> DeliveryPolicy | None:
+    """The delivery policy of a ``hello`` or ``policy`` message (``None``: not stated).
+
+    Raises :class:`ProtocolError` (``bad_message``) for an unknown ``power``, an interval
+    out of range or an interval given with ``power: normal``.
+    """
+    power = message.get("power")
+    interval = message.get("min_interval_s")
+    if power is None:
+        if required or interval is not None:
+            raise ProtocolError("bad_message", "'power' must be 'normal' or 'saver'")
+        return None
+    if power not in ("normal", "saver"):
+        raise ProtocolError("bad_message", "'power' must be 'normal' or 'saver'")
+    if power == "normal":
+        if interval is not None:
+            raise ProtocolError("bad_message", "'min_interval_s' applies to 'saver' only")
+        return NORMAL_DELIVERY
+    if interval is None:
+        return DeliveryPolicy(Power.SAVER, DEFAULT_SAVER_INTERVAL_S)
+    if isinstance(interval, bool) or not isinstance(interval, int | float):
+        raise ProtocolError("bad_message", "'min_interval_s' must be a number")
+    if not MIN_SAVER_INTERVAL_S <= interval <= MAX_SAVER_INTERVAL_S:
+        raise ProtocolError(
+            "bad_message",
+            f"'min_interval_s' must lie in {MIN_SAVER_INTERVAL_S:g}..{MAX_SAVER_INTERVAL_S:g}",
+        )
+    return DeliveryPolicy(Power.SAVER, float(interval))
+
+
 def parse_client_message(
     data: str | bytes, *, now_ms: int, limits: FrameLimits | None = None
 ) -> ClientMessage:
@@ -353,7 +442,7 @@ def parse_client_message(
 
     Raises :class:`ProtocolError`: ``too_big`` over :data:`MAX_MESSAGE_BYTES`, ``bad_json``
     for text that is not a JSON object, ``unknown_op``, or ``bad_message`` for a known op
-    with wrong fields.
+    with wrong fields (a ``policy`` that is not one, see :func:`_policy`).
     """
     if len(data) > MAX_MESSAGE_BYTES:
         raise ProtocolError(
@@ -377,7 +466,12 @@ def parse_client_message(
         client = message.get("client", "unknown")
         if not isinstance(client, str) or len(client) > 128:
             raise ProtocolError("bad_message", "'client' must be a string of at most 128 chars")
-        return Hello(client, _int_field(message, "since", required=False))
+        since = _int_field(message, "since", required=False)
+        return Hello(client, since, _policy(message, required=False))
+    if op == "policy":
+        policy = _policy(message, required=True)
+        assert policy is not None
+        return SetPolicy(policy)
     if op == "ping":
         t = message.get("t", 0)
         if isinstance(t, bool) or not isinstance(t, int | float):

@@ -67,6 +67,15 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _drain_window(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 8:
+        # A graceful stop lasts 10 s (server.runner.GRACEFUL_SHUTDOWN_S); the last close
+        # needs up to 2 s for its closing handshake.
+        raise ValueError(f"must lie in 0..8 seconds, got {text}")
+    return value
+
+
 def _choice(*options: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in options:
@@ -190,6 +199,21 @@ class Settings:
         _positive_float,
         "Seconds a connection has to send a whole HTTP request or WebSocket upgrade.",
         default=10.0,
+    )
+    admit_rate: float = setting(
+        _positive_float,
+        "WebSocket handshakes a node admits per second (token bucket); the excess is answered"
+        " 503 with a Retry-After hint before any token check.",
+        default=1500.0,
+    )
+    admit_burst: int = setting(
+        _positive_int, "Handshakes admitted at once before the admit rate applies.", default=50
+    )
+    drain_s: float = setting(
+        _drain_window,
+        "Longest window (0-8 s) over which a graceful stop spreads its clients' 1012 closes"
+        " (shorter when the clients can return within it at the admit rate).",
+        default=5.0,
     )
     outbox_limit: int = setting(
         _positive_int, "Messages pending per connection before it is closed as slow.", default=64

@@ -60,6 +60,7 @@ from server.protocol import (
     describe_close,
     reconnect_after,
     reconnect_after_refusal,
+    retry_after_s,
 )
 
 log = logging.getLogger("companion.bridge")
@@ -191,6 +192,7 @@ class Bridge:
         while True:
             headers = {"Authorization": f"Bearer {self._token}"}
             server = self.server
+            retry_after: int | None = None
             try:
                 ws = await self._connector(
                     server.ws,
@@ -204,6 +206,7 @@ class Bridge:
                 status = exc.response.status_code
                 body = exc.response.body.decode(errors="replace")[:200] if exc.response.body else ""
                 rule, why = reconnect_after_refusal(status), f"HTTP {status} {body}".strip()
+                retry_after = retry_after_s(exc.response.headers.get("Retry-After"))
             except (OSError, TimeoutError, InvalidHandshake) as exc:
                 rule, why = Reconnect.BACKOFF, f"{type(exc).__name__}: {exc}"
             else:
@@ -212,7 +215,7 @@ class Bridge:
                 if had_reply:
                     self.failover.succeeded()
                 rule, why = reconnect_after(code), describe_close(code)
-            retry = self.failover.failed(rule)
+            retry = self.failover.failed(rule, retry_after)
             if retry is None:
                 log.error("server refused this bridge (%s): check the token; stopping", why)
                 self.stop(EXIT_AUTH)

@@ -19,6 +19,12 @@ jittered ``soon`` pause after a "come back soon", a jittered share of ``base`` o
 Only once every URL has failed in a row does the backoff grow, and it stops growing at
 ``cap`` (5 s), so a node that is back after an outage is found within a few seconds.
 A client given one load-balancer URL is the one-URL case of the same rule.
+
+A refusal that names a time (``503`` with ``Retry-After: S``, read with
+:func:`server.protocol.retry_after_s`) overrides the pause: the server gave this client an
+appointment in its admission queue, so the client waits ``S`` seconds plus a jitter of up
+to one ``soon`` window (a node's appointments are whole seconds; the jitter spreads each
+second's share over that second), whatever its count of failures.
 """
 
 from __future__ import annotations
@@ -77,13 +83,18 @@ class Failover:
         """The current server answered: the next failure starts afresh (and stays short)."""
         self._failures = 0
 
-    def failed(self, rule: Reconnect) -> Retry | None:
-        """The current server failed under ``rule``: the next server and the pause first.
+    def failed(self, rule: Reconnect, retry_after: float | None = None) -> Retry | None:
+        """The current server failed under ``rule``: the next server and the pause first;
+        ``retry_after``: the seconds the server asked for (``Retry-After``), if any.
 
         ``None`` for :attr:`Reconnect.STOP`: no server will take this token.
         """
         if rule is Reconnect.STOP:
             return None
+        if retry_after is not None:
+            self._failures += 1
+            self._index = (self._index + 1) % len(self.servers)
+            return Retry(self.current, max(0.0, retry_after) + self.backoff.soon_delay())
         # Rounds in which every URL failed, counted before this failure: 0 while an untried
         # URL remains, so moving on to it is quick; then the backoff grows round by round.
         rounds = self._failures // len(self.servers)

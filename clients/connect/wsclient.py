@@ -23,6 +23,8 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
+from server.protocol import retry_after_s
+
 MAX_MESSAGE_BYTES = 1 << 20
 
 OnText = Callable[["WSClient", bytes, float], None]
@@ -32,11 +34,13 @@ OnClose = Callable[["WSClient", int | None], None]
 
 
 class HandshakeFailed(Exception):
-    """The server refused the upgrade (``status`` is its HTTP status, 0 if none came)."""
+    """The server refused the upgrade (``status`` is its HTTP status, 0 if none came;
+    ``retry_after`` the seconds of its ``Retry-After`` header, if it sent one)."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, retry_after: int | None = None) -> None:
         super().__init__(f"handshake refused: HTTP {status} {reason}".strip())
         self.status = status
+        self.retry_after = retry_after
 
 
 class WSClient(asyncio.Protocol):
@@ -153,7 +157,9 @@ class WSClient(asyncio.Protocol):
         if self.protocol.handshake_exc is None:
             self.opened.set_result(None)
         else:
-            self.opened.set_exception(HandshakeFailed(response.status_code, response.reason_phrase))
+            retry_after = retry_after_s(response.headers.get("Retry-After"))
+            refused = HandshakeFailed(response.status_code, response.reason_phrase, retry_after)
+            self.opened.set_exception(refused)
 
     def _flush(self) -> None:
         transport = self._transport

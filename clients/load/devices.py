@@ -143,6 +143,14 @@ class Fleet:
         if self._http is not None:
             await self._http.aclose()
 
+    def drop_all(self) -> int:
+        """Cut every open connection at once, as a dead node or a network outage does: each
+        device comes back under the reconnect rule. Returns how many were cut."""
+        conns = [d.conn for d in self.devices if d.conn is not None and d.conn.is_open]
+        for conn in conns:
+            conn.abort()
+        return len(conns)
+
     async def settle(self, seconds: float) -> bool:
         """Wait up to ``seconds`` until every batch sent was acked; whether it was."""
         try:
@@ -182,6 +190,7 @@ class Fleet:
         failover = failover or Failover(self._nodes)
         while not self._stopping:
             rule = Reconnect.BACKOFF  # a lost or timed-out attempt, unless the server answered
+            retry_after: int | None = None
             async with self._gate:
                 started = time.perf_counter()
                 try:
@@ -198,6 +207,7 @@ class Fleet:
                     conn = None
                     if isinstance(exc, HandshakeFailed) and exc.status:
                         rule = reconnect_after_refusal(exc.status)
+                        retry_after = exc.retry_after
             if conn is not None:
                 stats.histograms["connect"].add((time.perf_counter() - started) * 1000)
                 stats.count("opened")
@@ -208,7 +218,7 @@ class Fleet:
                 for _, payload in sorted(device.pending.items()):
                     conn.send_text(payload[1])
                 return
-            if (retry := failover.failed(rule)) is None:
+            if (retry := failover.failed(rule, retry_after)) is None:
                 return  # the token is refused: no reconnect can help
             await asyncio.sleep(retry.pause)
 

@@ -45,7 +45,7 @@ from brain.backoff import Backoff
 from brain.scenarios import generate
 from clients.connect.access import Endpoints, TokenError, add_server_flags, servers, user_of
 from clients.connect.failover import RECONNECT, Failover
-from server.protocol import Reconnect, frame_to_wire, reconnect_after_refusal
+from server.protocol import Reconnect, frame_to_wire, reconnect_after_refusal, retry_after_s
 
 Mode = Literal["poll", "longpoll", "piggyback"]
 MODES: tuple[Mode, ...] = ("poll", "longpoll", "piggyback")
@@ -164,18 +164,20 @@ class RestWatch:
             while deadline is None or self._clock() < deadline:
                 began = self._clock()
                 rule: Reconnect | None = None
+                retry_after: int | None = None
                 try:
                     await step()
                     self.failover.succeeded()
                 except httpx.HTTPStatusError as exc:
                     rule = reconnect_after_refusal(exc.response.status_code)
+                    retry_after = retry_after_s(exc.response.headers.get("Retry-After"))
                     if rule is Reconnect.STOP:
                         raise
                 except httpx.TransportError:
                     rule = Reconnect.BACKOFF
                 if rule is not None:
                     self.stats.errors += 1
-                    retry = self.failover.failed(rule)
+                    retry = self.failover.failed(rule, retry_after)
                     assert retry is not None  # STOP was raised above
                     pause = retry.pause
                 elif self.mode == "longpoll":

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections import deque
 from collections.abc import Coroutine
@@ -37,10 +38,12 @@ from websockets.server import ServerProtocol
 from server.auth import Principal, bearer, origin_allowed, verify
 from server.errors import Forbidden, FramesNotDurable, StoreError
 from server.protocol import Delta, Disconnect, Disconnects, FrameBatch, text_frame
+from server.push.admission import drain_window
 from server.push.outbox import Outbox
 from server.push.session import (
     MAX_ERRORS,
     MAX_MESSAGE_S,
+    MAX_SUBSCRIPTIONS,
     SERVICE_MAX_AGE_MS,
     Action,
     Close,
@@ -132,6 +135,8 @@ class Connection(asyncio.Protocol):
         "_close_timer",
         "_closing",
         "_expiry",
+        "_held",
+        "_hold_timer",
         "_keepalive",
         "_last_rx",
         "_message",
@@ -183,6 +188,9 @@ class Connection(asyncio.Protocol):
         self._expiry: asyncio.TimerHandle | None = None
         self._last_rx = time.monotonic()
         self._ping_sent: float | None = None
+        self._held: Outbox | None = None
+        """Deltas held back from a device in battery-saver mode (:mod:`server.push.policy`)."""
+        self._hold_timer: asyncio.TimerHandle | None = None
 
     @property
     def principal(self) -> Principal:
@@ -219,11 +227,34 @@ class Connection(asyncio.Protocol):
             self.data_received(received)
 
     def shutdown(self) -> None:
-        """Graceful server stop: close with 1012, the client reconnects to another node."""
-        self._close(Disconnects.RESTART)
+        """Graceful server stop: close with 1012, the client reconnects to another node.
+
+        Not all at once: each connection closes at a random moment of the drain window
+        (:func:`~server.push.admission.drain_window`), so the fleet returns to the other
+        nodes at a rate they admit; until then it is served as before.
+        """
+        settings = self.services.settings
+        window = drain_window(
+            len(self._registry.connections), settings.drain_s, settings.admit_rate
+        )
+        delay = random.random() * window
+        if delay <= 0:
+            self._close(Disconnects.RESTART)
+            return
+        # The close timer slot: _close replaces it with its own once this one fires.
+        self._close_timer = asyncio.get_running_loop().call_later(
+            delay, self._close, Disconnects.RESTART, None
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
-        for timer in (self._keepalive, self._expiry, self._close_timer, self._message_timer):
+        timers = (
+            self._keepalive,
+            self._expiry,
+            self._close_timer,
+            self._message_timer,
+            self._hold_timer,
+        )
+        for timer in timers:
             if timer is not None:
                 timer.cancel()
         for task in (self._worker, self._writer):
@@ -233,6 +264,7 @@ class Connection(asyncio.Protocol):
             self._resumed.cancel()
         self._pending = None
         self._outbox = None
+        self._held = None
         if self._closing is None:
             self._closing = Disconnects.NORMAL  # nothing more is sent on a lost socket
         if self in self._registry.connections:
@@ -373,6 +405,8 @@ class Connection(asyncio.Protocol):
 
     def _on_message(self, data: bytes, *, text: bool) -> None:
         action = self.session.on_message(data, text=text, now=self.services.clock())
+        if self._held is not None:
+            self._hold_again()  # the message may have changed the delivery policy
         if self._worker is None and isinstance(action, Reply | Close):
             self._act(action)
             return
@@ -436,6 +470,7 @@ class Connection(asyncio.Protocol):
             self._send(self.session.unavailable(join.user_id))
             return
         text = self.session.snapshot(join.user_id, state_fields(state), join.since)
+        self._unhold_into_outbox()  # the snapshot supersedes what it includes
         if not self.outbox.put_snapshot(join.user_id, state.version, text):
             self._close(Disconnects.SLOW_CONSUMER)
             return
@@ -479,6 +514,17 @@ class Connection(asyncio.Protocol):
             return
         if delta is not None and not self.session.wants(delta):
             return
+        if delta is not None:
+            now = self.services.clock()
+            until = self.session.pacer.hold_until(delta, now)
+            if until is not None or self._held is not None:
+                self._hold(delta, text, until, now)
+                return
+            self.session.pacer.woke(now)
+        self._push(text, delta, frame)
+
+    def _push(self, text: str, delta: Delta | None, frame: bytes) -> None:
+        """Write ``frame`` now, or queue ``text`` in the outbox (see :meth:`offer`)."""
         if self._writer is None and self._write(frame):
             return
         metrics = self.services.metrics
@@ -495,6 +541,61 @@ class Connection(asyncio.Protocol):
             self._close(Disconnects.SLOW_CONSUMER)
             return
         self._ensure_writer()
+
+    # -- battery saver: held deltas ------------------------------------------------------
+
+    def _hold(self, delta: Delta, text: str, until: float | None, now: float) -> None:
+        """Hold ``delta`` (merged with held ones) until ``until``; ``None``: it matters, send
+        it and everything held now."""
+        if self._held is None:
+            # One merged delta per user: never more entries than subscriptions.
+            self._held = Outbox(MAX_SUBSCRIPTIONS)
+        if not self._held.put_delta(delta, text):
+            self.services.metrics.outbox_drops.labels("full").inc()
+            self._close(Disconnects.SLOW_CONSUMER)
+            return
+        if until is None:
+            self._release()
+        elif self._hold_timer is None:
+            loop = asyncio.get_running_loop()
+            self._hold_timer = loop.call_later(max(0.0, until - now), self._release)
+
+    def _hold_again(self) -> None:
+        """Re-time the held deltas after a message (a new policy, a hello)."""
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        now = self.services.clock()
+        due = self.session.pacer.next_wake()
+        if due <= now:
+            self._release()
+        else:
+            loop = asyncio.get_running_loop()
+            self._hold_timer = loop.call_later(due - now, self._release)
+
+    def _release(self) -> None:
+        """Wake the device: send what is held (deltas merged per user)."""
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        held, self._held = self._held, None
+        if held is None or self._closing is not None:
+            return
+        self.session.pacer.woke(self.services.clock())
+        while (item := held.pop()) is not None:
+            text, delta = item
+            self._push(text, delta, text_frame(text.encode()))
+
+    def _unhold_into_outbox(self) -> None:
+        """Move held deltas to the outbox (where a snapshot supersedes them)."""
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()
+            self._hold_timer = None
+        held, self._held = self._held, None
+        while held is not None and (item := held.pop()) is not None:
+            text, delta = item
+            if delta is not None:
+                self.outbox.put_delta(delta, text)
 
     def _ensure_writer(self) -> None:
         if self._writer is None:

@@ -20,6 +20,7 @@ from typing import Any, Final
 from server import protocol as wire
 from server.auth import DeviceKind, Principal
 from server.protocol import Delta, Disconnect, Disconnects, FrameBatch, FrameLimits, ProtocolError
+from server.push.policy import Pacer
 from server.ratelimit import TokenBucket
 
 MAX_ERRORS: Final = 10
@@ -86,6 +87,7 @@ class Session:
         "_fragments",
         "_frame_limits",
         "_message_started",
+        "pacer",
         "principal",
         "subscriptions",
         "versions",
@@ -104,6 +106,8 @@ class Session:
         """Users whose deltas this connection gets."""
         self.versions: dict[str, int] = {}
         """The newest version of each user this connection has been sent."""
+        self.pacer = Pacer()
+        """This device's delivery policy (battery saver or not), see :mod:`server.push.policy`."""
 
     @property
     def wants_summaries(self) -> bool:
@@ -157,7 +161,13 @@ class Session:
         if isinstance(message, FrameBatch):
             return Store(message)
         if isinstance(message, wire.Hello):
+            if message.policy is not None:
+                self.pacer.policy = message.policy
+            self.pacer.woke(now)  # the device is awake: it asks
             return self._join(self.principal.user_id, message.since)
+        if isinstance(message, wire.SetPolicy):
+            self.pacer.policy = message.policy
+            return Reply(message.policy.encode())
         if isinstance(message, wire.Subscribe):
             user_id = message.user_id or self.principal.user_id
             if not self.principal.may_access(user_id):

@@ -15,7 +15,9 @@ and enforces what uvicorn does not:
   :data:`MAX_HEAD_BYTES`, a header line over :data:`MAX_HEADER_LINE_BYTES` or more than
   :data:`MAX_HEADERS` headers 431, and the connection is closed;
 - **upgrades**: only the first request of a connection may be a WebSocket upgrade, only over
-  HTTP/1.1 (else 400).
+  HTTP/1.1 (else 400);
+- **admission**: device upgrades beyond ``COMPANION_ADMIT_RATE`` a second are answered 503
+  with ``Retry-After`` before the token is verified (:mod:`server.push.admission`).
 
 A plain HTTP request goes, with the bytes read so far, to uvicorn's ``httptools`` protocol
 (the class ``http="httptools"`` names, built with the three arguments uvicorn passes to any
@@ -49,6 +51,7 @@ from server.auth import own_origins
 from server.errors import AuthError
 from server.problems import auth_problem
 from server.protocol import MAX_MESSAGE_BYTES
+from server.push.admission import ADMISSION_REFUSED, Admission
 from server.push.endpoint import Connection, Registry, authenticate, session_limits
 from server.push.session import Session
 from server.services import Services
@@ -324,6 +327,11 @@ class EdgeProtocol(asyncio.Protocol):
         if services is None:
             self._refuse(HTTPStatus.SERVICE_UNAVAILABLE, "bad request")
             return
+        if known and (retry_after := _admission(services).admit(services.clock())) is not None:
+            # Before anything costly (parsing the handshake, verifying the token, reading
+            # the state): the point is to stay responsive while a fleet reconnects.
+            self._try_later(transport, retry_after)
+            return
         handshake = ServerProtocol(max_size=MAX_MESSAGE_BYTES, logger=FRAME_LOG)
         handshake.receive_data(head)
         events = handshake.events_received()
@@ -369,12 +377,33 @@ class EdgeProtocol(asyncio.Protocol):
         transport.set_protocol(connection)
         connection.start(received)
 
+    def _try_later(self, transport: asyncio.Transport, retry_after: int) -> None:
+        """Refuse a handshake that admission control did not admit: 503 and ``Retry-After``."""
+        status = HTTPStatus.SERVICE_UNAVAILABLE
+        body = b"try again later\n"
+        headers = _headers(body)
+        headers["Retry-After"] = str(retry_after)
+        transport.write(Response(status.value, status.phrase, headers, body).serialize())
+        self._count(ADMISSION_REFUSED)
+        transport.close()
+
     def _reject(self, handshake: ServerProtocol, status: HTTPStatus, reason: str) -> None:
         assert self._transport is not None
         handshake.send_response(handshake.reject(status, f"{status.phrase}\n"))
         self._count(reason)
         _write(self._transport, handshake)
         self._transport.close()
+
+
+def _admission(services: Services) -> Admission:
+    """The node's admission control, made on first use from the settings (one per app)."""
+    found = services.extras.get("admission")
+    if isinstance(found, Admission):
+        return found
+    settings = services.settings
+    admission = Admission(settings.admit_rate, settings.admit_burst, services.clock())
+    services.extras["admission"] = admission
+    return admission
 
 
 def _headers(body: bytes, content_type: str = "text/plain; charset=utf-8") -> Headers:
