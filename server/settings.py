@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlparse
 
+from brain.tiers import DEFAULT_TIERS, Tiers, parse_tiers
 from server.errors import SettingsError
 
 
@@ -224,6 +225,12 @@ class Settings:
     )
     llm_daily_budget_usd: float = setting(
         _non_negative_float, "Per-user daily LLM spend; then rules answer.", default=0.50
+    )
+    tiers: Tiers = setting(
+        parse_tiers,
+        "Tiers and their limits, JSON `{name: {limit: value}}` over the built-in `free` and "
+        "`premium` (docs/cost.md).",
+        default_factory=lambda: DEFAULT_TIERS,
     )
     window_minutes: int = setting(
         _positive_int, "Minutes of frames an analysis looks at.", default=15

@@ -72,6 +72,7 @@ def profile_to_dict(profile: Profile) -> dict[str, str]:
         "style": profile.style.value,
         "tone": profile.tone.value,
         "base_avatar": profile.base_avatar,
+        "tier": profile.tier,
     }
 
 
@@ -85,6 +86,7 @@ def profile_from_dict(data: dict[str, Any]) -> Profile:
         style=CoachStyle(data.get("style", default.style)),
         tone=CoachTone(data.get("tone", default.tone)),
         base_avatar=str(data.get("base_avatar", default.base_avatar)),
+        tier=str(data.get("tier", default.tier)),
     )
 
 

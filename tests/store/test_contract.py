@@ -144,7 +144,9 @@ async def test_first_write_expects_version_0_and_round_trips_every_field(store: 
         source="llm",
         image_url="https://media.example/a.png",
         avatar_status="ready",
-        profile=Profile(style=CoachStyle.STRICT, tone=CoachTone.DIRECT, base_avatar="owl"),
+        profile=Profile(
+            style=CoachStyle.STRICT, tone=CoachTone.DIRECT, base_avatar="owl", tier="premium"
+        ),
         updated_at=T0,
     )
 
