@@ -75,6 +75,6 @@ class CostPerUser:
             "user_id": self.user_id,
             "day": self.day,
             "tier": self.tier,
-            "total_usd": round(self.total_usd, 6),
-            "by_service": {s.value: round(v, 6) for s, v in self.by_service.items()},
+            "total_usd": round(self.total_usd, 9),
+            "by_service": {s.value: round(v, 9) for s, v in self.by_service.items()},
         }

@@ -43,8 +43,9 @@ CLIP_SECONDS: Final = 4
 
 
 def frames_cost(frames: int) -> float:
-    """Estimated dollars of writing ``frames`` frames to the packed frame store."""
-    units = -(-frames // FRAMES_PER_WRITE_UNIT)
+    """Estimated dollars of writing ``frames`` frames to the packed frame store (a share of
+    a write unit per frame: buckets fill across the write-behind batches)."""
+    units = frames / FRAMES_PER_WRITE_UNIT
     return float(units * PRICES["dynamodb_wru_per_million"] / 1e6)
 
 

@@ -201,7 +201,8 @@ class Settings:
     rate_burst: int = setting(_positive_int, "Burst size of that token bucket.", default=60)
     rest_rate_per_s: float = setting(
         _positive_float,
-        "REST requests per second per device token (user and kind; service: unlimited).",
+        "REST requests per second per device token (user and kind; service: unlimited); a "
+        "ceiling on the default tier's (COMPANION_TIERS).",
         default=5.0,
     )
     rest_rate_burst: int = setting(
