@@ -104,7 +104,7 @@ def test_the_rules_pass_promtool_check() -> None:
         [promtool(), "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 16 rules found" in result.stdout
+    assert "SUCCESS: 17 rules found" in result.stdout
 
 
 def test_the_example_prometheus_config_is_valid_and_loads_the_rules() -> None:
@@ -113,7 +113,7 @@ def test_the_example_prometheus_config_is_valid_and_loads_the_rules() -> None:
         [promtool(), "check", "config", str(config)], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 16 rules found" in result.stdout
+    assert "SUCCESS: 17 rules found" in result.stdout
 
 
 def annotations(alert: str, summary: str, description: str | None = None) -> dict[str, str]:
@@ -158,6 +158,11 @@ def test_the_rules_fire_on_the_series_they_are_about(tmp_path: Path) -> None:
                         "series": 'companion_llm_fallbacks_total{reason="budget"}',
                         "values": "0 0 3 5 8",
                     },
+                    # two premium users whose day cost more than the tier allows
+                    {
+                        "series": 'companion_cost_anomalies_total{tier="premium"}',
+                        "values": "0 0 1 2 2",
+                    },
                     # a healthy store that never fails
                     {"series": 'companion_store_up{instance="n1"}', "values": "1x30"},
                 ],
@@ -200,6 +205,19 @@ def test_the_rules_fire_on_the_series_they_are_about(tmp_path: Path) -> None:
                                     "8 analyses in 15 minutes fell back to the rules because the"
                                     " user's daily budget (COMPANION_LLM_DAILY_BUDGET_USD) was"
                                     " spent.",
+                                ),
+                            }
+                        ],
+                    },
+                    {
+                        "eval_time": "4m",
+                        "alertname": "CompanionCostAnomaly",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {"severity": "ticket", "tier": "premium"},
+                                "exp_annotations": annotations(
+                                    "CompanionCostAnomaly",
+                                    "2 premium user(s) cost more today than the tier allows",
                                 ),
                             }
                         ],
