@@ -86,8 +86,11 @@ async def install_avatars(
         cache_reads=settings.avatar_cache == "on",
         owner=node_name(settings.port),
         lease_s=settings.avatar_lease_s,
+        tiers=settings.tiers,
+        cost=services.cost,
     )
     services.state.listeners.append(saga.on_commit)
+    services.erase_hooks.append(saga.allowance.forget)
     # Last in, first out: the saga stops (running sagas finish or are cancelled) before the
     # generator, media store and store it uses are closed.
     stack.push_async_callback(saga.close)
@@ -195,6 +198,7 @@ async def retry_failed_in_process(
             cache_reads=settings.avatar_cache == "on",
             owner=f"{socket.gethostname()}:cli-{os.getpid()}",
             lease_s=settings.avatar_lease_s,
+            tiers=settings.tiers,
         )
         stack.push_async_callback(saga.close)
         return await retry_failed(saga, state, store, interrupted=interrupted)
