@@ -104,9 +104,16 @@ def create_app(
             stack.push_async_callback(ingestor.close)
             state = StateService(the_store, hub, metrics, clock, tiers=settings.tiers)
             services = Services(settings, the_store, hub, state, ingestor, metrics, clock, hooks)
-            services.cost = CostMeter(metrics.registry, state.tier_book, clock=clock)
-            hooks.append(services.cost.frames_stored)
-            services.erase_hooks += [state.tier_book.forget, services.cost.forget]
+            services.cost = cost = CostMeter(metrics.registry, state.tier_book, clock=clock)
+            hooks.append(cost.frames_stored)
+            services.erase_hooks += [state.tier_book.forget, cost.forget]
+            flusher = asyncio.create_task(cost.keep_flushing(the_store), name="cost-flush")
+
+            async def stop_flushing() -> None:
+                flusher.cancel()
+                await asyncio.gather(flusher, return_exceptions=True)
+
+            stack.push_async_callback(stop_flushing)  # before the store closes (LIFO)
 
             async def publish_summaries(by_user: Mapping[str, Sequence[Frame]]) -> None:
                 for user_id, frames in by_user.items():

@@ -14,16 +14,20 @@ saga), frames stored (a frames hook, priced as packed writes) and pushes. Each a
   never the user (alert rule ``CompanionCostAnomaly`` in deploy/prometheus/alerts.yml).
 
 A node meters what it did itself; in a cluster the per-user day is per node, the metric
-sums over nodes. The LLM's share is also durable in the usage ledger (the guard writes it).
+sums over nodes. The usage ledger keeps the durable record per user, day and service: the
+guard writes the LLM's share with each call, and :meth:`CostMeter.flush` writes the other
+services' (``images_usd``, ``clips_usd``, ``storage_usd``, ``pushes_usd``) behind, every
+:data:`FLUSH_EVERY_S` and at shutdown; a failed flush keeps its sums for the next one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Final
+from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -37,6 +41,17 @@ from server.tiers import TierBook
 log = logging.getLogger(__name__)
 
 MAX_USERS: Final = 100_000
+FLUSH_EVERY_S: Final = 10.0
+"""How often the service costs are written to the usage ledger: a few writes a minute per
+active user, not one per frame batch."""
+
+
+class CostLedger(Protocol):
+    """Where the service costs go (the store has this method)."""
+
+    async def add_service_costs(self, user_id: str, day: str, costs: Mapping[str, float]) -> None:
+        """Add dollars to the user's day by ``<service>_usd`` field."""
+        ...
 
 
 class CostMeter:
@@ -57,6 +72,7 @@ class CostMeter:
         self._clock = clock
         self._max_users = max_users
         self._days: OrderedDict[str, CostPerUser] = OrderedDict()
+        self._pending: dict[tuple[str, str], dict[str, float]] = {}
         self._flagged: set[tuple[str, str]] = set()
         self.cost = Counter(
             "companion_cost_usd",
@@ -105,8 +121,41 @@ class CostMeter:
         while len(self._days) > self._max_users:
             self._days.popitem(last=False)
         self.cost.labels(the_tier.name, service.value).inc(usd)
+        if service is not Service.LLM:  # the guard writes the LLM's share itself
+            pending = self._pending.setdefault((user_id, day), {})
+            field = f"{service.value}_usd"
+            pending[field] = pending.get(field, 0.0) + usd
         self._check(updated, the_tier)
         return updated
+
+    async def flush(self, ledger: CostLedger) -> int:
+        """Write the service costs added since the last flush to ``ledger``; return the
+        user-days written. A user-day that fails stays pending (bounded to ``max_users``:
+        beyond, the oldest are dropped with a warning)."""
+        pending, self._pending = self._pending, {}
+        written = 0
+        for (user_id, day), costs in pending.items():
+            try:
+                await ledger.add_service_costs(user_id, day, costs)
+                written += 1
+            except Exception as exc:  # the store is down: keep the sums for the next flush
+                log.warning("cannot write service costs to the usage ledger: %r", exc)
+                mine = self._pending.setdefault((user_id, day), {})
+                for field, usd in costs.items():
+                    mine[field] = mine.get(field, 0.0) + usd
+        while len(self._pending) > self._max_users:
+            self._pending.pop(next(iter(self._pending)))
+            log.warning("service costs dropped: too many user-days waiting for the ledger")
+        return written
+
+    async def keep_flushing(self, ledger: CostLedger, every_s: float = FLUSH_EVERY_S) -> None:
+        """Flush to ``ledger`` every ``every_s`` seconds until cancelled (then once more)."""
+        try:
+            while True:
+                await asyncio.sleep(every_s)
+                await self.flush(ledger)
+        finally:
+            await asyncio.shield(self.flush(ledger))
 
     def today(self, user_id: str) -> CostPerUser:
         """The user's cost today (UTC) as this node metered it."""
@@ -132,8 +181,9 @@ class CostMeter:
                 self.add(user_id, Service.STORAGE, frames_cost(len(frames)))
 
     def forget(self, user_id: str) -> None:
-        """Drop the user's day (after an erase)."""
+        """Drop the user's day and unwritten costs (after an erase)."""
         self._days.pop(user_id, None)
+        self._pending = {k: v for k, v in self._pending.items() if k[0] != user_id}
         self._flagged = {key for key in self._flagged if key[0] != user_id}
 
     def _check(self, day: CostPerUser, tier: Tier) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from brain.model import SNAPSHOT_FIELDS, AvatarStatus, CoachStyle, CoachTone, Env, Frame, Profile
-from server.store.base import Usage, UserState
+from server.store.base import SERVICE_COSTS, Usage, UserState
 
 SECONDS_PER_DAY = 86_400
 
@@ -138,6 +138,7 @@ def usage_to_dict(usage: Usage) -> dict[str, Any]:
         "cost_usd": usage.cost_usd,
         "cache_write_tokens": usage.cache_write_tokens,
         "cache_read_tokens": usage.cache_read_tokens,
+        **{name: getattr(usage, name) for name in SERVICE_COSTS},
     }
 
 

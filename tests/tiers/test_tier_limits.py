@@ -9,8 +9,12 @@ from pathlib import Path
 import pytest
 
 from brain.cost import Service
+from brain.prices import frames_cost
 from brain.tiers import parse_tiers
+from server.cost import CostMeter
 from server.settings import Settings
+from server.store.sqlite import SQLiteStore
+from server.tiers import TierBook
 from tests.broker.conftest import eventually
 from tests.conftest import SECRET, auth, start_server
 from tests.server.conftest import frame, now_ms
@@ -80,3 +84,44 @@ async def test_stored_frames_are_billed_to_the_users_tier_and_a_costly_day_is_on
     warnings = [r.getMessage() for r in caplog.records if r.name == "server.cost"]
     assert len(warnings) == 1
     assert "free user" in warnings[0] and "alice" not in warnings[0]
+
+
+async def test_service_costs_reach_the_usage_ledger_by_the_time_the_server_stops(
+    settings: Settings,
+) -> None:
+    start = now_ms() - 60_000
+    async with start_server(settings) as live, live.http() as client:
+        frames = [frame(start + i * 100) for i in range(40)]
+        answer = await client.post(
+            "/v1/users/alice/frames", json={"frames": frames}, headers=auth("alice")
+        )
+        assert answer.status_code == 200
+        await eventually(lambda: live.services.cost.today("alice").by_service[Service.STORAGE] > 0)
+        day = live.services.cost.today("alice").day
+    store = SQLiteStore(settings.sqlite_path)
+    await store.open()
+    try:
+        usage = await store.get_usage("alice", day)
+    finally:
+        await store.close()
+    assert usage.storage_usd == pytest.approx(frames_cost(40))
+    assert usage.calls == 0  # no LLM here: the service costs have a row of their own
+
+
+async def test_a_flush_the_store_refuses_keeps_its_sums_for_the_next(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    meter = CostMeter(CollectorRegistry(), TierBook())
+    meter.add("alice", Service.IMAGES, 0.039)
+    store = SQLiteStore(tmp_path / "costs.sqlite3")
+    await store.open()
+    await store.close()  # a closed store refuses every write
+    assert await meter.flush(store) == 0
+    await store.open()
+    try:
+        meter.add("alice", Service.IMAGES, 0.039)
+        assert await meter.flush(store) == 1
+        usage = await store.get_usage("alice", meter.today("alice").day)
+    finally:
+        await store.close()
+    assert usage.images_usd == pytest.approx(0.078)
