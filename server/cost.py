@@ -32,6 +32,7 @@ from typing import Final, Protocol
 from prometheus_client import CollectorRegistry, Counter
 
 from brain.analyst.base import AnalysisRequest, utc_day
+from brain.analyst.guard import FallbackReason
 from brain.cost import CostPerUser, Service
 from brain.model import Frame
 from brain.prices import frames_cost
@@ -168,6 +169,12 @@ class CostMeter:
     def limited(self, tier: Tier, limit: Limit) -> None:
         """Count one request that went over ``limit`` of ``tier`` and was degraded."""
         self.over_limit.labels(tier.name, limit.value).inc()
+
+    def llm_limited(self, tier: str, reason: FallbackReason) -> None:
+        """The guard's limit hook (:data:`brain.analyst.guard.LimitHook`): a window that
+        went over the tier's LLM budget or caps."""
+        limit = Limit.LLM_BUDGET if reason is FallbackReason.BUDGET else Limit.LLM_CAP
+        self.limited(self.tiers.of(tier), limit)
 
     def llm_hook(self, request: AnalysisRequest, tier: str | None, usd: float) -> None:
         """The guard's cost hook (:data:`brain.analyst.guard.CostHook`)."""

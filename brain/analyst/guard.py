@@ -142,6 +142,13 @@ CostHook = Callable[[AnalysisRequest, "str | None", float], None]
 table): the server's live cost view per user and tier."""
 
 
+LimitHook = Callable[[str, "FallbackReason"], None]
+"""Hears a request that went over its tier's limit (``budget`` or ``capped``), with the tier's
+name: the server counts it per tier."""
+
+_TIER_LIMITS = frozenset({FallbackReason.BUDGET, FallbackReason.CAPPED})
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """An assessment and how it was reached (``fallback`` is ``None`` for an LLM answer)."""
@@ -190,6 +197,7 @@ class GuardedAnalyst:
         gate: TriggerGate | None = None,
         tiers: Tiers | None = None,
         on_cost: CostHook | None = None,
+        on_limit: LimitHook | None = None,
     ) -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
@@ -205,6 +213,7 @@ class GuardedAnalyst:
         self.gate = gate
         self.tiers = tiers
         self._on_cost = on_cost
+        self._on_limit = on_limit
         self.stats = GuardStats()
         self._clock = clock
         self._observer = observer
@@ -222,7 +231,11 @@ class GuardedAnalyst:
         """
         tier = None if self.tiers is None else self.tiers.tier_of(request.profile)
         decision = await self._decide(request, tier)
-        return decision if tier is None else replace(decision, tier=tier.name)
+        if tier is None:
+            return decision
+        if self._on_limit is not None and decision.fallback in _TIER_LIMITS:
+            self._on_limit(tier.name, decision.fallback)
+        return replace(decision, tier=tier.name)
 
     async def _decide(self, request: AnalysisRequest, tier: Tier | None) -> Decision:
         situation = None

@@ -65,7 +65,13 @@ async def test_a_free_users_budget_is_spent_where_a_premium_users_is_not(
     spent = Usage(calls=5, cost_usd=FREE.llm_budget.cost_usd)
     ledger.days[("ana", DAY)] = spent
     ledger.days[("ben", DAY)] = spent
-    guard = GuardedAnalyst(claude, ledger=ledger, tiers=DEFAULT_TIERS)
+    limits: list[tuple[str, FallbackReason]] = []
+    guard = GuardedAnalyst(
+        claude,
+        ledger=ledger,
+        tiers=DEFAULT_TIERS,
+        on_limit=lambda tier, reason: limits.append((tier, reason)),
+    )
 
     free = await guard.decide(window("exercise", FREE_PROFILE, user="ana"))
     premium = await guard.decide(window("exercise", PREMIUM_PROFILE, user="ben"))
@@ -73,6 +79,7 @@ async def test_a_free_users_budget_is_spent_where_a_premium_users_is_not(
     assert (free.fallback, free.tier) == (FallbackReason.BUDGET, "free")
     assert (premium.fallback, premium.tier) == (None, "premium")
     assert api.calls == 1
+    assert limits == [("free", FallbackReason.BUDGET)]
 
 
 async def test_an_unknown_tier_is_held_to_the_default_tiers_budget(

@@ -125,3 +125,28 @@ async def test_a_flush_the_store_refuses_keeps_its_sums_for_the_next(tmp_path: P
     finally:
         await store.close()
     assert usage.images_usd == pytest.approx(0.078)
+
+
+def test_the_guards_hooks_bill_the_llm_and_count_its_limits_by_tier() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from brain.analyst import FallbackReason, build_request
+    from brain.model import Profile
+
+    registry = CollectorRegistry()
+    meter = CostMeter(registry, TierBook())
+    request = build_request("ben", [], now_ms=now_ms(), profile=Profile(tier="premium"))
+    meter.llm_hook(request, "premium", 0.004)
+    meter.llm_hook(request, None, 0.001)  # no tier table: the profile's tier
+    meter.llm_limited("free", FallbackReason.BUDGET)
+    meter.llm_limited("free", FallbackReason.CAPPED)
+
+    def value(name: str, labels: dict[str, str]) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert value("companion_cost_usd_total", {"tier": "premium", "service": "llm"}) == (
+        pytest.approx(0.005)
+    )
+    assert value("companion_tier_limits_total", {"tier": "free", "limit": "llm_budget"}) == 1
+    assert value("companion_tier_limits_total", {"tier": "free", "limit": "llm_cap"}) == 1
+    assert meter.today("ben").by_service[Service.LLM] == pytest.approx(0.005)
