@@ -57,7 +57,6 @@ from brain.avatar import (
 from brain.backoff import Backoff
 from brain.cost import Service
 from brain.model import AvatarStatus, EnergyBand
-from brain.prices import images_cost
 from brain.tiers import DEFAULT_TIERS, Limit, Tier, Tiers
 from server.avatar.allowance import AvatarAllowance, fresh
 from server.avatar.clips import ClipJob, ClipStep, clip_changes
@@ -166,6 +165,8 @@ class AvatarSaga:
         max_attempts: int = 3,
         tiers: Tiers = DEFAULT_TIERS,
         cost: CostMeter | None = None,
+        image_usd: float = 0.0,
+        clip_usd: float = 0.0,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
@@ -183,6 +184,8 @@ class AvatarSaga:
         self._cache_reads = cache_reads
         self._tiers = tiers
         self._cost = cost
+        self._prices = {Service.IMAGES: image_usd, Service.CLIPS: clip_usd}
+        """What one generation costs (the local renderers: nothing)."""
         self.allowance = AvatarAllowance()
         self.ledger = SagaLedger(
             store, owner=owner, lease_s=lease_s, clock=clock, max_attempts=max_attempts
@@ -304,8 +307,7 @@ class AvatarSaga:
             else:
                 self._metrics.avatar_cache.labels("miss" if self._cache_reads else "bypass").inc()
                 self.allowance.spend(user_id, now_ms)
-                if self._cost is not None:
-                    self._cost.add(user_id, Service.IMAGES, images_cost(1), tier=tier.name)
+                self._bill(user_id, Service.IMAGES, tier)
                 if held is None:
                     held = await self.ledger.begin(user_id, key)
                 generating = {"avatar_status": AvatarStatus.GENERATING.value}
@@ -327,7 +329,13 @@ class AvatarSaga:
         # fails its image; the clip step commits its own outcome).
         assert self._clips is not None
         video_url = await self._clips.run(user_id, job)
+        if video_url is not None:
+            self._bill(user_id, Service.CLIPS, self._tiers.tier_of(user.profile))
         return replace(outcome, video_url=video_url)
+
+    def _bill(self, user_id: str, service: Service, tier: Tier) -> None:
+        if self._cost is not None and self._prices[service] > 0:
+            self._cost.add(user_id, service, self._prices[service], tier=tier.name)
 
     async def _fail(
         self, user: UserState, target: Target, held: SagaRecord | None, key: str, reason: str

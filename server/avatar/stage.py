@@ -29,6 +29,7 @@ from starlette.responses import PlainTextResponse, Response
 from brain.avatar import ImageGenerator
 from brain.backoff import Backoff
 from brain.model import AvatarStatus
+from brain.prices import clips_cost, images_cost
 from server.avatar.durable import node_name
 from server.avatar.saga import AvatarSaga, Outcome
 from server.media.local import LocalMediaStore, media_route
@@ -88,6 +89,8 @@ async def install_avatars(
         lease_s=settings.avatar_lease_s,
         tiers=settings.tiers,
         cost=services.cost,
+        image_usd=images_cost(1) if settings.avatar == "gemini" else 0.0,
+        clip_usd=clips_cost(1) if settings.video == "veo" else 0.0,
     )
     services.state.listeners.append(saga.on_commit)
     services.erase_hooks.append(saga.allowance.forget)

@@ -1,9 +1,11 @@
 """The avatar saga under each user's tier: generations per day (past them the image stays,
-never an error) and the cache lifetime, on a live server with the local renderer."""
+never an error) and the cache lifetime, on a live server (the Gemini SDK against the fake
+API where generations are priced, the local renderer otherwise)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
@@ -13,6 +15,7 @@ from server.avatar.stage import avatar_stage
 from server.settings import Settings
 from tests.avatar_saga.conftest import post_state, saga_of
 from tests.conftest import LiveServer, auth, start_server
+from tests.fakes.gemini_api import FakeGeminiApi
 
 
 def sample(live: LiveServer, name: str, labels: dict[str, str]) -> float:
@@ -40,10 +43,10 @@ async def two_changes(live: LiveServer, user: str) -> list[str | None]:
 
 
 async def test_past_the_days_generations_a_free_user_keeps_the_image_a_premium_user_does_not(
-    settings_with: Callable[..., Settings],
+    gemini_settings: Settings, fake_gemini: FakeGeminiApi
 ) -> None:
     tiers = parse_tiers('{"free": {"avatar_generations_per_day": 1}}')
-    settings = settings_with(tiers=tiers, video="off")
+    settings = replace(gemini_settings, tiers=tiers)
     async with start_server(settings, stages=[avatar_stage]) as live:
         await make_premium(live, "pat")
         free = await two_changes(live, "fay")
@@ -53,12 +56,18 @@ async def test_past_the_days_generations_a_free_user_keeps_the_image_a_premium_u
             live, "companion_tier_limits_total", {"tier": "free", "limit": "avatar_daily"}
         )
         images = sample(live, "companion_cost_usd_total", {"tier": "free", "service": "images"})
+        premium_images = sample(
+            live, "companion_cost_usd_total", {"tier": "premium", "service": "images"}
+        )
     assert free[0] is not None and free[1] == free[0]  # the first image stays
     assert fay.avatar_status == "ready" and fay.state == "stressed"
     assert limited == 1
     assert images == pytest.approx(PRICES["image_per_generation"])
-    # pat's first image is fay's, from the cache; the second one is generated
-    assert premium[0] == free[0] and premium[1] not in (None, premium[0])
+    assert premium_images == pytest.approx(PRICES["image_per_generation"])
+    assert fake_gemini.calls == 2  # fay's first, pat's second
+    # pat's first image is fay's, from the cache; the second one is generated (the fake
+    # API draws the same picture for every prompt, so the calls tell, not the URLs)
+    assert premium[0] == free[0] and premium[1] is not None
 
 
 async def test_a_cached_image_older_than_the_tiers_lifetime_is_generated_again(
