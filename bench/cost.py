@@ -57,10 +57,11 @@ import uvicorn
 import websockets
 
 from bench.cost_llm import llm_day
-from bench.cost_report import PRICES, render, write_page
+from bench.cost_report import render, write_page
 from bench.harness import REPO_ROOT, free_port, write_results
 from brain import scenarios
 from brain.model import Frame
+from brain.prices import PRICES
 from server.app import create_app
 from server.auth import DeviceKind, issue
 from server.protocol import MAX_FRAMES_PER_MESSAGE

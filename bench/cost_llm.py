@@ -26,16 +26,16 @@ from brain.analyst import DailyBudget, GuardedAnalyst, TriggerCaps, TriggerGate,
 from brain.analyst.claude import ClaudeAnalyst
 from brain.model import EnergyBand, Frame, Profile, State
 from brain.rules import assess
+from brain.tiers import DEFAULT_TIERS
 from tests.fakes.anthropic_api import FakeAnthropicApi
 
 MODEL = "claude-haiku-4-5"
 WINDOW_MS = 15 * 60_000
 
 TIERS: dict[str, tuple[TriggerCaps, DailyBudget]] = {
-    "free": (TriggerCaps(), DailyBudget()),
-    "premium": (TriggerCaps(per_hour=12, per_day=96), DailyBudget(calls=1000, cost_usd=2.0)),
+    name: (tier.llm_caps, tier.llm_budget) for name, tier in DEFAULT_TIERS.items()
 }
-"""Caps and budget by tier: ``free`` is today's global defaults, ``premium`` a suggestion."""
+"""Caps and budget by tier: the server's built-in tiers (:mod:`brain.tiers`)."""
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Prices, and the report of bench.cost: dollars per user-month by service and tier.
 
-:data:`PRICES` is the one table of prices the benchmark uses, dated; change it there. A
+:data:`PRICES` (:mod:`brain.prices`) is the one dated table of prices the benchmark and the
+server's live cost view share; change it there. A
 month is 30 days; frames are kept 30 days (``COMPANION_FRAME_RETENTION_DAYS``), so a
 month's storage is 30 days of frames held at once.
 """
@@ -12,25 +13,7 @@ import re
 from typing import Any
 
 from bench.harness import REPO_ROOT
-
-PRICES: dict[str, Any] = {
-    "as_of": "2026-12-01",
-    "source": "published list prices, us-east-1, on-demand (issue 19)",
-    "dynamodb_wru_per_million": 0.625,
-    "dynamodb_rru_per_million": 0.125,
-    "dynamodb_gb_month": 0.25,
-    "s3_put_per_thousand": 0.005,
-    "s3_get_per_thousand": 0.0004,
-    "s3_gb_month": 0.023,
-    "haiku_45_input_per_mtok": 1.0,
-    "haiku_45_output_per_mtok": 5.0,
-    "cache_write_factor": 1.25,
-    "cache_read_factor": 0.1,
-    "image_per_generation": 0.039,
-    "image_note": "Gemini 2.5 Flash Image: 1,290 output tokens at $30/M (assumed)",
-    "egress_per_gb": 0.09,
-}
-"""Prices in US dollars, as of ``as_of``."""
+from brain.prices import PRICES
 
 DAYS = 30
 FRAME_ITEM_OVERHEAD = 100

@@ -141,11 +141,13 @@ TIME_ORDER = attrgetter("ts", "device", "seq")
 
 @dataclass(frozen=True, slots=True)
 class Profile:
-    """A user's coach persona and base avatar; stored with the user's state."""
+    """A user's coach persona, base avatar and tier; stored with the user's state."""
 
     style: CoachStyle = CoachStyle.ENCOURAGING
     tone: CoachTone = CoachTone.GENTLE
     base_avatar: str = "fox"
+    tier: str = "free"
+    """The name of the user's tier (:mod:`brain.tiers`); an unknown name reads as the default."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,10 +27,12 @@ from server.analysis.pipeline import pipeline_stage
 from server.analysis.retention import retention_stage
 from server.avatar.stage import MEDIA, avatar_stage, serve_media
 from server.broker.base import Broker
+from server.cost import CostMeter
 from server.errors import CompanionError
 from server.history import history_stage
 from server.http import demo_routes as demo
 from server.http import legacy, rest
+from server.http import tier_routes as tiers
 from server.http.analyse_routes import post_analyse
 from server.http.debug_page import debug_routes
 from server.http.history import get_history
@@ -100,8 +102,18 @@ def create_app(
             )
             ingestor.start()
             stack.push_async_callback(ingestor.close)
-            state = StateService(the_store, hub, metrics, clock)
+            state = StateService(the_store, hub, metrics, clock, tiers=settings.tiers)
             services = Services(settings, the_store, hub, state, ingestor, metrics, clock, hooks)
+            services.cost = cost = CostMeter(metrics.registry, state.tier_book, clock=clock)
+            hooks.append(cost.frames_stored)
+            services.erase_hooks += [state.tier_book.forget, cost.forget]
+            flusher = asyncio.create_task(cost.keep_flushing(the_store), name="cost-flush")
+
+            async def stop_flushing() -> None:
+                flusher.cancel()
+                await asyncio.gather(flusher, return_exceptions=True)
+
+            stack.push_async_callback(stop_flushing)  # before the store closes (LIFO)
 
             async def publish_summaries(by_user: Mapping[str, Sequence[Frame]]) -> None:
                 for user_id, frames in by_user.items():
@@ -254,6 +266,8 @@ def routes() -> list[BaseRoute]:
         Route(f"{user}/frames", rest.post_frames, methods=["POST"]),
         Route(f"{user}/state", rest.get_state, methods=["GET"]),
         Route(f"{user}/history", get_history, methods=["GET"]),
+        Route(f"{user}/tier", tiers.get_tier, methods=["GET"]),
+        Route(f"{user}/tier", tiers.put_tier, methods=["PUT"]),
         Route(f"{user}/export", rest.export_user, methods=["GET"]),
         Route(user, rest.delete_user, methods=["DELETE"]),
         Route("/v1/demo/users/{user_id}/state", demo.post_state, methods=["POST"]),

@@ -1,4 +1,5 @@
-"""The ``companion`` command: ``serve``, ``token``, ``tables create``, and the clients' commands.
+"""The ``companion`` command: ``serve``, ``token``, ``tables create``, ``avatars …``,
+``users tier``, and the clients' commands.
 
 Settings errors print the setting and the reason and exit with code 2. Client programs
 (bridge, watch, loadtest, demo) add their own subcommands as plugins: each declares an
@@ -87,6 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _settings_flags(failed)
     failed.set_defaults(func=_avatars_failed)
+
+    users = sub.add_parser("users", help="users' tiers")
+    users_sub = users.add_subparsers(dest="users_command", required=True)
+    tier = users_sub.add_parser(
+        "tier", help="show a user's tier, or set it (free, premium, or one COMPANION_TIERS adds)"
+    )
+    tier.add_argument("user", help="user id")
+    tier.add_argument("tier", nargs="?", help="the tier to set (omit to show the current one)")
+    tier.add_argument(
+        "--server",
+        metavar="URL",
+        help="ask this running server (PUT/GET /v1/users/{id}/tier with a service token signed"
+        " with the same secret); default: the configured store, in this process",
+    )
+    _settings_flags(tier)
+    tier.set_defaults(func=_users_tier)
 
     for plugin in sorted(entry_points(group=COMMANDS_GROUP), key=lambda ep: ep.name):
         plugin.load()(sub)
@@ -206,6 +223,75 @@ def _avatars_failed(args: argparse.Namespace) -> int:
     for line in describe_letters(asyncio.run(dead_letters_in_process(settings))):
         print(line)
     return 0
+
+
+def _users_tier(args: argparse.Namespace) -> int:
+    """Show or set a user's tier, through a running server or in the store; print the tier."""
+    from server.protocol import valid_user_id
+
+    settings = ensure_secret(_load(args))
+    if not valid_user_id(args.user):
+        print("companion users tier: not a user id", file=sys.stderr)
+        return EXIT_USAGE
+    if args.tier is not None and args.tier not in settings.tiers:
+        known = ", ".join(settings.tiers)
+        print(f"companion users tier: unknown tier (one of {known})", file=sys.stderr)
+        return EXIT_USAGE
+    if args.server:
+        return _users_tier_on_server(settings, args.server, args.user, args.tier)
+    print(asyncio.run(_users_tier_in_store(settings, args.user, args.tier)))
+    return 0
+
+
+def _users_tier_on_server(settings: Settings, url: str, user_id: str, tier: str | None) -> int:
+    import httpx
+
+    from server.auth import DeviceKind, issue
+
+    token = issue(settings.secret, user_id, DeviceKind.SERVICE, ttl_s=60, now_s=int(time.time()))
+    address = f"{url.rstrip('/')}/v1/users/{user_id}/tier"
+    headers = {"Authorization": f"Bearer {token}"}
+    try:
+        with httpx.Client(timeout=10.0) as client:
+            if tier is None:
+                response = client.get(address, headers=headers)
+            else:
+                response = client.put(address, json={"tier": tier}, headers=headers)
+    except httpx.HTTPError as exc:
+        print(f"companion users tier: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if response.status_code != 200:
+        print(f"companion users tier: {response.status_code} {response.text}", file=sys.stderr)
+        return EXIT_FAILED
+    print(response.json()["tier"])
+    return 0
+
+
+async def _users_tier_in_store(settings: Settings, user_id: str, tier: str | None) -> str:
+    """The user's tier after setting it (when ``tier``) in the configured store; the
+    broker tells devices on running nodes about a first version, as the server would."""
+    from contextlib import AsyncExitStack
+    from dataclasses import replace
+
+    from server.metrics import Metrics
+    from server.parts import build_broker, build_store
+    from server.push.hub import Hub
+    from server.state import StateService
+
+    metrics = Metrics()
+    async with AsyncExitStack() as stack:
+        store = build_store(settings)
+        await store.open()
+        stack.push_async_callback(store.close)
+        hub = Hub(build_broker(settings), metrics)
+        await hub.start()
+        stack.push_async_callback(hub.close)
+        state = StateService(store, hub, metrics, time.time, tiers=settings.tiers)
+        if tier is None:
+            current = await state.current(user_id)
+        else:
+            current = await state.change_profile(user_id, lambda p: replace(p, tier=tier))
+        return settings.tiers.tier_of(current.profile).name
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from brain.model import Frame
+from server.cost import CostMeter
 from server.ingest import Ingestor
 from server.metrics import Metrics
 from server.push.hub import Hub
@@ -38,6 +39,8 @@ class Services:
     """Called with a user id after the user's data was erased (in-memory caches forget it)."""
     extras: dict[str, object] = field(default_factory=dict)
     """Optional parts added by later stages (pipeline, avatar saga), by name."""
+    cost: CostMeter | None = None
+    """Today's cost of each user, by service and tier (:mod:`server.cost`)."""
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlparse
 
+from brain.tiers import DEFAULT_TIERS, Tiers, parse_tiers
 from server.errors import SettingsError
 
 
@@ -224,7 +225,8 @@ class Settings:
     rate_burst: int = setting(_positive_int, "Burst size of that token bucket.", default=60)
     rest_rate_per_s: float = setting(
         _positive_float,
-        "REST requests per second per device token (user and kind; service: unlimited).",
+        "REST requests per second per device token (user and kind; service: unlimited); a "
+        "ceiling on the default tier's (COMPANION_TIERS).",
         default=5.0,
     )
     rest_rate_burst: int = setting(
@@ -248,6 +250,12 @@ class Settings:
     )
     llm_daily_budget_usd: float = setting(
         _non_negative_float, "Per-user daily LLM spend; then rules answer.", default=0.50
+    )
+    tiers: Tiers = setting(
+        parse_tiers,
+        "Tiers and their limits, JSON `{name: {limit: value}}` over the built-in `free` and "
+        "`premium` (docs/cost.md).",
+        default_factory=lambda: DEFAULT_TIERS,
     )
     window_minutes: int = setting(
         _positive_int, "Minutes of frames an analysis looks at.", default=15

@@ -22,11 +22,13 @@ from typing import Any
 
 from brain.hashing import VISIBLE_FIELDS
 from brain.model import Profile
+from brain.tiers import DEFAULT_TIERS, Tiers
 from server.errors import CompanionError, VersionConflict
 from server.metrics import Metrics
 from server.protocol import Delta
 from server.push.hub import Hub
 from server.store.base import Store, UserState
+from server.tiers import TierBook
 
 log = logging.getLogger(__name__)
 
@@ -45,18 +47,31 @@ _WRITABLE = frozenset(VISIBLE_FIELDS)
 class StateService:
     """Reads and commits user state; publishes a delta per commit."""
 
-    def __init__(self, store: Store, hub: Hub, metrics: Metrics, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: Store,
+        hub: Hub,
+        metrics: Metrics,
+        clock: Clock,
+        *,
+        tiers: Tiers = DEFAULT_TIERS,
+    ) -> None:
         self._store = store
         self._hub = hub
         self._metrics = metrics
         self._clock = clock
+        self.tier_book = TierBook(tiers)
+        """The tier of each user whose state this node read or wrote lately."""
         self.listeners: list[CommitListener] = []
         hub.read_current_with(self.current_delta)
 
     async def current(self, user_id: str) -> UserState:
         """The user's state (version 0 with defaults if nothing was committed yet)."""
         state = await self._store.get_state(user_id)
-        return state if state is not None else UserState.initial(user_id)
+        if state is None:
+            return UserState.initial(user_id)
+        self.tier_book.learn(user_id, state.profile)
+        return state
 
     async def current_delta(self, user_id: str) -> Delta | None:
         """The current state as a delta from the version before it, carrying every visible
@@ -160,9 +175,17 @@ class StateService:
     async def set_profile(self, user_id: str, profile: Profile, *, attempts: int = 5) -> UserState:
         """Store a new coach persona / base avatar; the version does not move (nothing
         visible changed). Raises :class:`VersionConflict` after ``attempts`` lost races."""
+        return await self.change_profile(user_id, lambda _: profile, attempts=attempts)
+
+    async def change_profile(
+        self, user_id: str, change: Callable[[Profile], Profile], *, attempts: int = 5
+    ) -> UserState:
+        """Store ``change`` of the user's current profile (read again on each lost race, so
+        a persona and a tier set at once both stay); the version does not move. Raises
+        :class:`VersionConflict` after ``attempts`` lost races."""
         for _ in range(attempts):
             current = await self.current(user_id)
-            updated = replace(current, profile=profile)
+            updated = replace(current, profile=change(current.profile))
             if current.version == 0:
                 # A first write must create the row; it becomes version 1 so that the
                 # "no row" condition (expected 0) stays unambiguous.
@@ -178,5 +201,6 @@ class StateService:
                 # they display changed.
                 delta = Delta(user_id, 1, 0, updated.state_hash, {}, updated.updated_at)
                 await self._hub.publish_delta(delta)
+            self.tier_book.learn(user_id, updated.profile)
             return updated
         raise VersionConflict(user_id, -1)

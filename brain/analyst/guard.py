@@ -10,7 +10,10 @@ back to the rules on any failure. In order, for each request:
    same persona is reused without a call;
 2. the circuit breaker (:mod:`brain.analyst.circuit`): while open, no call goes out;
 3. the user's daily budget (calls, tokens, dollars) read from the :class:`UsageLedger`; an
-   unreadable ledger counts as spent, because an unmetered LLM is the costlier mistake;
+   unreadable ledger counts as spent, because an unmetered LLM is the costlier mistake.
+   With a tier table (:mod:`brain.tiers`), the user's tier, named in the request's profile,
+   gives the budget and the gate's caps; a window worth a call past those caps falls back
+   as ``capped``;
 4. the call, each attempt under ``timeout_s``, retried under ``retry`` (the project's one
    :class:`~brain.backoff.Backoff`: full jitter, 3 attempts by default) when the failure
    may pass (timeouts, 429, 5xx, 529). An invalid answer is not retried: the same input
@@ -31,9 +34,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from brain.analyst.base import (
     AnalysisRequest,
@@ -53,6 +56,9 @@ from brain.analyst.trigger import Situation, TriggerGate, TriggerReason, Verdict
 from brain.backoff import Backoff
 from brain.model import Assessment
 
+if TYPE_CHECKING:  # brain.tiers imports this module for DailyBudget
+    from brain.tiers import Tier, Tiers
+
 log = logging.getLogger(__name__)
 
 RETRY = Backoff(attempts=3, base=0.5, cap=5.0)
@@ -70,6 +76,8 @@ class FallbackReason(StrEnum):
     LEDGER = "ledger"
     UNTRIGGERED = "untriggered"
     """The window was not worth a call (:mod:`brain.analyst.trigger`)."""
+    CAPPED = "capped"
+    """The window was worth a call, but the tier's calls per hour or day were used up."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +137,18 @@ class GuardObserver(Protocol):
         """The circuit breaker changed state."""
 
 
+CostHook = Callable[[AnalysisRequest, "str | None", float], None]
+"""Hears the dollars one request's LLM calls cost, with the user's tier (``None``: no tier
+table): the server's live cost view per user and tier."""
+
+
+LimitHook = Callable[[str, "FallbackReason"], None]
+"""Hears a request that went over its tier's limit (``budget`` or ``capped``), with the tier's
+name: the server counts it per tier."""
+
+_TIER_LIMITS = frozenset({FallbackReason.BUDGET, FallbackReason.CAPPED})
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """An assessment and how it was reached (``fallback`` is ``None`` for an LLM answer)."""
@@ -136,6 +156,8 @@ class Decision:
     assessment: Assessment
     fallback: FallbackReason | None = None
     cached: bool = False
+    tier: str | None = None
+    """The tier whose limits applied (``None``: the guard has no tier table)."""
 
 
 @dataclass(slots=True)
@@ -173,6 +195,9 @@ class GuardedAnalyst:
         prices: Mapping[str, Price] = PRICES,
         observer: GuardObserver | None = None,
         gate: TriggerGate | None = None,
+        tiers: Tiers | None = None,
+        on_cost: CostHook | None = None,
+        on_limit: LimitHook | None = None,
     ) -> None:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
@@ -186,6 +211,9 @@ class GuardedAnalyst:
         self.breaker = breaker if breaker is not None else CircuitBreaker(clock=clock)
         self.cache = cache if cache is not None else ResponseCache(clock=clock)
         self.gate = gate
+        self.tiers = tiers
+        self._on_cost = on_cost
+        self._on_limit = on_limit
         self.stats = GuardStats()
         self._clock = clock
         self._observer = observer
@@ -196,12 +224,30 @@ class GuardedAnalyst:
         return (await self.decide(request)).assessment
 
     async def decide(self, request: AnalysisRequest) -> Decision:
-        """Assess ``request`` through gate, cache, circuit, budget and retries; say how it went."""
+        """Assess ``request`` through gate, cache, circuit, budget and retries; say how it went.
+
+        With a tier table, the user's tier (from the request's profile) gives the budget and
+        the gate's caps; the decision names the tier.
+        """
+        tier = None if self.tiers is None else self.tiers.tier_of(request.profile)
+        decision = await self._decide(request, tier)
+        if tier is None:
+            return decision
+        if self._on_limit is not None and decision.fallback in _TIER_LIMITS:
+            self._on_limit(tier.name, decision.fallback)
+        return replace(decision, tier=tier.name)
+
+    async def _decide(self, request: AnalysisRequest, tier: Tier | None) -> Decision:
         situation = None
         if self.gate is not None:
             candidate = await self.fallback.assess(request)
             trigger = self.gate.check(
-                request.user_id, request.features, request.previous, candidate, request.now_ms
+                request.user_id,
+                request.features,
+                request.previous,
+                candidate,
+                request.now_ms,
+                caps=None if tier is None else tier.llm_caps,
             )
             if not trigger.ask:
                 return self._untriggered(request, trigger, candidate)
@@ -218,7 +264,9 @@ class GuardedAnalyst:
         self._watch_circuit()
         verdict = False
         try:
-            refused = await self._check_budget(request)
+            refused = await self._check_budget(
+                request, self.budget if tier is None else tier.llm_budget
+            )
             if refused is not None:
                 return await self._fall_back(request, refused)
             attempts = await self._attempts(request)
@@ -232,6 +280,8 @@ class GuardedAnalyst:
                 self.breaker.cancel()  # a probe that never ran says nothing about the LLM
             self._watch_circuit()
         await self._record_usage(request, attempts)
+        if self._on_cost is not None and attempts.cost_usd > 0:
+            self._on_cost(request, None if tier is None else tier.name, attempts.cost_usd)
         self._asked(
             request, situation, None if attempts.answer is None else attempts.answer.assessment
         )
@@ -295,7 +345,9 @@ class GuardedAnalyst:
                 return result
             attempt += 1
 
-    async def _check_budget(self, request: AnalysisRequest) -> FallbackReason | None:
+    async def _check_budget(
+        self, request: AnalysisRequest, budget: DailyBudget
+    ) -> FallbackReason | None:
         if self.ledger is None:
             return None
         try:
@@ -303,7 +355,7 @@ class GuardedAnalyst:
         except Exception:  # fail closed: an unmetered LLM is the costlier mistake
             log.exception("cannot read the LLM usage of %s", request.user_id)
             return FallbackReason.LEDGER
-        return FallbackReason.BUDGET if self.budget.spent(usage) else None
+        return FallbackReason.BUDGET if budget.spent(usage) else None
 
     def _bill(
         self,
@@ -358,13 +410,15 @@ class GuardedAnalyst:
         """The answer to a window not worth a call: the LLM's last answer while the rules
         see the situation it answered, else the rules' own (a capped change goes through)."""
         assert self.gate is not None
-        self.stats.fallbacks[FallbackReason.UNTRIGGERED] += 1
+        capped = verdict.reason in (TriggerReason.HOURLY_CAP, TriggerReason.DAILY_CAP)
+        reason = FallbackReason.CAPPED if capped else FallbackReason.UNTRIGGERED
+        self.stats.fallbacks[reason] += 1
         if self._observer is not None:
-            self._observer.on_fallback(FallbackReason.UNTRIGGERED)
+            self._observer.on_fallback(reason)
         last = self.gate.memory(request.user_id).answer
         if verdict.reason is TriggerReason.SAME and last is not None:
-            return Decision(last, fallback=FallbackReason.UNTRIGGERED)
-        return Decision(candidate, fallback=FallbackReason.UNTRIGGERED)
+            return Decision(last, fallback=reason)
+        return Decision(candidate, fallback=reason)
 
     def _asked(
         self, request: AnalysisRequest, situation: Situation | None, answer: Assessment | None

@@ -210,9 +210,12 @@ class TriggerGate:
         current_state: State | None,
         candidate: Assessment,
         now_ms: int,
+        *,
+        caps: TriggerCaps | None = None,
     ) -> Verdict:
-        """:func:`should_trigger` with the user's memory; a window that agrees with the
-        user's state is remembered as seen."""
+        """:func:`should_trigger` with the user's memory, under ``caps`` (the user's tier's;
+        default the gate's); a window that agrees with the user's state is remembered as
+        seen."""
         memory = self.memory(user_id)
         verdict = should_trigger(
             features,
@@ -220,7 +223,7 @@ class TriggerGate:
             candidate=candidate,
             memory=memory,
             now_ms=now_ms,
-            caps=self.caps,
+            caps=self.caps if caps is None else caps,
         )
         if memory.situation is None and verdict.situation is not None and not verdict.ask:
             self._put(user_id, memory.seen(verdict.situation))

@@ -21,6 +21,11 @@ it starts a saga for that user, as a task of its own so the commit path never wa
 ``cache_reads=False`` (``COMPANION_AVATAR_CACHE=off``, the rollback switch) skips every cache
 read, so each change generates anew; entries are still written.
 
+The user's tier (:mod:`server.avatar.allowance`) bounds the generations per day and how old
+a cached image may be; past the day's generations the saga keeps a cached image, however
+old, or the user's previous one (outcome ``limited``), never an error. Each generation is
+billed to the user's day (:mod:`server.cost`).
+
 A saga that generates is durable (:mod:`server.avatar.durable`): it records itself before the
 ``generating`` commit and forgets the record when it ends, so a saga cut short by a stopped
 process is resumed by :meth:`AvatarSaga.keep` — at once by the same node when it starts
@@ -50,9 +55,13 @@ from brain.avatar import (
     cache_hash,
 )
 from brain.backoff import Backoff
+from brain.cost import Service
 from brain.model import AvatarStatus, EnergyBand
+from brain.tiers import DEFAULT_TIERS, Limit, Tier, Tiers
+from server.avatar.allowance import AvatarAllowance, fresh
 from server.avatar.clips import ClipJob, ClipStep, clip_changes
 from server.avatar.durable import SagaLedger, reason_of
+from server.cost import CostMeter
 from server.media.base import MediaStore, content_key
 from server.metrics import Metrics
 from server.state import Clock, Decide, StateService
@@ -64,6 +73,8 @@ CAUSE = "avatar"
 """The commit cause of the saga's own commits (which never start a saga)."""
 
 PNG = "image/png"
+LIMITED = "limited"
+"""The outcome of a saga past the tier's generations for the day (the image stays)."""
 WATCH_SUFFIX = "-watch"
 
 
@@ -111,7 +122,8 @@ def conditional(target: Target, changes: Mapping[str, Any]) -> Decide:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How one saga ended: ``ready`` (``cached`` or generated), ``failed`` or ``stale``;
+    """How one saga ended: ``ready`` (``cached`` or generated), ``failed``, ``stale`` or
+    ``limited`` (the tier's generations for the day were spent; the image stays);
     ``video_url`` is the clip's when one was committed."""
 
     user_id: str
@@ -151,6 +163,10 @@ class AvatarSaga:
         owner: str = "local",
         lease_s: float = 120.0,
         max_attempts: int = 3,
+        tiers: Tiers = DEFAULT_TIERS,
+        cost: CostMeter | None = None,
+        image_usd: float = 0.0,
+        clip_usd: float = 0.0,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
@@ -166,6 +182,11 @@ class AvatarSaga:
         self._tasks: set[asyncio.Task[Outcome]] = set()
         self._closed = False
         self._cache_reads = cache_reads
+        self._tiers = tiers
+        self._cost = cost
+        self._prices = {Service.IMAGES: image_usd, Service.CLIPS: clip_usd}
+        """What one generation costs (the local renderers: nothing)."""
+        self.allowance = AvatarAllowance()
         self.ledger = SagaLedger(
             store, owner=owner, lease_s=lease_s, clock=clock, max_attempts=max_attempts
         )
@@ -273,17 +294,27 @@ class AvatarSaga:
             prompt = build_prompt(spec)
             key = cache_hash(prompt, spec.base_avatar.value)
             entry = await self._cached(key)
-            if entry is not None:
+            tier, now_ms = self._tiers.tier_of(user.profile), int(self._clock() * 1000)
+            allowed = self.allowance.may_generate(user_id, tier, now_ms)
+            if entry is not None and (fresh(entry, tier, now_ms) or not allowed):
                 self._metrics.avatar_cache.labels("hit").inc()
                 job = ClipJob(key, prompt, spec, entry.image_url)
                 outcome = await self._ready(user_id, target, job, entry.video_url, cached=True)
+            elif not allowed:
+                outcome = await self._over_allowance(user, target, tier)
+                await self._forget(held)
+                return outcome
             else:
                 self._metrics.avatar_cache.labels("miss" if self._cache_reads else "bypass").inc()
+                self.allowance.spend(user_id, now_ms)
+                self._bill(user_id, Service.IMAGES, tier)
                 if held is None:
                     held = await self.ledger.begin(user_id, key)
                 generating = {"avatar_status": AvatarStatus.GENERATING.value}
                 await self._state.update(user_id, conditional(target, generating), cause=CAUSE)
-                still = await asyncio.shield(self._shared(key, prompt, spec))
+                # A stale entry (older than the tier's cache lifetime) must not come back.
+                newer_than = 0 if entry is None else entry.created_at + 1
+                still = await asyncio.shield(self._shared(key, prompt, spec, newer_than))
                 job = ClipJob(key, prompt, spec, still.url, still.png)
                 outcome = await self._ready(user_id, target, job, still.video_url, cached=False)
         except asyncio.CancelledError:
@@ -298,7 +329,13 @@ class AvatarSaga:
         # fails its image; the clip step commits its own outcome).
         assert self._clips is not None
         video_url = await self._clips.run(user_id, job)
+        if video_url is not None:
+            self._bill(user_id, Service.CLIPS, self._tiers.tier_of(user.profile))
         return replace(outcome, video_url=video_url)
+
+    def _bill(self, user_id: str, service: Service, tier: Tier) -> None:
+        if self._cost is not None and self._prices[service] > 0:
+            self._cost.add(user_id, service, self._prices[service], tier=tier.name)
 
     async def _fail(
         self, user: UserState, target: Target, held: SagaRecord | None, key: str, reason: str
@@ -330,6 +367,18 @@ class AvatarSaga:
             done = None
         await self._forget(held)
         return Outcome(user_id, AvatarStatus.FAILED.value if done else "stale")
+
+    async def _over_allowance(self, user: UserState, target: Target, tier: Tier) -> Outcome:
+        """The user's generations for today are spent and no cached image fits: the user
+        keeps the image they have (``ready`` again when there is one)."""
+        log.info("avatar generations of a %s user are spent for today", tier.name)
+        if self._cost is not None:
+            self._cost.limited(tier, Limit.AVATAR_DAILY)
+        if user.image_url is None:
+            return Outcome(user.user_id, LIMITED)
+        kept = {"avatar_status": AvatarStatus.READY.value}
+        await self._state.update(user.user_id, conditional(target, kept), cause=CAUSE)
+        return Outcome(user.user_id, LIMITED, user.image_url)
 
     async def _forget(self, held: SagaRecord | None) -> None:
         """End the record of a saga that ended; a store error leaves it for the keeper
@@ -380,21 +429,25 @@ class AvatarSaga:
                 return Outcome(user_id, "stale", url, cached)
         return Outcome(user_id, AvatarStatus.READY.value, url, cached, video)
 
-    def _shared(self, key: str, prompt: str, spec: AvatarSpec) -> asyncio.Task[Still]:
-        """The generation of ``key``: the one in flight, or a new one."""
+    def _shared(
+        self, key: str, prompt: str, spec: AvatarSpec, newer_than: int = 0
+    ) -> asyncio.Task[Still]:
+        """The generation of ``key``: the one in flight, or a new one (which reuses a cache
+        entry made since the caller's miss, if created at ``newer_than`` ms or later)."""
         task = self._inflight.get(key)
         if task is None:
-            task = asyncio.create_task(self._produce(key, prompt, spec), name=f"avatar-{key[:12]}")
+            produce = self._produce(key, prompt, spec, newer_than)
+            task = asyncio.create_task(produce, name=f"avatar-{key[:12]}")
             self._inflight[key] = task
             task.add_done_callback(lambda _: self._inflight.pop(key, None))
         return task
 
-    async def _produce(self, key: str, prompt: str, spec: AvatarSpec) -> Still:
+    async def _produce(self, key: str, prompt: str, spec: AvatarSpec, newer_than: int) -> Still:
         """Generate, store and cache the avatar of ``key``; the phone image URL and PNG."""
         # A generation of this key may have finished between the caller's cache miss and
         # now (it left the in-flight table when it did): look again before paying.
         entry = await self._cached(key)
-        if entry is not None:
+        if entry is not None and entry.created_at >= newer_than:
             return Still(entry.image_url, video_url=entry.video_url)
         self._metrics.avatar_waiting.inc()
         try:

@@ -29,6 +29,7 @@ from starlette.responses import PlainTextResponse, Response
 from brain.avatar import ImageGenerator
 from brain.backoff import Backoff
 from brain.model import AvatarStatus
+from brain.prices import clips_cost, images_cost
 from server.avatar.durable import node_name
 from server.avatar.saga import AvatarSaga, Outcome
 from server.media.local import LocalMediaStore, media_route
@@ -86,8 +87,13 @@ async def install_avatars(
         cache_reads=settings.avatar_cache == "on",
         owner=node_name(settings.port),
         lease_s=settings.avatar_lease_s,
+        tiers=settings.tiers,
+        cost=services.cost,
+        image_usd=images_cost(1) if settings.avatar == "gemini" else 0.0,
+        clip_usd=clips_cost(1) if settings.video == "veo" else 0.0,
     )
     services.state.listeners.append(saga.on_commit)
+    services.erase_hooks.append(saga.allowance.forget)
     # Last in, first out: the saga stops (running sagas finish or are cancelled) before the
     # generator, media store and store it uses are closed.
     stack.push_async_callback(saga.close)
@@ -195,6 +201,7 @@ async def retry_failed_in_process(
             cache_reads=settings.avatar_cache == "on",
             owner=f"{socket.gethostname()}:cli-{os.getpid()}",
             lease_s=settings.avatar_lease_s,
+            tiers=settings.tiers,
         )
         stack.push_async_callback(saga.close)
         return await retry_failed(saga, state, store, interrupted=interrupted)

@@ -1,7 +1,8 @@
 """What every REST route does first: who is calling, how often, and what they sent.
 
 Order, the same on every route: the token (401), the user in the path (404 for a malformed
-id, 403 for another user's), the caller's rate limit (429), and only then the body (415,
+id, 403 for another user's), the caller's rate limit (429, the user's tier's), and only
+then the body (415,
 413, 400). So an anonymous caller learns nothing about bodies, and a flood of bad bodies
 costs its sender's own budget. Failures are raised as :class:`~server.problems.HTTPProblem`
 or :class:`~server.errors.AuthError`; the app's exception handlers answer them.
@@ -19,6 +20,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from brain.tiers import Limit, Tier
 from server import protocol as wire
 from server.auth import DeviceKind, Principal, bearer, verify
 from server.problems import HTTPProblem
@@ -38,15 +40,23 @@ def services_of(request: Request) -> Services:
     return services
 
 
-def _limiter(request: Request) -> BucketsByKey[RateKey]:
+def _limiter(request: Request, tier: Tier) -> BucketsByKey[RateKey]:
+    """The REST limiter of ``tier``'s users (one per tier: a tier is a rate and a burst).
+
+    The default tier's rate is the lower of the tier's and ``COMPANION_REST_RATE_PER_S`` /
+    ``_BURST``, so the older settings still bound users of no known tier.
+    """
     state = request.app.state
-    limiter: BucketsByKey[RateKey] | None = getattr(state, "rest_limiter", None)
+    limiters: dict[str, BucketsByKey[RateKey]] | None = getattr(state, "rest_limiters", None)
+    if limiters is None:
+        limiters = state.rest_limiters = {}
+    limiter = limiters.get(tier.name)
     if limiter is None:
         settings = services_of(request).settings
-        limiter = BucketsByKey(
-            settings.rest_rate_per_s, settings.rest_rate_burst, max_keys=RATE_LIMIT_KEYS
-        )
-        state.rest_limiter = limiter
+        rate, burst = tier.rest_rate_per_s, tier.rest_rate_burst
+        if tier is settings.tiers.default:
+            rate, burst = min(rate, settings.rest_rate_per_s), min(burst, settings.rest_rate_burst)
+        limiter = limiters[tier.name] = BucketsByKey(rate, max(burst, 1), max_keys=RATE_LIMIT_KEYS)
     return limiter
 
 
@@ -64,9 +74,14 @@ def authenticate(request: Request) -> Principal:
         # Operators' and the server's own tools (load driver, demo, scenario injector) need
         # throughput, and a leaked service token is a breach a rate limit would not contain.
         return principal
-    # Keyed by what the signature vouches for, never by a raw client string.
-    retry_after = _limiter(request).take((principal.user_id, principal.device), services.clock())
+    # Keyed by what the signature vouches for, never by a raw client string; the tier is
+    # the one last seen with the user's state (the default tier until then).
+    tier = services.state.tier_book.of(principal.user_id)
+    limiter = _limiter(request, tier)
+    retry_after = limiter.take((principal.user_id, principal.device), services.clock())
     if retry_after:
+        if services.cost is not None:
+            services.cost.limited(tier, Limit.REST_RATE)
         raise HTTPProblem(
             429,
             "too many requests for this token; slow down",

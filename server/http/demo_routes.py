@@ -6,13 +6,14 @@ door); ``PUT /v1/demo/users/{id}/profile`` sets the coach persona and base avata
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Final
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from brain.avatar.prompt import Species
-from brain.model import USER_STATE_FIELDS, Action, CoachStyle, CoachTone, Profile, Source
+from brain.model import USER_STATE_FIELDS, Action, CoachStyle, CoachTone, Source
 from server.auth import DeviceKind, Principal
 from server.errors import VersionConflict
 from server.http.access import authorize, json, read_object, services_of
@@ -138,12 +139,14 @@ async def put_profile(request: Request) -> Response:
     if unknown:
         raise HTTPProblem(400, f"{unknown[0][:64]}: unknown field (style, tone, base_avatar)")
     services = services_of(request)
-    current = profile_to_dict((await services.state.current(user_id)).profile)
+    current_profile = (await services.state.current(user_id)).profile
+    current = profile_to_dict(current_profile)
     chosen = {
         name: _enum_value(name, enum, body[name], status=400) if name in body else current[name]
         for name, enum in _PROFILE_ENUMS.items()
     }
-    profile = Profile(
+    profile = replace(  # the tier is kept: it is set on its own route
+        current_profile,
         style=CoachStyle(chosen["style"]),
         tone=CoachTone(chosen["tone"]),
         base_avatar=chosen["base_avatar"],

@@ -35,6 +35,7 @@ from server.http.openapi_blocks import (
 from server.http.openapi_history import history_paths, history_schemas
 from server.http.rest import MAX_WAIT_S
 from server.http.scenario_routes import MAX_MINUTES
+from server.http.tier_routes import tier_paths
 from server.protocol import MAX_FRAMES_PER_MESSAGE
 
 
@@ -354,5 +355,11 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "Companion push server", "version": "1"},
         "components": _with_history(components()),
-        "paths": {**_v1_paths(), **history_paths(), **_legacy_paths(), **_operational_paths()},
+        "paths": {
+            **_v1_paths(),
+            **history_paths(),
+            **tier_paths(),
+            **_legacy_paths(),
+            **_operational_paths(),
+        },
     }

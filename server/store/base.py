@@ -12,9 +12,9 @@ never overwrites.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from brain.hashing import state_hash
 from brain.model import VISIBLE_FIELDS, AvatarStatus, Frame, Profile
@@ -119,10 +119,12 @@ class DeadLetter:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """LLM use of one user on one UTC day (``day`` is ``YYYY-MM-DD``).
+    """LLM use of one user on one UTC day (``day`` is ``YYYY-MM-DD``), and the estimated
+    dollars of the other services (:data:`SERVICE_COSTS`) that day.
 
     ``input_tokens`` are the uncached input tokens; prompt-cache writes and reads are
-    counted apart (they are billed at 1.25 and 0.1 times the input price).
+    counted apart (they are billed at 1.25 and 0.1 times the input price). ``cost_usd`` is
+    the LLM's.
     """
 
     user_id: str
@@ -133,6 +135,15 @@ class Usage:
     cost_usd: float = 0.0
     cache_write_tokens: int = 0
     cache_read_tokens: int = 0
+    images_usd: float = 0.0
+    clips_usd: float = 0.0
+    storage_usd: float = 0.0
+    pushes_usd: float = 0.0
+
+
+SERVICE_COSTS: Final = ("images_usd", "clips_usd", "storage_usd", "pushes_usd")
+"""The usage fields of the services other than the LLM (``<service>_usd``,
+:class:`brain.cost.Service`), which :meth:`Store.add_service_costs` adds to."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +280,10 @@ class Store(Protocol):
         cache_read_tokens: int = 0,
     ) -> Usage:
         """Atomically add to a user's day of LLM use and return the new totals."""
+
+    async def add_service_costs(self, user_id: str, day: str, costs: Mapping[str, float]) -> None:
+        """Atomically add dollars to a user's day, by field of :data:`SERVICE_COSTS`
+        (``images_usd``…). Raises :class:`ValueError` for another name."""
 
     async def get_usage(self, user_id: str, day: str) -> Usage:
         """A user's LLM use on ``day`` (zeros when there is none)."""

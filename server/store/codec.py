@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from brain.model import SNAPSHOT_FIELDS, AvatarStatus, CoachStyle, CoachTone, Env, Frame, Profile
-from server.store.base import Usage, UserState
+from server.store.base import SERVICE_COSTS, Usage, UserState
 
 SECONDS_PER_DAY = 86_400
 
@@ -72,6 +72,7 @@ def profile_to_dict(profile: Profile) -> dict[str, str]:
         "style": profile.style.value,
         "tone": profile.tone.value,
         "base_avatar": profile.base_avatar,
+        "tier": profile.tier,
     }
 
 
@@ -85,6 +86,7 @@ def profile_from_dict(data: dict[str, Any]) -> Profile:
         style=CoachStyle(data.get("style", default.style)),
         tone=CoachTone(data.get("tone", default.tone)),
         base_avatar=str(data.get("base_avatar", default.base_avatar)),
+        tier=str(data.get("tier", default.tier)),
     )
 
 
@@ -136,6 +138,7 @@ def usage_to_dict(usage: Usage) -> dict[str, Any]:
         "cost_usd": usage.cost_usd,
         "cache_write_tokens": usage.cache_write_tokens,
         "cache_read_tokens": usage.cache_read_tokens,
+        **{name: getattr(usage, name) for name in SERVICE_COSTS},
     }
 
 

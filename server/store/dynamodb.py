@@ -17,7 +17,7 @@ although the first try landed; the caller re-reads, finds its own state, and mov
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import AsyncExitStack, aclosing
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,7 @@ from server.store import codec, schema
 from server.store import dynamodb_history as history
 from server.store import dynamodb_items as items
 from server.store.base import (
+    SERVICE_COSTS,
     AvatarCacheEntry,
     FrameRow,
     HistoryEvent,
@@ -300,6 +301,31 @@ class DynamoDBStore(DynamoDBSagas):
             idempotent=False,
         )
         return items.usage_of(user_id, day, response.get("Attributes", {}))
+
+    async def add_service_costs(self, user_id: str, day: str, costs: Mapping[str, float]) -> None:
+        """UpdateItem ``ADD`` to the user's service costs of ``day``; only throttling is
+        retried (not idempotent)."""
+        unknown = set(costs) - set(SERVICE_COSTS)
+        if unknown:
+            raise ValueError(f"not a service cost: {sorted(unknown)}")
+        names = [name for name in SERVICE_COSTS if name in costs]
+        if not names:
+            return
+        client = self.client
+        await call(
+            "UpdateItem usage",
+            lambda: client.update_item(
+                TableName=self._usage.name,
+                Key={"user_id": {"S": user_id}, "day": {"S": day}},
+                UpdateExpression="ADD " + ", ".join(f"#{n} :{n}" for n in names),
+                ExpressionAttributeNames={f"#{n}": n for n in names},
+                ExpressionAttributeValues={
+                    f":{n}": {"N": items.cost_number(costs[n])} for n in names
+                },
+            ),
+            self._retry,
+            idempotent=False,
+        )
 
     async def get_usage(self, user_id: str, day: str) -> Usage:
         """The user's usage on ``day`` (strongly consistent), zeros when there is none."""

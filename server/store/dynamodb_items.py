@@ -12,7 +12,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from server.store import codec
-from server.store.base import AvatarCacheEntry, Usage, UserState
+from server.store.base import SERVICE_COSTS, AvatarCacheEntry, Usage, UserState
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb.type_defs import AttributeValueTypeDef
@@ -114,4 +114,5 @@ def usage_of(user_id: str, day: str, item: dict[str, Any]) -> Usage:
         cost_usd=float(number("cost_usd")),
         cache_write_tokens=int(number("cache_write_tokens")),
         cache_read_tokens=int(number("cache_read_tokens")),
+        **{name: float(number(name)) for name in SERVICE_COSTS},
     )

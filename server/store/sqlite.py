@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +43,7 @@ from server.store import codec, history_codec
 from server.store import frame_buckets as buckets
 from server.store import sqlite_frames as frames
 from server.store.base import (
+    SERVICE_COSTS,
     AvatarCacheEntry,
     FrameRow,
     HistoryEvent,
@@ -87,6 +88,10 @@ CREATE TABLE IF NOT EXISTS usage (
     cost_usd REAL NOT NULL,
     cache_write_tokens INTEGER NOT NULL DEFAULT 0,
     cache_read_tokens INTEGER NOT NULL DEFAULT 0,
+    images_usd REAL NOT NULL DEFAULT 0,
+    clips_usd REAL NOT NULL DEFAULT 0,
+    storage_usd REAL NOT NULL DEFAULT 0,
+    pushes_usd REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (user_id, day)
 );
 """
@@ -396,7 +401,7 @@ class SQLiteStore(SQLiteSagas):
         """Add to the user's usage of ``day`` in one statement; return the new totals."""
         async with self._transaction() as writer:
             async with writer.execute(
-                f"INSERT INTO usage ({_USAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                f"INSERT INTO usage ({_LLM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (user_id, day) DO UPDATE SET"
                 " calls = calls + excluded.calls,"
                 " input_tokens = input_tokens + excluded.input_tokens,"
@@ -420,6 +425,21 @@ class SQLiteStore(SQLiteSagas):
         if row is None:  # RETURNING always yields the row; this guards against a bad SQLite
             raise StoreError(f"usage of {user_id!r} on {day} was not returned")
         return _usage_of(row)
+
+    async def add_service_costs(self, user_id: str, day: str, costs: Mapping[str, float]) -> None:
+        """Add to the user's service costs of ``day`` in one statement."""
+        unknown = set(costs) - set(SERVICE_COSTS)
+        if unknown:
+            raise ValueError(f"not a service cost: {sorted(unknown)}")
+        values = [float(costs.get(name, 0.0)) for name in SERVICE_COSTS]
+        added = ", ".join(f"{name} = {name} + excluded.{name}" for name in SERVICE_COSTS)
+        async with self._transaction() as writer:
+            await writer.execute(
+                f"INSERT INTO usage (user_id, day, calls, input_tokens, output_tokens, cost_usd,"
+                f" {', '.join(SERVICE_COSTS)}) VALUES (?, ?, 0, 0, 0, 0, ?, ?, ?, ?)"
+                f" ON CONFLICT (user_id, day) DO UPDATE SET {added}",
+                (user_id, day, *values),
+            )
 
     async def get_usage(self, user_id: str, day: str) -> Usage:
         """The user's usage on ``day``, zeros when there is none."""
@@ -532,14 +552,15 @@ class SQLiteStore(SQLiteSagas):
             return cursor.rowcount
 
 
-_USAGE_COLUMNS = (
+_LLM_COLUMNS = (
     "user_id, day, calls, input_tokens, output_tokens, cost_usd,"
     " cache_write_tokens, cache_read_tokens"
 )
+_USAGE_COLUMNS = _LLM_COLUMNS + ", " + ", ".join(SERVICE_COSTS)
 
 
 def _usage_of(row: sqlite3.Row) -> Usage:
-    user_id, day, calls, input_tokens, output_tokens, cost, cache_write, cache_read = row
+    user_id, day, calls, input_tokens, output_tokens, cost, cache_write, cache_read = row[:8]
     return Usage(
         str(user_id),
         str(day),
@@ -549,15 +570,20 @@ def _usage_of(row: sqlite3.Row) -> Usage:
         float(cost),
         int(cache_write),
         int(cache_read),
+        *(float(value) for value in row[8:]),
     )
 
 
 async def _add_usage_cache_columns(writer: aiosqlite.Connection) -> None:
-    """Add the prompt-cache columns to a ``usage`` table made by an older version."""
+    """Add the prompt-cache and service-cost columns to a ``usage`` table made by an older
+    version."""
     columns = {row[1] for row in await writer.execute_fetchall("PRAGMA table_info(usage)")}
     for name in ("cache_write_tokens", "cache_read_tokens"):
         if name not in columns:
             await writer.execute(f"ALTER TABLE usage ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0")
+    for name in SERVICE_COSTS:  # the service costs, added after the prompt-cache columns
+        if name not in columns:
+            await writer.execute(f"ALTER TABLE usage ADD COLUMN {name} REAL NOT NULL DEFAULT 0")
 
 
 def _state_to_row(state: UserState) -> tuple[Any, ...]:

@@ -228,7 +228,10 @@ async def test_a_change_of_state_reaches_the_llm_and_a_capped_one_still_goes_thr
     # The cap of 3 an hour: calls, or answers from the guard's cache (the third window is
     # like the first), which count against the cap too.
     assert api.calls + guard.stats.cache_hits == 3 and api.calls >= 2
-    assert [d.fallback for d in decisions[3:]] == [FallbackReason.UNTRIGGERED] * 2
+    assert [d.fallback for d in decisions[3:]] == [
+        FallbackReason.CAPPED,
+        FallbackReason.UNTRIGGERED,
+    ]
     # Past the cap the rules answer a change, so it is not held back by the budget ...
     assert decisions[3].assessment == candidate(window("exercise", NOW + 15 * MIN, State.SLEEPING))
     assert decisions[3].assessment.source is Source.RULES

@@ -84,7 +84,12 @@ async def test_profile_sets_coach_style_tone_and_base_avatar(live_server: LiveSe
     answer = await demo.set_profile(
         target(live_server), style="strict", tone="direct", base_avatar="PANDA"
     )
-    assert answer["profile"] == {"style": "strict", "tone": "direct", "base_avatar": "panda"}
+    assert answer["profile"] == {
+        "style": "strict",
+        "tone": "direct",
+        "base_avatar": "panda",
+        "tier": "free",
+    }
     profile = (await live_server.services.state.current("alice")).profile
     assert (profile.style, profile.tone, profile.base_avatar) == ("strict", "direct", "panda")
     await demo.set_profile(target(live_server), style="neutral", tone=None, base_avatar=None)

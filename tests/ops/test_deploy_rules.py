@@ -164,6 +164,11 @@ def test_the_rules_fire_on_the_series_they_are_about(tmp_path: Path) -> None:
                         "series": 'companion_llm_fallbacks_total{reason="budget"}',
                         "values": "0 0 3 5 8",
                     },
+                    # two premium users whose day cost more than the tier allows
+                    {
+                        "series": 'companion_cost_anomalies_total{tier="premium"}',
+                        "values": "0 0 1 2 2",
+                    },
                     # a healthy store that never fails
                     {"series": 'companion_store_up{instance="n1"}', "values": "1x30"},
                 ],
@@ -206,6 +211,19 @@ def test_the_rules_fire_on_the_series_they_are_about(tmp_path: Path) -> None:
                                     "8 analyses in 15 minutes fell back to the rules because the"
                                     " user's daily budget (COMPANION_LLM_DAILY_BUDGET_USD) was"
                                     " spent.",
+                                ),
+                            }
+                        ],
+                    },
+                    {
+                        "eval_time": "4m",
+                        "alertname": "CompanionCostAnomaly",
+                        "exp_alerts": [
+                            {
+                                "exp_labels": {"severity": "ticket", "tier": "premium"},
+                                "exp_annotations": annotations(
+                                    "CompanionCostAnomaly",
+                                    "2 premium user(s) cost more today than the tier allows",
                                 ),
                             }
                         ],

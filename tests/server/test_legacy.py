@@ -95,7 +95,12 @@ async def test_seed_profile_spellings_are_accepted_and_unknown_avatars_refused(
         owl = await client.put(path, json={"base_avatar": "owl"}, headers=service)
         empty = await client.put(path, json={"base_avatar": ""}, headers=service)
     assert seed.status_code == 200
-    assert seed.json()["profile"] == {"style": "strict", "tone": "direct", "base_avatar": "fox"}
+    assert seed.json()["profile"] == {
+        "style": "strict",
+        "tone": "direct",
+        "base_avatar": "fox",
+        "tier": "free",
+    }
     for refused in (owl, empty):
         assert refused.status_code == 400
         assert refused.json()["detail"].startswith("base_avatar:")

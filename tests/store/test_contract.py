@@ -144,7 +144,9 @@ async def test_first_write_expects_version_0_and_round_trips_every_field(store: 
         source="llm",
         image_url="https://media.example/a.png",
         avatar_status="ready",
-        profile=Profile(style=CoachStyle.STRICT, tone=CoachTone.DIRECT, base_avatar="owl"),
+        profile=Profile(
+            style=CoachStyle.STRICT, tone=CoachTone.DIRECT, base_avatar="owl", tier="premium"
+        ),
         updated_at=T0,
     )
 
@@ -294,6 +296,27 @@ async def _fill(store: Store, user_id: str) -> tuple[UserState, list[Frame]]:
     for day in ("2025-10-09", "2025-10-10"):
         await store.add_usage(user_id, day, calls=1, input_tokens=5, output_tokens=5, cost_usd=0.5)
     return state, frames
+
+
+async def test_service_costs_accumulate_beside_the_llm_usage_of_the_day(store: Store) -> None:
+    await store.add_service_costs("alice", "2025-10-09", {"images_usd": 0.039})
+    await store.add_usage(
+        "alice", "2025-10-09", calls=1, input_tokens=10, output_tokens=5, cost_usd=0.01
+    )
+    await asyncio.gather(
+        *(
+            store.add_service_costs("alice", "2025-10-09", {"storage_usd": 0.25, "pushes_usd": 0.5})
+            for _ in range(4)
+        )
+    )
+    usage = await store.get_usage("alice", "2025-10-09")
+    assert (usage.calls, usage.cost_usd) == (1, pytest.approx(0.01))
+    assert usage.images_usd == pytest.approx(0.039)
+    assert (usage.storage_usd, usage.pushes_usd, usage.clips_usd) == (1.0, 2.0, 0.0)
+    exported = await store.export_user("alice", now_ms=T0)
+    assert exported["usage"][0]["images_usd"] == pytest.approx(0.039)
+    with pytest.raises(ValueError, match="service cost"):
+        await store.add_service_costs("alice", "2025-10-09", {"llm_usd": 1.0})
 
 
 async def test_export_user_holds_state_unexpired_frames_and_usage(store: Store) -> None:
