@@ -8,6 +8,13 @@ translate them to rows or items and back.
 Concurrency rule: every write of a user's state is conditional on the version the writer
 read (:meth:`Store.put_state`); a lost race raises :class:`~server.errors.VersionConflict`,
 never overwrites.
+
+Erase rule: :meth:`Store.delete_user` deletes the user's data and leaves a *tombstone*: the
+user's **erase epoch** (how many times the user was erased) goes up by one. Every state read
+carries the epoch (:attr:`UserState.epoch`) and every state write is also conditional on it,
+in the same conditional write, so work that read the user before an erase (an analysis, an
+avatar saga, a retry, on any node) can never write the user again: its write meets another
+epoch and raises :class:`~server.errors.VersionConflict`.
 """
 
 from __future__ import annotations
@@ -44,6 +51,9 @@ class UserState:
     avatar_status: str = AvatarStatus.NONE.value
     profile: Profile = field(default_factory=Profile)
     updated_at: int = 0
+    epoch: int = 0
+    """The user's erase epoch when this state was read; a write applies only while the
+    stored epoch is still this one (not a visible field: devices never see it)."""
 
     def visible(self) -> dict[str, Any]:
         """The fields a device displays (the ones the state hash covers)."""
@@ -120,10 +130,15 @@ class Store(Protocol):
         """
 
     async def get_state(self, user_id: str) -> UserState | None:
-        """The user's current state, or ``None`` when nothing was ever written."""
+        """The user's current state, or ``None`` when nothing was written since the last
+        erase (or ever)."""
+
+    async def erase_epoch(self, user_id: str) -> int:
+        """How many times the user was erased (0: never); see the module docstring."""
 
     async def put_state(self, state: UserState, expected_version: int) -> None:
-        """Write ``state`` if the stored version is ``expected_version`` (0: no row yet).
+        """Write ``state`` if the stored version is ``expected_version`` (0: no row yet, or
+        an erased user) and the stored erase epoch is ``state.epoch``, in one conditional write.
 
         ``state.version`` is normally ``expected_version + 1``; a profile-only change keeps
         the version. Raises :class:`~server.errors.VersionConflict` otherwise.
@@ -157,4 +172,6 @@ class Store(Protocol):
         """Everything stored about a user, as JSON-ready data (``state``, ``frames``, ``usage``)."""
 
     async def delete_user(self, user_id: str) -> int:
-        """Erase a user's frames, state and usage; return how many records were deleted."""
+        """Erase a user's frames, usage and state, then raise their erase epoch by one (in
+        this order, so a reader that sees the new epoch finds no frames); return how many
+        records were deleted (the tombstone is not counted)."""

@@ -128,6 +128,7 @@ def state_from_dict(data: dict[str, Any]) -> UserState:
         avatar_status=str(data["avatar_status"]),
         profile=profile_from_dict(data.get("profile") or {}),
         updated_at=int(data["updated_at"]),
+        epoch=int(data.get("epoch") or 0),
     )
 
 

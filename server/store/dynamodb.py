@@ -186,23 +186,43 @@ class DynamoDBStore:
             self._retry,
         )
         item = response.get("Item")
-        return None if item is None else items.state_of(item)
+        return None if item is None or items.is_tombstone(item) else items.state_of(item)
+
+    async def erase_epoch(self, user_id: str) -> int:
+        """How many times the user was erased (0: never); a strongly consistent read."""
+        client = self.client
+        response = await call(
+            "GetItem user_state epoch",
+            lambda: client.get_item(
+                TableName=self._state_table,
+                Key={"user_id": {"S": user_id}},
+                ProjectionExpression="#epoch",
+                ExpressionAttributeNames={"#epoch": "epoch"},
+                ConsistentRead=True,
+            ),
+            self._retry,
+        )
+        item = response.get("Item")
+        return 0 if item is None else items.epoch_of(item)
 
     async def put_state(self, state: UserState, expected_version: int) -> None:
-        """PutItem conditional on the stored version being ``expected_version`` (0: no item).
+        """PutItem conditional on the stored version being ``expected_version`` (0: no item,
+        or a tombstone) and the stored erase epoch being ``state.epoch``.
 
         Raises :class:`~server.errors.VersionConflict` naming the version found (``None``
         when there is no item).
         """
         client = self.client
+        # An item from before erase epochs has no epoch attribute: it is epoch 0.
+        same_epoch = "(attribute_not_exists(#epoch) OR #epoch = :epoch)"
         if expected_version == 0:
-            # A row with version 0 (a profile saved before any state) also counts as "none
-            # yet", as it does in the SQLite store.
-            condition = "attribute_not_exists(#pk) OR #version = :expected"
-            names = {"#pk": "user_id", "#version": "version"}
+            # A row with version 0 (a tombstone, or a profile saved before any state) also
+            # counts as "none yet", as it does in the SQLite store.
+            condition = f"(attribute_not_exists(#pk) OR #version = :expected) AND {same_epoch}"
+            names = {"#pk": "user_id", "#version": "version", "#epoch": "epoch"}
         else:
-            condition = "#version = :expected"
-            names = {"#version": "version"}
+            condition = f"#version = :expected AND {same_epoch}"
+            names = {"#version": "version", "#epoch": "epoch"}
         try:
             await call(
                 "PutItem user_state",
@@ -211,7 +231,10 @@ class DynamoDBStore:
                     Item=items.state_item(state),
                     ConditionExpression=condition,
                     ExpressionAttributeNames=names,
-                    ExpressionAttributeValues={":expected": {"N": str(expected_version)}},
+                    ExpressionAttributeValues={
+                        ":expected": {"N": str(expected_version)},
+                        ":epoch": {"N": str(state.epoch)},
+                    },
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 ),
                 self._retry,
@@ -231,10 +254,14 @@ class DynamoDBStore:
         found: list[str] = []
         scan = self._scan(
             TableName=self._state_table,
-            FilterExpression="#status = :status",
+            FilterExpression="#status = :status AND #version > :zero",
             ProjectionExpression="#pk",
-            ExpressionAttributeNames={"#status": "avatar_status", "#pk": "user_id"},
-            ExpressionAttributeValues={":status": {"S": status}},
+            ExpressionAttributeNames={
+                "#status": "avatar_status",
+                "#pk": "user_id",
+                "#version": "version",
+            },
+            ExpressionAttributeValues={":status": {"S": status}, ":zero": {"N": "0"}},
         )
         async with aclosing(scan):
             async for item in scan:
@@ -348,7 +375,8 @@ class DynamoDBStore:
         )
 
     async def delete_user(self, user_id: str) -> int:
-        """Delete the user's frames (expired ones too), state and usage; return the count.
+        """Delete the user's frames (expired ones too) and usage, then turn the state item
+        into a tombstone of the next erase epoch; return the count (a live state counts one).
 
         Raises :class:`~server.errors.StoreError` when some items could not be deleted
         (calling again finishes the job: deletes are idempotent).
@@ -374,17 +402,29 @@ class DynamoDBStore:
                     f" {table.name}: {next(iter(failed.values()))}"
                 )
             deleted += len(requests)
+        # Last, so that a reader who sees the new epoch finds no frames. One UpdateItem
+        # (not a read then a put): ADD raises the epoch atomically, whoever erases at once.
+        tombstone = items.state_item(UserState.initial(user_id))
+        fields = [name for name in tombstone if name not in ("user_id", "epoch")]
+        names = {f"#f{i}": name for i, name in enumerate(fields)}
+        values: dict[str, Any] = {f":f{i}": tombstone[name] for i, name in enumerate(fields)}
+        assignments = ", ".join(f"#f{i} = :f{i}" for i in range(len(fields)))
         client = self.client
         response = await call(
-            "DeleteItem user_state",
-            lambda: client.delete_item(
+            "UpdateItem user_state tombstone",
+            lambda: client.update_item(
                 TableName=self._state_table,
                 Key={"user_id": {"S": user_id}},
+                UpdateExpression=f"SET {assignments} ADD #epoch :one REMOVE #image",
+                ExpressionAttributeNames={**names, "#epoch": "epoch", "#image": "image_url"},
+                ExpressionAttributeValues={**values, ":one": {"N": "1"}},
                 ReturnValues="ALL_OLD",
             ),
             self._retry,
+            idempotent=False,
         )
-        return deleted + (1 if response.get("Attributes") else 0)
+        old = response.get("Attributes")
+        return deleted + (1 if old and int(old["version"]["N"]) > 0 else 0)
 
     def _query(self, **request: Any) -> AsyncGenerator[dict[str, Any], None]:
         """The items of a Query, page after page."""

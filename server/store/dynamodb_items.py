@@ -61,6 +61,7 @@ def state_item(state: UserState) -> Item:
         "avatar_status": {"S": state.avatar_status},
         "profile": {"M": {name: {"S": value} for name, value in data["profile"].items()}},
         "updated_at": {"N": str(state.updated_at)},
+        "epoch": {"N": str(state.epoch)},
     }
     if state.image_url is not None:
         item["image_url"] = {"S": state.image_url}
@@ -84,8 +85,19 @@ def state_of(item: dict[str, Any]) -> UserState:
             "avatar_status": item["avatar_status"]["S"],
             "profile": {name: value["S"] for name, value in item["profile"]["M"].items()},
             "updated_at": int(item["updated_at"]["N"]),
+            "epoch": int(item["epoch"]["N"]) if "epoch" in item else 0,
         }
     )
+
+
+def epoch_of(item: dict[str, Any]) -> int:
+    """The erase epoch of a ``user_state`` item (0 for an item written before epochs)."""
+    return int(item["epoch"]["N"]) if "epoch" in item else 0
+
+
+def is_tombstone(item: dict[str, Any]) -> bool:
+    """Whether a ``user_state`` item is what an erase left: version 0 and an epoch."""
+    return int(item["version"]["N"]) == 0 and epoch_of(item) > 0
 
 
 def avatar_item(entry: AvatarCacheEntry) -> Item:

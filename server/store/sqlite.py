@@ -24,7 +24,7 @@ import pathlib
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiosqlite
@@ -57,7 +57,8 @@ CREATE TABLE IF NOT EXISTS user_state (
     image_url TEXT,
     avatar_status TEXT NOT NULL,
     profile TEXT NOT NULL,
-    updated_at INTEGER NOT NULL
+    updated_at INTEGER NOT NULL,
+    epoch INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS user_state_avatar_status ON user_state (avatar_status);
 CREATE TABLE IF NOT EXISTS avatar_cache (
@@ -80,17 +81,20 @@ CREATE TABLE IF NOT EXISTS usage (
 
 _STATE_COLUMNS = (
     "user_id, version, state_hash, state, mood, energy, reasoning, actions, source,"
-    " image_url, avatar_status, profile, updated_at"
+    " image_url, avatar_status, profile, updated_at, epoch"
 )
 
 _STATE_NAMES = [name.strip() for name in _STATE_COLUMNS.split(",")]
-_INSERT_STATE = (
+_UPSERT = (
     f"INSERT INTO user_state ({_STATE_COLUMNS}) VALUES ({', '.join('?' * len(_STATE_NAMES))})"
-    " ON CONFLICT (user_id) DO NOTHING"
+    " ON CONFLICT (user_id) DO UPDATE SET"
+    f" {', '.join(f'{name} = excluded.{name}' for name in _STATE_NAMES[1:])}"
 )
+_INSERT_STATE = _UPSERT + " WHERE user_state.version = 0 AND user_state.epoch = excluded.epoch"
+"""The first write of a user: no row yet, or the tombstone of the same erase epoch."""
 _UPDATE_STATE = (
     f"UPDATE user_state SET {', '.join(f'{name} = ?' for name in _STATE_NAMES[1:])}"
-    " WHERE user_id = ? AND version = ?"
+    " WHERE user_id = ? AND version = ? AND epoch = ?"
 )
 
 
@@ -136,6 +140,7 @@ class SQLiteStore:
                 await writer.execute("PRAGMA synchronous=FULL")
                 await writer.execute("PRAGMA busy_timeout=5000")
                 await writer.executescript(_SCHEMA)
+                await _add_epoch_column(writer)
                 reader = await aiosqlite.connect(self._path, isolation_level=None)
                 opened.push_async_callback(reader.close)
                 await reader.execute("PRAGMA busy_timeout=5000")
@@ -231,9 +236,15 @@ class SQLiteStore:
     async def get_state(self, user_id: str) -> UserState | None:
         """The user's state, or ``None`` when none was ever written."""
         rows = await self._read(
-            f"SELECT {_STATE_COLUMNS} FROM user_state WHERE user_id = ?", (user_id,)
+            f"SELECT {_STATE_COLUMNS} FROM user_state WHERE user_id = ? AND version > 0",
+            (user_id,),
         )
         return _state_from_row(rows[0]) if rows else None
+
+    async def erase_epoch(self, user_id: str) -> int:
+        """How many times the user was erased (0: never)."""
+        rows = await self._read("SELECT epoch FROM user_state WHERE user_id = ?", (user_id,))
+        return int(rows[0][0]) if rows else 0
 
     async def put_state(self, state: UserState, expected_version: int) -> None:
         """Write ``state`` if the stored version is ``expected_version`` (0: no row).
@@ -276,13 +287,15 @@ class SQLiteStore:
     async def _write_state(
         writer: aiosqlite.Connection, write: _StateWrite
     ) -> VersionConflict | None:
-        """One statement whose condition is the version check: the row is written only if
-        its version is still ``write.expected`` (no row at all for 0)."""
+        """One statement whose condition is the version and epoch check: the row is written
+        only if its version is still ``write.expected`` (no row, or a tombstone, for 0) and
+        its erase epoch is the one the writer read."""
         if write.expected == 0:
             cursor = await writer.execute(_INSERT_STATE, write.row)
         else:
+            epoch = write.row[-1]
             cursor = await writer.execute(
-                _UPDATE_STATE, (*write.row[1:], write.user_id, write.expected)
+                _UPDATE_STATE, (*write.row[1:], write.user_id, write.expected, epoch)
             )
         if cursor.rowcount == 1:
             return None
@@ -295,7 +308,8 @@ class SQLiteStore:
     async def users_with_avatar_status(self, status: str, limit: int = 1000) -> list[str]:
         """Ids of up to ``limit`` users whose ``avatar_status`` is ``status``."""
         rows = await self._read(
-            "SELECT user_id FROM user_state WHERE avatar_status = ? ORDER BY user_id LIMIT ?",
+            "SELECT user_id FROM user_state WHERE avatar_status = ? AND version > 0"
+            " ORDER BY user_id LIMIT ?",
             (status, limit),
         )
         return [str(row[0]) for row in rows]
@@ -384,19 +398,36 @@ class SQLiteStore:
         return codec.export_document(user_id, state, frames, usage)
 
     async def delete_user(self, user_id: str) -> int:
-        """Delete the user's frames, state and usage in one transaction; return the count."""
+        """Delete the user's frames and usage and replace their state by a tombstone of the
+        next erase epoch, in one transaction; return the count (a live state counts one)."""
         deleted = 0
         async with self._transaction() as writer:
-            for table in ("frames", "user_state", "usage"):
+            for table in ("frames", "usage"):
                 cursor = await writer.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))
                 deleted += cursor.rowcount
-        return deleted
+            found = list(
+                await writer.execute_fetchall(
+                    "SELECT version, epoch FROM user_state WHERE user_id = ?", (user_id,)
+                )
+            )
+            version, epoch = (int(found[0][0]), int(found[0][1])) if found else (0, 0)
+            tombstone = replace(UserState.initial(user_id), epoch=epoch + 1)
+            await writer.execute(_UPSERT, _state_to_row(tombstone))
+        return deleted + (1 if version > 0 else 0)
+
+
+async def _add_epoch_column(writer: aiosqlite.Connection) -> None:
+    """Give a store made before erase epochs existed its ``epoch`` column (every user 0)."""
+    columns = await writer.execute_fetchall("PRAGMA table_info(user_state)")
+    if not any(column[1] == "epoch" for column in columns):
+        await writer.execute("ALTER TABLE user_state ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0")
 
 
 def _state_to_row(state: UserState) -> tuple[Any, ...]:
     data = codec.state_to_dict(state)
     data["actions"] = orjson.dumps(data["actions"]).decode()
     data["profile"] = orjson.dumps(data["profile"]).decode()
+    data["epoch"] = state.epoch
     return tuple(data[name] for name in _STATE_NAMES)
 
 

@@ -334,6 +334,58 @@ async def test_delete_user_erases_that_user_only(store: Store) -> None:
     assert await store.delete_user("alice") == 0
 
 
+# --- erase epochs (a tombstone makes an erase final) ---------------------------------------
+
+
+async def test_erase_raises_the_epoch_and_leaves_no_state(store: Store) -> None:
+    await _fill(store, "alice")
+    assert await store.erase_epoch("alice") == 0
+
+    await store.delete_user("alice")
+
+    assert await store.erase_epoch("alice") == 1
+    assert await store.get_state("alice") is None
+    await store.delete_user("alice")
+    assert await store.erase_epoch("alice") == 2
+    assert await store.erase_epoch("bob") == 0
+
+
+async def test_erasing_a_user_never_seen_still_raises_the_epoch(store: Store) -> None:
+    assert await store.delete_user("ghost") == 0
+
+    assert await store.erase_epoch("ghost") == 1
+    assert await store.get_state("ghost") is None
+
+
+async def test_a_write_read_before_an_erase_conflicts_after_it(store: Store) -> None:
+    before, _ = await _fill(store, "alice")  # read at epoch 0, version 1
+    await store.delete_user("alice")
+
+    with pytest.raises(VersionConflict):
+        await store.put_state(committed("alice", 2, mood="tired"), expected_version=1)
+    with pytest.raises(VersionConflict):  # nor as a first write of the old epoch
+        await store.put_state(committed("alice", 1, mood="tired"), expected_version=0)
+
+    assert before.epoch == 0
+    assert await store.get_state("alice") is None
+    assert await store.users_with_avatar_status("none") == []
+
+
+async def test_a_write_of_the_new_epoch_starts_the_user_again(store: Store) -> None:
+    await _fill(store, "alice")
+    await store.delete_user("alice")
+    fresh = replace(committed("alice", 1, mood="tired"), epoch=1)
+
+    await store.put_state(fresh, expected_version=0)
+    await store.put_state(replace(fresh, version=2, mood="happy"), expected_version=1)
+
+    stored = await store.get_state("alice")
+    assert stored == replace(fresh, version=2, mood="happy")
+    assert await store.erase_epoch("alice") == 1
+    with pytest.raises(VersionConflict):  # the old epoch stays refused
+        await store.put_state(committed("alice", 3), expected_version=2)
+
+
 # --- lifecycle ----------------------------------------------------------------------------
 
 
