@@ -53,6 +53,7 @@ class Settings:
     window_minutes: int = 15
     debounce_ms: int = 1000
     analysis_workers: int = 4
+    owner_lease_ms: int = 10_000
     avatar: str = "local"
     gemini_model: str = "gemini-2.5-flash-image"
     media: str = "local"
@@ -169,6 +170,13 @@ def _secret(text: str) -> str:
     return text
 
 
+def _lease_ms(text: str) -> int:
+    value = _positive_int(text)
+    if value < 300:
+        raise ValueError(f"must be at least 300 ms, got {text}")
+    return value
+
+
 def _prefix(text: str) -> str:
     if not text or len(text) > 64 or not all(c.isalnum() or c in "-_." for c in text):
         raise ValueError("must be 1-64 characters of letters, digits, '-', '_', '.'")
@@ -224,6 +232,12 @@ SPECS: Final[tuple[Spec, ...]] = (
     Spec("window_minutes", _positive_int, "Minutes of frames an analysis looks at."),
     Spec("debounce_ms", _positive_int, "Quiet time after frames before an analysis starts."),
     Spec("analysis_workers", _positive_int, "Analyses running at once."),
+    Spec(
+        "owner_lease_ms",
+        _lease_ms,
+        "With a Redis broker: lease of a node on a user's analysis (its owner); a dead"
+        " owner's users move to another node within this time.",
+    ),
     Spec("avatar", _choice("local", "gemini"), "Avatar generator."),
     Spec("gemini_model", str, "Gemini image model id."),
     Spec("media", _media, "`local` (served at /media) or s3://bucket/prefix."),

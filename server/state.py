@@ -48,9 +48,14 @@ class StateService:
         self.listeners: list[CommitListener] = []
 
     async def current(self, user_id: str) -> UserState:
-        """The user's state (version 0 with defaults if nothing was committed yet)."""
+        """The user's state (version 0 with defaults if nothing was committed yet, or since
+        the last erase), carrying the user's erase epoch, which every commit is conditional on."""
         state = await self._store.get_state(user_id)
-        return state if state is not None else UserState.initial(user_id)
+        if state is not None:
+            return state
+        initial = UserState.initial(user_id)
+        epoch = await self._store.erase_epoch(user_id)
+        return replace(initial, epoch=epoch) if epoch else initial
 
     async def commit(
         self,
@@ -107,15 +112,27 @@ class StateService:
         return committed
 
     async def update(
-        self, user_id: str, decide: Decide, *, cause: str, attempts: int = 5
+        self,
+        user_id: str,
+        decide: Decide,
+        *,
+        cause: str,
+        attempts: int = 5,
+        epoch: int | None = None,
     ) -> UserState | None:
         """Read, decide, commit; on a lost race read and decide again.
 
-        Returns the committed state, or ``None`` when ``decide`` wanted no change. Raises
-        :class:`VersionConflict` if every one of ``attempts`` lost its race.
+        ``epoch`` is the user's erase epoch when the caller's work began (``None``: any):
+        once the user was erased since, nothing is committed, however often it re-reads
+        (the write itself is conditional on the epoch it read, so an erase between the read
+        and the write is a lost race too). Returns the committed state, or ``None`` when
+        ``decide`` wanted no change or the user was erased. Raises :class:`VersionConflict`
+        if every one of ``attempts`` lost its race.
         """
         for attempt in range(attempts):
             current = await self.current(user_id)
+            if epoch is not None and current.epoch != epoch:
+                return None  # erased since the work began: it must not write the user again
             changes = decide(current)
             if not changes:
                 return None

@@ -27,6 +27,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
+from redis.exceptions import RedisError
+
 from brain.analyst.base import AnalysisRequest, Analyst, build_request
 from brain.analyst.circuit import CircuitState
 from brain.analyst.guard import DailyBudget, Decision, FallbackReason, GuardedAnalyst
@@ -34,15 +36,20 @@ from brain.analyst.rules import RulesAnalyst
 from brain.features import Baseline, compute_baseline
 from brain.model import Assessment, Frame, State
 from brain.window import DEFAULT_MAX_USERS, Window, Windows
+from server.analysis.owners import Lease, RedisOwners
 from server.analysis.reactor import react
 from server.analysis.scheduler import Scheduler, Sleep
 from server.metrics import Metrics
+from server.protocol import DEFAULT_MAX_FUTURE_MS
 from server.services import Services
 from server.settings import Settings
 from server.state import StateService
 from server.store.base import Store, UserState
 
 log = logging.getLogger(__name__)
+
+_NOTHING_NEW = -1
+"""No frames were announced for a user (``since`` is a time or ``None`` otherwise)."""
 
 BASELINE_DAYS = 14
 BASELINE_TTL_S = 3600.0
@@ -122,7 +129,11 @@ def build_analyst(
 
 
 class Pipeline:
-    """Windows, baselines, the scheduler and the analysis of one user; see the module doc."""
+    """Windows, baselines, the scheduler and the analysis of one user; see the module doc.
+
+    With ``owners`` (a Redis broker: several nodes) this node analyses only the users whose
+    lease it holds, and reads their frames from the store; without, every user is its own.
+    """
 
     def __init__(
         self,
@@ -137,12 +148,14 @@ class Pipeline:
         debounce_s: float,
         sleep: Sleep = asyncio.sleep,
         max_users: int = DEFAULT_MAX_USERS,
+        owners: RedisOwners | None = None,
     ) -> None:
         self.store = store
         self.state = state
         self.analyst = analyst
         self.metrics = metrics
         self.clock = clock
+        self.owners = owners
         self.windows = Windows(span_ms=span_ms, max_users=max_users)
         self.scheduler = Scheduler(
             self.analyse, workers=workers, debounce_s=debounce_s, metrics=metrics, sleep=sleep
@@ -152,10 +165,19 @@ class Pipeline:
         self._baselines: OrderedDict[str, tuple[Baseline | None, float]] = OrderedDict()
         self._max_users = max_users
         self._erasures: Counter[str] = Counter()
-        """Times each user was erased: an analysis that began before one must not commit."""
+        """Erases of each user this node heard of; work queued or begun before one is void."""
+        self._queued: dict[str, int] = {}
+        """The erase count of each user when it was last scheduled."""
+        self._epochs: dict[str, int] = {}
+        """The store's erase epoch each window was filled under (another one: refill)."""
+        self._since: dict[str, int | None] = {}
+        """Owned users with frames in the store not in the window yet: the oldest one's time
+        (``None``: re-read the whole window)."""
 
     @classmethod
-    def from_services(cls, services: Services, analyst: Analyst) -> Pipeline:
+    def from_services(
+        cls, services: Services, analyst: Analyst, owners: RedisOwners | None = None
+    ) -> Pipeline:
         settings = services.settings
         return cls(
             store=services.store,
@@ -166,6 +188,7 @@ class Pipeline:
             span_ms=settings.window_minutes * 60_000,
             workers=settings.analysis_workers,
             debounce_s=settings.debounce_ms / 1000,
+            owners=owners,
         )
 
     def start(self) -> None:
@@ -177,18 +200,38 @@ class Pipeline:
 
     def schedule(self, user_id: str, *, force: bool = False) -> bool:
         """Ask for an analysis of ``user_id``; ``False`` if the scheduler refused it."""
-        return self.scheduler.schedule(user_id, force=force)
+        self._queued[user_id] = self._erasures[user_id]
+        if self.scheduler.schedule(user_id, force=force):
+            return True
+        self._queued.pop(user_id, None)
+        return False
 
     async def idle(self) -> None:
         """Return once no analysis is pending or running."""
         await self.scheduler.idle()
 
     def forget(self, user_id: str) -> None:
-        """Drop a user's window and baseline, and stop analyses already running for the user
-        from committing (an erase hook: called before and after the data is deleted)."""
+        """Drop a user's window and baseline, and void every analysis of the user queued or
+        running (an erase hook: called before and after the data is deleted, and on every
+        node when an erase is announced)."""
+        self.release(user_id)
+        self._erasures[user_id] += 1
+
+    def release(self, user_id: str) -> None:
+        """Drop what this node caches about a user (it is no longer the user's owner)."""
         self.windows.forget(user_id)
         self._baselines.pop(user_id, None)
-        self._erasures[user_id] += 1
+        self._epochs.pop(user_id, None)
+        self._since.pop(user_id, None)
+
+    def notify(self, user_id: str, since_ms: int | None) -> None:
+        """An owned user has new frames in the store from ``since_ms`` on (``None``: read the
+        whole window again): remember to read them, and schedule the user."""
+        if user_id in self._since:
+            earlier = self._since[user_id]
+            since_ms = None if earlier is None or since_ms is None else min(earlier, since_ms)
+        self._since[user_id] = since_ms
+        self.schedule(user_id)
 
     def _now_ms(self) -> int:
         return int(self.clock() * 1000)
@@ -199,31 +242,51 @@ class Pipeline:
         return min(latest, clock_ms) if latest else clock_ms
 
     async def on_frames(self, by_user: Mapping[str, Sequence[Frame]]) -> None:
-        """The frames hook: add durable frames to their users' windows and schedule them."""
+        """The frames hook: add durable frames to their users' windows and schedule them;
+        with owners, tell each user's owner instead (which may be this node)."""
         clock_ms = self._now_ms()
         for user_id, frames in by_user.items():
             if not frames:
                 continue
+            if self.owners is not None:
+                try:
+                    await self.owners.route(user_id, min(f.ts for f in frames))
+                except (RedisError, OSError) as exc:
+                    # The frames are durable: the owner's next refresh reads them.
+                    log.warning("analysis owner unknown, Redis unreachable (%s)", type(exc))
+                continue
             window = self.windows.window(user_id, now_ms=clock_ms)
             at = self._time_of(window, max(f.ts for f in frames), clock_ms)
             window.add(frames, now_ms=at)
-            self.scheduler.schedule(user_id)
+            self.schedule(user_id)
 
-    async def analyse(self, user_id: str, force: bool = False) -> Analysed:
-        """Analyse ``user_id`` now and commit a change; see the module docstring."""
+    async def analyse(self, user_id: str, force: bool = False) -> Analysed | None:
+        """Analyse ``user_id`` now and commit a change; see the module docstring.
+
+        Returns ``None`` without analysing when the user was erased since it was queued, or
+        when another node owns the user.
+        """
         erasures = self._erasures[user_id]
+        if self._queued.pop(user_id, erasures) != erasures:
+            return None  # queued before an erase: nothing erased is analysed again
+        lease = None
+        if self.owners is not None:
+            lease = await self.owners.lease_of(user_id)
+            if lease is None:
+                self.release(user_id)
+                return None
+        # The epoch is read before any frame: if the user is erased after this read, the
+        # commit (conditional on this epoch) fails; if before, the frames are gone already.
+        current = await self.state.current(user_id)
         clock_ms = self._now_ms()
+        if self._epochs.get(user_id, current.epoch) != current.epoch:
+            self.release(user_id)  # filled before an erase this node did not hear of
+        self._epochs[user_id] = current.epoch
         window = self.windows.window(user_id, now_ms=clock_ms)
-        if window.is_cold():
-            at = self._time_of(window, None, clock_ms)
-            stored = await self.store.frames_between(
-                user_id, at - window.span_ms, at + 1, now_ms=clock_ms
-            )
-            window.refill(stored, now_ms=at)
+        await self._refresh(user_id, window, clock_ms)
         at = self._time_of(window, None, clock_ms)
         window.evict(now_ms=at)
         frames = window.frames
-        current = await self.state.current(user_id)
         request = build_request(
             user_id,
             frames,
@@ -233,13 +296,16 @@ class Pipeline:
             previous=_state_or_none(current.state),
         )
         decision = await self._decide(request)
-        committed = await react(
-            self.state,
-            user_id,
-            decision.assessment,
-            force=force,
-            valid=lambda: self._erasures[user_id] == erasures,
-        )
+        committed = None
+        if (frames or force) and await self._still_owner(user_id, lease):
+            committed = await react(
+                self.state,
+                user_id,
+                decision.assessment,
+                force=force,
+                valid=lambda: self._erasures[user_id] == erasures,
+                epoch=current.epoch,
+            )
         self.metrics.analyses.labels(decision.assessment.source.value).inc()
         done = Analysed(
             user_id,
@@ -254,6 +320,35 @@ class Pipeline:
         for listener in self.listeners:
             listener(done)
         return done
+
+    async def _refresh(self, user_id: str, window: Window, clock_ms: int) -> None:
+        """Bring the window up to date with the store: the whole span when it is cold (or
+        the owner asked for it), else the frames since the oldest one it was told of."""
+        since = self._since.pop(user_id, _NOTHING_NEW)
+        told = since is not None and since >= 0
+        if since is None:
+            window.mark_cold()
+        if window.is_cold():
+            at = self._time_of(window, None, clock_ms)
+            start = min(since, at) if since is not None and told else at
+            stored = await self.store.frames_between(
+                user_id, start - window.span_ms, clock_ms + DEFAULT_MAX_FUTURE_MS, now_ms=clock_ms
+            )
+            newest = stored[-1].ts if stored else None
+            window.refill(stored, now_ms=self._time_of(window, newest, clock_ms))
+        elif since is not None and told:
+            stored = await self.store.frames_between(
+                user_id, since, clock_ms + DEFAULT_MAX_FUTURE_MS, now_ms=clock_ms
+            )
+            newest = stored[-1].ts if stored else None
+            window.add(stored, now_ms=self._time_of(window, newest, clock_ms))
+
+    async def _still_owner(self, user_id: str, lease: Lease | None) -> bool:
+        """Whether this node may commit: no owners, or the lease (and its fencing token)
+        taken at the start of the analysis is still ours."""
+        if self.owners is None or lease is None:
+            return True
+        return await self.owners.lease_of(user_id) == lease
 
     async def _decide(self, request: AnalysisRequest) -> Decision:
         if isinstance(self.analyst, GuardedAnalyst):
@@ -284,6 +379,34 @@ def _state_or_none(value: str) -> State | None:
         return None
 
 
+class EraseAnnouncer:
+    """The erase hook of a node with owners: forget the user here and announce the erase to
+    every node (in a task: erase hooks are synchronous; the store's erase epoch, not this
+    notice, is what makes the erase final)."""
+
+    def __init__(self, pipeline: Pipeline, owners: RedisOwners) -> None:
+        self._pipeline = pipeline
+        self._owners = owners
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __call__(self, user_id: str) -> None:
+        self._pipeline.forget(user_id)
+        task = asyncio.create_task(self._announce(user_id), name="announce-erase")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _announce(self, user_id: str) -> None:
+        try:
+            async with asyncio.timeout(self._owners.lease_ms / 1000):
+                await self._owners.announce_erase(user_id)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("could not announce an erase to the other nodes (%s)", type(exc))
+
+    async def close(self) -> None:
+        """Wait for the announcements under way."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
 def pipeline_of(services: Services) -> Pipeline | None:
     """The pipeline :func:`pipeline_stage` installed, or ``None`` when it is not running."""
     found = services.extras.get("pipeline")
@@ -295,11 +418,23 @@ async def pipeline_stage(services: Services, stack: AsyncExitStack) -> None:
     analyst, close_client = build_analyst(services.settings, services.store, services.metrics)
     if close_client is not None:
         stack.push_async_callback(close_client)  # runs after the pipeline stopped (LIFO)
-    pipeline = Pipeline.from_services(services, analyst)
+    owners = None
+    if services.settings.broker != "memory":
+        owners = RedisOwners(services.settings.broker, lease_ms=services.settings.owner_lease_ms)
+    pipeline = Pipeline.from_services(services, analyst, owners)
+    erase_hook = pipeline.forget
+    if owners is not None:
+        owners.on_notice = pipeline.notify
+        owners.on_release = pipeline.release
+        owners.on_erase = pipeline.forget
+        await owners.start()
+        stack.push_async_callback(owners.close)  # after the pipeline stopped (LIFO)
+        erase_hook = EraseAnnouncer(pipeline, owners)
+        stack.push_async_callback(erase_hook.close)
     pipeline.start()
     stack.push_async_callback(pipeline.close)
     services.frames_hooks.append(pipeline.on_frames)
-    services.erase_hooks.append(pipeline.forget)
+    services.erase_hooks.append(erase_hook)
     services.extras["pipeline"] = pipeline
     log.info(
         "analysis pipeline: analyst=%s workers=%d debounce=%dms window=%dmin",

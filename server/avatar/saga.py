@@ -15,7 +15,10 @@ it starts a saga for that user, as a task of its own so the commit path never wa
    records the saga for ``companion avatars retry-failed``.
 
 Every saga commit is conditional: it applies only while the user still has the (state, mood,
-band) the saga was started for, so a late image never replaces the one of a newer state.
+band) the saga was started for, so a late image never replaces the one of a newer state, and
+only while the user's erase epoch is the one of the commit that started it, so a saga in
+flight (or retrying) when the user is erased never writes the user again (the tombstone's
+defaults may well match the saga's target).
 """
 
 from __future__ import annotations
@@ -171,12 +174,14 @@ class AvatarSaga:
             entry = await self._store.get_avatar(key)
             if entry is not None:
                 self._metrics.avatar_cache.labels("hit").inc()
-                return await self._ready(user_id, target, entry.image_url, cached=True)
+                return await self._ready(user, target, entry.image_url, cached=True)
             self._metrics.avatar_cache.labels("miss").inc()
             generating = {"avatar_status": AvatarStatus.GENERATING.value}
-            await self._state.update(user_id, conditional(target, generating), cause=CAUSE)
+            await self._state.update(
+                user_id, conditional(target, generating), cause=CAUSE, epoch=user.epoch
+            )
             url = await asyncio.shield(self._shared(key, prompt, spec))
-            return await self._ready(user_id, target, url, cached=False)
+            return await self._ready(user, target, url, cached=False)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -184,18 +189,23 @@ class AvatarSaga:
             log.warning("avatar saga for %s failed: %r", user_id, exc)
             failed = {"avatar_status": AvatarStatus.FAILED.value}
             try:
-                done = await self._state.update(user_id, conditional(target, failed), cause=CAUSE)
+                done = await self._state.update(
+                    user_id, conditional(target, failed), cause=CAUSE, epoch=user.epoch
+                )
             except Exception:
                 log.exception("could not record the failed avatar saga of %s", user_id)
                 done = None
             return Outcome(user_id, AvatarStatus.FAILED.value if done else "stale")
 
-    async def _ready(self, user_id: str, target: Target, url: str, *, cached: bool) -> Outcome:
+    async def _ready(self, user: UserState, target: Target, url: str, *, cached: bool) -> Outcome:
+        user_id = user.user_id
         ready = {"image_url": url, "avatar_status": AvatarStatus.READY.value}
-        committed = await self._state.update(user_id, conditional(target, ready), cause=CAUSE)
+        committed = await self._state.update(
+            user_id, conditional(target, ready), cause=CAUSE, epoch=user.epoch
+        )
         if committed is None:
             current = await self._state.current(user_id)
-            if Target.of(current) != target:
+            if Target.of(current) != target or current.epoch != user.epoch:
                 return Outcome(user_id, "stale", url, cached)
         return Outcome(user_id, AvatarStatus.READY.value, url, cached)
 
