@@ -279,11 +279,20 @@ class Pipeline:
         # commit (conditional on this epoch) fails; if before, the frames are gone already.
         current = await self.state.current(user_id)
         clock_ms = self._now_ms()
-        if self._epochs.get(user_id, current.epoch) != current.epoch:
-            self.release(user_id)  # filled before an erase this node did not hear of
+        if self._epochs.get(user_id) != current.epoch:
+            # Filled before an erase this node did not hear of, or never checked against the
+            # store's epoch: start again from the store (the frames it holds are durable).
+            held = self.windows.get(user_id, now_ms=clock_ms)
+            newest = None if held is None else held.latest_ts
+            since = self._since.get(user_id, _NOTHING_NEW)
+            self.release(user_id)
+            if since != _NOTHING_NEW:
+                self._since[user_id] = since
+        else:
+            newest = None
         self._epochs[user_id] = current.epoch
         window = self.windows.window(user_id, now_ms=clock_ms)
-        await self._refresh(user_id, window, clock_ms)
+        await self._refresh(user_id, window, clock_ms, newest)
         at = self._time_of(window, None, clock_ms)
         window.evict(now_ms=at)
         frames = window.frames
@@ -321,15 +330,19 @@ class Pipeline:
             listener(done)
         return done
 
-    async def _refresh(self, user_id: str, window: Window, clock_ms: int) -> None:
+    async def _refresh(
+        self, user_id: str, window: Window, clock_ms: int, newest_ms: int | None
+    ) -> None:
         """Bring the window up to date with the store: the whole span when it is cold (or
-        the owner asked for it), else the frames since the oldest one it was told of."""
+        the owner asked for it), else the frames since the oldest one it was told of.
+        ``newest_ms`` is the newest frame known to have arrived (it sets the analysis time
+        of a cold window)."""
         since = self._since.pop(user_id, _NOTHING_NEW)
         told = since is not None and since >= 0
         if since is None:
             window.mark_cold()
         if window.is_cold():
-            at = self._time_of(window, None, clock_ms)
+            at = self._time_of(window, newest_ms, clock_ms)
             start = min(since, at) if since is not None and told else at
             stored = await self.store.frames_between(
                 user_id, start - window.span_ms, clock_ms + DEFAULT_MAX_FUTURE_MS, now_ms=clock_ms
