@@ -48,14 +48,17 @@ class StateService:
         self.listeners: list[CommitListener] = []
 
     async def current(self, user_id: str) -> UserState:
-        """The user's state (version 0 with defaults if nothing was committed yet, or since
-        the last erase), carrying the user's erase epoch, which every commit is conditional on."""
+        """The user's state: defaults at version 0 if nothing was committed yet, at the erased
+        version after an erase; it carries the user's erase epoch, which every commit is
+        conditional on."""
         state = await self._store.get_state(user_id)
         if state is not None:
             return state
         initial = UserState.initial(user_id)
-        epoch = await self._store.erase_epoch(user_id)
-        return replace(initial, epoch=epoch) if epoch else initial
+        tombstone = await self._store.tombstone(user_id)
+        if tombstone.epoch:  # erased: versions go on from the erased one
+            return replace(initial, version=tombstone.version, epoch=tombstone.epoch)
+        return initial
 
     async def commit(
         self,

@@ -245,20 +245,36 @@ class Pipeline:
         """The frames hook: add durable frames to their users' windows and schedule them;
         with owners, tell each user's owner instead (which may be this node)."""
         clock_ms = self._now_ms()
+        if self.owners is not None:
+            await self._route(by_user)
+            return
         for user_id, frames in by_user.items():
             if not frames:
-                continue
-            if self.owners is not None:
-                try:
-                    await self.owners.route(user_id, min(f.ts for f in frames))
-                except (RedisError, OSError) as exc:
-                    # The frames are durable: the owner's next refresh reads them.
-                    log.warning("analysis owner unknown, Redis unreachable (%s)", type(exc))
                 continue
             window = self.windows.window(user_id, now_ms=clock_ms)
             at = self._time_of(window, max(f.ts for f in frames), clock_ms)
             window.add(frames, now_ms=at)
             self.schedule(user_id)
+
+    async def _route(self, by_user: Mapping[str, Sequence[Frame]]) -> None:
+        """Tell each user's owner (perhaps this node) of their new frames, all at once."""
+        assert self.owners is not None
+        routes = [
+            self.owners.route(user_id, min(f.ts for f in frames))
+            for user_id, frames in by_user.items()
+            if frames
+        ]
+        failed = [
+            outcome
+            for outcome in await asyncio.gather(*routes, return_exceptions=True)
+            if isinstance(outcome, BaseException)
+        ]
+        for failure in failed:
+            if not isinstance(failure, RedisError | OSError):
+                raise failure
+        if failed:
+            # The frames are durable: the owner's next refresh of these users reads them.
+            log.warning("analysis owner of %d user(s) unknown: Redis unreachable", len(failed))
 
     async def analyse(self, user_id: str, force: bool = False) -> Analysed | None:
         """Analyse ``user_id`` now and commit a change; see the module docstring.
@@ -442,6 +458,7 @@ async def pipeline_stage(services: Services, stack: AsyncExitStack) -> None:
         owners.on_erase = pipeline.forget
         await owners.start()
         stack.push_async_callback(owners.close)  # after the pipeline stopped (LIFO)
+        log.info("analysis owners: node %s, lease %d ms", owners.node_id, owners.lease_ms)
         erase_hook = EraseAnnouncer(pipeline, owners)
         stack.push_async_callback(erase_hook.close)
     pipeline.start()

@@ -9,12 +9,14 @@ Concurrency rule: every write of a user's state is conditional on the version th
 read (:meth:`Store.put_state`); a lost race raises :class:`~server.errors.VersionConflict`,
 never overwrites.
 
-Erase rule: :meth:`Store.delete_user` deletes the user's data and leaves a *tombstone*: the
-user's **erase epoch** (how many times the user was erased) goes up by one. Every state read
-carries the epoch (:attr:`UserState.epoch`) and every state write is also conditional on it,
-in the same conditional write, so work that read the user before an erase (an analysis, an
-avatar saga, a retry, on any node) can never write the user again: its write meets another
-epoch and raises :class:`~server.errors.VersionConflict`.
+Erase rule: :meth:`Store.delete_user` deletes the user's data and leaves a
+:class:`Tombstone`: the user's **erase epoch** (how many times the user was erased) goes up
+by one, and the version the erased state had is kept, so that versions keep growing across
+an erase (a device that saw version 7 before takes version 8 after it as news, never a
+replay). Every state read carries the epoch (:attr:`UserState.epoch`) and every state write
+is also conditional on it, in the same conditional write, so work that read the user before
+an erase (an analysis, an avatar saga, a retry, on any node) can never write the user again:
+its write meets another epoch and raises :class:`~server.errors.VersionConflict`.
 """
 
 from __future__ import annotations
@@ -101,6 +103,15 @@ class Usage:
     cost_usd: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class Tombstone:
+    """What erases left of a user: the version the next state follows, and the erase epoch
+    (both 0 for a user never erased)."""
+
+    version: int = 0
+    epoch: int = 0
+
+
 class Store(Protocol):
     """Durable storage of frames, user state, the avatar cache and LLM usage."""
 
@@ -133,12 +144,14 @@ class Store(Protocol):
         """The user's current state, or ``None`` when nothing was written since the last
         erase (or ever)."""
 
-    async def erase_epoch(self, user_id: str) -> int:
-        """How many times the user was erased (0: never); see the module docstring."""
+    async def tombstone(self, user_id: str) -> Tombstone:
+        """The tombstone of an erased user with no state since; ``Tombstone()`` for a user
+        never erased. (For a user with a state, read :meth:`get_state`.)"""
 
     async def put_state(self, state: UserState, expected_version: int) -> None:
-        """Write ``state`` if the stored version is ``expected_version`` (0: no row yet, or
-        an erased user) and the stored erase epoch is ``state.epoch``, in one conditional write.
+        """Write ``state`` if the stored version is ``expected_version`` (0: no row yet; a
+        tombstone's version for an erased user) and the stored erase epoch is ``state.epoch``,
+        in one conditional write.
 
         ``state.version`` is normally ``expected_version + 1``; a profile-only change keeps
         the version. Raises :class:`~server.errors.VersionConflict` otherwise.
@@ -172,6 +185,6 @@ class Store(Protocol):
         """Everything stored about a user, as JSON-ready data (``state``, ``frames``, ``usage``)."""
 
     async def delete_user(self, user_id: str) -> int:
-        """Erase a user's frames, usage and state, then raise their erase epoch by one (in
-        this order, so a reader that sees the new epoch finds no frames); return how many
-        records were deleted (the tombstone is not counted)."""
+        """Erase a user's frames, usage and state, then leave a tombstone of the next erase
+        epoch (in this order, so a reader that sees the new epoch finds no frames); return
+        how many records were deleted (the tombstone is not counted)."""

@@ -28,7 +28,7 @@ from brain.model import Frame
 from server.errors import FramesNotDurable, StoreError, VersionConflict
 from server.store import codec, schema
 from server.store import dynamodb_items as items
-from server.store.base import AvatarCacheEntry, FrameRow, Usage, UserState
+from server.store.base import AvatarCacheEntry, FrameRow, Tombstone, Usage, UserState
 from server.store.dynamodb_requests import BatchTable, call, items_of_pages, write_batch
 from server.store.retry import RetryPolicy
 
@@ -188,26 +188,33 @@ class DynamoDBStore:
         item = response.get("Item")
         return None if item is None or items.is_tombstone(item) else items.state_of(item)
 
-    async def erase_epoch(self, user_id: str) -> int:
-        """How many times the user was erased (0: never); a strongly consistent read."""
+    async def tombstone(self, user_id: str) -> Tombstone:
+        """The user's tombstone (``Tombstone()`` when never erased); a consistent read."""
         client = self.client
         response = await call(
-            "GetItem user_state epoch",
+            "GetItem user_state tombstone",
             lambda: client.get_item(
                 TableName=self._state_table,
                 Key={"user_id": {"S": user_id}},
-                ProjectionExpression="#epoch",
-                ExpressionAttributeNames={"#epoch": "epoch"},
+                ProjectionExpression="#version, #epoch, #erased",
+                ExpressionAttributeNames={
+                    "#version": "version",
+                    "#epoch": "epoch",
+                    "#erased": "erased",
+                },
                 ConsistentRead=True,
             ),
             self._retry,
         )
         item = response.get("Item")
-        return 0 if item is None else items.epoch_of(item)
+        if item is None or not items.is_tombstone(item):
+            return Tombstone()
+        return Tombstone(int(item["version"]["N"]), items.epoch_of(item))
 
     async def put_state(self, state: UserState, expected_version: int) -> None:
-        """PutItem conditional on the stored version being ``expected_version`` (0: no item,
-        or a tombstone) and the stored erase epoch being ``state.epoch``.
+        """PutItem conditional on the stored version being ``expected_version`` (0: no item)
+        and the stored erase epoch being ``state.epoch``; the item it writes replaces a
+        tombstone (it has no ``erased`` attribute).
 
         Raises :class:`~server.errors.VersionConflict` naming the version found (``None``
         when there is no item).
@@ -216,8 +223,8 @@ class DynamoDBStore:
         # An item from before erase epochs has no epoch attribute: it is epoch 0.
         same_epoch = "(attribute_not_exists(#epoch) OR #epoch = :epoch)"
         if expected_version == 0:
-            # A row with version 0 (a tombstone, or a profile saved before any state) also
-            # counts as "none yet", as it does in the SQLite store.
+            # A row with version 0 (a tombstone of a user erased before any state, or a
+            # profile saved before any state) also counts as "none yet", as in SQLite.
             condition = f"(attribute_not_exists(#pk) OR #version = :expected) AND {same_epoch}"
             names = {"#pk": "user_id", "#version": "version", "#epoch": "epoch"}
         else:
@@ -254,14 +261,14 @@ class DynamoDBStore:
         found: list[str] = []
         scan = self._scan(
             TableName=self._state_table,
-            FilterExpression="#status = :status AND #version > :zero",
+            FilterExpression="#status = :status AND attribute_not_exists(#erased)",
             ProjectionExpression="#pk",
             ExpressionAttributeNames={
                 "#status": "avatar_status",
                 "#pk": "user_id",
-                "#version": "version",
+                "#erased": "erased",
             },
-            ExpressionAttributeValues={":status": {"S": status}, ":zero": {"N": "0"}},
+            ExpressionAttributeValues={":status": {"S": status}},
         )
         async with aclosing(scan):
             async for item in scan:
@@ -376,7 +383,8 @@ class DynamoDBStore:
 
     async def delete_user(self, user_id: str) -> int:
         """Delete the user's frames (expired ones too) and usage, then turn the state item
-        into a tombstone of the next erase epoch; return the count (a live state counts one).
+        into a tombstone of the next erase epoch (keeping its version); return the count (a
+        live state counts one).
 
         Raises :class:`~server.errors.StoreError` when some items could not be deleted
         (calling again finishes the job: deletes are idempotent).
@@ -405,7 +413,7 @@ class DynamoDBStore:
         # Last, so that a reader who sees the new epoch finds no frames. One UpdateItem
         # (not a read then a put): ADD raises the epoch atomically, whoever erases at once.
         tombstone = items.state_item(UserState.initial(user_id))
-        fields = [name for name in tombstone if name not in ("user_id", "epoch")]
+        fields = [name for name in tombstone if name not in ("user_id", "epoch", "version")]
         names = {f"#f{i}": name for i, name in enumerate(fields)}
         values: dict[str, Any] = {f":f{i}": tombstone[name] for i, name in enumerate(fields)}
         assignments = ", ".join(f"#f{i} = :f{i}" for i in range(len(fields)))
@@ -415,16 +423,30 @@ class DynamoDBStore:
             lambda: client.update_item(
                 TableName=self._state_table,
                 Key={"user_id": {"S": user_id}},
-                UpdateExpression=f"SET {assignments} ADD #epoch :one REMOVE #image",
-                ExpressionAttributeNames={**names, "#epoch": "epoch", "#image": "image_url"},
-                ExpressionAttributeValues={**values, ":one": {"N": "1"}},
+                UpdateExpression=(
+                    f"SET {assignments}, #version = if_not_exists(#version, :zero),"
+                    " #erased = :true ADD #epoch :one REMOVE #image"
+                ),
+                ExpressionAttributeNames={
+                    **names,
+                    "#version": "version",
+                    "#erased": "erased",
+                    "#epoch": "epoch",
+                    "#image": "image_url",
+                },
+                ExpressionAttributeValues={
+                    **values,
+                    ":zero": {"N": "0"},
+                    ":true": {"BOOL": True},
+                    ":one": {"N": "1"},
+                },
                 ReturnValues="ALL_OLD",
             ),
             self._retry,
             idempotent=False,
         )
         old = response.get("Attributes")
-        return deleted + (1 if old and int(old["version"]["N"]) > 0 else 0)
+        return deleted + (1 if old and not items.is_tombstone(old) else 0)
 
     def _query(self, **request: Any) -> AsyncGenerator[dict[str, Any], None]:
         """The items of a Query, page after page."""

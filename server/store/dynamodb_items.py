@@ -96,8 +96,8 @@ def epoch_of(item: dict[str, Any]) -> int:
 
 
 def is_tombstone(item: dict[str, Any]) -> bool:
-    """Whether a ``user_state`` item is what an erase left: version 0 and an epoch."""
-    return int(item["version"]["N"]) == 0 and epoch_of(item) > 0
+    """Whether a ``user_state`` item is what an erase left (``erased`` is true)."""
+    return bool(item.get("erased", {}).get("BOOL", False))
 
 
 def avatar_item(entry: AvatarCacheEntry) -> Item:

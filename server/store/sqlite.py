@@ -33,7 +33,7 @@ import orjson
 from brain.model import Frame
 from server.errors import StoreError, VersionConflict
 from server.store import codec
-from server.store.base import AvatarCacheEntry, FrameRow, Usage, UserState
+from server.store.base import AvatarCacheEntry, FrameRow, Tombstone, Usage, UserState
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS frames (
@@ -58,7 +58,8 @@ CREATE TABLE IF NOT EXISTS user_state (
     avatar_status TEXT NOT NULL,
     profile TEXT NOT NULL,
     updated_at INTEGER NOT NULL,
-    epoch INTEGER NOT NULL DEFAULT 0
+    epoch INTEGER NOT NULL DEFAULT 0,
+    erased INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS user_state_avatar_status ON user_state (avatar_status);
 CREATE TABLE IF NOT EXISTS avatar_cache (
@@ -81,7 +82,7 @@ CREATE TABLE IF NOT EXISTS usage (
 
 _STATE_COLUMNS = (
     "user_id, version, state_hash, state, mood, energy, reasoning, actions, source,"
-    " image_url, avatar_status, profile, updated_at, epoch"
+    " image_url, avatar_status, profile, updated_at, epoch, erased"
 )
 
 _STATE_NAMES = [name.strip() for name in _STATE_COLUMNS.split(",")]
@@ -91,7 +92,7 @@ _UPSERT = (
     f" {', '.join(f'{name} = excluded.{name}' for name in _STATE_NAMES[1:])}"
 )
 _INSERT_STATE = _UPSERT + " WHERE user_state.version = 0 AND user_state.epoch = excluded.epoch"
-"""The first write of a user: no row yet, or the tombstone of the same erase epoch."""
+"""The first write of a user: no row yet, or a version-0 tombstone of the same erase epoch."""
 _UPDATE_STATE = (
     f"UPDATE user_state SET {', '.join(f'{name} = ?' for name in _STATE_NAMES[1:])}"
     " WHERE user_id = ? AND version = ? AND epoch = ?"
@@ -140,7 +141,7 @@ class SQLiteStore:
                 await writer.execute("PRAGMA synchronous=FULL")
                 await writer.execute("PRAGMA busy_timeout=5000")
                 await writer.executescript(_SCHEMA)
-                await _add_epoch_column(writer)
+                await _add_erase_columns(writer)
                 reader = await aiosqlite.connect(self._path, isolation_level=None)
                 opened.push_async_callback(reader.close)
                 await reader.execute("PRAGMA busy_timeout=5000")
@@ -236,15 +237,17 @@ class SQLiteStore:
     async def get_state(self, user_id: str) -> UserState | None:
         """The user's state, or ``None`` when none was ever written."""
         rows = await self._read(
-            f"SELECT {_STATE_COLUMNS} FROM user_state WHERE user_id = ? AND version > 0",
+            f"SELECT {_STATE_COLUMNS} FROM user_state WHERE user_id = ? AND erased = 0",
             (user_id,),
         )
         return _state_from_row(rows[0]) if rows else None
 
-    async def erase_epoch(self, user_id: str) -> int:
-        """How many times the user was erased (0: never)."""
-        rows = await self._read("SELECT epoch FROM user_state WHERE user_id = ?", (user_id,))
-        return int(rows[0][0]) if rows else 0
+    async def tombstone(self, user_id: str) -> Tombstone:
+        """The user's tombstone (``Tombstone()`` when never erased)."""
+        rows = await self._read(
+            "SELECT version, epoch FROM user_state WHERE user_id = ? AND erased = 1", (user_id,)
+        )
+        return Tombstone(int(rows[0][0]), int(rows[0][1])) if rows else Tombstone()
 
     async def put_state(self, state: UserState, expected_version: int) -> None:
         """Write ``state`` if the stored version is ``expected_version`` (0: no row).
@@ -293,7 +296,7 @@ class SQLiteStore:
         if write.expected == 0:
             cursor = await writer.execute(_INSERT_STATE, write.row)
         else:
-            epoch = write.row[-1]
+            epoch = write.row[-2]
             cursor = await writer.execute(
                 _UPDATE_STATE, (*write.row[1:], write.user_id, write.expected, epoch)
             )
@@ -308,7 +311,7 @@ class SQLiteStore:
     async def users_with_avatar_status(self, status: str, limit: int = 1000) -> list[str]:
         """Ids of up to ``limit`` users whose ``avatar_status`` is ``status``."""
         rows = await self._read(
-            "SELECT user_id FROM user_state WHERE avatar_status = ? AND version > 0"
+            "SELECT user_id FROM user_state WHERE avatar_status = ? AND erased = 0"
             " ORDER BY user_id LIMIT ?",
             (status, limit),
         )
@@ -399,7 +402,8 @@ class SQLiteStore:
 
     async def delete_user(self, user_id: str) -> int:
         """Delete the user's frames and usage and replace their state by a tombstone of the
-        next erase epoch, in one transaction; return the count (a live state counts one)."""
+        next erase epoch (keeping the version), in one transaction; return the count (a live
+        state counts one)."""
         deleted = 0
         async with self._transaction() as writer:
             for table in ("frames", "usage"):
@@ -407,32 +411,40 @@ class SQLiteStore:
                 deleted += cursor.rowcount
             found = list(
                 await writer.execute_fetchall(
-                    "SELECT version, epoch FROM user_state WHERE user_id = ?", (user_id,)
+                    "SELECT version, epoch, erased FROM user_state WHERE user_id = ?", (user_id,)
                 )
             )
-            version, epoch = (int(found[0][0]), int(found[0][1])) if found else (0, 0)
-            tombstone = replace(UserState.initial(user_id), epoch=epoch + 1)
-            await writer.execute(_UPSERT, _state_to_row(tombstone))
-        return deleted + (1 if version > 0 else 0)
+            version, epoch, erased = (int(v) for v in found[0]) if found else (0, 0, 1)
+            tombstone = replace(UserState.initial(user_id), version=version, epoch=epoch + 1)
+            await writer.execute(_UPSERT, _state_to_row(tombstone, erased=True))
+        return deleted + (0 if erased else 1)
 
 
-async def _add_epoch_column(writer: aiosqlite.Connection) -> None:
-    """Give a store made before erase epochs existed its ``epoch`` column (every user 0)."""
-    columns = await writer.execute_fetchall("PRAGMA table_info(user_state)")
-    if not any(column[1] == "epoch" for column in columns):
-        await writer.execute("ALTER TABLE user_state ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0")
+async def _add_erase_columns(writer: aiosqlite.Connection) -> None:
+    """Give a store made before erase epochs its ``epoch`` and ``erased`` columns (every
+    user never erased)."""
+    columns = {
+        column[1] for column in await writer.execute_fetchall("PRAGMA table_info(user_state)")
+    }
+    for name in ("epoch", "erased"):
+        if name not in columns:
+            await writer.execute(
+                f"ALTER TABLE user_state ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0"
+            )
 
 
-def _state_to_row(state: UserState) -> tuple[Any, ...]:
+def _state_to_row(state: UserState, *, erased: bool = False) -> tuple[Any, ...]:
     data = codec.state_to_dict(state)
     data["actions"] = orjson.dumps(data["actions"]).decode()
     data["profile"] = orjson.dumps(data["profile"]).decode()
     data["epoch"] = state.epoch
+    data["erased"] = 1 if erased else 0
     return tuple(data[name] for name in _STATE_NAMES)
 
 
 def _state_from_row(row: sqlite3.Row) -> UserState:
     data = dict(zip(_STATE_NAMES, row, strict=True))
+    del data["erased"]
     data["actions"] = orjson.loads(data["actions"])
     data["profile"] = orjson.loads(data["profile"])
     return codec.state_from_dict(data)

@@ -12,7 +12,7 @@ import pytest
 
 from brain.model import CoachStyle, CoachTone, Env, Frame, Profile
 from server.errors import StoreError, VersionConflict
-from server.store.base import AvatarCacheEntry, Store, Usage, UserState
+from server.store.base import AvatarCacheEntry, Store, Tombstone, Usage, UserState
 
 T0 = (int(time.time()) // 60) * 60_000
 """Frame time of the tests (ms): this minute. Not a fixed date: DynamoDB Local runs TTL
@@ -337,23 +337,25 @@ async def test_delete_user_erases_that_user_only(store: Store) -> None:
 # --- erase epochs (a tombstone makes an erase final) ---------------------------------------
 
 
-async def test_erase_raises_the_epoch_and_leaves_no_state(store: Store) -> None:
-    await _fill(store, "alice")
-    assert await store.erase_epoch("alice") == 0
+async def test_erase_leaves_a_tombstone_of_the_next_epoch_at_the_erased_version(
+    store: Store,
+) -> None:
+    await _fill(store, "alice")  # version 1
+    assert await store.tombstone("alice") == Tombstone()
 
     await store.delete_user("alice")
 
-    assert await store.erase_epoch("alice") == 1
+    assert await store.tombstone("alice") == Tombstone(version=1, epoch=1)
     assert await store.get_state("alice") is None
     await store.delete_user("alice")
-    assert await store.erase_epoch("alice") == 2
-    assert await store.erase_epoch("bob") == 0
+    assert await store.tombstone("alice") == Tombstone(version=1, epoch=2)
+    assert await store.tombstone("bob") == Tombstone()
 
 
 async def test_erasing_a_user_never_seen_still_raises_the_epoch(store: Store) -> None:
     assert await store.delete_user("ghost") == 0
 
-    assert await store.erase_epoch("ghost") == 1
+    assert await store.tombstone("ghost") == Tombstone(version=0, epoch=1)
     assert await store.get_state("ghost") is None
 
 
@@ -361,7 +363,7 @@ async def test_a_write_read_before_an_erase_conflicts_after_it(store: Store) -> 
     before, _ = await _fill(store, "alice")  # read at epoch 0, version 1
     await store.delete_user("alice")
 
-    with pytest.raises(VersionConflict):
+    with pytest.raises(VersionConflict):  # the next version, of the old epoch
         await store.put_state(committed("alice", 2, mood="tired"), expected_version=1)
     with pytest.raises(VersionConflict):  # nor as a first write of the old epoch
         await store.put_state(committed("alice", 1, mood="tired"), expected_version=0)
@@ -371,19 +373,28 @@ async def test_a_write_read_before_an_erase_conflicts_after_it(store: Store) -> 
     assert await store.users_with_avatar_status("none") == []
 
 
-async def test_a_write_of_the_new_epoch_starts_the_user_again(store: Store) -> None:
-    await _fill(store, "alice")
+async def test_a_write_of_the_new_epoch_goes_on_from_the_erased_version(store: Store) -> None:
+    await _fill(store, "alice")  # version 1
     await store.delete_user("alice")
-    fresh = replace(committed("alice", 1, mood="tired"), epoch=1)
+    fresh = replace(committed("alice", 2, mood="tired"), epoch=1)
 
-    await store.put_state(fresh, expected_version=0)
-    await store.put_state(replace(fresh, version=2, mood="happy"), expected_version=1)
+    await store.put_state(fresh, expected_version=1)
+    await store.put_state(replace(fresh, version=3, mood="happy"), expected_version=2)
+
+    assert await store.get_state("alice") == replace(fresh, version=3, mood="happy")
+    assert await store.tombstone("alice") == Tombstone()  # a state again, not a tombstone
+    assert await store.users_with_avatar_status("none") == ["alice"]
+    with pytest.raises(VersionConflict):  # the old epoch stays refused
+        await store.put_state(committed("alice", 4), expected_version=3)
+
+
+async def test_a_user_erased_before_any_state_starts_at_version_one(store: Store) -> None:
+    await store.delete_user("alice")
+
+    await store.put_state(replace(committed("alice", 1), epoch=1), expected_version=0)
 
     stored = await store.get_state("alice")
-    assert stored == replace(fresh, version=2, mood="happy")
-    assert await store.erase_epoch("alice") == 1
-    with pytest.raises(VersionConflict):  # the old epoch stays refused
-        await store.put_state(committed("alice", 3), expected_version=2)
+    assert stored is not None and (stored.version, stored.epoch) == (1, 1)
 
 
 # --- lifecycle ----------------------------------------------------------------------------
