@@ -319,3 +319,31 @@ class RedisOwners:
         entry = self._held.get(user_id)
         if entry is not None:
             self._held[user_id] = (entry[0], self._clock())
+
+
+class EraseAnnouncer:
+    """The erase hook of a node with owners: ``forget`` the user here and announce the erase
+    to every node (in a task: erase hooks are synchronous; the store's erase epoch, not this
+    notice, is what makes the erase final)."""
+
+    def __init__(self, forget: Callable[[str], None], owners: RedisOwners) -> None:
+        self._forget = forget
+        self._owners = owners
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def __call__(self, user_id: str) -> None:
+        self._forget(user_id)
+        task = asyncio.create_task(self._announce(user_id), name="announce-erase")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _announce(self, user_id: str) -> None:
+        try:
+            async with asyncio.timeout(self._owners.lease_ms / 1000):
+                await self._owners.announce_erase(user_id)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("could not announce an erase to the other nodes (%s)", type(exc))
+
+    async def close(self) -> None:
+        """Wait for the announcements under way."""
+        await asyncio.gather(*self._tasks, return_exceptions=True)

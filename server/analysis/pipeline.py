@@ -23,26 +23,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
 
 from brain.analyst.base import AnalysisRequest, Analyst, build_request
-from brain.analyst.circuit import CircuitState
-from brain.analyst.guard import DailyBudget, Decision, FallbackReason, GuardedAnalyst
-from brain.analyst.rules import RulesAnalyst
+from brain.analyst.guard import Decision, FallbackReason, GuardedAnalyst
 from brain.features import Baseline, compute_baseline
 from brain.model import Assessment, Frame, State
 from brain.window import DEFAULT_MAX_USERS, Window, Windows
-from server.analysis.owners import Lease, RedisOwners
+from server.analysis.analysts import build_analyst
+from server.analysis.owners import EraseAnnouncer, Lease, RedisOwners
 from server.analysis.reactor import react
 from server.analysis.scheduler import Scheduler, Sleep
 from server.metrics import Metrics
 from server.protocol import DEFAULT_MAX_FUTURE_MS
 from server.services import Services
-from server.settings import Settings
 from server.state import StateService
 from server.store.base import Store, UserState
 
@@ -56,8 +54,6 @@ BASELINE_TTL_S = 3600.0
 """A user's baseline is recomputed at most this often (it moves over days, not minutes)."""
 MIN_BASELINE_FRAMES = 60
 """Fewer frames than this (ten hours at one per ten minutes) make no baseline: too noisy."""
-
-Closer = Callable[[], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,57 +71,6 @@ class Analysed:
 
 
 AnalysedListener = Callable[[Analysed], None]
-
-
-class PrometheusObserver:
-    """A :class:`~brain.analyst.guard.GuardObserver` that updates the server's metrics."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._m = metrics
-
-    def on_call(self, *, model: str, outcome: str, seconds: float) -> None:
-        self._m.llm_calls.labels(model, outcome).inc()
-        self._m.llm_call_seconds.observe(seconds)
-
-    def on_usage(self, *, model: str, input_tokens: int, output_tokens: int, cost: float) -> None:
-        self._m.llm_tokens.labels(model, "input").inc(input_tokens)
-        self._m.llm_tokens.labels(model, "output").inc(output_tokens)
-        self._m.llm_cost.labels(model).inc(cost)
-
-    def on_cache(self, *, hit: bool) -> None:
-        self._m.llm_cache.labels("hit" if hit else "miss").inc()
-
-    def on_fallback(self, reason: FallbackReason) -> None:
-        self._m.llm_fallbacks.labels(reason.value).inc()
-
-    def on_circuit(self, state: CircuitState) -> None:
-        for each in CircuitState:
-            self._m.llm_circuit.labels(each.value).set(1 if each is state else 0)
-
-
-def build_analyst(
-    settings: Settings, ledger: Store, metrics: Metrics
-) -> tuple[Analyst, Closer | None]:
-    """The analyst ``settings.analyst`` names, and what closes its client (``None``: nothing).
-
-    An LLM is always wrapped in a :class:`GuardedAnalyst` whose fallback is the rules and
-    whose ledger is the store (per-user daily budget of ``llm_daily_budget_usd``).
-    """
-    if settings.analyst == "rules":
-        return RulesAnalyst(), None
-    from brain.analyst.claude import ClaudeAnalyst  # loads the SDK only when configured
-
-    if settings.analyst == "bedrock":
-        claude = ClaudeAnalyst.bedrock(model=settings.bedrock_model)
-    else:
-        claude = ClaudeAnalyst.direct(model=settings.anthropic_model)
-    guarded = GuardedAnalyst(
-        claude,
-        ledger=ledger,
-        budget=DailyBudget(cost_usd=settings.llm_daily_budget_usd),
-        observer=PrometheusObserver(metrics),
-    )
-    return guarded, claude.aclose
 
 
 class Pipeline:
@@ -168,8 +113,12 @@ class Pipeline:
         """Erases of each user this node heard of; work queued or begun before one is void."""
         self._queued: dict[str, int] = {}
         """The erase count of each user when it was last scheduled."""
-        self._epochs: dict[str, int] = {}
-        """The store's erase epoch each window was filled under (another one: refill)."""
+        self._active: Counter[str] = Counter()
+        """Analyses of each user running now (the erase count matters only while there is
+        queued or running work, so it is dropped when there is none)."""
+        self._epochs: OrderedDict[str, int] = OrderedDict()
+        """The store's erase epoch each window was filled under (another one, or none known:
+        refill); at most ``max_users``, like the windows."""
         self._since: dict[str, int | None] = {}
         """Owned users with frames in the store not in the window yet: the oldest one's time
         (``None``: re-read the whole window)."""
@@ -215,7 +164,8 @@ class Pipeline:
         running (an erase hook: called before and after the data is deleted, and on every
         node when an erase is announced)."""
         self.release(user_id)
-        self._erasures[user_id] += 1
+        if user_id in self._queued or user_id in self._active:
+            self._erasures[user_id] += 1
 
     def release(self, user_id: str) -> None:
         """Drop what this node caches about a user (it is no longer the user's owner)."""
@@ -280,14 +230,35 @@ class Pipeline:
         """Analyse ``user_id`` now and commit a change; see the module docstring.
 
         Returns ``None`` without analysing when the user was erased since it was queued, or
-        when another node owns the user.
+        when this node does not hold the user's lease (or cannot tell: Redis unreachable).
         """
         erasures = self._erasures[user_id]
         if self._queued.pop(user_id, erasures) != erasures:
+            self._drop_erasures(user_id)
             return None  # queued before an erase: nothing erased is analysed again
+        self._active[user_id] += 1
+        try:
+            return await self._analyse(user_id, force, erasures)
+        finally:
+            self._active[user_id] -= 1
+            if not self._active[user_id]:
+                del self._active[user_id]
+                self._drop_erasures(user_id)
+
+    def _drop_erasures(self, user_id: str) -> None:
+        """Forget a user's erase count once no work of the user is queued or running."""
+        if user_id not in self._queued and user_id not in self._active:
+            self._erasures.pop(user_id, None)
+
+    async def _analyse(self, user_id: str, force: bool, erasures: int) -> Analysed | None:
         lease = None
         if self.owners is not None:
-            lease = await self.owners.lease_of(user_id)
+            try:
+                lease = await self.owners.lease_of(user_id)
+            except (RedisError, OSError) as exc:
+                # Its frames are durable; once Redis is back the owner re-reads its users.
+                log.warning("analysis skipped: lease unknown, Redis unreachable (%s)", type(exc))
+                return None
             if lease is None:
                 self.release(user_id)
                 return None
@@ -307,6 +278,9 @@ class Pipeline:
         else:
             newest = None
         self._epochs[user_id] = current.epoch
+        self._epochs.move_to_end(user_id)
+        while len(self._epochs) > self._max_users:
+            self._epochs.popitem(last=False)
         window = self.windows.window(user_id, now_ms=clock_ms)
         await self._refresh(user_id, window, clock_ms, newest)
         at = self._time_of(window, None, clock_ms)
@@ -377,7 +351,10 @@ class Pipeline:
         taken at the start of the analysis is still ours."""
         if self.owners is None or lease is None:
             return True
-        return await self.owners.lease_of(user_id) == lease
+        try:
+            return await self.owners.lease_of(user_id) == lease
+        except (RedisError, OSError):
+            return False  # cannot tell: the next owner's analysis covers these frames
 
     async def _decide(self, request: AnalysisRequest) -> Decision:
         if isinstance(self.analyst, GuardedAnalyst):
@@ -408,34 +385,6 @@ def _state_or_none(value: str) -> State | None:
         return None
 
 
-class EraseAnnouncer:
-    """The erase hook of a node with owners: forget the user here and announce the erase to
-    every node (in a task: erase hooks are synchronous; the store's erase epoch, not this
-    notice, is what makes the erase final)."""
-
-    def __init__(self, pipeline: Pipeline, owners: RedisOwners) -> None:
-        self._pipeline = pipeline
-        self._owners = owners
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    def __call__(self, user_id: str) -> None:
-        self._pipeline.forget(user_id)
-        task = asyncio.create_task(self._announce(user_id), name="announce-erase")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _announce(self, user_id: str) -> None:
-        try:
-            async with asyncio.timeout(self._owners.lease_ms / 1000):
-                await self._owners.announce_erase(user_id)
-        except (RedisError, OSError, TimeoutError) as exc:
-            log.warning("could not announce an erase to the other nodes (%s)", type(exc))
-
-    async def close(self) -> None:
-        """Wait for the announcements under way."""
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
 def pipeline_of(services: Services) -> Pipeline | None:
     """The pipeline :func:`pipeline_stage` installed, or ``None`` when it is not running."""
     found = services.extras.get("pipeline")
@@ -459,7 +408,7 @@ async def pipeline_stage(services: Services, stack: AsyncExitStack) -> None:
         await owners.start()
         stack.push_async_callback(owners.close)  # after the pipeline stopped (LIFO)
         log.info("analysis owners: node %s, lease %d ms", owners.node_id, owners.lease_ms)
-        erase_hook = EraseAnnouncer(pipeline, owners)
+        erase_hook = EraseAnnouncer(pipeline.forget, owners)
         stack.push_async_callback(erase_hook.close)
     pipeline.start()
     stack.push_async_callback(pipeline.close)
