@@ -2,15 +2,22 @@
 
 ``pipeline_stage`` wires it into the server: a frames hook (called once frames are durable)
 adds each user's frames to their in-memory window (:mod:`brain.window`) and schedules the
-user (:mod:`server.analysis.scheduler`: debounced, coalesced, a bounded worker pool). An analysis
+user (:mod:`server.analysis.scheduler`: debounced, coalesced, a bounded worker pool). With a
+Redis broker the hook instead tells each user's owner in the cluster
+(:mod:`server.analysis.owners`), which alone schedules the user and reads the new frames
+from the store. An analysis
 
-1. refills a cold window (after a restart or an eviction) from the store;
-2. reads the user's state (the coach persona and the previous state for hysteresis) and
-   baseline (14 days of frames before the window, cached per user for an hour);
-3. asks the analyst — the rules, or Claude behind :class:`~brain.analyst.guard.GuardedAnalyst`
+1. (with owners) checks that this node still holds the user's lease;
+2. reads the user's state — the erase epoch its commit will be conditional on, the coach
+   persona and the previous state for hysteresis — before any frame;
+3. brings the window up to date from the store: all of it when cold (or filled under
+   another erase epoch), else the frames since the oldest one announced;
+4. reads the baseline (14 days of frames before the window, cached per user for an hour);
+5. asks the analyst — the rules, or Claude behind :class:`~brain.analyst.guard.GuardedAnalyst`
    which falls back to the rules on timeout, error, open circuit or spent budget;
-4. hands the assessment to the reactor (:mod:`server.analysis.reactor`), which commits only a change
-   of state, mood or energy band.
+6. hands the assessment to the reactor (:mod:`server.analysis.reactor`), which commits only a
+   change of state, mood or energy band — never from an empty window (unless forced), never
+   after an erase (the epoch), and with owners only while the lease is still this node's.
 
 **Analysis time.** A user's analysis runs at the time of the newest frame in their window,
 capped at the clock: a live phone's newest frame is seconds old, so that is "now"; a phone
