@@ -49,6 +49,9 @@ FENCE = "companion:fence:"
 NOTICES = "companion:analysis:"
 ERASE_CHANNEL = NOTICES + "erase"
 
+RENEW_BATCH = 500
+"""Lease renewals sent to Redis in one pipeline."""
+
 MAX_FORWARDED = 100_000
 """Users whose notice reached no owner that a node remembers at once (the oldest go first)."""
 
@@ -134,6 +137,7 @@ class RedisOwners:
         self._forwarded: OrderedDict[str, float] = OrderedDict()
         """Users whose last notice reached no owner, and when it was sent."""
         self._tasks: list[asyncio.Task[None]] = []
+        self._rerouting: set[asyncio.Task[None]] = set()
         self._subscribed = asyncio.Event()
         self.on_notice: Notice = lambda _user, _since: None
         self.on_release: Callable[[str], None] = lambda _user: None
@@ -160,9 +164,9 @@ class RedisOwners:
 
     async def close(self) -> None:
         """Stop, and give back every lease held (another node may take them at once)."""
-        for task in self._tasks:
+        for task in [*self._tasks, *self._rerouting]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._rerouting, return_exceptions=True)
         self._tasks = []
         with contextlib.suppress(RedisError, OSError):
             async with asyncio.timeout(self.lease_ms / 1000):
@@ -255,6 +259,9 @@ class RedisOwners:
                         self._hear(message)
             except (RedisError, OSError) as exc:
                 log.warning("analysis notices: Redis connection lost (%s); retrying", type(exc))
+            except Exception:
+                # Never let the listener die silently (a dead listener is a deaf node).
+                log.exception("analysis notices: listener failed; retrying")
             finally:
                 with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -267,15 +274,25 @@ class RedisOwners:
             return
         text = data.decode(errors="replace")
         if channel.decode() == ERASE_CHANNEL:
-            self._held.pop(text, None)
-            self._forwarded.pop(text, None)
-            self.on_erase(text)
+            self.on_erase(text)  # the lease stays: new frames after the erase come here
             return
         user_id, _, since = text.partition("\n")
+        since_ms = int(since) if since.isdigit() else None
         if user_id in self._held:
             self.touch(user_id)
-            self.on_notice(user_id, int(since) if since.isdigit() else None)
-        # else: the lease moved on since the sender looked; the new owner reads the store.
+            self.on_notice(user_id, since_ms)
+            return
+        # We gave the lease back (or lost it) since the sender looked: route the notice
+        # again, to whoever holds the lease now, or to ourselves if it is free.
+        task = asyncio.create_task(self._reroute(user_id, since_ms), name="owners-reroute")
+        self._rerouting.add(task)
+        task.add_done_callback(self._rerouting.discard)
+
+    async def _reroute(self, user_id: str, since_ms: int | None) -> None:
+        try:
+            await self.route(user_id, since_ms)
+        except (RedisError, OSError) as exc:
+            log.warning("analysis notice not rerouted: Redis unreachable (%s)", type(exc))
 
     async def _keep(self) -> None:
         """Every third of the lease: renew the leases of users with recent frames, give back
@@ -291,16 +308,23 @@ class RedisOwners:
                 log.warning("analysis leases: Redis unreachable (%s)", type(exc))
 
     async def _renew_all(self) -> None:
+        """Renew the leases of active users and give back the idle ones, in pipelines of
+        :data:`RENEW_BATCH` scripts (one round trip each, however many users)."""
         now = self._clock()
-        for user_id, (lease, active) in list(self._held.items()):
-            if now - active > self.lease_ms / 1000:
-                self._held.pop(user_id, None)
-                await self._release(keys=[OWNER + user_id], args=[lease.value])
-                self.on_release(user_id)
-                continue
-            renewed = await self._renew(keys=[OWNER + user_id], args=[lease.value, self.lease_ms])
-            if not renewed:
-                self._lost(user_id)
+        held = list(self._held.items())
+        for start in range(0, len(held), RENEW_BATCH):
+            batch = held[start : start + RENEW_BATCH]
+            async with self._client.pipeline(transaction=False) as pipe:
+                for user_id, (lease, active) in batch:
+                    script = self._release if now - active > self.lease_ms / 1000 else self._renew
+                    args: list[str | int] = [lease.value]
+                    if script is self._renew:
+                        args.append(self.lease_ms)
+                    await script(keys=[OWNER + user_id], args=args, client=pipe)
+                results = await pipe.execute()
+            for (user_id, (_, active)), kept in zip(batch, results, strict=True):
+                if now - active > self.lease_ms / 1000 or not kept:
+                    self._lost(user_id)
 
     async def _take_over(self) -> None:
         horizon = self._clock() - 2 * self.lease_ms / 1000

@@ -8,22 +8,27 @@ store), as two processes on one machine would be.
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
+from brain.backoff import Backoff
 from brain.scenarios import generate
 from server.analysis.owners import FENCE, OWNER, RedisOwners
 from server.analysis.pipeline import Analysed, Pipeline, pipeline_of, pipeline_stage
 from server.protocol import frame_to_wire
 from server.settings import Settings
 from tests.conftest import LiveServer, auth, start_server
-from tests.services import redis_server  # noqa: F401  (fixture)
+from tests.services import _redis_answers, free_port, redis_server  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.redis
 
@@ -146,7 +151,9 @@ async def test_an_idle_user_is_given_back_and_dropped(
     assert a.held() == []
 
 
-async def test_an_erase_is_heard_by_every_node(nodes: tuple[RedisOwners, RedisOwners]) -> None:
+async def test_an_erase_is_heard_by_every_node_and_the_owner_keeps_the_user(
+    nodes: tuple[RedisOwners, RedisOwners],
+) -> None:
     a, b = nodes
     heard_a, heard_b = Heard(a), Heard(b)
     u = user()
@@ -155,8 +162,31 @@ async def test_an_erase_is_heard_by_every_node(nodes: tuple[RedisOwners, RedisOw
     await a.announce_erase(u)
     await heard_a.until(lambda: heard_a.erased == [u])
     await heard_b.until(lambda: heard_b.erased == [u])
+    await a.route(u, 7)  # frames after the erase still reach the owner
+    await heard_b.until(lambda: (u, 7) in heard_b.notices)
 
-    assert b.held() == []  # the owner drops the user with its caches
+    assert b.held() == [u] and heard_a.notices == []
+
+
+async def test_a_notice_that_finds_the_lease_given_back_is_routed_again(
+    redis_server: str,  # noqa: F811
+    nodes: tuple[RedisOwners, RedisOwners],
+) -> None:
+    """The sender looked up the owner just before the owner gave the lease back."""
+    a, _ = nodes
+    heard = Heard(a)
+    u = user()
+    await a.route(u, None)
+    await heard.until(lambda: heard.released == [u], within=5 * LEASE_MS / 1000)
+    client = aioredis.Redis.from_url(redis_server)
+    try:
+        await client.publish(a.channel, f"{u}\n42")
+    finally:
+        await client.aclose()
+
+    await heard.until(lambda: heard.notices[-1:] == [(u, 42)])
+
+    assert a.held() == [u]
 
 
 # --- two servers, one store ---------------------------------------------------------------
@@ -217,3 +247,58 @@ async def test_frames_through_two_nodes_are_analysed_by_one_that_sees_them_all(
     busy = [i for i, seen in enumerate(analysed) if seen]
     assert len(busy) == 1, "exactly one node analysed the user"
     assert analysed[busy[0]][-1].frames == total  # the owner saw both devices' frames
+
+
+# --- Redis restarts -----------------------------------------------------------------------
+
+
+def start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    binary = shutil.which("redis-server")
+    assert binary is not None
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+async def answering(port: int, within: float = 10.0) -> None:
+    """Wait until the redis-server on ``port`` answers PING (polled under a deadline)."""
+    async with asyncio.timeout(within):
+        while True:
+            if await asyncio.to_thread(_redis_answers, port):
+                return
+            await asyncio.sleep(0.05)
+
+
+async def test_owners_work_again_after_redis_restarts(redis_server: str, tmp_path: Path) -> None:  # noqa: F811
+    """Redis gone and back (without persistence: every lease lost): the node resubscribes,
+    gives up the lease it can no longer prove, and takes users again on their next frames."""
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    server = start_redis(port, tmp_path)
+    owners = RedisOwners(url, lease_ms=LEASE_MS, backoff=Backoff(attempts=None, cap=0.2))
+    heard = Heard(owners)
+    try:
+        await answering(port)
+        await owners.start()
+        u = user()
+        await owners.route(u, 1)
+        server.terminate()
+        server.wait(10)
+        server = start_redis(port, tmp_path)
+        await answering(port)
+
+        await heard.until(lambda: u in heard.released, within=10)
+        async with asyncio.timeout(10):
+            while True:  # the first commands may meet connections Redis closed
+                try:
+                    await owners.route(u, 5)
+                    break
+                except RedisError:
+                    await asyncio.sleep(0.05)
+        await heard.until(lambda: heard.notices[-1:] == [(u, 5)])
+        lease = await owners.lease_of(u)
+    finally:
+        await owners.close()
+        server.terminate()
+        server.wait(10)
+
+    assert lease is not None and lease.fence == 1  # a new Redis: fences start again
