@@ -107,7 +107,10 @@ class Cluster:
 
     async def settle(self, at_least: float, within: float = 30.0) -> float:
         """Wait until the live nodes finished ``at_least`` analyses in all and none is
-        pending or running; return the count. Polls /metrics under a deadline."""
+        pending or running, twice in a row a debounce apart (a notice still on its way
+        would start a debounce in between); return the count. Polls /metrics under a
+        deadline."""
+        seen: float | None = None
         async with asyncio.timeout(within):
             while True:
                 samples = [await n.metrics() for n in self.live()]
@@ -118,7 +121,12 @@ class Cluster:
                     for s in samples
                 )
                 if done >= at_least and not busy:
-                    return done
+                    if seen == done:
+                        return done
+                    seen = done
+                    await asyncio.sleep(DEBOUNCE_MS / 1000)
+                    continue
+                seen = None
                 await asyncio.sleep(0.1)  # a poll interval under the deadline above
 
     async def owner_of(self, user_id: str) -> Node | None:

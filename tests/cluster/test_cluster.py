@@ -139,9 +139,10 @@ async def test_an_erase_through_one_node_is_final_on_all(cluster: Cluster) -> No
         parts = list(
             zip(rounds(before, start, 6, 4), rounds(ring_before, start, 6, 4), strict=True)
         )
+        done = await cluster.analyses()
         for watch_round, ring_round in parts[:-1]:
             await asyncio.gather(watch.send(watch_round), upload(c, user, ring_round))
-        done = await cluster.settle(await cluster.analyses() + 1)
+        done = await cluster.settle(done + 1)
         assert (await a.state(user))["state"] == "exercising"
         # The last round goes in, and the erase follows at once: its analysis is queued.
         await asyncio.gather(watch.send(parts[-1][0]), upload(c, user, parts[-1][1]))
