@@ -70,17 +70,41 @@ def reasoning(
     return _fit(" ".join([facts, advice, *extras]))
 
 
+NO_DATA = "Not enough data yet"
+"""How the reasoning of an assessment without enough frames begins."""
+FIRST_IMPRESSION = "First impression"
+"""How the reasoning of an assessment from less than the rules' minimum span begins."""
+
+
 def no_data_reasoning(f: Features) -> str:
     """The reasoning when there is too little data to tell anything but calm."""
     return (
-        f"Not enough data yet ({f.count} frames over {f.span_min:.0f} min), "
+        f"{NO_DATA} ({f.count} frames over {f.span_min:.0f} min), "
         "so assuming calm until more arrives."
     )
 
 
+def first_impression(f: Features, said: str) -> str:
+    """``said`` prefixed with the thin evidence it rests on (a short window: lower confidence)."""
+    return _fit(f"{FIRST_IMPRESSION} ({f.count} frames over {f.span_ms / 1000:.0f} s): {said}")
+
+
+def evidence(text: str) -> str:
+    """What a reasoning rests on: ``"none"`` (also a state nobody assessed yet), ``"first"``
+    (a short window) or ``"full"``."""
+    if not text or text.startswith(NO_DATA):
+        return "none"
+    if text.startswith(FIRST_IMPRESSION):
+        return "first"
+    return "full"
+
+
 def _facts(f: Features, state: State, *, gentle: bool, energy: int) -> str:
     hr = f"{f.hr_mean or 0:.0f} bpm"
-    slope = f"{round(f.hr_slope or 0.0, 1) or 0.0:+.1f} bpm/min"  # no "-0.0"
+    if f.hr_slope is None and f.hr_rise_recent is not None:
+        slope = f"{round(f.hr_rise_recent) or 0:+d} bpm just now"  # too short for a slope
+    else:
+        slope = f"{round(f.hr_slope or 0.0, 1) or 0.0:+.1f} bpm/min"  # no "-0.0"
     steps = f"{f.steps_per_min or 0:.0f} steps/min"
     if state is State.STRESSED:
         if gentle:

@@ -21,7 +21,16 @@ from typing import TypeVar
 from brain.model import TIME_ORDER, Frame
 
 RECENT_MS = 5 * 60_000
-"""The "recent" part of a window for the short-term slope and step rate: the last 5 minutes."""
+"""The "recent" part of a window for the short-term slope, rise and step rate: the last 5
+minutes, and at most :data:`RECENT_FRAMES` frames."""
+
+RECENT_FRAMES = 11
+"""The most frames the recent part holds: at the usual cadence of one frame every 30 s that
+is the same 5 minutes; a device that streams every second (or a demo's time-lapse) gets its
+last ten seconds, so a new situation shows as soon as it fills them."""
+
+PRIMARY_MIN_FRAMES = 4
+"""Heart-rate frames the newest device needs before the features follow it alone."""
 
 MIN_SLOPE_SPAN_MS = 60_000
 """A slope over less than a minute of samples says more about noise than about a trend."""
@@ -51,7 +60,12 @@ class Baseline:
 
 @dataclass(frozen=True, slots=True)
 class Features:
-    """What a window of frames says, at ``now_ms``; rates are per minute, slopes in bpm/min."""
+    """What a window of frames says, at ``now_ms``; rates are per minute, slopes in bpm/min.
+
+    The ``*_recent`` fields describe the recent part (:data:`RECENT_MS`, at most
+    :data:`RECENT_FRAMES` frames): ``hr_rise_recent`` is the mean HR of its newer half minus
+    that of its older half, a rise that needs no minute of samples (unlike a slope).
+    """
 
     now_ms: int
     count: int
@@ -62,6 +76,9 @@ class Features:
     hr_slope: float | None = None
     hr_slope_recent: float | None = None
     hr_over_rest: float | None = None
+    hr_recent: float | None = None
+    hr_recent_over_rest: float | None = None
+    hr_rise_recent: float | None = None
     hrv_mean: float | None = None
     hrv_ratio: float | None = None
     hrv_trend: float | None = None
@@ -104,12 +121,14 @@ def compute_features(
 
     ``tz_offset_min`` is the user's offset from UTC, used only for :attr:`Features.local_hour`.
     """
-    ordered = sorted(frames, key=TIME_ORDER)
+    ordered = primary(sorted(frames, key=TIME_ORDER))
     hour = local_hour(now_ms, tz_offset_min)
     if not ordered:
         return Features(now_ms=now_ms, count=0, span_ms=0, local_hour=hour)
-    recent = [f for f in ordered if f.ts >= now_ms - RECENT_MS]
+    recent = [f for f in ordered if f.ts >= now_ms - RECENT_MS][-RECENT_FRAMES:]
     hr = [(f.ts, f.hr) for f in ordered if f.hr is not None]
+    hr_recent = [(f.ts, f.hr) for f in recent if f.hr is not None]
+    hr_recent_mean = fmean(v for _, v in hr_recent) if hr_recent else None
     hrv = [f.hrv for f in ordered if f.hrv is not None]
     hr_mean = fmean(v for _, v in hr) if hr else None
     hrv_mean = fmean(hrv) if hrv else None
@@ -125,8 +144,13 @@ def compute_features(
         hr_mean=hr_mean,
         hr_last=hr[-1][1] if hr else None,
         hr_slope=slope_per_min(hr),
-        hr_slope_recent=slope_per_min([(t, v) for t, v in hr if t >= now_ms - RECENT_MS]),
+        hr_slope_recent=slope_per_min(hr_recent),
         hr_over_rest=hr_mean - rest if hr_mean is not None and rest is not None else None,
+        hr_recent=hr_recent_mean,
+        hr_recent_over_rest=(
+            hr_recent_mean - rest if hr_recent_mean is not None and rest is not None else None
+        ),
+        hr_rise_recent=rise([v for _, v in hr_recent]),
         hrv_mean=hrv_mean,
         hrv_ratio=hrv_mean / base_hrv if hrv_mean is not None and base_hrv else None,
         hrv_trend=baseline.hrv_trend if baseline else None,
@@ -142,6 +166,33 @@ def compute_features(
         speed_mps=_latest(e.speed_mps for _, e in envs),
         weather=_latest(e.weather for _, e in envs),
     )
+
+
+def primary(ordered: Sequence[Frame]) -> Sequence[Frame]:
+    """The frames the features follow: those of the device that sent the newest heart rate,
+    with the frames of other devices that carry none (a phone's steps, an environment).
+
+    Two devices worn at once disagree on HR by a few bpm (a slope across both is an
+    artefact) and both count steps; and a device that takes over (a new watch, an injected
+    scenario after a story) is the one that says what the user does now. Until that device
+    has :data:`PRIMARY_MIN_FRAMES` heart rates, all frames count.
+    """
+    with_hr = [f for f in ordered if f.hr is not None]
+    if not with_hr:
+        return ordered
+    device = with_hr[-1].device
+    if sum(1 for f in with_hr if f.device == device) < PRIMARY_MIN_FRAMES:
+        return ordered
+    return [f for f in ordered if f.device == device or f.hr is None]
+
+
+def rise(values: Sequence[float]) -> float | None:
+    """The mean of the newer half of ``values`` (oldest first) minus the mean of the older
+    half; ``None`` with fewer than four values."""
+    if len(values) < 4:
+        return None
+    half = len(values) // 2
+    return fmean(values[-half:]) - fmean(values[:half])
 
 
 def compute_baseline(frames: Iterable[Frame]) -> Baseline:
@@ -235,6 +286,8 @@ def rounded(features: Features) -> dict[str, float | int | str | None]:
         "hr_slope": _step(f.hr_slope, 0.5),
         "hr_slope_recent": _step(f.hr_slope_recent, 1),
         "hr_over_rest": _step(f.hr_over_rest, 5),
+        "hr_recent": _step(f.hr_recent, 5),
+        "hr_rise_recent": _step(f.hr_rise_recent, 2),
         "hrv": _step(f.hrv_mean, 5),
         "hrv_ratio": _step(f.hrv_ratio, 0.1),
         "hrv_trend": _step(f.hrv_trend, 0.1),

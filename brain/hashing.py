@@ -1,6 +1,6 @@
 """The state hash: a short, stable fingerprint of what a device shows.
 
-The hash covers exactly the fields a device renders (``VISIBLE_FIELDS``), serialised
+The hash covers exactly the fields a device renders (:data:`brain.model.VISIBLE_FIELDS`), serialised
 canonically (sorted keys, no whitespace), so two nodes that commit the same visible state
 compute the same hash, and the hash doubles as the HTTP ``ETag`` of the state.
 """
@@ -12,17 +12,10 @@ from collections.abc import Mapping
 
 import orjson
 
-VISIBLE_FIELDS: tuple[str, ...] = (
-    "state",
-    "mood",
-    "energy",
-    "reasoning",
-    "actions",
-    "source",
-    "image_url",
-    "avatar_status",
-)
-"""The fields of a user's state that devices display; the hash covers these and no other."""
+from brain.model import VISIBLE_FIELDS
+
+__all__ = ["HASH_LENGTH", "VISIBLE_FIELDS", "state_hash"]
+
 
 HASH_LENGTH = 16
 """Hex characters kept of the sha256 (64 bits): plenty to tell states apart, small on the wire."""

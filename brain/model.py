@@ -8,9 +8,14 @@ rejected wherever it enters.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from operator import attrgetter
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from brain.health import HealthMetrics
 
 
 class State(StrEnum):
@@ -59,7 +64,6 @@ class AvatarStatus(StrEnum):
     """Where the avatar image of the current state stands."""
 
     NONE = "none"
-    PENDING = "pending"
     GENERATING = "generating"
     READY = "ready"
     FAILED = "failed"
@@ -146,7 +150,13 @@ class Profile:
 
 @dataclass(frozen=True, slots=True)
 class Assessment:
-    """What an analysis decided about a user's window of frames."""
+    """What an analysis decided about a user's window of frames.
+
+    ``health`` is what :func:`brain.health.compute_health` found in the user's stored days
+    and this window (fatigue, stress, sleep, HRV trend), when the caller computed it; it
+    describes the user, not the decision, so it never changes ``state``, ``mood`` or
+    ``energy``.
+    """
 
     state: State
     mood: Mood
@@ -154,7 +164,52 @@ class Assessment:
     reasoning: str
     actions: tuple[Action, ...] = field(default_factory=tuple)
     source: Source = Source.RULES
+    health: HealthMetrics | None = None
 
     @property
     def band(self) -> EnergyBand:
         return EnergyBand.of(self.energy)
+
+
+@dataclass(frozen=True, slots=True)
+class StateField:
+    """One field of a user's state record: its name, JSON Schema, and whether devices show it.
+
+    ``visible`` fields are the ones the state hash covers and deltas carry; the others
+    (identity, version, hash, time) describe the record itself.
+    """
+
+    name: str
+    schema: Mapping[str, Any]
+    visible: bool
+
+
+def _choice(values: type[StrEnum]) -> dict[str, Any]:
+    return {"type": "string", "enum": [member.value for member in values]}
+
+
+USER_STATE_FIELDS: Final[tuple[StateField, ...]] = (
+    StateField("user_id", {"type": "string"}, visible=False),
+    StateField("version", {"type": "integer", "minimum": 0}, visible=False),
+    StateField("state_hash", {"type": "string"}, visible=False),
+    StateField("state", _choice(State), visible=True),
+    StateField("mood", _choice(Mood), visible=True),
+    StateField("energy", {"type": "integer", "minimum": 0, "maximum": 100}, visible=True),
+    StateField("reasoning", {"type": "string"}, visible=True),
+    StateField("actions", {"type": "array", "items": {"type": "string"}}, visible=True),
+    StateField("source", _choice(Source), visible=True),
+    StateField("image_url", {"type": ["string", "null"]}, visible=True),
+    StateField("avatar_status", _choice(AvatarStatus), visible=True),
+    StateField("video_url", {"type": ["string", "null"]}, visible=True),
+    StateField("video_status", _choice(AvatarStatus), visible=True),
+    StateField("updated_at", {"type": "integer", "description": "epoch ms"}, visible=False),
+)
+"""THE list of a user's state fields, in wire order. The snapshot (``server.protocol``), the
+state hash (:mod:`brain.hashing`), the store codec, the legacy shapes and the OpenAPI schema
+all derive from it; a new field is added here and nowhere else."""
+
+VISIBLE_FIELDS: Final[tuple[str, ...]] = tuple(f.name for f in USER_STATE_FIELDS if f.visible)
+"""The fields devices display; the state hash covers these and no other."""
+
+SNAPSHOT_FIELDS: Final[tuple[str, ...]] = tuple(f.name for f in USER_STATE_FIELDS)
+"""Every field of the state record, in wire order (what a ``snapshot`` carries)."""

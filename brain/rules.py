@@ -14,7 +14,7 @@ climbs by 1 bpm/min or more with no steps, but left only once the recent slope i
 
 from __future__ import annotations
 
-from brain.coaching import no_data_reasoning, reasoning
+from brain.coaching import first_impression, no_data_reasoning, reasoning
 from brain.features import Features
 from brain.model import Action, Assessment, Mood, Profile, Source, State
 
@@ -22,12 +22,16 @@ MIN_FRAMES = 4
 """Fewer frames than this is not enough data to call anything but calm."""
 
 MIN_SPAN_MS = 3 * 60_000
-"""Frames spanning less than this cannot show a trend."""
+"""Frames spanning less than this show no trend yet: the rules still decide from what the
+recent frames show (a clear rise, a running pace), and the reasoning says it is a first
+impression."""
 
 RISING = 1.0
 """Whole-window HR slope (bpm/min) that counts as rising."""
 RISING_RECENT = 1.5
 """Slope of the last 5 minutes that counts as rising even if the whole window does not."""
+RISE_BPM = 5.0
+"""HR rise across the recent frames (newer half over older half) that counts as rising."""
 SETTLED = 0.5
 """|slope| (bpm/min) below which HR has settled: needed to leave stressed."""
 
@@ -71,11 +75,12 @@ NO_DATA_ENERGY = 60
 def assess(features: Features, profile: Profile, *, previous: State | None = None) -> Assessment:
     """Decide state, mood, energy, actions and reasoning from ``features``; never raises.
 
-    ``previous`` is the user's current state, for hysteresis. Thin data gives calm with a
-    reasoning that says so.
+    ``previous`` is the user's current state, for hysteresis. Fewer than :data:`MIN_FRAMES`
+    frames give calm with a reasoning that says so; frames spanning less than
+    :data:`MIN_SPAN_MS` give a first impression (the reasoning starts with its evidence).
     """
     f = features
-    if f.count < MIN_FRAMES or f.span_ms < MIN_SPAN_MS or f.hr_mean is None:
+    if f.count < MIN_FRAMES or f.hr_mean is None:
         return Assessment(
             state=State.CALM,
             mood=Mood.CONTENT,
@@ -86,11 +91,12 @@ def assess(features: Features, profile: Profile, *, previous: State | None = Non
     state = classify(f, previous)
     energy = energy_budget(f, state)
     acts = actions(f, state)
+    said = reasoning(f, state, profile, actions=acts, energy=energy)
     return Assessment(
         state=state,
         mood=mood(f, state, energy),
         energy=energy,
-        reasoning=reasoning(f, state, profile, actions=acts, energy=energy),
+        reasoning=first_impression(f, said) if f.span_ms < MIN_SPAN_MS else said,
         actions=acts,
         source=Source.RULES,
     )
@@ -130,7 +136,8 @@ def _stays(state: State, f: Features) -> bool:
     if state is State.EXERCISING:
         return _steps(f) >= ACTIVE_EXIT
     if state is State.STRESSED:
-        return _steps(f) < ACTIVE_EXIT and not _settled(f)
+        # Pacing about does not end stress; a workout's pace does (and is exercising).
+        return _steps(f) <= ACTIVE and not _settled(f)
     if state is State.SLEEPING:
         return _still_low(f, over_rest=8, absolute=66)
     if state is State.FATIGUED:
@@ -146,14 +153,23 @@ def _steps(f: Features) -> float:
 
 
 def _rising(f: Features) -> bool:
-    return (f.hr_slope or 0.0) >= RISING or (f.hr_slope_recent or 0.0) >= RISING_RECENT
+    """HR climbs now: recently, or over the window while the recent frames do not fall.
+
+    The recent frames weigh more than the window, so a new situation wins over an old one:
+    an HR falling after a workout is not a rise because the window still holds the climb.
+    """
+    recent = (f.hr_slope_recent or 0.0) >= RISING_RECENT or (f.hr_rise_recent or 0.0) >= RISE_BPM
+    falling = (f.hr_slope_recent or 0.0) <= -RISING_RECENT or (f.hr_rise_recent or 0.0) <= -RISE_BPM
+    return recent or ((f.hr_slope or 0.0) >= RISING and not falling)
 
 
 def _elevated(f: Features, over_rest: float) -> bool:
-    """HR at least ``over_rest`` above the baseline's rest (or above 67 + it, without one)."""
-    if f.hr_over_rest is not None:
-        return f.hr_over_rest >= over_rest
-    return (f.hr_mean or 0.0) >= 67 + over_rest
+    """Recent HR at least ``over_rest`` above the baseline's rest (above 67 + it without one)."""
+    above = f.hr_recent_over_rest if f.hr_recent_over_rest is not None else f.hr_over_rest
+    if above is not None:
+        return above >= over_rest
+    level = f.hr_recent if f.hr_recent is not None else f.hr_mean
+    return (level or 0.0) >= 67 + over_rest
 
 
 def _settled(f: Features) -> bool:

@@ -151,6 +151,42 @@ def generate(
     ]
 
 
+def timelapse(
+    kind: str,
+    *,
+    start_ms: int,
+    count: int,
+    every_s: float = 1.0,
+    speed: float = 60.0,
+    device: str = "watch-1",
+    seed: int = 0,
+) -> list[Frame]:
+    """``count`` frames of ``kind`` ``every_s`` apart from ``start_ms``, played ``speed`` times
+    faster than life: what a demo streams live to tell minutes of a story in seconds.
+
+    The heart rate, HRV and breathing follow the situation's shape at that speed (a stress
+    climb of 2 bpm/min shows in seconds); steps stay a real rate (a runner still takes about
+    150 steps a minute), so each frame counts the steps of its own ``every_s``. Raises
+    :class:`ValueError` for an unknown kind or non-positive arguments.
+    """
+    if kind not in _SHAPES:
+        raise ValueError(f"unknown scenario kind {kind!r}; expected one of {', '.join(KINDS)}")
+    if count <= 0 or every_s <= 0 or speed <= 0:
+        raise ValueError(f"count, every_s and speed must be positive: {count}, {every_s}, {speed}")
+    shape = _SHAPES[kind]
+    rng = random.Random(f"timelapse:{kind}:{seed}")
+    return [
+        _frame(
+            shape(i * every_s * speed / 60),
+            rng,
+            ts=start_ms + round(i * every_s * 1000),
+            every_s=every_s,
+            device=device,
+        )
+        for i in range(count)
+    ]
+
+
 def history(
     profile: str = "healthy",
     *,
@@ -202,7 +238,7 @@ def history(
     return frames
 
 
-def _frame(sample: _Sample, rng: random.Random, *, ts: int, every_s: int, device: str) -> Frame:
+def _frame(sample: _Sample, rng: random.Random, *, ts: int, every_s: float, device: str) -> Frame:
     """A frame with sensor noise added to ``sample``; steps are counted over ``every_s``."""
     steps = sample.steps * every_s / 60
     return Frame(

@@ -1,15 +1,19 @@
 """The Starlette application: routes, and the lifespan that builds and stops the services.
 
-Start order: store → broker → hub → ingest → state → stages (pipeline, avatars); stop in
-reverse, so frames accepted before shutdown are written before the store closes.
+Start order: store → broker → hub → ingest → state → stages (pipeline, avatars) → ops (the
+node joins the cluster); stop in reverse, so the node leaves the cluster first and frames
+accepted before shutdown are written before the store closes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -23,7 +27,7 @@ from server.analysis.pipeline import pipeline_stage
 from server.analysis.retention import retention_stage
 from server.avatar.stage import MEDIA, avatar_stage, serve_media
 from server.broker.base import Broker
-from server.errors import StoreError
+from server.errors import CompanionError
 from server.http import demo_routes as demo
 from server.http import legacy, rest
 from server.http.analyse_routes import post_analyse
@@ -32,12 +36,14 @@ from server.http.openapi import openapi_document
 from server.http.scenario_routes import post_scenario
 from server.ingest import Ingestor
 from server.metrics import Metrics
+from server.ops.page import ops_openapi_paths, ops_routes
+from server.ops.stage import ops_stage
 from server.parts import build_broker, build_store
-from server.problems import problem
+from server.problems import EXCEPTION_HANDLERS, problem
 from server.protocol import summarize
 from server.push.endpoint import websocket_endpoint
 from server.push.hub import Hub
-from server.services import Services
+from server.services import FramesHook, Services
 from server.settings import Settings
 from server.state import StateService
 from server.store.base import Store
@@ -75,12 +81,14 @@ def create_app(
             the_broker = broker if broker is not None else build_broker(settings)
             hub = Hub(the_broker, metrics, clock)
             await hub.start()
-            stack.push_async_callback(the_broker.close)
-            hooks: list[Callable[[Mapping[str, Sequence[Frame]]], Awaitable[None]]] = []
+            stack.push_async_callback(hub.close)
+            hooks: list[FramesHook] = []
 
             async def on_committed(by_user: Mapping[str, Sequence[Frame]]) -> None:
+                # Each hook on its own: a summary publish failing during a broker outage
+                # must not keep the pipeline from scheduling the analysis.
                 for hook in hooks:
-                    await hook(by_user)
+                    await run_isolated(hook, by_user, metrics)
 
             ingestor = Ingestor(
                 the_store,
@@ -100,21 +108,29 @@ def create_app(
             hooks.append(publish_summaries)
             for stage in default_stages(settings) if stages is None else stages:
                 await stage(services, stack)
+            await ops_stage(services, stack)  # joins the cluster last, leaves it first
             app.state.services = services
-            log.info("companion ready: store=%s broker=%s", settings.store, settings.broker)
+            log.info(
+                "companion ready: store=%s broker=%s", settings.store, safe_url(settings.broker)
+            )
             yield
             log.info("companion stopping: flushing pending frames")
 
-    app = CompanionApp(routes=routes(), lifespan=lifespan)
+    app = CompanionApp(
+        routes=routes(), lifespan=lifespan, exception_handlers=dict(EXCEPTION_HANDLERS)
+    )
     app.state.metrics = metrics
     return app
 
 
 WS_PATH = "/v1/ws"
+WS_PATHS = frozenset({WS_PATH, "/socket"})
+"""Where the WebSocket is: ``/v1/ws``, and ``/socket``, the seeds' path (seed 001's
+``wss://…/socket``), an alias so their phone apps connect unchanged."""
 
 
 class CompanionApp(Starlette):
-    """The Starlette app, with WebSocket upgrades of :data:`WS_PATH` sent straight to the endpoint.
+    """The Starlette app, with WebSocket upgrades of :data:`WS_PATHS` sent straight to the endpoint.
 
     A WebSocket connection lives for hours, and every layer between uvicorn and the
     endpoint keeps a suspended coroutine frame for all that time: Starlette's middleware
@@ -127,26 +143,84 @@ class CompanionApp(Starlette):
         if scope["type"] == "websocket":
             path: str = scope["path"]
             root: str = scope.get("root_path", "")
-            if path == WS_PATH or (root and path == root + WS_PATH):
+            if root and path.startswith(root):
+                path = path[len(root) :]
+            if path in WS_PATHS:
                 scope["app"] = self
                 await websocket_endpoint(WebSocket(scope, receive, send))
                 return
         await super().__call__(scope, receive, send)
 
 
+def safe_url(url: str) -> str:
+    """``url`` without its user and password (a ``rediss://:secret@host`` broker URL)."""
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+async def run_isolated(
+    hook: FramesHook, by_user: Mapping[str, Sequence[Frame]], metrics: Metrics
+) -> None:
+    """Run one frames hook; a failure is logged and counted, never passed on."""
+    name = getattr(hook, "__qualname__", type(hook).__name__)  # server code: bounded
+    try:
+        await hook(by_user)
+    except CompanionError as exc:
+        metrics.hook_failures.labels(name).inc()
+        log.warning("frames hook %s failed: %s", name, exc)
+    except Exception:
+        metrics.hook_failures.labels(name).inc()
+        log.exception("frames hook %s failed", name)
+
+
 async def healthz(request: Request) -> Response:
+    """Liveness: the process answers. Dependencies are /readyz's business, so that a Redis
+    or DynamoDB outage takes nodes out of the load balancer instead of restarting them."""
     return rest.json({"status": "ok"})
 
 
+READY_CHECK_TIMEOUT_S = 0.8
+"""Deadline of the store check of /readyz (a load balancer's timeout is a few seconds)."""
+
+
 async def readyz(request: Request) -> Response:
+    """Readiness: 200 when the store answers and the broker is connected, else 503; the
+    body names each check. Answers within :data:`READY_CHECK_TIMEOUT_S` and a little, even
+    when a dependency hangs."""
     services: Services | None = getattr(request.app.state, "services", None)
     if services is None:
         return problem(503, "starting")
+    store = await _store_check(services.store)
+    broker = services.hub.broker_health()
+    checks: dict[str, dict[str, Any]] = {
+        "store": store,
+        "broker": {
+            "ok": broker.connected,
+            "connected": broker.connected,
+            "last_heard_age_s": broker.last_heard_age_s,
+            "reconnects": broker.reconnects,
+        },
+    }
+    down = [name for name, check in checks.items() if not check["ok"]]
+    if down:
+        return problem(503, f"not ready: {', '.join(down)}", checks=checks)
+    return rest.json({"status": "ready", "checks": checks})
+
+
+async def _store_check(store: Store) -> dict[str, Any]:
+    """Whether the store answers a ping within the deadline, and why not."""
     try:
-        await services.store.ping()
-    except StoreError as exc:
-        return problem(503, f"store not ready: {exc}")
-    return rest.json({"status": "ready"})
+        async with asyncio.timeout(READY_CHECK_TIMEOUT_S):
+            await store.ping()
+    except TimeoutError:
+        return {"ok": False, "error": f"no answer within {READY_CHECK_TIMEOUT_S} s"}
+    except Exception as exc:  # whatever it is, the node is not ready; never a 500 here
+        return {"ok": False, "error": type(exc).__name__}
+    return {"ok": True}
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -160,15 +234,21 @@ async def media(request: Request) -> Response:
     return await serve_media(request, None if services is None else services.extras.get(MEDIA))
 
 
+def api_document() -> dict[str, Any]:
+    """The OpenAPI document of every HTTP route, the fleet page's included."""
+    document = openapi_document()
+    return {**document, "paths": {**document["paths"], **ops_openapi_paths()}}
+
+
 async def openapi(request: Request) -> Response:
-    return rest.json(openapi_document())
+    return rest.json(api_document())
 
 
 def routes() -> list[BaseRoute]:
     """Every route of the server."""
     user = "/v1/users/{user_id}"
     table: list[BaseRoute] = [
-        WebSocketRoute(WS_PATH, websocket_endpoint),
+        *(WebSocketRoute(path, websocket_endpoint) for path in sorted(WS_PATHS)),
         Route(f"{user}/frames", rest.post_frames, methods=["POST"]),
         Route(f"{user}/state", rest.get_state, methods=["GET"]),
         Route(f"{user}/export", rest.export_user, methods=["GET"]),
@@ -181,11 +261,13 @@ def routes() -> list[BaseRoute]:
         Route("/avatar/current-state/{user_id}", legacy.avatar_current_state, methods=["GET"]),
         Route("/api/v1/user/{user_id}/data", legacy.user_data, methods=["POST"]),
         Route("/api/v1/user/{user_id}/state", legacy.user_state, methods=["GET"]),
+        Route("/api/v1/demo/trigger", legacy.demo_trigger, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/media/{key:path}", media, methods=["GET", "HEAD"]),
         *debug_routes(),
+        *ops_routes(),
     ]
     return table

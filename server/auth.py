@@ -2,7 +2,8 @@
 
 A token names a user (``sub``), a device kind (``dev``), an expiry (``exp``) and an id
 (``jti``). A connection or request may touch only its own user's data; a ``service`` token
-may touch any user. Browsers are also held to an Origin allow-list.
+may touch any user; an ``operator`` token (the fleet page, ``/ops``) touches no user's data
+at all: it sees fleet figures only. Browsers are also held to an Origin allow-list.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from urllib.parse import urlparse
+from urllib.parse import urlsplit
 
 import jwt
 
@@ -27,6 +28,8 @@ class DeviceKind(StrEnum):
     WATCH = "watch"
     DEBUG = "debug"
     SERVICE = "service"
+    OPERATOR = "operator"
+    """The fleet page's kind: fleet figures only, never a user's data (not even its own)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +43,8 @@ class Principal:
 
     def may_access(self, user_id: str) -> bool:
         """Whether this caller may read or write ``user_id``'s data."""
+        if self.device is DeviceKind.OPERATOR:
+            return False
         return self.device is DeviceKind.SERVICE or user_id == self.user_id
 
     def require(self, user_id: str) -> None:
@@ -67,10 +72,15 @@ def issue(secret: str, user_id: str, device: DeviceKind, *, ttl_s: int, now_s: i
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-def verify(token: str | None, secret: str, *, now_s: int) -> Principal:
+def verify(token: str | None, secret: str, *, now_s: int, operator: bool = False) -> Principal:
     """The principal a token names.
 
-    Raises :class:`TokenMissing`, :class:`TokenExpired` or :class:`TokenInvalid`.
+    With ``operator`` (the fleet page) only an ``operator`` token is accepted; without it
+    (every device and REST route) an ``operator`` token is refused, so it never reads or
+    writes a user's data, whatever user its subject names.
+
+    Raises :class:`TokenMissing`, :class:`TokenExpired`, :class:`TokenInvalid` or
+    :class:`Forbidden` (the wrong kind for this door).
     """
     if not token:
         raise TokenMissing("no token: send 'Authorization: Bearer <token>' or ?token=")
@@ -96,6 +106,10 @@ def verify(token: str | None, secret: str, *, now_s: int) -> Principal:
     user_id = claims["sub"]
     if not isinstance(user_id, str) or not valid_user_id(user_id):
         raise TokenInvalid("invalid token: bad subject")
+    if operator and device is not DeviceKind.OPERATOR:
+        raise Forbidden(f"a {device} token may not open the fleet page: use an operator token")
+    if not operator and device is DeviceKind.OPERATOR:
+        raise Forbidden("an operator token is for the fleet page (/ops) only")
     return Principal(user_id, device, str(claims["jti"]), exp)
 
 
@@ -109,13 +123,32 @@ def bearer(authorization: str | None) -> str | None:
     return token.strip()
 
 
-def origin_allowed(origin: str | None, host: str | None, allowed: Iterable[str]) -> bool:
-    """Whether a browser ``Origin`` may connect: none given (not a browser), the server's own
-    host, or one of ``allowed`` (``*`` allows all)."""
+def origin_allowed(origin: str | None, own: Iterable[str], allowed: Iterable[str]) -> bool:
+    """Whether a browser ``Origin`` may connect: none given (not a browser), one of the
+    server's ``own`` origins (its public URL), or one of ``allowed`` (``*`` allows all).
+
+    Never compared with the request's ``Host`` header: a page on ``evil.example`` whose
+    name resolves here would send ``Host`` and ``Origin`` that agree.
+    """
     if origin is None:
         return True
-    origin = origin.rstrip("/")
-    allowed = tuple(allowed)
-    if "*" in allowed or origin in allowed:
-        return True
-    return host is not None and urlparse(origin).netloc == host
+    origin = origin.rstrip("/").lower()
+    allowed = tuple(a.lower() for a in allowed)
+    return "*" in allowed or origin in allowed or origin in (o.rstrip("/").lower() for o in own)
+
+
+def own_origins(public_url: str, local: tuple[str, int] | None) -> tuple[str, ...]:
+    """The origins of the server itself: its public URL if one is configured, else the
+    address the client connected to (``local``: the socket's own host and port, never a
+    header), and for a loopback address also ``localhost`` on that port."""
+    if public_url:
+        parts = urlsplit(public_url)
+        return (f"{parts.scheme}://{parts.netloc}",)
+    if local is None:
+        return ()
+    host, port = local[0], local[1]
+    shown = f"[{host}]" if ":" in host else host
+    origins = [f"http://{shown}:{port}", f"https://{shown}:{port}"]
+    if host in ("127.0.0.1", "::1"):
+        origins += [f"http://localhost:{port}", f"https://localhost:{port}"]
+    return tuple(origins)

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 from importlib.metadata import entry_points
 from typing import Any, Final
 
-from server.errors import SettingsError
+from brain.backoff import Backoff
+from server.errors import SettingsError, StoreError
 from server.settings import Settings, ensure_secret, load
 
 COMMANDS_GROUP: Final = "companion.commands"
@@ -25,6 +26,10 @@ COMMANDS_GROUP: Final = "companion.commands"
 parser they add sets ``func`` like the commands here)."""
 
 EXIT_USAGE: Final = 2
+EXIT_FAILED: Final = 1
+TABLES_WAIT_S: Final = 60.0
+"""How long ``tables create`` waits for DynamoDB to listen (a container starting beside it)."""
+TABLES_RETRY: Final = Backoff(attempts=None, base=0.5, cap=5.0)
 
 
 def _settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     token = sub.add_parser("token", help="print a signed device token")
     token.add_argument("user", help="user id")
-    kinds = ["phone", "watch", "debug", "service"]
+    kinds = ["phone", "watch", "debug", "service", "operator"]
     token.add_argument("--device", required=True, choices=kinds, help="device kind")
     token.add_argument("--ttl", type=int, default=30 * 24 * 3600, help="seconds (default 30 days)")
     _settings_flags(token)
@@ -54,12 +59,20 @@ def build_parser() -> argparse.ArgumentParser:
     tables = sub.add_parser("tables", help="DynamoDB tables")
     tables_sub = tables.add_subparsers(dest="tables_command", required=True)
     create = tables_sub.add_parser("create", help="create the tables (idempotent)")
+    create.add_argument(
+        "--wait",
+        type=float,
+        default=TABLES_WAIT_S,
+        help=f"seconds to wait for DynamoDB to answer (default {TABLES_WAIT_S:g})",
+    )
     create.set_defaults(func=_tables_create)
 
     avatars = sub.add_parser("avatars", help="avatar sagas")
     avatars_sub = avatars.add_subparsers(dest="avatars_command", required=True)
     retry_failed = avatars_sub.add_parser(
-        "retry-failed", help="re-run the saga of every user whose avatar_status is failed"
+        "retry-failed",
+        help="drain the dead letters: re-run the saga of every user with one or whose"
+        " avatar_status is failed",
     )
     retry_failed.add_argument(
         "--interrupted",
@@ -69,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _settings_flags(retry_failed)
     retry_failed.set_defaults(func=_avatars_retry_failed)
+    failed = avatars_sub.add_parser(
+        "failed", help="list the dead letters: sagas that failed after their retries, and why"
+    )
+    _settings_flags(failed)
+    failed.set_defaults(func=_avatars_failed)
 
     for plugin in sorted(entry_points(group=COMMANDS_GROUP), key=lambda ep: ep.name):
         plugin.load()(sub)
@@ -107,6 +125,10 @@ def _token(args: argparse.Namespace) -> int:
 
 
 def _tables_create(args: argparse.Namespace) -> int:
+    """Create the DynamoDB tables, waiting up to ``--wait`` seconds for DynamoDB to listen."""
+    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
     from server.parts import build_store
 
     settings = load()
@@ -114,7 +136,7 @@ def _tables_create(args: argparse.Namespace) -> int:
         print("companion tables create: set COMPANION_STORE=dynamodb", file=sys.stderr)
         return EXIT_USAGE
 
-    async def run() -> list[str]:
+    async def create() -> list[str]:
         store: Any = build_store(settings)
         await store.open()
         try:
@@ -123,7 +145,42 @@ def _tables_create(args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
-    for name in asyncio.run(run()):
+    async def run() -> list[str] | None:
+        """The tables created, retried while DynamoDB does not answer; ``None`` when it
+        still does not after ``--wait`` seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(args.wait, 0.0)
+        retry = 0
+        while True:
+            try:
+                return await create()
+            except (BotoConnectionError, StoreError) as exc:
+                # Not listening yet (a DynamoDB container still starting): try again.
+                pause = min(TABLES_RETRY.delay(retry), max(deadline - loop.time(), 0.0))
+                if loop.time() >= deadline:
+                    print(
+                        f"companion tables create: DynamoDB did not answer within"
+                        f" {args.wait:g}s ({type(exc).__name__})",
+                        file=sys.stderr,
+                    )
+                    return None
+                print(
+                    f"companion tables create: DynamoDB not answering yet"
+                    f" ({type(exc).__name__}); retrying in {pause:.1f}s",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                await asyncio.sleep(pause)
+                retry += 1
+
+    try:
+        created = asyncio.run(run())
+    except (BotoCoreError, ClientError) as exc:  # refused for good: credentials, permissions
+        print(f"companion tables create: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if created is None:
+        return EXIT_FAILED
+    for name in created:
         print(name)
     return 0
 
@@ -140,6 +197,15 @@ def _avatars_retry_failed(args: argparse.Namespace) -> int:
     for line in describe(outcomes):
         print(line)
     return 0 if all(o.status != "failed" for o in outcomes) else 1
+
+
+def _avatars_failed(args: argparse.Namespace) -> int:
+    from server.avatar.stage import dead_letters_in_process, describe_letters
+
+    settings = _load(args)
+    for line in describe_letters(asyncio.run(dead_letters_in_process(settings))):
+        print(line)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

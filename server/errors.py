@@ -9,9 +9,10 @@
      │    ├── TokenInvalid      malformed, badly signed, or unknown device kind
      │    ├── TokenExpired      the token's expiry has passed
      │    └── Forbidden         valid token, but not for this user or origin
-     └── StoreError             the store could not do what was asked
-          ├── VersionConflict   a conditional write lost a race: re-read and decide again
-          └── FramesNotDurable  some frames of a batch could not be written
+     ├── StoreError             the store could not do what was asked
+     │    ├── VersionConflict   a conditional write lost a race: re-read and decide again
+     │    └── FramesNotDurable  some frames of a batch could not be written
+     └── BrokerUnavailable      the broker could not carry a message now (it heals by itself)
 
 Wire-level problems (malformed messages, bad frames) are ``server.protocol.ProtocolError``:
 the protocol module is self-contained so that clients can import it alone.
@@ -79,3 +80,7 @@ class FramesNotDurable(StoreError):
         super().__init__(f"{len(failed)} frame(s) not written: {reason}")
         self.failed = failed
         self.reason = reason
+
+
+class BrokerUnavailable(CompanionError):
+    """The broker is disconnected or did not take a message in time; it reconnects by itself."""

@@ -82,10 +82,12 @@ class Ingestor:
             async with self._room:
                 await self._room.wait_for(lambda: self._queued_rows < self._max_pending)
         pending = _Pending([(user_id, f) for f in frames])
+        started = time.perf_counter()
         self._queue.append(pending)
         self._queued_rows += len(pending.rows)
         self._wakeup.set()
         await pending.done
+        self._metrics.ack_latency.observe(time.perf_counter() - started)
 
     async def close(self) -> None:
         """Write everything already submitted, then stop the writers."""

@@ -6,10 +6,53 @@ process and read exact counts. ``/metrics`` renders :attr:`Metrics.registry`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from typing import Final, Protocol
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from server.protocol import REJECTION_FIELDS, Disconnects
+
+OTHER: Final = "other"
+"""The label value of everything outside a label's fixed set."""
+
+HANDSHAKE_REJECT_REASONS: Final = frozenset(
+    {
+        "TokenMissing",
+        "TokenInvalid",
+        "TokenExpired",
+        "Forbidden",
+        "bad request",
+        "not found",
+        "timeout",
+        "uri too long",
+        "headers too large",
+    }
+)
+"""Why the edge refused a connection before it became a WebSocket (a fixed set)."""
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 _SLOW_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_CLIP_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 240.0, 480.0)
+"""A local clip takes a fraction of a second, a Veo clip minutes."""
+
+
+class FixedLabelCounter:
+    """A counter with one label whose values come from a fixed set; any other value counts as
+    :data:`OTHER`. Label values are never a client's strings: each one costs memory for the
+    life of the process and a line in every ``/metrics`` scrape."""
+
+    __slots__ = ("_allowed", "_counter")
+
+    def __init__(self, counter: Counter, allowed: Iterable[str]) -> None:
+        self._counter = counter
+        self._allowed = frozenset(allowed)
+
+    def labels(self, value: str) -> Counter:
+        """The child counter of ``value``, or of :data:`OTHER` if ``value`` is not in the set."""
+        return self._counter.labels(value if value in self._allowed else OTHER)
 
 
 class Metrics:
@@ -26,17 +69,35 @@ class Metrics:
             ["device"],
             registry=r,
         )
-        self.handshake_rejects = Counter(
-            "companion_handshake_rejects", "WebSocket handshakes refused.", ["reason"], registry=r
+        self.handshake_rejects = FixedLabelCounter(
+            Counter(
+                "companion_handshake_rejects",
+                "Connections refused before a WebSocket was open (auth, timeout, limits).",
+                ["reason"],
+                registry=r,
+            ),
+            HANDSHAKE_REJECT_REASONS,
         )
-        self.closes = Counter(
-            "companion_closes", "Connections closed by the server.", ["reason"], registry=r
+        self.closes = FixedLabelCounter(
+            Counter(
+                "companion_closes",
+                "WebSocket connections closed by the server, by named disconnect.",
+                ["reason"],
+                registry=r,
+            ),
+            (d.reason for d in Disconnects.all()),
         )
         self.frames_accepted = Counter(
             "companion_frames_accepted", "Frames stored.", ["path"], registry=r
         )
-        self.frames_rejected = Counter(
-            "companion_frames_rejected", "Frames rejected by validation.", ["field"], registry=r
+        self.frames_rejected = FixedLabelCounter(
+            Counter(
+                "companion_frames_rejected",
+                "Frames rejected by validation, by field (unknown fields: other).",
+                ["field"],
+                registry=r,
+            ),
+            REJECTION_FIELDS,
         )
         self.frames_not_durable = Counter(
             "companion_frames_not_durable",
@@ -99,7 +160,7 @@ class Metrics:
         )
         self.avatar_cache = Counter(
             "companion_avatar_cache",
-            "Avatar cache lookups, by result (hit, miss).",
+            "Avatar cache lookups, by result (hit, miss, bypass: COMPANION_AVATAR_CACHE=off).",
             ["result"],
             registry=r,
         )
@@ -114,6 +175,23 @@ class Metrics:
         )
         self.avatar_waiting = Gauge(
             "companion_avatar_waiting", "Generations waiting for an avatar worker.", registry=r
+        )
+        self.avatar_clips = Counter(
+            "companion_avatar_clips",
+            "Clip maker calls, by result (ok, error).",
+            ["result"],
+            registry=r,
+        )
+        self.avatar_clip_failures = Counter(
+            "companion_avatar_clip_failures",
+            "Clips given up on (the image stays; video_status=failed).",
+            registry=r,
+        )
+        self.avatar_clip_seconds = Histogram(
+            "companion_avatar_clip_seconds",
+            "Time of one successful clip (Veo: submit to done).",
+            buckets=_CLIP_BUCKETS,
+            registry=r,
         )
         # The analysis pipeline (server.analysis.scheduler, server.analysis.pipeline).
         self.analysis_queue = Gauge(
@@ -172,6 +250,137 @@ class Metrics:
             "companion_llm_circuit", "1 for the LLM circuit breaker's state.", ["state"], registry=r
         )
 
+        # Health of the node and its cluster (server.ops): what the fleet page and the
+        # alerts in deploy/prometheus read. Every label set is fixed by the code.
+        self.ack_latency = Histogram(
+            "companion_ack_latency_seconds",
+            "Frames submitted to ingest until they are durable (the time an ack waits).",
+            buckets=_SLOW_BUCKETS,
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "companion_store_errors",
+            "Store calls that failed (a lost version race is not an error), by operation.",
+            ["operation"],
+            registry=r,
+        )
+        self.cluster_nodes = Gauge(
+            "companion_cluster_nodes",
+            "Nodes of the cluster as this node sees them (up: heartbeat alive; down: expired).",
+            ["state"],
+            registry=r,
+        )
+        self.cluster_heartbeats = Counter(
+            "companion_cluster_heartbeats",
+            "This node's membership heartbeats, by result (ok, error).",
+            ["result"],
+            registry=r,
+        )
+        self.cluster_heartbeat_age = Gauge(
+            "companion_cluster_heartbeat_age_seconds",
+            "Seconds since this node's last heartbeat reached the membership (Redis).",
+            registry=r,
+        )
+        self.store_up = Gauge(
+            "companion_store_up",
+            "1 if the store answered this node's last health ping, else 0.",
+            registry=r,
+        )
+        self.errors_logged = Counter(
+            "companion_errors_logged",
+            "Warnings and errors logged, by level and the part of the server that logged them.",
+            ["level", "source"],
+            registry=r,
+        )
+        self.resident_memory = Gauge(
+            "companion_resident_memory_bytes", "Resident memory (RSS) of this process.", registry=r
+        )
+        self.started = Gauge(
+            "companion_start_time_seconds", "When this process started (epoch seconds).", registry=r
+        )
+        # Failures kept where they happen (the broker, the hub, the commit path, the hooks).
+        self.peer_failures = Counter(
+            "companion_peer_failures",
+            "Local subscribers dropped because taking a message raised.",
+            registry=r,
+        )
+        self.publish_failures = Counter(
+            "companion_publish_failures",
+            "Publishes the broker did not take, by kind (delta: repaired later; summary).",
+            ["kind"],
+            registry=r,
+        )
+        self.repairs = Counter(
+            "companion_broker_repairs",
+            "Current states sent to make up for lost messages, by kind (republish: a delta "
+            "the broker did not take, to every node; resync: to local devices after a "
+            "broker reconnect).",
+            ["kind"],
+            registry=r,
+        )
+        self.listener_failures = Counter(
+            "companion_commit_listener_failures",
+            "Commit listeners (avatar saga) that raised; the commit stands.",
+            registry=r,
+        )
+        self.hook_failures = Counter(
+            "companion_frames_hook_failures",
+            "Frames hooks that raised, by hook; the other hooks still ran.",
+            ["hook"],
+            registry=r,
+        )
+
+    def track_broker(self, read: Callable[[], BrokerReading]) -> None:
+        """Export the broker's health, read at each scrape: ``companion_broker_connected``,
+        ``companion_broker_reconnects_total``, ``companion_broker_handler_errors_total`` and
+        ``companion_broker_last_heard_age_seconds``. Call once per registry."""
+        self.registry.register(_BrokerCollector(read))
+
     def render(self) -> bytes:
         """The registry in Prometheus text format."""
         return generate_latest(self.registry)
+
+
+class BrokerReading(Protocol):
+    """What :meth:`Metrics.track_broker` reads (``server.broker.base.BrokerHealth``)."""
+
+    @property
+    def connected(self) -> bool: ...
+    @property
+    def reconnects(self) -> int: ...
+    @property
+    def handler_errors(self) -> int: ...
+    @property
+    def last_heard_age_s(self) -> float | None: ...
+
+
+class _BrokerCollector(Collector):
+    """The broker's own counts and state, turned into samples when scraped."""
+
+    def __init__(self, read: Callable[[], BrokerReading]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        health = self._read()
+        yield GaugeMetricFamily(
+            "companion_broker_connected",
+            "1 while the broker is connected to its server (always 1 in memory).",
+            value=1.0 if health.connected else 0.0,
+        )
+        yield CounterMetricFamily(
+            "companion_broker_reconnects",
+            "Times the broker connected again after losing its server.",
+            value=health.reconnects,
+        )
+        yield CounterMetricFamily(
+            "companion_broker_handler_errors",
+            "Broker messages whose handler raised (delivery went on).",
+            value=health.handler_errors,
+        )
+        age = GaugeMetricFamily(
+            "companion_broker_last_heard_age_seconds",
+            "Seconds since the broker last heard from its server (message or heartbeat).",
+        )
+        if health.last_heard_age_s is not None:
+            age.add_metric([], health.last_heard_age_s)
+        yield age

@@ -1,10 +1,10 @@
 """Each replaceable part of a server, built from the settings: store, broker, image
-generator and media store.
+generator, clip maker and media store.
 
 The app, the avatar stage and the command line build their parts here, so each choice
-(``COMPANION_STORE``, ``COMPANION_BROKER``, ``COMPANION_AVATAR``, ``COMPANION_MEDIA``) is
-read in one place. Adapters are imported only when chosen: a SQLite server never imports
-aioboto3.
+(``COMPANION_STORE``, ``COMPANION_BROKER``, ``COMPANION_AVATAR``, ``COMPANION_VIDEO``,
+``COMPANION_MEDIA``) is read in one place. Adapters are imported only when chosen: a SQLite
+server never imports aioboto3.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from urllib.parse import urlparse
 
-from brain.avatar import ImageGenerator
+from brain.avatar import ClipMaker, ImageGenerator
 from server.broker.base import Broker
 from server.media.base import MediaStore
 from server.settings import Settings
@@ -61,6 +61,26 @@ def build_generator(settings: Settings) -> ImageGenerator:
     from brain.avatar.local import LocalRenderer
 
     return LocalRenderer()
+
+
+def build_clip_maker(settings: Settings) -> ClipMaker | None:
+    """The avatar clip maker the settings name, or ``None`` when clips are off.
+
+    Raises ValueError (Veo with neither a Google Cloud project nor an API key).
+    """
+    if settings.video == "off":
+        return None
+    if settings.video == "veo":
+        from brain.avatar.veo import VeoClipMaker
+
+        return VeoClipMaker(
+            model=settings.veo_model,
+            timeout_s=settings.video_timeout_s,
+            poll_s=settings.video_poll_s,
+        )
+    from brain.avatar.clip_local import LocalClipMaker
+
+    return LocalClipMaker()
 
 
 def build_media(settings: Settings) -> MediaStore:

@@ -23,6 +23,7 @@ from typing import Any, Final, Literal
 
 import orjson
 
+from brain.model import SNAPSHOT_FIELDS as SNAPSHOT_FIELDS
 from brain.model import Env, Frame
 
 VERSION: Final = 1
@@ -34,6 +35,7 @@ DEFAULT_MAX_AGE_MS: Final = 7 * 24 * 3600 * 1000
 # Close codes (RFC 6455 and the application range), in one place.
 CLOSE_NORMAL: Final = 1000
 CLOSE_GOING_AWAY: Final = 1001
+CLOSE_PROTOCOL_ERROR: Final = 1002
 CLOSE_BAD_DATA: Final = 1007
 CLOSE_POLICY: Final = 1008
 CLOSE_TOO_BIG: Final = 1009
@@ -60,7 +62,7 @@ class Disconnect:
     """One named way a connection ends: its close code, its reason and the reconnect rule.
 
     ``reason`` is a fixed, short string: it is sent in the close frame, used as the
-    ``reason`` label of ``companion_ws_closes_total`` (so the label set is bounded) and
+    ``reason`` label of ``companion_closes_total`` (so the label set is bounded) and
     shown by clients.
     """
 
@@ -73,6 +75,7 @@ class Disconnects:
     """Every disconnect the server makes, by name; the one table for server, metrics, clients."""
 
     NORMAL: Final = Disconnect(CLOSE_NORMAL, "normal", Reconnect.BACKOFF)
+    PROTOCOL_ERROR: Final = Disconnect(CLOSE_PROTOCOL_ERROR, "protocol error", Reconnect.BACKOFF)
     BAD_UTF8: Final = Disconnect(CLOSE_BAD_DATA, "invalid utf-8", Reconnect.BACKOFF)
     SLOW_CONSUMER: Final = Disconnect(CLOSE_POLICY, "slow consumer", Reconnect.BACKOFF)
     RATE_LIMIT: Final = Disconnect(CLOSE_POLICY, "rate limit", Reconnect.BACKOFF)
@@ -132,13 +135,15 @@ def describe_close(code: int | None) -> str:
     return f"{code} ({_NAME_BY_CODE.get(code, 'unknown')})"
 
 
-RECONNECT_CODES: Final = frozenset(
-    {1006, *(code for code, rule in _RULE_BY_CODE.items() if rule is not Reconnect.STOP)}
-)
-"""Close codes after which a client should reconnect (with backoff); others mean stop."""
-
 ErrorCode = Literal[
-    "bad_json", "bad_message", "unknown_op", "too_big", "rate_limited", "forbidden", "internal"
+    "bad_json",
+    "bad_message",
+    "unknown_op",
+    "too_big",
+    "rate_limited",
+    "forbidden",
+    "internal",
+    "unavailable",
 ]
 
 
@@ -218,6 +223,11 @@ _ENV_RANGES: Final[dict[str, tuple[float, float]]] = {
 }
 _FRAME_FIELDS: Final = frozenset({*_RANGES, "ts", "device", "seq", "env"})
 _ENV_FIELDS: Final = frozenset({*_ENV_RANGES, "weather"})
+REJECTION_FIELDS: Final = frozenset(
+    {"frame", *_FRAME_FIELDS, *(f"env.{name}" for name in _ENV_FIELDS)}
+)
+"""Every ``field`` a :class:`Rejection` names except an unknown key the client made up (a
+fixed set: metrics label rejections with it and ``other``, never with the client's key)."""
 _DEVICE_RE: Final = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 _USER_RE: Final = re.compile(r"^[A-Za-z0-9._@:-]{1,128}$")
 
@@ -295,8 +305,8 @@ def _parse_frame(raw: object, *, now_ms: int, limits: FrameLimits) -> Frame:
         values["device"] = device
     if (seq := raw.get("seq")) is not None:
         values["seq"] = int(_number("seq", seq, 0, 2**31 - 1, integer=True))
-    if (env := raw.get("env")) is not None:
-        values["env"] = _env(env)
+    if (env := raw.get("env")) is not None and (parsed := _env(env)) != Env():
+        values["env"] = parsed  # an empty ``env: {}`` is no measurement: left out
     if len(values) == 1 + ("device" in values) + ("seq" in values):
         raise _Bad("frame", "carries no measurement")
     return Frame(**values)
@@ -473,22 +483,6 @@ def delta_from_message(message: Mapping[str, Any]) -> Delta:
         raise ProtocolError("bad_message", f"not a delta: {exc!r}") from None
 
 
-SNAPSHOT_FIELDS: Final = (
-    "user_id",
-    "version",
-    "state_hash",
-    "state",
-    "mood",
-    "energy",
-    "image_url",
-    "avatar_status",
-    "reasoning",
-    "actions",
-    "source",
-    "updated_at",
-)
-
-
 def encode_snapshot(state: Mapping[str, Any]) -> str:
     """A ``snapshot`` message from a mapping holding :data:`SNAPSHOT_FIELDS`."""
     return encode({"op": "snapshot", **{name: state[name] for name in SNAPSHOT_FIELDS}})
@@ -557,3 +551,49 @@ def frame_to_wire(frame: Frame) -> dict[str, Any]:
         if env:
             out["env"] = env
     return out
+
+
+def frame_json_schema() -> dict[str, Any]:
+    """The JSON Schema of a client frame, from the ranges :func:`parse_frame` checks (one
+    source: the OpenAPI document embeds it). What a schema cannot say is in the
+    descriptions: ``ts`` must lie within the accepted window around the server's clock, and
+    a frame must carry at least one measurement."""
+
+    def ranged(name: str, lo: float, hi: float) -> dict[str, Any]:
+        kind = "integer" if name == "steps" else "number"
+        return {"type": kind, "minimum": lo, "maximum": hi}
+
+    env = {
+        "type": "object",
+        "properties": {
+            **{name: ranged(name, lo, hi) for name, (lo, hi) in _ENV_RANGES.items()},
+            "weather": {"type": "string", "minLength": 1, "maxLength": 32},
+        },
+        "additionalProperties": False,
+    }
+    measurements = [*_RANGES, "env"]
+    return {
+        "type": "object",
+        "required": ["ts"],
+        "properties": {
+            "ts": {
+                "type": "integer",
+                "minimum": 0,
+                "maximum": 2**53,
+                "description": "epoch milliseconds; at most "
+                f"{DEFAULT_MAX_FUTURE_MS // 60000} minutes ahead of the server's clock and "
+                "no older than the server's frame age limit",
+            },
+            **{name: ranged(name, lo, hi) for name, (lo, hi) in _RANGES.items()},
+            "device": {"type": "string", "pattern": _DEVICE_RE.pattern},
+            "seq": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+            "env": env,
+        },
+        "additionalProperties": False,
+        "anyOf": [{"required": [name]} for name in measurements],
+        "description": "one sensor sample; at least one measurement besides ts",
+    }
+
+
+USER_ID_PATTERN: Final = _USER_RE.pattern
+"""The shape of a user id (:func:`valid_user_id`), for documents that describe it."""

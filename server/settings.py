@@ -1,6 +1,7 @@
 """Settings: ``COMPANION_*`` environment variables, overridden by command-line flags.
 
-Every setting is declared once in :data:`SPECS` (name, type, default, help); the README's
+Every setting is declared once, as a field of :class:`Settings` made by :func:`setting`
+(type, default, parser, help); :data:`SPECS` is derived from those fields, and the README's
 configuration table lists the same names. :func:`load` validates them all at start and
 raises :class:`~server.errors.SettingsError` naming the first bad one; ``companion``
 turns that into a message and exit code 2. The signing secret is never printed or logged
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlparse
@@ -23,63 +24,6 @@ from server.errors import SettingsError
 def _default_data_dir() -> str:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return str(Path(base) / "companion")
-
-
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """Validated settings of one server process."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    data_dir: Path = field(default_factory=lambda: Path(_default_data_dir()))
-    public_url: str = ""
-    secret: str = field(default="", repr=False)
-    store: str = "sqlite"
-    table_prefix: str = "companion-dev-"
-    frame_retention_days: int = 30
-    broker: str = "memory"
-    allowed_origins: tuple[str, ...] = ()
-    ping_interval: float = 45.0
-    ping_timeout: float = 20.0
-    write_timeout: float = 10.0
-    outbox_limit: int = 64
-    rate_per_s: float = 20.0
-    rate_burst: int = 60
-    max_frame_age_s: int = 7 * 24 * 3600
-    analyst: str = "rules"
-    anthropic_model: str = "claude-haiku-4-5"
-    bedrock_model: str = "eu.anthropic.claude-haiku-4-5-20251001-v1:0"
-    llm_daily_budget_usd: float = 0.50
-    window_minutes: int = 15
-    debounce_ms: int = 1000
-    analysis_workers: int = 4
-    owner_lease_ms: int = 10_000
-    avatar: str = "local"
-    gemini_model: str = "gemini-2.5-flash-image"
-    media: str = "local"
-    media_public_url: str = ""
-    avatar_workers: int = 2
-    log_level: str = "info"
-
-    @property
-    def base_url(self) -> str:
-        """The URL clients reach this server at (``public_url``, or built from host/port)."""
-        if self.public_url:
-            return self.public_url.rstrip("/")
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
-        return f"http://{host}:{self.port}"
-
-    @property
-    def sqlite_path(self) -> Path:
-        return self.data_dir / "companion.sqlite3"
-
-    @property
-    def media_dir(self) -> Path:
-        return self.data_dir / "media"
-
-    @property
-    def secret_path(self) -> Path:
-        return self.data_dir / "secret"
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,73 +127,183 @@ def _prefix(text: str) -> str:
     return text
 
 
-SPECS: Final[tuple[Spec, ...]] = (
-    Spec("host", str, "Interface to listen on."),
-    Spec("port", _port, "TCP port to listen on."),
-    Spec(
-        "data_dir", lambda t: Path(t).expanduser(), "Where the SQLite file, secret and media live."
-    ),
-    Spec("public_url", _url, "URL devices reach the server at (image URLs start with it)."),
-    Spec("secret", _secret, "Token signing secret; default: a file `secret` in the data dir."),
-    Spec("store", _choice("sqlite", "dynamodb"), "Store adapter."),
-    Spec("table_prefix", _prefix, "DynamoDB table-name prefix (one per environment)."),
-    Spec("frame_retention_days", _positive_int, "How long frames are kept (TTL)."),
-    Spec("broker", _broker, "`memory` (one node) or a `redis://` URL (several nodes)."),
-    Spec(
-        "allowed_origins",
-        _origins,
-        "Comma-separated browser origins allowed besides the server's own.",
-    ),
-    Spec("ping_interval", _positive_float, "Seconds between keepalive pings."),
-    Spec(
-        "ping_timeout", _positive_float, "Seconds a pong may take before the peer counts as dead."
-    ),
-    Spec(
-        "write_timeout",
+def setting(
+    parse: Callable[[str], Any],
+    help: str,
+    *,
+    default: Any = MISSING,
+    default_factory: Callable[[], Any] | Any = MISSING,
+    repr: bool = True,
+) -> Any:
+    """A :class:`Settings` field: its default, the parser of its ``COMPANION_*`` text (raises
+    ValueError with the reason) and its help text (the README's configuration table)."""
+    return field(
+        default=default,
+        default_factory=default_factory,
+        repr=repr,
+        metadata={"parse": parse, "help": help},
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Validated settings of one server process; each field is declared once, with its parser
+    and help text (:func:`setting`), and read from ``COMPANION_<NAME>``."""
+
+    host: str = setting(str, "Interface to listen on.", default="127.0.0.1")
+    port: int = setting(_port, "TCP port to listen on.", default=8000)
+    data_dir: Path = setting(
+        lambda t: Path(t).expanduser(),
+        "Where the SQLite file, secret and media live.",
+        default_factory=lambda: Path(_default_data_dir()),
+    )
+    public_url: str = setting(
+        _url, "URL devices reach the server at (image URLs start with it).", default=""
+    )
+    secret: str = setting(
+        _secret,
+        "Token signing secret; default: a file `secret` in the data dir.",
+        default="",
+        repr=False,
+    )
+    store: str = setting(_choice("sqlite", "dynamodb"), "Store adapter.", default="sqlite")
+    table_prefix: str = setting(
+        _prefix, "DynamoDB table-name prefix (one per environment).", default="companion-dev-"
+    )
+    frame_retention_days: int = setting(
+        _positive_int, "How long frames are kept (TTL).", default=30
+    )
+    broker: str = setting(
+        _broker, "`memory` (one node) or a `redis://` URL (several nodes).", default="memory"
+    )
+    allowed_origins: tuple[str, ...] = setting(
+        _origins, "Comma-separated browser origins allowed besides the server's own.", default=()
+    )
+    ping_interval: float = setting(
+        _positive_float, "Seconds between keepalive pings.", default=45.0
+    )
+    ping_timeout: float = setting(
+        _positive_float, "Seconds a pong may take before the peer counts as dead.", default=20.0
+    )
+    write_timeout: float = setting(
+        _positive_float, "Seconds a send may block before the peer is closed as slow.", default=10.0
+    )
+    handshake_timeout_s: float = setting(
         _positive_float,
-        "Seconds a send may block before the peer is closed as slow.",
-    ),
-    Spec(
-        "outbox_limit",
-        _positive_int,
-        "Messages pending per connection before it is closed as slow.",
-    ),
-    Spec(
-        "rate_per_s", _positive_float, "Messages per second a connection may send (token bucket)."
-    ),
-    Spec("rate_burst", _positive_int, "Burst size of that token bucket."),
-    Spec(
-        "max_frame_age_s",
+        "Seconds a connection has to send a whole HTTP request or WebSocket upgrade.",
+        default=10.0,
+    )
+    outbox_limit: int = setting(
+        _positive_int, "Messages pending per connection before it is closed as slow.", default=64
+    )
+    rate_per_s: float = setting(
+        _positive_float, "Messages per second a connection may send (token bucket).", default=20.0
+    )
+    rate_burst: int = setting(_positive_int, "Burst size of that token bucket.", default=60)
+    rest_rate_per_s: float = setting(
+        _positive_float,
+        "REST requests per second per device token (user and kind; service: unlimited).",
+        default=5.0,
+    )
+    rest_rate_burst: int = setting(
+        _positive_int, "Burst size of that REST token bucket.", default=30
+    )
+    max_frame_age_s: int = setting(
         _positive_int,
         "Oldest frame a device may send (service tokens: unlimited).",
-    ),
-    Spec("analyst", _choice("rules", "anthropic", "bedrock"), "Who assesses a window."),
-    Spec("anthropic_model", str, "Claude model id for the Anthropic API."),
-    Spec("bedrock_model", str, "Claude model id on Bedrock (eu-central-1)."),
-    Spec(
-        "llm_daily_budget_usd", _non_negative_float, "Per-user daily LLM spend; then rules answer."
-    ),
-    Spec("window_minutes", _positive_int, "Minutes of frames an analysis looks at."),
-    Spec("debounce_ms", _positive_int, "Quiet time after frames before an analysis starts."),
-    Spec("analysis_workers", _positive_int, "Analyses running at once."),
-    Spec(
-        "owner_lease_ms",
+        default=7 * 24 * 3600,
+    )
+    analyst: str = setting(
+        _choice("rules", "anthropic", "bedrock"), "Who assesses a window.", default="rules"
+    )
+    anthropic_model: str = setting(
+        str, "Claude model id for the Anthropic API.", default="claude-haiku-4-5"
+    )
+    bedrock_model: str = setting(
+        str,
+        "Claude model id on Bedrock (eu-central-1).",
+        default="eu.anthropic.claude-haiku-4-5-20251001-v1:0",
+    )
+    llm_daily_budget_usd: float = setting(
+        _non_negative_float, "Per-user daily LLM spend; then rules answer.", default=0.50
+    )
+    window_minutes: int = setting(
+        _positive_int, "Minutes of frames an analysis looks at.", default=15
+    )
+    debounce_ms: int = setting(
+        _positive_int, "Quiet time after frames before an analysis starts.", default=1000
+    )
+    analysis_workers: int = setting(_positive_int, "Analyses running at once.", default=4)
+    owner_lease_ms: int = setting(
         _lease_ms,
         "With a Redis broker: lease of a node on a user's analysis (its owner); a dead"
         " owner's users move to another node within this time.",
-    ),
-    Spec("avatar", _choice("local", "gemini"), "Avatar generator."),
-    Spec("gemini_model", str, "Gemini image model id."),
-    Spec("media", _media, "`local` (served at /media) or s3://bucket/prefix."),
-    Spec(
-        "media_public_url", _url, "Public base URL of the S3 media (CDN); default: presigned URLs."
-    ),
-    Spec("avatar_workers", _positive_int, "Avatar generations running at once."),
-    Spec("log_level", _choice("debug", "info", "warning", "error"), "Log level."),
-)
+        default=10_000,
+    )
+    avatar: str = setting(_choice("local", "gemini"), "Avatar generator.", default="local")
+    gemini_model: str = setting(str, "Gemini image model id.", default="gemini-2.5-flash-image")
+    media: str = setting(
+        _media, "`local` (served at /media) or s3://bucket/prefix.", default="local"
+    )
+    media_public_url: str = setting(
+        _url, "Public base URL of the S3 media (CDN); default: presigned URLs.", default=""
+    )
+    avatar_workers: int = setting(_positive_int, "Avatar generations running at once.", default=2)
+    avatar_cache: str = setting(
+        _choice("on", "off"),
+        "`off` bypasses avatar cache reads (every change generates; entries are still written).",
+        default="on",
+    )
+    avatar_lease_s: float = setting(
+        _positive_float,
+        "Seconds a node holds an avatar saga without renewing; then another node resumes it.",
+        default=120.0,
+    )
+    video: str = setting(
+        _choice("off", "local", "veo"),
+        "Avatar clips: `off`, `local` (Pillow, animated WebP) or `veo` (Vertex AI).",
+        default="local",
+    )
+    veo_model: str = setting(
+        str,
+        "Veo model id on Vertex AI (`COMPANION_VIDEO=veo`).",
+        default="veo-3.0-fast-generate-001",
+    )
+    video_timeout_s: float = setting(
+        _positive_float, "Deadline of one clip (Veo: submit and polling).", default=360.0
+    )
+    video_poll_s: float = setting(
+        _positive_float, "Seconds between polls of a Veo operation.", default=10.0
+    )
+    log_level: str = setting(
+        _choice("debug", "info", "warning", "error"), "Log level.", default="info"
+    )
 
-_FIELD_NAMES: Final = frozenset(f.name for f in fields(Settings))
-assert {s.name for s in SPECS} == _FIELD_NAMES, "every setting needs a Spec"
+    @property
+    def base_url(self) -> str:
+        """The URL clients reach this server at (``public_url``, or built from host/port)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "companion.sqlite3"
+
+    @property
+    def media_dir(self) -> Path:
+        return self.data_dir / "media"
+
+    @property
+    def secret_path(self) -> Path:
+        return self.data_dir / "secret"
+
+
+SPECS: Final[tuple[Spec, ...]] = tuple(
+    Spec(f.name, f.metadata["parse"], f.metadata["help"]) for f in fields(Settings)
+)
+"""Every setting, in declaration order, derived from :class:`Settings`' fields."""
 
 
 def load(

@@ -6,6 +6,11 @@ changed) stamped with the commit time. The brain's reactor, the avatar saga and 
 routes all go through it; :meth:`StateService.update` wraps it in the read-decide-commit
 loop that re-reads after a lost race. Listeners hear every commit (the avatar saga starts
 from there).
+
+Once the store has the new version, the commit has happened: nothing after it turns it into
+an error for the caller. A delta the broker does not take is the hub's to repair (it
+re-publishes the current state, read through :meth:`StateService.current_delta`, when the
+broker is back), and a listener that raises is logged and counted.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 
 from brain.hashing import VISIBLE_FIELDS
 from brain.model import Profile
-from server.errors import VersionConflict
+from server.errors import CompanionError, VersionConflict
 from server.metrics import Metrics
 from server.protocol import Delta
 from server.push.hub import Hub
@@ -46,6 +51,7 @@ class StateService:
         self._metrics = metrics
         self._clock = clock
         self.listeners: list[CommitListener] = []
+        hub.read_current_with(self.current_delta)
 
     async def current(self, user_id: str) -> UserState:
         """The user's state: defaults at version 0 if nothing was committed yet, at the erased
@@ -59,6 +65,21 @@ class StateService:
         if tombstone.epoch:  # erased: versions go on from the erased one
             return replace(initial, version=tombstone.version, epoch=tombstone.epoch)
         return initial
+
+    async def current_delta(self, user_id: str) -> Delta | None:
+        """The current state as a delta from the version before it, carrying every visible
+        field (``None`` at version 0): what the hub sends to repair lost deltas."""
+        state = await self.current(user_id)
+        if state.version == 0:
+            return None
+        return Delta(
+            user_id,
+            state.version,
+            state.version - 1,
+            state.state_hash,
+            state.visible(),
+            float(state.updated_at),
+        )
 
     async def commit(
         self,
@@ -107,12 +128,20 @@ class StateService:
                 user_id, committed.version, previous.version, committed.state_hash, diff, now * 1000
             )
         )
+        await self._tell_listeners(previous, committed, cause)
+        return committed
+
+    async def _tell_listeners(self, previous: UserState, committed: UserState, cause: str) -> None:
+        """Each listener hears the commit; one that raises fails neither the commit nor them."""
         for listener in self.listeners:
             try:
                 await listener(previous, committed, cause)
+            except CompanionError as exc:
+                self._metrics.listener_failures.inc()
+                log.warning("commit listener failed for %s: %s", committed.user_id, exc)
             except Exception:
-                log.exception("commit listener failed for %s", user_id)
-        return committed
+                self._metrics.listener_failures.inc()
+                log.exception("commit listener failed for %s", committed.user_id)
 
     async def update(
         self,

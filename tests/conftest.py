@@ -1,5 +1,6 @@
 """Shared fixtures: settings, tokens, and a live server on a real loopback socket.
 
+Every async test runs on uvloop, as production does (:func:`pytest_asyncio_loop_factories`).
 ``live_server`` runs the real app on uvicorn (the production transport options of
 :func:`server.runner.uvicorn_config`) inside the test's event loop, bound to a free port on
 127.0.0.1, and stops it at the end of the test. Readiness is an event set by uvicorn's
@@ -20,6 +21,7 @@ import httpx
 import orjson
 import pytest
 import uvicorn
+import uvloop
 import websockets
 from websockets.asyncio.client import ClientConnection
 
@@ -31,6 +33,13 @@ from server.settings import Settings
 from server.store.base import Store
 
 SECRET = "test-secret-" + "x" * 40
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Async tests and fixtures run on uvloop, the loop ``companion serve`` uses."""
+    return {"uvloop": uvloop.new_event_loop}
 
 
 @pytest.fixture
@@ -134,7 +143,7 @@ async def start_server(
     from server.app import create_app
 
     app = create_app(settings, store=store, broker=broker, stages=stages, clock=clock)
-    config = uvicorn_config(settings, port=0, loop="asyncio", log_level="warning")
+    config = uvicorn_config(settings, port=0, log_level="warning")
     config.app = app
     config.load()
     server = _Server(config)
@@ -166,3 +175,16 @@ async def live_server(settings: Settings) -> AsyncIterator[LiveServer]:
 def settings_with(settings: Settings) -> Callable[..., Settings]:
     """Settings with some fields replaced."""
     return lambda **changes: replace(settings, **changes)
+
+
+SLOW_FIXTURES = frozenset({"spawn", "start_server_process", "dynamodb_local"})
+"""Fixtures that start processes (servers, clients, DynamoDB Local): a test using one is slow."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``slow`` every test that starts a process or a browser, so ``-m "not slow"`` is a
+    fast loop; modules that start processes by hand say ``pytestmark = pytest.mark.slow``."""
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & SLOW_FIXTURES or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.slow)

@@ -6,6 +6,8 @@
 - :mod:`brain.analyst.claude`: ``ClaudeAnalyst``, Claude through the ``anthropic`` SDK.
 - :mod:`brain.analyst.guard`: :class:`GuardedAnalyst`, which puts a cache, a circuit
   breaker, a daily budget, timeouts and retries around an LLM and falls back to the rules.
+- :mod:`brain.analyst.trigger`: :func:`should_trigger`, whether a window is worth an LLM call,
+  and :class:`TriggerGate`, the per-user memory and caps it needs.
 - :mod:`brain.analyst.errors`: the exception tree.
 
 ``ClaudeAnalyst`` is imported from its module, so importing this package does not load the
@@ -34,6 +36,15 @@ from brain.analyst.guard import (
     GuardStats,
 )
 from brain.analyst.rules import RulesAnalyst
+from brain.analyst.trigger import (
+    Situation,
+    TriggerCaps,
+    TriggerGate,
+    TriggerMemory,
+    TriggerReason,
+    Verdict,
+    should_trigger,
+)
 
 __all__ = [
     "AnalysisRequest",
@@ -54,9 +65,16 @@ __all__ = [
     "MeteredAnalyst",
     "ResponseCache",
     "RulesAnalyst",
+    "Situation",
+    "TriggerCaps",
+    "TriggerGate",
+    "TriggerMemory",
+    "TriggerReason",
     "UsageLedger",
     "UsageTotals",
+    "Verdict",
     "build_request",
     "cache_key",
+    "should_trigger",
     "utc_day",
 ]

@@ -65,12 +65,18 @@ def build_request(
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """A metered analyst's assessment with what it cost (``model`` as the API named it)."""
+    """A metered analyst's assessment with what it cost (``model`` as the API named it).
+
+    ``input_tokens`` are the uncached input tokens; ``cache_write_tokens`` and
+    ``cache_read_tokens`` the prompt-cache writes and reads, billed apart.
+    """
 
     assessment: Assessment
     model: str
     input_tokens: int
     output_tokens: int
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
 
 
 class Analyst(Protocol):
@@ -122,8 +128,11 @@ class UsageLedger(Protocol):
         input_tokens: int,
         output_tokens: int,
         cost_usd: float,
+        cache_write_tokens: int = 0,
+        cache_read_tokens: int = 0,
     ) -> UsageTotals:
-        """Atomically add to the user's day and return the new totals."""
+        """Atomically add to the user's day and return the new totals (``input_tokens``
+        uncached; prompt-cache writes and reads apart)."""
         ...
 
     async def get_usage(self, user_id: str, day: str) -> UsageTotals:

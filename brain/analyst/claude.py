@@ -7,6 +7,11 @@ features, trend and baseline as compact JSON, and ``tool_choice`` forces the
 tool input is validated again here (:func:`parse_assessment`): a model may still answer
 outside the schema, and nothing outside the enums may reach a device.
 
+The tool schema, the instructions and the persona are marked for Anthropic's prompt cache
+(``cache_control``); the answer's cache writes and reads are reported apart. The API caches a
+prefix only from a model's minimum length (4,096 tokens for Haiku 4.5, 1,024 to 2,048 for
+others): below it the marks cost nothing and the counts stay 0 (see ``docs/cost.md``).
+
 The SDK's own retries are off (``max_retries=0``): :class:`~brain.analyst.guard.GuardedAnalyst`
 owns retries, timeouts and the circuit, so one policy decides how hard to try.
 """
@@ -16,16 +21,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import anthropic
 import orjson
 from anthropic import AsyncAnthropic, AsyncAnthropicBedrock
-from anthropic.types import Message, ToolParam
+from anthropic.types import Message, TextBlockParam, ToolParam
 
 from brain.analyst.base import AnalysisRequest, Answer
 from brain.analyst.errors import AnalystTimeout, AnalystUnavailable, AnswerInvalid
-from brain.analyst.persona import system_prompt
+from brain.analyst.persona import system_blocks
 from brain.coaching import MAX_REASONING
 from brain.model import Action, Assessment, Mood, Source, State
 
@@ -60,6 +65,8 @@ TOOL: ToolParam = {
         "required": ["state", "mood", "energy", "actions", "reasoning"],
         "additionalProperties": False,
     },
+    # The first cache breakpoint: the tool schema is the start of every request's prompt.
+    "cache_control": {"type": "ephemeral"},
 }
 """The tool the model must call; its enums are the values of the :mod:`brain.model` enums."""
 
@@ -145,7 +152,7 @@ class ClaudeAnalyst:
             message = await self._client.messages.create(
                 model=self._model,
                 max_tokens=self.max_tokens,
-                system=system_prompt(request),
+                system=cast(list[TextBlockParam], system_blocks(request)),
                 messages=[{"role": "user", "content": user_message(request)}],
                 tools=[TOOL],
                 tool_choice={"type": "tool", "name": TOOL_NAME},
@@ -221,7 +228,12 @@ def _member(enum: type[_E], value: object, name: str) -> _E:
 
 def _answer(message: Message) -> Answer:
     usage = message.usage
-    tokens = {"input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens}
+    tokens = {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cache_write_tokens": usage.cache_creation_input_tokens or 0,
+        "cache_read_tokens": usage.cache_read_input_tokens or 0,
+    }
     for block in message.content:
         if block.type == "tool_use" and block.name == TOOL_NAME:
             try:

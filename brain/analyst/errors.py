@@ -55,9 +55,18 @@ class AnswerInvalid(AnalystError):
     """
 
     def __init__(
-        self, message: str, *, model: str = "", input_tokens: int = 0, output_tokens: int = 0
+        self,
+        message: str,
+        *,
+        model: str = "",
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cache_write_tokens: int = 0,
+        cache_read_tokens: int = 0,
     ) -> None:
         super().__init__(message)
         self.model = model
         self.input_tokens = input_tokens
         self.output_tokens = output_tokens
+        self.cache_write_tokens = cache_write_tokens
+        self.cache_read_tokens = cache_read_tokens

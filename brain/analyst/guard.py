@@ -3,15 +3,20 @@
 :class:`GuardedAnalyst` asks a :class:`~brain.analyst.base.MeteredAnalyst` (Claude) and falls
 back to the rules on any failure. In order, for each request:
 
+0. with a :class:`~brain.analyst.trigger.TriggerGate`, whether the window is worth a call at
+   all (:func:`~brain.analyst.trigger.should_trigger`); when it is not, the LLM's last answer
+   stands while the rules see the same situation, and the rules answer otherwise;
 1. the answer cache (:mod:`brain.analyst.cache`): a fresh answer for alike features and the
    same persona is reused without a call;
 2. the circuit breaker (:mod:`brain.analyst.circuit`): while open, no call goes out;
 3. the user's daily budget (calls, tokens, dollars) read from the :class:`UsageLedger`; an
    unreadable ledger counts as spent, because an unmetered LLM is the costlier mistake;
-4. the call, each attempt under ``timeout_s``, retried ``retries`` times with jittered
-   exponential backoff when the failure may pass (timeouts, 429, 5xx, 529). An invalid
-   answer is not retried: the same input would likely get the same answer, at full price;
-5. the usage of every attempt is added to the ledger, priced by :mod:`brain.analyst.pricing`.
+4. the call, each attempt under ``timeout_s``, retried under ``retry`` (the project's one
+   :class:`~brain.backoff.Backoff`: full jitter, 3 attempts by default) when the failure
+   may pass (timeouts, 429, 5xx, 529). An invalid answer is not retried: the same input
+   would likely get the same answer, at full price;
+5. the usage of every attempt is added to the ledger, priced by :mod:`brain.analyst.pricing`
+   (prompt-cache writes and reads apart).
 
 :meth:`GuardedAnalyst.decide` says which fallback reason applied; :attr:`GuardedAnalyst.stats`
 counts calls, tokens, cost, cache hits and fallbacks by reason, and an optional
@@ -24,9 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -45,9 +49,14 @@ from brain.analyst.circuit import CircuitBreaker, CircuitState
 from brain.analyst.errors import AnalystTimeout, AnalystUnavailable, AnswerInvalid
 from brain.analyst.pricing import PRICES, Price, price_of
 from brain.analyst.rules import RulesAnalyst
+from brain.analyst.trigger import Situation, TriggerGate, TriggerReason, Verdict
+from brain.backoff import Backoff
 from brain.model import Assessment
 
 log = logging.getLogger(__name__)
+
+RETRY = Backoff(attempts=3, base=0.5, cap=5.0)
+"""Three calls at most: a fourth would push the answer past what a user waits for."""
 
 
 class FallbackReason(StrEnum):
@@ -59,6 +68,8 @@ class FallbackReason(StrEnum):
     CIRCUIT_OPEN = "circuit_open"
     BUDGET = "budget"
     LEDGER = "ledger"
+    UNTRIGGERED = "untriggered"
+    """The window was not worth a call (:mod:`brain.analyst.trigger`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +100,8 @@ class GuardStats:
     retries: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
     cost_usd: float = 0.0
     cache_hits: int = 0
     cache_misses: int = 0
@@ -132,6 +145,8 @@ class _Attempts:
     calls: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
     cost_usd: float = 0.0
 
 
@@ -140,8 +155,7 @@ class GuardedAnalyst:
     (except :class:`asyncio.CancelledError`).
 
     ``clock`` returns monotonic seconds for the cache and the breaker; the ledger's day comes
-    from the request's ``now_ms``. Raises :class:`ValueError` for negative retries or a
-    non-positive timeout.
+    from the request's ``now_ms``. Raises :class:`ValueError` for a non-positive timeout.
     """
 
     def __init__(
@@ -152,36 +166,28 @@ class GuardedAnalyst:
         ledger: UsageLedger | None = None,
         clock: Callable[[], float] = time.monotonic,
         timeout_s: float = 10.0,
-        retries: int = 2,
-        backoff_s: float = 0.5,
-        backoff_max_s: float = 5.0,
-        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
-        rand: Callable[[], float] = random.random,
+        retry: Backoff = RETRY,
         breaker: CircuitBreaker | None = None,
         cache: ResponseCache | None = None,
         budget: DailyBudget = DailyBudget(),  # frozen, so one default for all is safe
         prices: Mapping[str, Price] = PRICES,
         observer: GuardObserver | None = None,
+        gate: TriggerGate | None = None,
     ) -> None:
-        if retries < 0:
-            raise ValueError(f"retries must not be negative, got {retries}")
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
         self.primary = primary
         self.fallback: Analyst = fallback if fallback is not None else RulesAnalyst()
         self.ledger = ledger
         self.timeout_s = timeout_s
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self.backoff_max_s = backoff_max_s
+        self.retry = retry
         self.budget = budget
         self.prices = prices
         self.breaker = breaker if breaker is not None else CircuitBreaker(clock=clock)
         self.cache = cache if cache is not None else ResponseCache(clock=clock)
+        self.gate = gate
         self.stats = GuardStats()
         self._clock = clock
-        self._sleep = sleep
-        self._rand = rand
         self._observer = observer
         self._circuit = self.breaker.state
 
@@ -190,11 +196,21 @@ class GuardedAnalyst:
         return (await self.decide(request)).assessment
 
     async def decide(self, request: AnalysisRequest) -> Decision:
-        """Assess ``request`` through cache, circuit, budget and retries; say how it went."""
+        """Assess ``request`` through gate, cache, circuit, budget and retries; say how it went."""
+        situation = None
+        if self.gate is not None:
+            candidate = await self.fallback.assess(request)
+            trigger = self.gate.check(
+                request.user_id, request.features, request.previous, candidate, request.now_ms
+            )
+            if not trigger.ask:
+                return self._untriggered(request, trigger, candidate)
+            situation = trigger.situation
         key = cache_key(request, self.primary.model)
         cached = self.cache.get(key)
         self._count_cache(hit=cached is not None)
         if cached is not None:
+            self._asked(request, situation, cached)
             return Decision(cached, cached=True)
         if not self.breaker.allow():
             self._watch_circuit()
@@ -216,6 +232,9 @@ class GuardedAnalyst:
                 self.breaker.cancel()  # a probe that never ran says nothing about the LLM
             self._watch_circuit()
         await self._record_usage(request, attempts)
+        self._asked(
+            request, situation, None if attempts.answer is None else attempts.answer.assessment
+        )
         if attempts.answer is None:
             return await self._fall_back(request, attempts.reason)
         self.stats.answers += 1
@@ -223,12 +242,13 @@ class GuardedAnalyst:
         return Decision(attempts.answer.assessment)
 
     async def _attempts(self, request: AnalysisRequest) -> _Attempts:
-        """Call the primary up to ``1 + retries`` times; never raises but cancellation."""
+        """Call the primary as often as ``retry`` allows; never raises but cancellation."""
         result = _Attempts()
-        for attempt in range(self.retries + 1):
+        attempt = 0
+        while True:
             if attempt:
                 self.stats.retries += 1
-                await self._sleep(self._backoff(attempt))
+                await self.retry.wait(attempt - 1)
             result.calls += 1
             self.stats.calls += 1
             started = self._clock()
@@ -244,7 +264,14 @@ class GuardedAnalyst:
             except AnswerInvalid as exc:
                 log.warning("LLM answer for %s is invalid: %s", request.user_id, exc)
                 model = exc.model or self.primary.model
-                self._bill(result, model, exc.input_tokens, exc.output_tokens)
+                self._bill(
+                    result,
+                    model,
+                    exc.input_tokens,
+                    exc.output_tokens,
+                    exc.cache_write_tokens,
+                    exc.cache_read_tokens,
+                )
                 self._observe_call(FallbackReason.INVALID, started)
                 result.reason = FallbackReason.INVALID
                 return result
@@ -252,19 +279,21 @@ class GuardedAnalyst:
                 log.exception("LLM analyst raised unexpectedly for %s", request.user_id)
                 result.reason, retryable = FallbackReason.ERROR, False
             else:
-                self._bill(result, answer.model, answer.input_tokens, answer.output_tokens)
+                self._bill(
+                    result,
+                    answer.model,
+                    answer.input_tokens,
+                    answer.output_tokens,
+                    answer.cache_write_tokens,
+                    answer.cache_read_tokens,
+                )
                 self._observe_call(None, started)
                 result.answer = answer
                 return result
             self._observe_call(result.reason, started)
-            if not retryable:
-                break
-        return result
-
-    def _backoff(self, attempt: int) -> float:
-        """Seconds before retry ``attempt`` (1-based): exponential, capped, half jitter."""
-        ceiling = min(self.backoff_max_s, self.backoff_s * 2.0 ** (attempt - 1))
-        return ceiling * (0.5 + 0.5 * self._rand())
+            if not retryable or not self.retry.may_retry(attempt):
+                return result
+            attempt += 1
 
     async def _check_budget(self, request: AnalysisRequest) -> FallbackReason | None:
         if self.ledger is None:
@@ -276,13 +305,30 @@ class GuardedAnalyst:
             return FallbackReason.LEDGER
         return FallbackReason.BUDGET if self.budget.spent(usage) else None
 
-    def _bill(self, result: _Attempts, model: str, input_tokens: int, output_tokens: int) -> None:
-        cost = price_of(model, self.prices).cost(input_tokens, output_tokens)
+    def _bill(
+        self,
+        result: _Attempts,
+        model: str,
+        input_tokens: int,
+        output_tokens: int,
+        cache_write_tokens: int = 0,
+        cache_read_tokens: int = 0,
+    ) -> None:
+        cost = price_of(model, self.prices).cost(
+            input_tokens,
+            output_tokens,
+            cache_write_tokens=cache_write_tokens,
+            cache_read_tokens=cache_read_tokens,
+        )
         result.input_tokens += input_tokens
         result.output_tokens += output_tokens
+        result.cache_write_tokens += cache_write_tokens
+        result.cache_read_tokens += cache_read_tokens
         result.cost_usd += cost
         self.stats.input_tokens += input_tokens
         self.stats.output_tokens += output_tokens
+        self.stats.cache_write_tokens += cache_write_tokens
+        self.stats.cache_read_tokens += cache_read_tokens
         self.stats.cost_usd += cost
         if self._observer is not None:
             self._observer.on_usage(
@@ -300,9 +346,31 @@ class GuardedAnalyst:
                 input_tokens=result.input_tokens,
                 output_tokens=result.output_tokens,
                 cost_usd=result.cost_usd,
+                cache_write_tokens=result.cache_write_tokens,
+                cache_read_tokens=result.cache_read_tokens,
             )
         except Exception:  # the answer is still good; the next budget check may be lenient
             log.exception("cannot record the LLM usage of %s", request.user_id)
+
+    def _untriggered(
+        self, request: AnalysisRequest, verdict: Verdict, candidate: Assessment
+    ) -> Decision:
+        """The answer to a window not worth a call: the LLM's last answer while the rules
+        see the situation it answered, else the rules' own (a capped change goes through)."""
+        assert self.gate is not None
+        self.stats.fallbacks[FallbackReason.UNTRIGGERED] += 1
+        if self._observer is not None:
+            self._observer.on_fallback(FallbackReason.UNTRIGGERED)
+        last = self.gate.memory(request.user_id).answer
+        if verdict.reason is TriggerReason.SAME and last is not None:
+            return Decision(last, fallback=FallbackReason.UNTRIGGERED)
+        return Decision(candidate, fallback=FallbackReason.UNTRIGGERED)
+
+    def _asked(
+        self, request: AnalysisRequest, situation: Situation | None, answer: Assessment | None
+    ) -> None:
+        if self.gate is not None and situation is not None:
+            self.gate.asked(request.user_id, situation, request.now_ms, answer)
 
     async def _fall_back(self, request: AnalysisRequest, reason: FallbackReason) -> Decision:
         self.stats.fallbacks[reason] += 1

@@ -3,14 +3,32 @@
 :func:`persona` depends only on the :class:`~brain.model.Profile` (coach style, tone, base
 avatar), so it is part of the answer cache key: two users with the same persona and the
 same rounded features can share an answer. :func:`environment` describes the surroundings
-in words; :func:`system_prompt` puts both together with the instructions.
+in words; :func:`system_blocks` puts both together with the instructions, static parts
+first and marked for Anthropic's prompt cache.
 """
 
 from __future__ import annotations
 
+from typing import Literal, NotRequired, TypedDict
+
 from brain.analyst.base import AnalysisRequest
 from brain.coaching import MAX_REASONING
 from brain.model import CoachStyle, CoachTone, Profile
+
+
+class CacheControl(TypedDict):
+    """Anthropic's prompt-cache breakpoint marker (the 5-minute cache)."""
+
+    type: Literal["ephemeral"]
+
+
+class SystemBlock(TypedDict):
+    """A text block of the system prompt, in the Messages API's shape."""
+
+    type: Literal["text"]
+    text: str
+    cache_control: NotRequired[CacheControl]
+
 
 _STYLE: dict[CoachStyle, str] = {
     CoachStyle.STRICT: (
@@ -37,7 +55,10 @@ below the user's baseline), sleeping, resting, or calm.
 altitude, heat and low SpO2 take.
 - actions: at most three suggestions, or none.
 - reasoning: one or two sentences (at most {MAX_REASONING} characters) in your coaching \
-voice that mention the numbers you relied on. No diagnosis, no medical advice."""
+voice that mention the numbers you relied on. No diagnosis, no medical advice.
+- The *_recent fields (the newest frames) say what the user does now: let them outweigh \
+the whole window when the two disagree. When span_ms is under 180000, decide anyway and \
+begin the reasoning with "First impression" (the window is short)."""
 
 
 def persona(profile: Profile) -> str:
@@ -73,6 +94,21 @@ def environment(request: AnalysisRequest) -> str:
     return "Environment: " + ", ".join(parts) + "."
 
 
+def system_blocks(request: AnalysisRequest) -> list[SystemBlock]:
+    """The system prompt as text blocks, what never changes first, for prompt caching.
+
+    The instructions are the same for every user, the persona for every user of the same
+    profile (a handful of combinations): both end with a cache breakpoint
+    (``cache_control``), so the API can serve them, and the tool schema before them, from
+    its prompt cache. The environment changes with every window and comes last, uncached.
+    """
+    return [
+        {"type": "text", "text": _INSTRUCTIONS, "cache_control": {"type": "ephemeral"}},
+        {"type": "text", "text": persona(request.profile), "cache_control": {"type": "ephemeral"}},
+        {"type": "text", "text": environment(request)},
+    ]
+
+
 def system_prompt(request: AnalysisRequest) -> str:
-    """The whole system prompt: persona, environment, then the instructions."""
-    return f"{persona(request.profile)}\n{environment(request)}\n\n{_INSTRUCTIONS}"
+    """The whole system prompt as one text: the blocks of :func:`system_blocks`, joined."""
+    return "\n\n".join(block["text"] for block in system_blocks(request))

@@ -5,12 +5,21 @@ charges the same for on-demand use). A model id is matched by the longest family
 contains, so dated ids (``claude-haiku-4-5-20251001``) and Bedrock ids
 (``eu.anthropic.claude-haiku-4-5-20251001-v1:0``) find their family. An unknown model is
 priced like the most expensive family: a budget should err towards stopping early.
+
+Prompt caching is priced as Anthropic publishes it for the 5-minute cache: writing a prefix
+to the cache costs 1.25 times the input price, reading it back 0.1 times.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+CACHE_WRITE_FACTOR = 1.25
+"""A token written to the (5-minute) prompt cache costs this many input tokens."""
+
+CACHE_READ_FACTOR = 0.1
+"""A token read from the prompt cache costs this many input tokens."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,9 +29,25 @@ class Price:
     input_per_mtok: float
     output_per_mtok: float
 
-    def cost(self, input_tokens: int, output_tokens: int) -> float:
-        """The cost in US dollars of a call with these token counts."""
-        return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1e6
+    def cost(
+        self,
+        input_tokens: int,
+        output_tokens: int,
+        *,
+        cache_write_tokens: int = 0,
+        cache_read_tokens: int = 0,
+    ) -> float:
+        """The cost in US dollars of a call with these token counts.
+
+        ``input_tokens`` are the uncached ones, as the API reports them; cache writes and
+        reads are priced apart (:data:`CACHE_WRITE_FACTOR`, :data:`CACHE_READ_FACTOR`).
+        """
+        input_equivalent = (
+            input_tokens
+            + cache_write_tokens * CACHE_WRITE_FACTOR
+            + cache_read_tokens * CACHE_READ_FACTOR
+        )
+        return (input_equivalent * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1e6
 
 
 PRICES: Mapping[str, Price] = {

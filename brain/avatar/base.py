@@ -32,20 +32,12 @@ MAX_SOURCE_PIXELS = 4096 * 4096
 
 @dataclass(frozen=True, slots=True)
 class GeneratedImage:
-    """One avatar: PNG bytes per screen size, an optional clip, and who made it.
-
-    Raises ValueError when only one of ``video`` and ``video_mime`` is given.
-    """
+    """One avatar still: PNG bytes per screen size, and who made it (its clip, if any, comes
+    from a :class:`~brain.avatar.clip.ClipMaker`)."""
 
     phone_png: bytes
     watch_png: bytes
     model: str
-    video: bytes | None = None
-    video_mime: str | None = None
-
-    def __post_init__(self) -> None:
-        if (self.video is None) != (self.video_mime is None):
-            raise ValueError("video and video_mime go together: give both or neither")
 
 
 class ImageGenerator(Protocol):

@@ -3,11 +3,12 @@
 ::
 
     AvatarError
-     └── GenerationError     an image generator could not produce an avatar
+     └── GenerationError     an image generator or a clip maker could not produce an avatar
                              (``retryable`` says whether trying again may help)
 
-A generator raises only :class:`GenerationError`; whatever the SDK or the network raised is
-kept as ``__cause__`` for the log, and the saga decides on retries from ``retryable``.
+A generator or clip maker raises only :class:`GenerationError`; whatever the SDK or the
+network raised is kept as ``__cause__`` for the log, and the saga decides on retries from
+``retryable``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ class AvatarError(Exception):
 
 
 class GenerationError(AvatarError):
-    """An image generator failed.
+    """An image generator or a clip maker failed.
 
     ``retryable`` is true when the same request may succeed later (rate limits, server
     errors, timeouts, dropped connections) and false when it will fail the same way again

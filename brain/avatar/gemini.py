@@ -13,10 +13,8 @@ Configuration follows the SDK's standard variables: the key from ``GOOGLE_API_KE
 from ``GOOGLE_GEMINI_BASE_URL`` (the SDK reads it too, in ``google.genai._base_url``; it is
 resolved here explicitly so that an argument overrides it and the choice is visible).
 
-No clip: ``google-genai`` 3.x only offers ``generate_videos`` (Veo) in Vertex AI ("Gemini
-Enterprise Agent Platform") mode and raises ValueError for a Gemini API key, so this generator
-makes stills only and offers no video option. ``GeneratedImage`` keeps its ``video`` fields
-for a Vertex-backed generator, should one be added.
+Clips are not made here: ``google-genai`` offers ``generate_videos`` (Veo) only in Vertex AI
+mode and raises ValueError for a Gemini API key; :mod:`brain.avatar.veo` makes them.
 """
 
 from __future__ import annotations

@@ -60,14 +60,23 @@ def render(spec: AvatarSpec, size: int = MASTER_SIZE) -> Image.Image:
     look = look_of(spec)
     unit = size / DESIGN_SIZE
     scene = Image.new("RGB", (size, size), look.background.rgb)
-    draw = ImageDraw.Draw(scene)
-    _draw_halo(draw, look, unit)
+    draw_backdrop(ImageDraw.Draw(scene), look, unit)
     pet = draw_pet(look, size, unit, OUTLINE)
     scene.paste(pet, (0, 0), pet)
-    draw = ImageDraw.Draw(scene)
+    draw_foreground(ImageDraw.Draw(scene), look, unit)
+    return scene
+
+
+def draw_backdrop(draw: ImageDraw.ImageDraw, look: Look, unit: float) -> None:
+    """What lies behind the pet: the halo in the mood's colour (the scene colour is the
+    canvas's)."""
+    _draw_halo(draw, look, unit)
+
+
+def draw_foreground(draw: ImageDraw.ImageDraw, look: Look, unit: float) -> None:
+    """What lies in front of the pet: the scene cues (Zzz, motion lines…) and the energy bar."""
     draw_scene_extras(draw, look, unit, OUTLINE)
     _draw_energy_bar(draw, look, unit)
-    return scene
 
 
 def _mix(a: tuple[int, int, int], b: tuple[int, int, int], t: float) -> tuple[int, int, int]:

@@ -1,7 +1,7 @@
 """``companion bridge``: the phone between a watch and the server.
 
-    companion bridge --server http://127.0.0.1:8765 --token "$PHONE_TOKEN" \\
-        --source scenario --scenario stress --watch-port 9100
+    companion bridge --server http://10.0.0.1:8000,http://10.0.0.2:8000 \\
+        --token "$PHONE_TOKEN" --source scenario --scenario stress --watch-port 9100
 
 One :class:`Bridge` holds one WebSocket. It takes frames from a source
 (:mod:`clients.bridge.sources`), writes them to the journal (:mod:`clients.bridge.journal`)
@@ -15,9 +15,11 @@ version, so a reconnect where nothing changed costs one ``uptodate``; a delta ap
 on its ``base``, otherwise the bridge asks for a snapshot. Each change is relayed to the
 watch through a :class:`~clients.bridge.watchlink.WatchLink`.
 
-Reconnects follow :mod:`clients.connect.backoff`: full jitter, soon after 1012, and a stop with
-exit code 3 when the token is refused (HTTP 401/403, close 4001/4003). The clock, the
-sleep, the random source and the WebSocket connector are injected.
+Reconnects follow the one reconnect rule (:mod:`clients.connect.failover`): after a lost
+connection, a refusal or a "come back soon" (1012, 1013, 503) the bridge moves on to the
+next of its server URLs after a short jittered pause; the backoff grows only once every URL
+has failed, up to 5 s; a refused token (HTTP 401/403, close 4001/4003) stops it with exit
+code 3. The clock, the sleep, the random source and the WebSocket connector are injected.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,18 +43,23 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
+from brain.backoff import Backoff
 from brain.scenarios import KINDS
 from clients.bridge.journal import Journal, JournalError, write_atomically
 from clients.bridge.phonestate import Applied, PhoneState
 from clients.bridge.sources import FileSource, FrameSource, ScenarioSource, StdinSource
 from clients.bridge.watchlink import NullLink, TcpWatchLink, WatchLink
-from clients.connect.access import Endpoints, TokenError, add_server_flags, endpoints, user_of
-from clients.connect.backoff import Backoff, Next, after_close, after_refusal, describe_close
+from clients.connect.access import Endpoints, TokenError, add_server_flags, servers, user_of
+from clients.connect.failover import RECONNECT, Failover
 from server.protocol import (
     MAX_FRAMES_PER_MESSAGE,
     MAX_MESSAGE_BYTES,
     ProtocolError,
+    Reconnect,
     decode_server_message,
+    describe_close,
+    reconnect_after,
+    reconnect_after_refusal,
 )
 
 log = logging.getLogger("companion.bridge")
@@ -70,7 +78,7 @@ class Bridge:
 
     def __init__(
         self,
-        server: Endpoints,
+        server: Endpoints | Sequence[Endpoints],
         token: str,
         source: FrameSource,
         journal: Journal,
@@ -88,7 +96,6 @@ class Bridge:
     ) -> None:
         if not 1 <= batch_size <= MAX_FRAMES_PER_MESSAGE or max_in_flight < 1:
             raise ValueError(f"batch_size must be 1..{MAX_FRAMES_PER_MESSAGE}, in flight >= 1")
-        self.server = server
         self.source = source
         self.journal = journal
         self.link: WatchLink = link or NullLink()
@@ -99,10 +106,16 @@ class Bridge:
         self.stats: collections.Counter[str] = collections.Counter()
         self._token = token
         self._state_path = state_path
-        self._backoff = backoff or Backoff()
         self._clock = clock
         self._sleep = sleep
-        self._rand = rand
+        all_servers = (server,) if isinstance(server, Endpoints) else tuple(server)
+        policy = backoff or RECONNECT
+        # Start at a random URL, so the phones given the same list spread over the nodes.
+        self.failover = Failover(
+            all_servers,
+            backoff=replace(policy, random=rand),
+            start=int(rand() * len(all_servers)),
+        )
         self._connector = connector
         self._unsent: collections.deque[int] = collections.deque()
         self._in_flight: dict[int, list[int]] = {}
@@ -169,13 +182,18 @@ class Bridge:
 
     # -- connections ----------------------------------------------------------------------
 
+    @property
+    def server(self) -> Endpoints:
+        """The server the bridge uses now (or tries next)."""
+        return self.failover.current
+
     async def _connections(self) -> None:
-        attempt = 0
         while True:
             headers = {"Authorization": f"Bearer {self._token}"}
+            server = self.server
             try:
                 ws = await self._connector(
-                    self.server.ws,
+                    server.ws,
                     additional_headers=headers,
                     open_timeout=10,
                     max_size=1 << 20,
@@ -185,31 +203,36 @@ class Bridge:
             except InvalidStatus as exc:
                 status = exc.response.status_code
                 body = exc.response.body.decode(errors="replace")[:200] if exc.response.body else ""
-                next_step, why = after_refusal(status), f"HTTP {status} {body}".strip()
+                rule, why = reconnect_after_refusal(status), f"HTTP {status} {body}".strip()
             except (OSError, TimeoutError, InvalidHandshake) as exc:
-                next_step, why = Next.BACKOFF, f"{type(exc).__name__}: {exc}"
+                rule, why = Reconnect.BACKOFF, f"{type(exc).__name__}: {exc}"
             else:
                 self.stats["connects"] += 1
-                code, had_reply = await self._session(ws)
+                code, had_reply = await self._session(ws, server)
                 if had_reply:
-                    attempt = 0
-                next_step, why = after_close(code), describe_close(code)
-            if next_step is Next.STOP:
+                    self.failover.succeeded()
+                rule, why = reconnect_after(code), describe_close(code)
+            retry = self.failover.failed(rule)
+            if retry is None:
                 log.error("server refused this bridge (%s): check the token; stopping", why)
                 self.stop(EXIT_AUTH)
                 return
-            delay = self._backoff.delay_after(next_step, attempt, self._rand)
-            attempt += next_step is Next.BACKOFF
             self.stats["reconnects"] += 1
-            log.warning("disconnected (%s); reconnecting in %.2fs", why, delay)
-            await self._sleep(delay)
+            log.warning(
+                "disconnected from %s (%s); reconnecting to %s in %.2fs",
+                server.http,
+                why,
+                retry.server.http,
+                retry.pause,
+            )
+            await self._sleep(retry.pause)
 
-    async def _session(self, ws: ClientConnection) -> tuple[int | None, bool]:
+    async def _session(self, ws: ClientConnection, server: Endpoints) -> tuple[int | None, bool]:
         """Serve one connection until it closes: (close code, whether the server answered)."""
         self._in_flight.clear()
         self._unsent = collections.deque(i for i, _ in self.journal.pending())
         self.stats["frames_resent"] += sum(1 for i in self._unsent if i <= self._highest_sent)
-        log.info("connected; %d unacked frames to send", len(self._unsent))
+        log.info("connected to %s; %d unacked frames to send", server.http, len(self._unsent))
         answered = False
         sender: asyncio.Task[None] | None = None
         try:
@@ -360,7 +383,7 @@ class Bridge:
 def add_parser(subparsers: Any) -> None:
     """Register ``companion bridge``."""
     parser = subparsers.add_parser("bridge", help="run a phone bridge (WebSocket, journal, watch)")
-    add_server_flags(parser, token_help="a phone token")
+    add_server_flags(parser, token_help="a phone token", several=True)
     parser.add_argument("--source", choices=["scenario", "file", "stdin"], default="scenario")
     parser.add_argument("--scenario", choices=KINDS, default="calm", help="(--source scenario)")
     parser.add_argument("--every", type=float, default=1.0, help="seconds between scenario frames")
@@ -373,7 +396,10 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--watch-host", default="127.0.0.1")
     parser.add_argument("--batch", type=int, default=100, help="frames per message (max 500)")
     parser.add_argument(
-        "--max-backoff", type=float, default=30.0, help="longest pause between reconnects (s)"
+        "--max-backoff",
+        type=float,
+        default=RECONNECT.cap,
+        help=f"longest pause once every server failed (s, default {RECONNECT.cap:g})",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every ack")
     parser.add_argument(
@@ -406,7 +432,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         if not args.token:
             raise ValueError("--token is required: companion token USER --device phone")
-        server = endpoints(args.server)
+        server = servers(args.server)
         source = _source(args)
         journal_path = Path(args.journal) if args.journal else _default_journal(user_of(args.token))
     except (ValueError, TokenError) as exc:
@@ -431,7 +457,7 @@ def main(args: argparse.Namespace) -> int:
         state_path=journal_path.with_name(journal_path.name + ".state.json"),
         batch_size=args.batch,
         exit_when_done=args.exit_when_done,
-        backoff=Backoff(cap=max(args.max_backoff, 0.5)),
+        backoff=replace(RECONNECT, cap=max(args.max_backoff, RECONNECT.base)),
     )
 
     async def run() -> int:

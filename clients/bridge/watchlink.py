@@ -7,7 +7,8 @@ slow, or restarted with no memory.
 
 Delivery keeps only the newest state (a watch wants the present, not a history), resends
 it after every reconnect, and waits for the watch's ``shown`` reply before calling it
-delivered, so a watch that was away ends on the latest state once it is back.
+delivered, so a watch that was away ends on the latest state once it is back. Reconnects to
+the watch use the project's one backoff policy (:mod:`brain.backoff`), retrying forever.
 
 Bridge → watch: ``{"op": "state", version, state_hash, state, mood, energy, image_url, …}``.
 Watch → bridge: ``{"op": "shown", "version": v, "state_hash": h, "haptic": bool}``.
@@ -17,17 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any, Protocol
 
 import orjson
 
-from clients.connect.backoff import Backoff
+from brain.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
-Sleep = Callable[[float], Awaitable[None]]
+WATCH_LINK_BACKOFF = Backoff(attempts=None, base=0.2, cap=5.0)
+"""Forever, from 0.2 s to 5 s: a watch that walks back into range is found within seconds."""
 
 
 class WatchLink(Protocol):
@@ -60,20 +61,16 @@ class TcpWatchLink:
         host: str,
         port: int,
         *,
-        backoff: Backoff | None = None,
+        backoff: Backoff = WATCH_LINK_BACKOFF,
         reply_timeout: float = 10.0,
-        sleep: Sleep = asyncio.sleep,
-        rand: Callable[[], float] = random.random,
     ) -> None:
         self.host = host
         self.port = port
         self.delivered: dict[str, Any] | None = None
         """The last ``shown`` reply of the watch."""
         self.deliveries = 0
-        self._backoff = backoff or Backoff(base=0.2, cap=5.0)
+        self._backoff = backoff
         self._reply_timeout = reply_timeout
-        self._sleep = sleep
-        self._rand = rand
         self._latest: dict[str, Any] | None = None
         self._wanted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -95,17 +92,16 @@ class TcpWatchLink:
 
     async def _deliver(self) -> None:
         """Connect (with backoff), send the newest state, wait for ``shown``; forever."""
-        attempt = 0
+        retry = 0
         while True:
             try:
                 reader, writer = await asyncio.open_connection(self.host, self.port)
             except OSError as exc:
-                delay = self._backoff.delay(attempt, self._rand)
-                log.debug("watch at %s:%d unreachable (%s); retry in %.2fs", *self._at, exc, delay)
-                attempt += 1
-                await self._sleep(delay)
+                log.debug("watch at %s:%d unreachable (%s); retry %d", *self._at, exc, retry)
+                await self._backoff.wait(retry)
+                retry += 1
                 continue
-            attempt = 0
+            retry = 0
             log.info("watch link connected to %s:%d", *self._at)
             self._wanted.set()  # a (re)connected watch may have forgotten everything
             try:
@@ -118,7 +114,7 @@ class TcpWatchLink:
                     await writer.wait_closed()
                 except OSError:
                     pass
-            await self._sleep(self._backoff.delay(0, self._rand))
+            await self._backoff.wait(0)
 
     @property
     def _at(self) -> tuple[str, int]:

@@ -1,7 +1,8 @@
 """How clients reach a server: its URLs, the shared ``--server``/``--token`` flags, tokens.
 
 :func:`endpoints` turns whatever the user typed (``http://host:port``, ``ws://…/v1/ws``)
-into the HTTP base and the WebSocket URL.
+into the HTTP base and the WebSocket URL; :func:`servers` does it for a list of nodes
+(``--server`` repeated or comma-separated), which clients that fail over take.
 
 Clients never hold the server's secret and may not import its auth code, so
 :func:`claims` only *reads* a token's payload (the user and device kind it names; the
@@ -18,6 +19,7 @@ import base64
 import binascii
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -59,13 +61,49 @@ def endpoints(server: str) -> Endpoints:
     )
 
 
-def add_server_flags(parser: argparse.ArgumentParser, *, token_help: str) -> None:
-    """``--server`` (COMPANION_SERVER) and ``--token`` (COMPANION_TOKEN)."""
-    parser.add_argument(
-        "--server",
-        default=os.environ.get("COMPANION_SERVER", DEFAULT_SERVER),
-        help=f"server URL (COMPANION_SERVER, default {DEFAULT_SERVER})",
-    )
+def servers(urls: str | Sequence[str] | None) -> tuple[Endpoints, ...]:
+    """The endpoints of every server in ``urls``: one string or several, each of which may
+    hold comma-separated URLs; duplicates are dropped, the order is kept. ``None`` (no
+    ``--server`` given) means ``COMPANION_SERVER``, or the default server.
+
+    Raises :class:`ValueError` for a bad URL (see :func:`endpoints`) or no URL at all.
+    """
+    if urls is None:
+        urls = os.environ.get("COMPANION_SERVER", DEFAULT_SERVER)
+    texts = [urls] if isinstance(urls, str) else list(urls)
+    found = [endpoints(part.strip()) for text in texts for part in text.split(",") if part.strip()]
+    if not found:
+        raise ValueError("no server URL given")
+    return tuple(dict.fromkeys(found))
+
+
+def add_server_flags(
+    parser: argparse.ArgumentParser, *, token_help: str, several: bool = False
+) -> None:
+    """``--server`` (COMPANION_SERVER) and ``--token`` (COMPANION_TOKEN).
+
+    With ``several``, ``--server`` may be repeated and may hold comma-separated URLs (the
+    nodes a client fails over between); ``args.server`` is then a list, or ``None``, for
+    :func:`servers`.
+    """
+    default = os.environ.get("COMPANION_SERVER", DEFAULT_SERVER)
+    if several:
+        parser.add_argument(
+            "--server",
+            action="append",
+            help=(
+                "server URL; repeat it or separate URLs with commas to fail over between"
+                f" nodes (COMPANION_SERVER, default {DEFAULT_SERVER})"
+            ),
+        )
+        # No list default: argparse would append to it instead of replacing it.
+        parser.set_defaults(server=None)
+    else:
+        parser.add_argument(
+            "--server",
+            default=default,
+            help=f"server URL (COMPANION_SERVER, default {DEFAULT_SERVER})",
+        )
     parser.add_argument(
         "--token", default=os.environ.get("COMPANION_TOKEN"), help=f"{token_help} (COMPANION_TOKEN)"
     )

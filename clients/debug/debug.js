@@ -1,8 +1,10 @@
 // Companion debug page: one user's live state, frames and deltas over the WebSocket.
 //
 // The token comes from ?token= (a debug token of the user; the user is read from its
-// payload, the server verifies it). The socket reconnects with full-jitter backoff, soon
-// after 1012 (server restart), and stops on 4001/4003 (expired/forbidden token). A delta
+// payload, the server verifies it). The socket reconnects under the clients' one reconnect
+// rule (server/protocol.py's Disconnects, clients/connect/failover.py's RECONNECT backoff;
+// tests/clients/test_reconnect_rule.py checks the copy below stays equal): soon after
+// 1001/1012/1013, full-jitter backoff up to 5 s otherwise, a stop on 4001/4003. A delta
 // applies only on the version it was made for; otherwise the page asks for a snapshot
 // with hello{since}. No libraries: the chart is drawn by hand on a <canvas>.
 "use strict";
@@ -11,7 +13,12 @@
   const MAX_POINTS = 240;
   const MAX_LOG = 100;
   const PING_MS = 15000;
+  // The reconnect rule (a copy of server/protocol.py's table, checked by a test).
   const STOP_CODES = { 4001: "token expired", 4003: "forbidden" };
+  const SOON_CODES = [1001, 1012, 1013];
+  const BACKOFF_BASE_MS = 500;
+  const BACKOFF_CAP_MS = 5000;
+  const SOON_MS = 1000;
 
   const $ = (id) => document.getElementById(id);
   const page = {
@@ -94,8 +101,12 @@
         stop(`server closed the connection: ${STOP_CODES[event.code]} (${event.code})`);
         return;
       }
-      // Full jitter: anywhere in [0, min(30 s, 0.5 s * 2^attempt)); soon after a restart.
-      const ceiling = event.code === 1012 ? 1000 : Math.min(30000, 500 * 2 ** page.attempt);
+      // Full jitter: anywhere in [0, min(cap, base * 2^attempt)); soon after a restart. The
+      // page has one server (its own origin), so every failure ends a round of the rule.
+      const soon = SOON_CODES.includes(event.code) && page.attempt === 0;
+      const ceiling = soon
+        ? SOON_MS
+        : Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** page.attempt);
       const delay = Math.random() * ceiling;
       page.attempt += 1;
       page.reconnects += 1;
@@ -200,10 +211,27 @@
     $("version").textContent = String(s.version);
     $("hash").textContent = s.state_hash;
     $("updated").textContent = s.updated_at ? new Date(s.updated_at).toLocaleTimeString() : "–";
-    $("avatar-status").textContent = `avatar: ${s.avatar_status}`;
+    const clipStatus = s.video_status && s.video_status !== "none" ? ` · clip: ${s.video_status}` : "";
+    $("avatar-status").textContent = `avatar: ${s.avatar_status}${clipStatus}`;
+    showAvatar(s.image_url, s.video_url);
+  }
+
+  // The clip when there is one, else the still. An animated WebP or GIF plays in the <img>;
+  // an MP4 or WebM (Veo) needs the <video>.
+  function showAvatar(imageUrl, videoUrl) {
     const avatar = $("avatar");
-    const wanted = s.image_url || "/debug/static/avatar.svg";
-    if (avatar.getAttribute("src") !== wanted) avatar.setAttribute("src", wanted);
+    const clip = $("avatar-clip");
+    const isVideo = Boolean(videoUrl) && /\.(mp4|webm)(\?|$)/.test(videoUrl);
+    const still = (!isVideo && videoUrl) || imageUrl || "/debug/static/avatar.svg";
+    if (avatar.getAttribute("src") !== still) avatar.setAttribute("src", still);
+    if (isVideo) {
+      if (clip.getAttribute("src") !== videoUrl) clip.setAttribute("src", videoUrl);
+    } else if (clip.hasAttribute("src")) {
+      clip.removeAttribute("src");
+      clip.load();
+    }
+    clip.hidden = !isVideo;
+    avatar.hidden = isVideo;
   }
 
   function logDelta(delta, latency) {

@@ -4,7 +4,7 @@
     companion demo seed-history --profile burnout --days 14 --user alice
     companion demo profile --style strict --tone direct --base-avatar fox --user alice
     companion demo environment --scenario hike --user alice
-    companion demo run --user alice                      # bridge + watches + a story, < 1 min
+    companion demo run --user alice                      # bridge + watches + a story, ~1 min
 
 Every subcommand talks to a running server with a **service** token (``--token``, or
 ``COMPANION_TOKEN``); ``--user`` chooses the user (default: the token's). Without a token
@@ -60,27 +60,46 @@ def add_parser(subparsers: Any) -> None:
         return parser
 
     p = command("scenario", "inject a scenario's frames for the user, ending now")
-    p.add_argument("kind", choices=KINDS)
-    p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("kind", choices=KINDS, help="the situation the frames show")
+    p.add_argument(
+        "--minutes", type=float, default=10.0, help="minutes of frames, one per 30 s (default 10)"
+    )
     p = command("seed-history", "upload days of everyday frames (a baseline)")
-    p.add_argument("--profile", choices=("healthy", "burnout"), default="healthy")
-    p.add_argument("--days", type=int, default=14)
+    p.add_argument(
+        "--profile",
+        choices=("healthy", "burnout"),
+        default="healthy",
+        help="steady, or drifting to a higher resting HR and lower HRV (default healthy)",
+    )
+    p.add_argument("--days", type=int, default=14, help="days of history, ending now (default 14)")
     p = command("profile", "set the coach persona and base avatar")
-    p.add_argument("--style", choices=STYLES)
-    p.add_argument("--tone", choices=TONES)
+    p.add_argument("--style", choices=STYLES, help="how the coach advises")
+    p.add_argument("--tone", choices=TONES, help="how the coach states the figures")
     p.add_argument("--base-avatar", help="letters or digits, e.g. fox")
     p = command("environment", "upload frames with an environment (altitude, weather, speed)")
-    p.add_argument("--scenario", choices=ENVIRONMENTS, required=True)
-    p.add_argument("--minutes", type=float, default=10.0)
-    p = command("run", "bridge + watches + a story (calm, stress, calm, exercise)")
-    p.add_argument("--chapter-seconds", type=float, default=12.0)
-    p.add_argument("--every", type=float, default=1.0, help="seconds between streamed frames")
+    p.add_argument(
+        "--scenario", choices=ENVIRONMENTS, required=True, help="the environment the frames show"
+    )
+    p.add_argument(
+        "--minutes", type=float, default=10.0, help="minutes of frames, one per 30 s (default 10)"
+    )
+    p = command("run", "bridge + watches + a story (calm, stress, exercise, recovery)")
+    p.add_argument(
+        "--chapter-seconds",
+        type=float,
+        default=12.0,
+        help="seconds each chapter streams; its state must show within them (default 12)",
+    )
+    p.add_argument(
+        "--every", type=float, default=0.5, help="seconds between streamed frames (default 0.5)"
+    )
     p.add_argument("--phone-token", help="the user's phone token (default: minted)")
     p.add_argument(
         "--drive",
-        choices=("auto", "frames", "manual"),
-        default="auto",
-        help="auto: frames, and the demo state route if the server does not react",
+        choices=("frames", "manual"),
+        default="frames",
+        help="frames: only the server's analysis changes the state (default); manual: also "
+        "commit each chapter's state through the demo state route (a server without analysis)",
     )
 
 
@@ -109,12 +128,40 @@ async def _dispatch(args: argparse.Namespace) -> dict[str, Any]:
     return await story.play(phone_token=args.phone_token)
 
 
+def _readable(result: dict[str, Any]) -> list[str]:
+    """``result`` as aligned lines; a story's chapters one per line with their times."""
+    lines = []
+    for key, value in result.items():
+        if key != "chapters":
+            lines.append(f"{key:>20}: {value}")
+            continue
+        for c in value:
+            times = "  ".join(
+                f"{device} {'-' if c[f'{device}_s'] is None else format(c[f'{device}_s'], '.1f')} s"
+                for device in ("watch-sim", "watch", "feed")
+            )
+            lines.append(
+                f"{'chapter ' + str(c['number']):>20}: {c['chapter']:<9} → {c['state']:<10} {times}"
+            )
+    return lines
+
+
 def main(args: argparse.Namespace) -> int:
     """Run one demo subcommand; print its answer; return the exit code."""
     try:
         result = asyncio.run(_dispatch(args))
-    except (DemoError, TokenError, ValueError) as exc:
+    except (DemoError, TokenError, ValueError, RuntimeError) as exc:
         print(f"companion demo {args.demo_command}: {exc}", file=sys.stderr)
+        return 1
+    except (BrokenPipeError, ConnectionResetError) as exc:
+        print(
+            f"companion demo {args.demo_command}: a helper process stopped: {exc}", file=sys.stderr
+        )
+        return 1
+    except TimeoutError:
+        print(
+            f"companion demo {args.demo_command}: a helper did not start in time", file=sys.stderr
+        )
         return 1
     except httpx.HTTPError as exc:
         print(
@@ -125,6 +172,9 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result), flush=True)
     else:
-        for key, value in result.items():
-            print(f"{key:>12}: {value}", flush=True)
-    return 0 if result.get("ok", True) else 1
+        for line in _readable(result):
+            print(line, flush=True)
+    if not result.get("ok", True):
+        print(f"companion demo {args.demo_command}: {result.get('reason')}", file=sys.stderr)
+        return 1
+    return 0

@@ -3,15 +3,23 @@
 What a newcomer sees within a minute: the tool starts a simulated watch
 (``companion watch-sim``), a phone bridge paired with it (``companion bridge`` reading
 frames from its stdin), and a REST watch (``companion watch --mode longpoll``), all as
-child processes, and subscribes itself to the user over the WebSocket. Then it plays
-calm → stress → calm → exercise: for each chapter it streams that situation's frames
-through the bridge, and prints each push as the server sends it, as the REST watch gets
-it and as the simulated watch buzzes.
+child processes, and subscribes itself to the user over the WebSocket, as the debug page
+does. Then it plays calm → stress → exercise → recovery: for each chapter it streams that
+situation's frames through the bridge as a time-lapse (:func:`brain.scenarios.timelapse`:
+a minute of the situation per second, steps at their real rate, live timestamps) and waits
+until each device shows the chapter's state.
 
-With ``--drive auto`` (the default), a chapter that brought no state change from the
-server's analysis within half its length is committed through the demo state route
-(``source: manual``, and the reasoning says so), so the story also runs before the
-analysis pipeline is deployed; ``frames`` never does that, ``manual`` always does.
+**What it checks.** Every device's own output: the simulated watch's ``shown v=… state=…``
+lines, the REST watch's ``state v… STATE/MOOD`` lines, and the states the WebSocket feed
+carried. A chapter is shown on a device when, after the chapter began, the device showed
+the chapter's state (or was already showing it); the time from the chapter's start to that
+moment is the chapter's time to state. A chapter that a device did not show within the
+chapter (the last one: within :data:`LAST_GRACE_S` more) fails the run: ``ok`` is false,
+``reason`` says which chapter and what the device showed instead, and the exit code is 1.
+
+**Who decides.** With ``--drive frames`` (the default) only the server's analysis changes
+the state. ``--drive manual`` also commits each chapter's state through the demo state route
+(``source: manual``, and the reasoning says so): for a server without the analysis stage.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import re
 import sys
 import tempfile
 import time
@@ -28,29 +37,66 @@ from typing import Any
 import orjson
 from websockets.asyncio.client import connect
 
-from brain.scenarios import generate
+from brain.scenarios import timelapse
 from clients.connect.access import mint
 from clients.demo.target import Target
 from server.protocol import frame_to_wire
 
-CHAPTERS = ("calm", "stress", "calm", "exercise")
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Chapter:
+    """One part of the story: the frames streamed (``kind``) and the state expected."""
+
+    name: str
+    kind: str
+    state: str
+
+
+CHAPTERS = (
+    Chapter("calm", "calm", "calm"),
+    Chapter("stress", "stress", "stressed"),
+    Chapter("exercise", "exercise", "exercising"),
+    Chapter("recovery", "calm", "calm"),
+)
 MANUAL_STATES: dict[str, dict[str, Any]] = {
     "calm": {"state": "calm", "mood": "content", "energy": 70, "actions": []},
-    "stress": {
+    "stressed": {
         "state": "stressed",
         "mood": "anxious",
         "energy": 45,
         "actions": ["breathing_session"],
     },
-    "exercise": {
+    "exercising": {
         "state": "exercising",
         "mood": "energized",
         "energy": 80,
         "actions": ["keep_going", "hydrate"],
     },
 }
+DEVICES = ("watch-sim", "watch", "feed")
+"""The simulated watch (through the bridge), the REST long-poll watch, the WebSocket feed."""
+DEVICE_NAMES = {
+    "watch-sim": "the simulated watch",
+    "watch": "the REST watch",
+    "feed": "the WebSocket feed (what the debug page shows)",
+}
 START_TIMEOUT_S = 30.0
-WATCH_TIMEOUT_S = 10.0
+LAST_GRACE_S = 10.0
+"""How long after its frames the last chapter may take to show."""
+SPEED = 60.0
+"""How much faster than life the story plays: one minute of a situation per second."""
+
+_SHOWN = re.compile(r"^shown v=(\d+) hash=\S+ state=(\S+) mood=(\S+)")
+_REST = re.compile(r"^state v(\d+) (\w+)/(\w+)")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Seen:
+    """A state a device showed, at ``t`` (epoch seconds, when this tool saw it)."""
+
+    t: float
+    version: int
+    state: str
 
 
 @dataclasses.dataclass(slots=True)
@@ -62,21 +108,21 @@ class _Child:
 
 
 class Story:
-    """One run of the story for ``target``'s user."""
+    """One run of the story for ``target``'s user; :meth:`play` returns the figures."""
 
     def __init__(
         self,
         target: Target,
         *,
         chapter_s: float = 12.0,
-        every_s: float = 1.0,
-        drive: str = "auto",
-        chapters: tuple[str, ...] = CHAPTERS,
+        every_s: float = 0.5,
+        drive: str = "frames",
+        chapters: tuple[Chapter, ...] = CHAPTERS,
         out: Callable[[str], None] = lambda line: print(line, flush=True),
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if drive not in ("auto", "frames", "manual") or chapter_s <= 0 or every_s <= 0:
-            raise ValueError("drive must be auto, frames or manual; durations positive")
+        if drive not in ("frames", "manual") or chapter_s <= 0 or every_s <= 0:
+            raise ValueError("drive must be frames or manual; durations positive")
         self.target = target
         self.chapter_s = chapter_s
         self.every_s = every_s
@@ -84,18 +130,17 @@ class Story:
         self.chapters = chapters
         self._out = out
         self._clock = clock
-        self._deltas: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self.result: dict[str, Any] = {
-            "user_id": target.user,
-            "pushes": 0,
-            "manual": 0,
-            "watch_buzzes": 0,
-            "push_latency_ms": [],
-        }
+        self.seen: dict[str, list[Seen]] = {device: [] for device in DEVICES}
+        self._news = asyncio.Event()
+        self._pushes = 0
+        self._latencies: list[float] = []
+        self._last_ts = 0
 
     async def play(self, *, phone_token: str | None = None) -> dict[str, Any]:
-        """Run the whole story; the figures. Raises :class:`RuntimeError` if a child fails."""
+        """Run the whole story; the figures. Raises :class:`RuntimeError` if a child fails
+        to start, :class:`TimeoutError` if one does not start in time."""
         phone = phone_token or await mint(self.target.user, "phone")
+        chapters: list[dict[str, Any]] = []
         with tempfile.TemporaryDirectory(prefix="companion-demo-") as tmp:
             async with contextlib.AsyncExitStack() as stack:
                 sim = await stack.enter_async_context(
@@ -106,51 +151,52 @@ class Story:
                 port = await self._ready(sim, "watch-sim listening on ")
                 bridge = await stack.enter_async_context(
                     self._child(
-                        "bridge",
-                        "bridge",
-                        "--server",
-                        self.target.server.http,
-                        "--token",
-                        phone,
-                        "--source",
-                        "stdin",
-                        "--journal",
-                        f"{tmp}/bridge.journal",
-                        "--watch-port",
-                        port.rsplit(":", 1)[1],
-                        "--exit-when-done",
+                        "bridge", "bridge", "--server", self.target.server.http,
+                        "--token", phone, "--source", "stdin",
+                        "--journal", f"{tmp}/bridge.journal",
+                        "--watch-port", port.rsplit(":", 1)[1], "--exit-when-done",
                         stdin=True,
                     )
-                )
+                )  # fmt: skip
                 await stack.enter_async_context(
                     self._child(
-                        "watch",
-                        "watch",
-                        "--server",
-                        self.target.server.http,
-                        "--token",
-                        self.target.token,
-                        "--user",
-                        self.target.user,
-                        "--mode",
-                        "longpoll",
-                        "--wait",
-                        "20",
+                        "watch", "watch", "--server", self.target.server.http,
+                        "--token", self.target.token, "--user", self.target.user,
+                        "--mode", "longpoll", "--wait", "20",
                     )
-                )
+                )  # fmt: skip
                 observer = asyncio.create_task(self._observe())
                 stack.push_async_callback(_cancel, observer)
-                for number, kind in enumerate(self.chapters, 1):
-                    if observer.done():
-                        observer.result()  # raises why the observer stopped
-                    self._out(f"── chapter {number}/{len(self.chapters)}: {kind} ──")
-                    await self._chapter(kind, bridge, sim)
+                await self._first_sight(observer)
+                for number, chapter in enumerate(self.chapters, 1):
+                    self._out(f"── chapter {number}/{len(self.chapters)}: {chapter.name} ──")
+                    last = number == len(self.chapters)
+                    chapters.append(await self._chapter(number, chapter, bridge, last=last))
                 assert bridge.process.stdin is not None
                 bridge.process.stdin.close()
-        latencies = self.result.pop("push_latency_ms")
-        self.result["push_latency_ms_max"] = max(latencies) if latencies else None
-        self.result["ok"] = self.result["pushes"] > 0
-        return self.result
+        return self._figures(chapters)
+
+    def _figures(self, chapters: list[dict[str, Any]]) -> dict[str, Any]:
+        missed = [
+            f"chapter {c['number']} ({c['chapter']}): {DEVICE_NAMES[device]} did not show "
+            f"{c['state']} within the chapter; it showed {c['showing'][device] or 'nothing'}"
+            for c in chapters
+            for device in DEVICES
+            if c[f"{device}_s"] is None
+        ]
+        figures: dict[str, Any] = {
+            "user_id": self.target.user,
+            "ok": not missed,
+            "chapters": chapters,
+            "time_to_state_s": [c["watch-sim_s"] for c in chapters],
+            "pushes": self._pushes,
+            "watch_buzzes": len(self.seen["watch-sim"]),
+            "watch_states": [s.state for s in _distinct(self.seen["watch-sim"])],
+            "push_latency_ms_max": max(self._latencies) if self._latencies else None,
+        }
+        if missed:
+            figures["reason"] = "; ".join(missed)
+        return figures
 
     # -- children ----------------------------------------------------------------------------
 
@@ -191,10 +237,13 @@ class Story:
     async def _pump(
         self, name: str, stream: asyncio.StreamReader, lines: asyncio.Queue[str]
     ) -> None:
+        pattern = {"watch-sim": _SHOWN, "watch": _REST}.get(name)
         while raw := await stream.readline():
             line = raw.decode(errors="replace").rstrip()
             lines.put_nowait(line)
             self._out(f"  [{name}] {line}")
+            if pattern is not None and (match := pattern.match(line)):
+                self._saw(name, int(match[1]), match[2])
 
     async def _ready(self, child: _Child, prefix: str) -> str:
         async with asyncio.timeout(START_TIMEOUT_S):
@@ -202,79 +251,135 @@ class Story:
                 pass
         return line.removeprefix(prefix)
 
-    # -- the observer and the chapters ---------------------------------------------------------
+    # -- what the devices show ----------------------------------------------------------------
+
+    def _saw(self, device: str, version: int, state: str) -> None:
+        self.seen[device].append(Seen(self._clock(), version, state))
+        self._news.set()
 
     async def _observe(self) -> None:
+        """Follow the user over the WebSocket (as the debug page does): every state it shows."""
         headers = {"Authorization": f"Bearer {self.target.token}"}
+        state: str | None = None
         async with connect(
             self.target.server.ws, additional_headers=headers, compression=None
         ) as ws:
             await ws.send(orjson.dumps({"op": "subscribe", "user_id": self.target.user}).decode())
             async for data in ws:
                 message = orjson.loads(data)
-                if message.get("op") == "delta":
-                    self._deltas.put_nowait(message)
+                op = message.get("op")
+                if op == "snapshot":
+                    state = message.get("state")
+                elif op == "delta":
+                    # Latency at receipt: the delta's commit time against this clock.
+                    self._latencies.append(round(self._clock() * 1000 - float(message["t"]), 1))
+                    self._pushes += 1
+                    state = message["changes"].get("state", state)
+                    changes = message["changes"].items()
+                    shown = " ".join(f"{k}={v}" for k, v in changes if k != "reasoning")
+                    self._out(f"  push v{message['version']}: {shown}")
+                else:
+                    continue
+                if isinstance(state, str):
+                    self._saw("feed", int(message["version"]), state)
 
-    async def _chapter(self, kind: str, bridge: _Child, sim: _Child) -> None:
-        stream = asyncio.create_task(self._stream(kind, bridge))
+    async def _first_sight(self, observer: asyncio.Task[None]) -> None:
+        """Wait until the simulated watch and the feed show a first state (all connected)."""
+        async with asyncio.timeout(START_TIMEOUT_S):
+            while not (self.seen["watch-sim"] and self.seen["feed"]):
+                if observer.done():
+                    observer.result()  # raises why the observer stopped
+                    raise RuntimeError("the WebSocket feed closed before the story began")
+                self._news.clear()
+                await self._news.wait()
+
+    def _shown_since(self, device: str, state: str, since: float) -> float | None:
+        """Seconds from ``since`` until ``device`` showed ``state`` (0: it already did)."""
+        seen = self.seen[device]
+        before = [s for s in seen if s.t < since]
+        if before and before[-1].state == state:
+            return 0.0
+        for s in seen:
+            if s.t >= since and s.state == state:
+                return round(s.t - since, 2)
+        return None
+
+    # -- the chapters -----------------------------------------------------------------------------
+
+    async def _chapter(
+        self, number: int, chapter: Chapter, bridge: _Child, *, last: bool
+    ) -> dict[str, Any]:
+        started = self._clock()
+        stream = asyncio.create_task(self._stream(chapter.kind, bridge, seed=number))
         try:
-            half = self.chapter_s / 2 if self.drive == "auto" else self.chapter_s
-            delta = None if self.drive == "manual" else await self._next_delta(half)
-            if delta is None and self.drive != "frames" and await self._commit_manual(kind):
-                delta = await self._next_delta(WATCH_TIMEOUT_S)
-            if delta is not None:
-                await self._report(delta, sim)
+            if self.drive == "manual":
+                await self._commit_manual(chapter)
+            deadline = started + self.chapter_s + (LAST_GRACE_S if last else 0.0)
+            while not self._all_shown(chapter.state, started):
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    break
+                self._news.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(remaining):
+                        await self._news.wait()
             await stream
         finally:
             stream.cancel()
+        times = {f"{d}_s": self._shown_since(d, chapter.state, started) for d in DEVICES}
+        showing = {d: self.seen[d][-1].state if self.seen[d] else None for d in DEVICES}
+        on_watch = times["watch-sim_s"]
+        self._out(
+            f"  chapter {number} ({chapter.name}): the watch shows {chapter.state} "
+            + (f"after {on_watch:.1f} s" if on_watch is not None else "— NOT SHOWN")
+        )
+        return {
+            "number": number,
+            "chapter": chapter.name,
+            "state": chapter.state,
+            **times,
+            "showing": showing,
+        }
 
-    async def _stream(self, kind: str, bridge: _Child) -> None:
+    def _all_shown(self, state: str, since: float) -> bool:
+        return all(self._shown_since(d, state, since) is not None for d in DEVICES)
+
+    async def _stream(self, kind: str, bridge: _Child, *, seed: int) -> None:
         stdin = bridge.process.stdin
         assert stdin is not None
-        samples = generate(kind, start_ms=0, minutes=60, device="demo-watch")
+        count = max(1, round(self.chapter_s / self.every_s))
+        frames = timelapse(
+            kind, start_ms=0, count=count, every_s=self.every_s, speed=SPEED,
+            device="demo-watch", seed=seed,
+        )  # fmt: skip
         started = self._clock()
-        for i in range(max(1, int(self.chapter_s / self.every_s))):
-            frame = dataclasses.replace(samples[i], ts=int(self._clock() * 1000))
-            stdin.write(orjson.dumps(frame_to_wire(frame)) + b"\n")
+        for i, frame in enumerate(frames):
+            # Live timestamps, strictly increasing so that every frame has its own key.
+            self._last_ts = max(int(self._clock() * 1000), self._last_ts + 1)
+            stdin.write(orjson.dumps(frame_to_wire(dataclasses.replace(frame, ts=self._last_ts))))
+            stdin.write(b"\n")
             await stdin.drain()
             await asyncio.sleep(max(0.0, started + (i + 1) * self.every_s - self._clock()))
 
-    async def _next_delta(self, within_s: float) -> dict[str, Any] | None:
-        try:
-            async with asyncio.timeout(within_s):
-                return await self._deltas.get()
-        except TimeoutError:
-            return None
-
-    async def _commit_manual(self, kind: str) -> bool:
-        """Commit the chapter's state via the demo route; whether that changed anything."""
+    async def _commit_manual(self, chapter: Chapter) -> None:
+        """Commit the chapter's state through the demo state route (``--drive manual``)."""
         body = {
-            **MANUAL_STATES[kind],
-            "reasoning": f"demo story: {kind} (set by companion demo "
-            "run; the server's analysis did not change the state)",
+            **MANUAL_STATES[chapter.state],
+            "reasoning": f"demo story: {chapter.name} (set by companion demo run --drive manual)",
         }
         async with self.target.client(timeout=30) as http:
             response = await http.post(f"/v1/demo/users/{self.target.user}/state", json=body)
         response.raise_for_status()
-        committed = bool(response.json().get("committed"))
-        self.result["manual"] += committed
-        self._out(f"  (no change from the analysis yet: committed {kind} via the demo route)")
-        return committed
+        self._out(f"  (--drive manual: committed {chapter.state} through the demo route)")
 
-    async def _report(self, delta: dict[str, Any], sim: _Child) -> None:
-        latency = self._clock() * 1000 - float(delta["t"])
-        self.result["pushes"] += 1
-        self.result["push_latency_ms"].append(round(latency, 1))
-        changes = " ".join(f"{k}={v}" for k, v in delta["changes"].items() if k != "reasoning")
-        self._out(f"  push v{delta['version']}: {changes} (+{latency:.0f} ms)")
-        wanted = f"shown v={delta['version']} "
-        try:
-            async with asyncio.timeout(WATCH_TIMEOUT_S):
-                while not (await sim.lines.get()).startswith(wanted):
-                    pass
-            self.result["watch_buzzes"] += 1
-        except TimeoutError:
-            self._out(f"  the simulated watch did not show v{delta['version']} in time")
+
+def _distinct(seen: list[Seen]) -> list[Seen]:
+    """``seen`` without repeats of the same state in a row."""
+    out: list[Seen] = []
+    for s in seen:
+        if not out or out[-1].state != s.state:
+            out.append(s)
+    return out
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -8,8 +8,10 @@ with ``?wait=``) or ``legacy`` (``GET /avatar/current-state/{id}``, what watches
 do). Every delta is timed from its server commit time ``t`` (the clock is shared on
 loopback); every state a poller sees for the first time, from its commit time.
 
-Connections open at the plan's ramp rate; one the server drops is reopened with backoff
-and counted as a reconnect; a phone resends its unacked batches on the new connection.
+Connections open at the plan's ramp rate; one the server drops is reopened under the one
+reconnect rule of the clients (:mod:`clients.connect.failover`: soon after 1012/1013/503,
+backoff after a loss, never after 4001/4003/401/403) and counted as a reconnect; a phone
+resends its unacked batches on the new connection.
 """
 
 from __future__ import annotations
@@ -24,14 +26,15 @@ from typing import Any
 import httpx
 import orjson
 
+from clients.connect.access import Endpoints
+from clients.connect.failover import Failover
 from clients.connect.wsclient import HandshakeFailed, WSClient, open_ws
 from clients.load.plan import LoadPlan, source_address
 from clients.load.stats import RunStats
-from server.protocol import RECONNECT_CODES
+from server.protocol import Reconnect, reconnect_after, reconnect_after_refusal
 
 MAX_CONNECTING = 512
 """Handshakes in flight at once (more only fills the server's accept backlog)."""
-BACKOFF_S = (0.5, 5.0)
 
 
 def connect_error(exc: BaseException) -> str:
@@ -82,6 +85,7 @@ class Fleet:
             user = plan.user_of(index)
             self.devices.append(Device(index, kind, user, tokens[(user, kind)]))
         self._host = plan.ws_url.split("//", 1)[1].rsplit(":", 1)[0]
+        self._nodes = (Endpoints(plan.server.rstrip("/"), plan.ws_url),)
         self._tasks: set[asyncio.Task[None]] = set()
         self._gate = asyncio.Semaphore(MAX_CONNECTING)
         self._stopping = False
@@ -169,18 +173,20 @@ class Fleet:
 
     # -- WebSocket devices -------------------------------------------------------------
 
-    async def _connect(self, device: Device) -> None:
-        """Open ``device``'s socket, retrying with backoff until it opens or the run stops."""
+    async def _connect(self, device: Device, failover: Failover | None = None) -> None:
+        """Open ``device``'s socket, retrying under the reconnect rule until it opens, the
+        server refuses the token, or the run stops."""
         stats = self.stats
         headers = {"Authorization": f"Bearer {device.token}"}
         local = source_address(device.index, self._host)
-        delay = BACKOFF_S[0]
+        failover = failover or Failover(self._nodes)
         while not self._stopping:
+            rule = Reconnect.BACKOFF  # a lost or timed-out attempt, unless the server answered
             async with self._gate:
                 started = time.perf_counter()
                 try:
                     conn = await open_ws(
-                        self.plan.ws_url,
+                        failover.current.ws,
                         headers,
                         self._on_text,
                         self._on_close,
@@ -190,6 +196,8 @@ class Fleet:
                 except (HandshakeFailed, TimeoutError, OSError) as exc:
                     stats.error(f"connect: {connect_error(exc)}")
                     conn = None
+                    if isinstance(exc, HandshakeFailed) and exc.status:
+                        rule = reconnect_after_refusal(exc.status)
             if conn is not None:
                 stats.histograms["connect"].add((time.perf_counter() - started) * 1000)
                 stats.count("opened")
@@ -200,8 +208,9 @@ class Fleet:
                 for _, payload in sorted(device.pending.items()):
                     conn.send_text(payload[1])
                 return
-            await asyncio.sleep(random.uniform(delay / 2, delay))
-            delay = min(delay * 2, BACKOFF_S[1])
+            if (retry := failover.failed(rule)) is None:
+                return  # the token is refused: no reconnect can help
+            await asyncio.sleep(retry.pause)
 
     def _on_text(self, conn: WSClient, data: bytes, now: float) -> None:
         device: Device = conn.owner
@@ -247,12 +256,13 @@ class Fleet:
         self.stats.count("closed_by_server")
         self.stats.error(f"closed: {code}")
         device.conn = None
-        if code is None or code in RECONNECT_CODES:
-            self._spawn(self._reconnect(device))
+        failover = Failover(self._nodes)
+        if (retry := failover.failed(reconnect_after(code))) is not None:
+            self._spawn(self._reconnect(device, failover, retry.pause))
 
-    async def _reconnect(self, device: Device) -> None:
-        await asyncio.sleep(random.uniform(*BACKOFF_S))
-        await self._connect(device)
+    async def _reconnect(self, device: Device, failover: Failover, pause: float) -> None:
+        await asyncio.sleep(pause)
+        await self._connect(device, failover)
         if device.conn is not None:
             self.stats.count("reconnects")
 
@@ -308,6 +318,7 @@ class Fleet:
         last_hash: str | None = None
         if plan.watch_mode != "longpoll":
             await asyncio.sleep(random.uniform(0, plan.poll_interval))
+        failover = Failover(self._nodes)
         while True:
             started = time.time()
             if last_hash is not None and plan.watch_mode != "legacy":
@@ -316,8 +327,11 @@ class Fleet:
                 response = await http.get(url, headers=headers)
             except httpx.HTTPError as exc:
                 stats.error(f"poll: {type(exc).__name__}")
-                await asyncio.sleep(random.uniform(*BACKOFF_S))
+                retry = failover.failed(Reconnect.BACKOFF)
+                assert retry is not None  # BACKOFF is never a stop
+                await asyncio.sleep(retry.pause)
                 continue
+            failover.succeeded()
             now = time.time()
             request_bytes = request_bytes or _request_size(response.request)
             stats.count("requests")

@@ -36,6 +36,21 @@ from clients.load.driver import StateDriver
 from clients.load.plan import WATCH_MODES, LoadPlan, PlanError, Tokens
 from clients.load.stats import RunStats, latency_table, markdown_table, progress_line
 
+DESCRIPTION = """\
+Phones, watches and state changes against a server on this machine.
+
+  companion loadtest --server http://127.0.0.1:8765 --secret "$COMPANION_SECRET" \\
+      --phones 1000 --watches 1000 --changes-per-s 100 --ramp 500 --duration 30
+
+Opens the devices at --ramp connections per second, then for --duration seconds commits
+--changes-per-s state changes, prints a progress line every second on stderr, and ends
+with a table of connection figures and latencies (p50/p95/p99/max), or JSON with --json.
+With --processes K the devices are spread over K worker processes and their numbers are
+merged. Every run is bounded (devices, duration, rates) and refuses a server that is not
+on this machine.
+"""
+"""What ``companion loadtest --help`` prints: plain text (the module docstring is markup)."""
+
 EXIT_USAGE = 2
 SETTLE_S = 3.0
 """After the last change: how long to wait for outstanding acks before closing."""
@@ -299,7 +314,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "loadtest",
         help="load generator (loopback servers only)",
-        description=__doc__,
+        description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--server", default="http://127.0.0.1:8765", help="server base URL")
@@ -314,7 +329,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--frame-rate", type=float, default=1.0, help="frames/s per phone")
     p.add_argument("--batch", type=int, default=5, help="frames per message")
     p.add_argument("--watches", type=int, default=0, help="watches waiting for state")
-    p.add_argument("--watch-mode", choices=WATCH_MODES, default="ws")
+    p.add_argument(
+        "--watch-mode",
+        choices=WATCH_MODES,
+        default="ws",
+        help="how watches learn of changes: ws (a WebSocket), poll, longpoll (REST) or legacy"
+        " (the old polling API); default ws",
+    )
     p.add_argument("--poll-interval", type=float, default=30.0, help="seconds between polls")
     p.add_argument("--longpoll-wait", type=float, default=25.0, help="?wait= of a long-poll")
     p.add_argument(

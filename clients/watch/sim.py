@@ -108,7 +108,7 @@ class SimulatedWatch:
             "energy": self.state.get("energy"),
             "image_url": self.image_url,
             "image_bytes": self.image_bytes,
-            "latency_ms": now_ms - updated_at if isinstance(updated_at, int) else None,
+            "latency_ms": _latency(now_ms, updated_at),
         }
         if self._log_path is not None:
             with self._log_path.open("ab") as file:
@@ -135,6 +135,14 @@ class SimulatedWatch:
             pass
         finally:
             writer.close()
+
+
+def _latency(now_ms: int, updated_at: object) -> int | None:
+    """Milliseconds since the state's commit; ``None`` for a state never committed (version
+    0 has ``updated_at`` 0, and ``now - 0`` would be the epoch, not a latency)."""
+    if isinstance(updated_at, bool) or not isinstance(updated_at, int) or updated_at <= 0:
+        return None
+    return now_ms - updated_at
 
 
 async def run(args: argparse.Namespace) -> int:

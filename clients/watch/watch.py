@@ -2,6 +2,7 @@
 
     companion watch --server http://127.0.0.1:8765 --token "$WATCH_TOKEN" \\
         --mode longpoll --duration 60 --json
+    companion watch --server http://10.0.0.1:8000,http://10.0.0.2:8000 --token "$WATCH_TOKEN"
 
 Three ways to learn about a new state, to compare what each costs:
 
@@ -17,6 +18,11 @@ Every request is metered: requests, bytes sent and received with the HTTP/1.1 re
 and status lines and headers as they went over the wire (TCP/IP overhead not included),
 and the change-to-watch latency (receipt time minus the state's ``updated_at``). The
 figures print at the end (``--json`` for machines); each change prints as it arrives.
+
+A failed request follows the one reconnect rule (:mod:`clients.connect.failover`): the
+watch moves on to the next of its server URLs after a short jittered pause (503 and 429
+mean "come back soon, elsewhere"); the backoff grows only once every URL has failed, up to
+5 s; 401 and 403 stop it (the token is refused).
 """
 
 from __future__ import annotations
@@ -30,15 +36,16 @@ import signal
 import statistics
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 import httpx
 
+from brain.backoff import Backoff
 from brain.scenarios import generate
-from clients.connect.access import Endpoints, TokenError, add_server_flags, endpoints, user_of
-from clients.connect.backoff import Backoff
-from server.protocol import frame_to_wire
+from clients.connect.access import Endpoints, TokenError, add_server_flags, servers, user_of
+from clients.connect.failover import RECONNECT, Failover
+from server.protocol import Reconnect, frame_to_wire, reconnect_after_refusal
 
 Mode = Literal["poll", "longpoll", "piggyback"]
 MODES: tuple[Mode, ...] = ("poll", "longpoll", "piggyback")
@@ -100,12 +107,13 @@ def response_bytes(response: httpx.Response) -> int:
 
 
 class RestWatch:
-    """One watch of ``user`` on ``server`` in ``mode``; :meth:`run` until a deadline."""
+    """One watch of ``user`` on ``server`` (one node or several to fail over between) in
+    ``mode``; :meth:`run` until a deadline."""
 
     def __init__(
         self,
         http: httpx.AsyncClient,
-        server: Endpoints,
+        server: Endpoints | Sequence[Endpoints],
         user: str,
         *,
         mode: Mode,
@@ -115,6 +123,7 @@ class RestWatch:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
+        backoff: Backoff = RECONNECT,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -129,11 +138,13 @@ class RestWatch:
         self.stats = WatchStats(mode)
         self.synced = asyncio.Event()
         """Set once the first state is known (what later changes are measured against)."""
-        self._base = f"{server.http}/v1/users/{user}"
+        nodes = (server,) if isinstance(server, Endpoints) else tuple(server)
+        self.failover = Failover(
+            nodes, backoff=dataclasses.replace(backoff, random=rand), start=int(rand() * len(nodes))
+        )
         self._on_change = on_change
         self._clock = clock
         self._sleep = sleep
-        self._rand = rand
         self._frames = generate("calm", start_ms=0, minutes=60, device="watch-rest")
         self._uploaded = 0
         self._deadline: float | None = None
@@ -149,22 +160,24 @@ class RestWatch:
         step = {"poll": self.poll_once, "longpoll": self.longpoll_once}.get(
             self.mode, self.piggyback_once
         )
-        failures = 0
         try:
             while deadline is None or self._clock() < deadline:
                 began = self._clock()
+                rule: Reconnect | None = None
                 try:
                     await step()
-                    failures = 0
+                    self.failover.succeeded()
                 except httpx.HTTPStatusError as exc:
-                    if exc.response.status_code in (401, 403):
+                    rule = reconnect_after_refusal(exc.response.status_code)
+                    if rule is Reconnect.STOP:
                         raise
-                    failures += 1
                 except httpx.TransportError:
-                    failures += 1
-                if failures:
+                    rule = Reconnect.BACKOFF
+                if rule is not None:
                     self.stats.errors += 1
-                    pause = Backoff().delay(failures - 1, self._rand)
+                    retry = self.failover.failed(rule)
+                    assert retry is not None  # STOP was raised above
+                    pause = retry.pause
                 elif self.mode == "longpoll":
                     continue
                 else:
@@ -224,6 +237,10 @@ class RestWatch:
         self.stats.bytes_received += response_bytes(response)
         return response
 
+    @property
+    def _base(self) -> str:
+        return f"{self.failover.current.http}/v1/users/{self.user}"
+
     def _take(self, state: dict[str, Any]) -> None:
         previous, self.state = self.state, state
         self.synced.set()
@@ -242,7 +259,9 @@ class RestWatch:
 def add_parser(subparsers: Any) -> None:
     """Register ``companion watch``."""
     parser = subparsers.add_parser("watch", help="a REST watch (poll, long-poll, piggyback)")
-    add_server_flags(parser, token_help="a watch token (or a service token with --user)")
+    add_server_flags(
+        parser, token_help="a watch token (or a service token with --user)", several=True
+    )
     parser.add_argument("--user", help="user to watch (default: the token's user)")
     parser.add_argument("--mode", choices=MODES, default="longpoll")
     parser.add_argument("--interval", type=float, default=60.0, help="seconds between polls")
@@ -265,7 +284,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         if not args.token:
             raise ValueError("--token is required: companion token USER --device watch")
-        server = endpoints(args.server)
+        server = servers(args.server)
         user = args.user or user_of(args.token)
     except (ValueError, TokenError) as exc:
         print(f"companion watch: {exc}", file=sys.stderr)

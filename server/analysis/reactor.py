@@ -1,11 +1,19 @@
 """The reactor: turn an assessment into a new state version only when it matters.
 
 :func:`changes_for` is the pure decision: compared with the user's current state, only a
-change of state, mood or energy *band* (:meth:`~brain.model.EnergyBand.of`) — or ``force`` —
-is worth a version. Energy moving inside its band, or a reworded reasoning, is not: every
-version is a delta to every device and may start an avatar generation, so the reactor keeps
-them rare. When it commits, it writes the whole assessment (state, mood, energy, reasoning,
-actions, source).
+change of state, mood or energy *band* (:meth:`~brain.model.EnergyBand.of`), a change of
+the evidence the reasoning rests on (:func:`brain.coaching.evidence`: none → a first
+impression → a full window), or ``force`` is worth a version. Energy moving inside its band,
+or a reworded reasoning on the same evidence, is not: every version is a delta to every
+device and may start an avatar generation, so the reactor keeps them rare.
+
+**Decision: when a reasoning alone is worth a version.** Only when its evidence changes. A
+device that shows "Not enough data yet" must learn that the data came even when the state
+stays calm; but the numbers a reasoning quotes move with every frame, and a version per
+analysis (every second for a streaming phone) would churn versions. The evidence can only
+step up as frames arrive (twice per situation at most) or back when a window thins out, so
+this cannot churn. When it commits, it writes the whole assessment (state, mood, energy,
+reasoning, actions, source).
 
 :func:`react` runs that decision inside :meth:`~server.state.StateService.update`, which
 re-reads the state and decides again after a lost version race.
@@ -16,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from brain.coaching import evidence
 from brain.model import Assessment, EnergyBand
 from server.state import StateService
 from server.store.base import UserState
@@ -25,11 +34,13 @@ CAUSE = "analysis"
 
 
 def significant(current: UserState, assessment: Assessment) -> bool:
-    """Whether ``assessment`` differs from ``current`` in state, mood or energy band."""
+    """Whether ``assessment`` differs from ``current`` in state, mood, energy band, or the
+    evidence its reasoning rests on."""
     return (
         current.state != assessment.state.value
         or current.mood != assessment.mood.value
         or EnergyBand.of(current.energy) is not assessment.band
+        or evidence(current.reasoning) != evidence(assessment.reasoning)
     )
 
 

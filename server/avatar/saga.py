@@ -11,8 +11,21 @@ it starts a saga for that user, as a task of its own so the commit path never wa
    watch PNG (same key, ``-watch`` suffix) in the media store, write the cache entry, commit
    ``image_url`` + ``ready``;
 4. retryable :class:`GenerationError` → backoff with full jitter and retry; after the last try
-   (or a non-retryable error, or a media/store error) commit ``avatar_status=failed``, which
-   records the saga for ``companion avatars retry-failed``.
+   (or a non-retryable error, or a media/store error) commit ``avatar_status=failed`` and
+   add a dead letter with the reason (``companion avatars failed`` lists them,
+   ``companion avatars retry-failed`` replays them);
+5. with a clip maker, the image commit carries ``video_status=generating`` (or the cached
+   clip's ``video_url``), then :class:`~server.avatar.clips.ClipStep` makes the clip and
+   commits ``video_url`` in a second delta; a failed clip never fails the image.
+
+``cache_reads=False`` (``COMPANION_AVATAR_CACHE=off``, the rollback switch) skips every cache
+read, so each change generates anew; entries are still written.
+
+A saga that generates is durable (:mod:`server.avatar.durable`): it records itself before the
+``generating`` commit and forgets the record when it ends, so a saga cut short by a stopped
+process is resumed by :meth:`AvatarSaga.keep` — at once by the same node when it starts
+again, by any node once the lease ends — and gives up (a dead letter) after
+``max_attempts`` starts.
 
 Every saga commit is conditional: it applies only while the user still has the (state, mood,
 band) the saga was started for, so a late image never replaces the one of a newer state, and
@@ -26,24 +39,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from brain.avatar import (
     AvatarSpec,
+    ClipMaker,
     GeneratedImage,
     GenerationError,
     ImageGenerator,
     build_prompt,
     cache_hash,
 )
+from brain.backoff import Backoff
 from brain.model import AvatarStatus, EnergyBand
+from server.avatar.clips import ClipJob, ClipStep, clip_changes
+from server.avatar.durable import SagaLedger, reason_of
 from server.media.base import MediaStore, content_key
 from server.metrics import Metrics
 from server.state import Clock, Decide, StateService
-from server.store.base import AvatarCacheEntry, Store, UserState
-from server.store.retry import RetryPolicy
+from server.store.base import AvatarCacheEntry, SagaRecord, Store, UserState
 
 log = logging.getLogger(__name__)
 
@@ -98,12 +114,24 @@ def conditional(target: Target, changes: Mapping[str, Any]) -> Decide:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How one saga ended: ``ready`` (``cached`` or generated), ``failed`` or ``stale``."""
+    """How one saga ended: ``ready`` (``cached`` or generated), ``failed`` or ``stale``;
+    ``video_url`` is the clip's when one was committed."""
 
     user_id: str
     status: str
     image_url: str | None = None
     cached: bool = False
+    video_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Still:
+    """A generation's result: the phone image URL, its PNG when this saga made it, and the
+    clip URL when another saga had already made and cached both."""
+
+    url: str
+    png: bytes | None = None
+    video_url: str | None = None
 
 
 class AvatarSaga:
@@ -118,8 +146,14 @@ class AvatarSaga:
         metrics: Metrics,
         *,
         workers: int = 2,
-        retry: RetryPolicy | None = None,
+        retry: Backoff | None = None,
         clock: Clock = time.time,
+        clips: ClipMaker | None = None,
+        clip_backoff: Backoff | None = None,
+        cache_reads: bool = True,
+        owner: str = "local",
+        lease_s: float = 120.0,
+        max_attempts: int = 3,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
@@ -128,12 +162,30 @@ class AvatarSaga:
         self._media = media
         self._generator = generator
         self._metrics = metrics
-        self._retry = retry if retry is not None else RetryPolicy(attempts=4, base_delay=1.0)
+        self._retry = retry if retry is not None else Backoff(attempts=4, base=1.0)
         self._clock = clock
         self._workers = asyncio.Semaphore(workers)
-        self._inflight: dict[str, asyncio.Task[str]] = {}
+        self._inflight: dict[str, asyncio.Task[Still]] = {}
         self._tasks: set[asyncio.Task[Outcome]] = set()
         self._closed = False
+        self._cache_reads = cache_reads
+        self.ledger = SagaLedger(
+            store, owner=owner, lease_s=lease_s, clock=clock, max_attempts=max_attempts
+        )
+        self._keeper: asyncio.Task[None] | None = None
+        self._clips: ClipStep | None = None
+        if clips is not None:
+            self._clips = ClipStep(
+                state,
+                store,
+                media,
+                clips,
+                metrics,
+                cause=CAUSE,
+                workers=workers,
+                backoff=clip_backoff,
+                clock=clock,
+            )
 
     async def on_commit(self, previous: UserState, committed: UserState, cause: str) -> None:
         """The :class:`StateService` listener: start a saga when the avatar must change."""
@@ -144,7 +196,10 @@ class AvatarSaga:
         """Run the saga for ``user`` (its state as committed) in a task of its own."""
         if self._closed:
             raise RuntimeError("the avatar saga is closed")
-        task = asyncio.create_task(self.run(user), name=f"avatar-saga-{user.user_id}")
+        return self._spawn(self.run(user), user.user_id)
+
+    def _spawn(self, saga: Coroutine[Any, Any, Outcome], user_id: str) -> asyncio.Task[Outcome]:
+        task = asyncio.create_task(saga, name=f"avatar-saga-{user_id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -157,59 +212,198 @@ class AvatarSaga:
     async def close(self, grace_s: float = 10.0) -> None:
         """Let running sagas finish for up to ``grace_s``, then cancel the rest."""
         self._closed = True
+        if self._keeper is not None:
+            self._keeper.cancel()
+            await asyncio.gather(self._keeper, return_exceptions=True)
         pending = set(self._tasks) | set(self._inflight.values())
         if pending:
             _, late = await asyncio.wait(pending, timeout=grace_s)
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
+        if self._clips is not None:
+            await self._clips.close()
 
-    async def run(self, user: UserState) -> Outcome:
-        """The saga for ``user``'s committed state; never raises (failures are committed)."""
+    def keep(self) -> None:
+        """Start the keeper: now and every third of the lease, renew the leases of the sagas
+        running here and resume the interrupted ones this node may claim."""
+        if self._keeper is None and not self._closed:
+            self._keeper = asyncio.create_task(self._keep(), name="avatar-saga-keeper")
+
+    async def _keep(self) -> None:
+        while True:
+            try:
+                await self.ledger.renew()
+                await self.resume_interrupted()
+            except Exception as exc:  # the store is down: try again next round
+                log.warning("avatar saga keeper: %r", exc)
+            await asyncio.sleep(self.ledger.lease_s / 3)
+
+    async def resume_interrupted(self) -> list[asyncio.Task[Outcome]]:
+        """Claim the interrupted sagas this node may resume and run each in a task.
+
+        Raises :class:`~server.errors.StoreError` when the store fails."""
+        if self._closed:
+            return []
+        return [
+            self._spawn(self._resume(record), record.user_id)
+            for record in await self.ledger.claimable()
+        ]
+
+    async def _resume(self, record: SagaRecord) -> Outcome:
+        """Resume an interrupted saga for the user's current state (a newer state than the
+        one it began for needs its image too), or give up after ``max_attempts`` starts."""
+        try:
+            user = await self._state.current(record.user_id)
+        except Exception as exc:
+            log.warning("cannot resume the avatar saga of %s: %r", record.user_id, exc)
+            self.ledger.drop(record)  # its lease ends; a later round tries again
+            return Outcome(record.user_id, "stale")
+        if record.attempts > self.ledger.max_attempts:
+            reason = f"interrupted {record.attempts - 1} times"
+            return await self._fail(user, Target.of(user), record, record.cache_hash, reason)
+        log.info("resuming the avatar saga of %s, start %d", record.user_id, record.attempts)
+        return await self.run(user, record)
+
+    async def run(self, user: UserState, record: SagaRecord | None = None) -> Outcome:
+        """The saga for ``user``'s committed state; never raises (failures are committed).
+
+        ``record`` is the claimed record of an interrupted saga this run resumes."""
         user_id, target = user.user_id, Target.of(user)
+        held, key = record, ""
         try:
             spec = AvatarSpec.of(user.state, user.mood, user.energy, user.profile.base_avatar)
             prompt = build_prompt(spec)
             key = cache_hash(prompt, spec.base_avatar.value)
-            entry = await self._store.get_avatar(key)
+            entry = await self._cached(key)
             if entry is not None:
                 self._metrics.avatar_cache.labels("hit").inc()
-                return await self._ready(user, target, entry.image_url, cached=True)
-            self._metrics.avatar_cache.labels("miss").inc()
-            generating = {"avatar_status": AvatarStatus.GENERATING.value}
-            await self._state.update(
-                user_id, conditional(target, generating), cause=CAUSE, epoch=user.epoch
-            )
-            url = await asyncio.shield(self._shared(key, prompt, spec))
-            return await self._ready(user, target, url, cached=False)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self._metrics.avatar_failures.inc()
-            log.warning("avatar saga for %s failed: %r", user_id, exc)
-            failed = {"avatar_status": AvatarStatus.FAILED.value}
-            try:
-                done = await self._state.update(
-                    user_id, conditional(target, failed), cause=CAUSE, epoch=user.epoch
+                job = ClipJob(key, prompt, spec, entry.image_url)
+                outcome = await self._ready(
+                    user_id, target, job, entry.video_url, cached=True, epoch=user.epoch
                 )
-            except Exception:
-                log.exception("could not record the failed avatar saga of %s", user_id)
-                done = None
-            return Outcome(user_id, AvatarStatus.FAILED.value if done else "stale")
+            else:
+                self._metrics.avatar_cache.labels("miss" if self._cache_reads else "bypass").inc()
+                if held is None:
+                    held = await self.ledger.begin(user_id, key)
+                generating = {"avatar_status": AvatarStatus.GENERATING.value}
+                await self._state.update(
+                    user_id, conditional(target, generating), cause=CAUSE, epoch=user.epoch
+                )
+                still = await asyncio.shield(self._shared(key, prompt, spec))
+                job = ClipJob(key, prompt, spec, still.url, still.png)
+                outcome = await self._ready(
+                    user_id, target, job, still.video_url, cached=False, epoch=user.epoch
+                )
+        except asyncio.CancelledError:
+            raise  # its record stays: the saga is resumed when this node starts again
+        except Exception as exc:
+            log.warning("avatar saga for %s failed: %r", user_id, exc)
+            return await self._fail(user, target, held, key, reason_of(exc))
+        await self._forget(held)
+        if outcome.status != AvatarStatus.READY.value or not self._clip_wanted(job, outcome):
+            return outcome
+        # The image is committed and pushed: only now the clip (a clip never delays or
+        # fails its image; the clip step commits its own outcome).
+        assert self._clips is not None
+        video_url = await self._clips.run(user_id, job)
+        return replace(outcome, video_url=video_url)
 
-    async def _ready(self, user: UserState, target: Target, url: str, *, cached: bool) -> Outcome:
+    async def _fail(
+        self, user: UserState, target: Target, held: SagaRecord | None, key: str, reason: str
+    ) -> Outcome:
+        """Commit ``avatar_status=failed`` while the target stands and add a dead letter;
+        ``stale`` when a newer state superseded the saga."""
         user_id = user.user_id
-        ready = {"image_url": url, "avatar_status": AvatarStatus.READY.value}
+        self._metrics.avatar_failures.inc()
+        failed = {"avatar_status": AvatarStatus.FAILED.value}
+        try:
+            done = await self._state.update(
+                user_id, conditional(target, failed), cause=CAUSE, epoch=user.epoch
+            )
+            if done is None:
+                # Nothing to commit: either a newer state superseded this one (stale),
+                # or it was failed already (a repeat failure, e.g. from retry-failed).
+                current = await self._state.current(user_id)
+                again = (
+                    current.avatar_status == AvatarStatus.FAILED.value
+                    and current.epoch == user.epoch
+                )
+                done = current if again and Target.of(current) == target else None
+            if done is not None:
+                await self.ledger.dead_letter(
+                    held,
+                    user_id=user_id,
+                    cache_hash=key,
+                    state=user.state,
+                    mood=user.mood,
+                    reason=reason,
+                )
+        except Exception:
+            log.exception("could not record the failed avatar saga of %s", user_id)
+            done = None
+        await self._forget(held)
+        return Outcome(user_id, AvatarStatus.FAILED.value if done else "stale")
+
+    async def _forget(self, held: SagaRecord | None) -> None:
+        """End the record of a saga that ended; a store error leaves it for the keeper
+        (a resumed saga whose image is committed already changes nothing)."""
+        try:
+            await self.ledger.end(held)
+        except Exception as exc:
+            log.warning("could not end the avatar saga record: %r", exc)
+
+    async def _cached(self, key: str) -> AvatarCacheEntry | None:
+        """The cache entry of ``key``; ``None`` when there is none or reads are off."""
+        return await self._store.get_avatar(key) if self._cache_reads else None
+
+    def _clip_wanted(self, job: ClipJob, outcome: Outcome) -> bool:
+        """Whether the saga must still make the clip of ``job`` after its image commit."""
+        return (
+            self._clips is not None
+            and outcome.video_url is None
+            and not self._clips.refused(job.key)
+        )
+
+    def _clip_fields(self, job: ClipJob, video_url: str | None) -> dict[str, Any]:
+        """What the image commit says of the clip: the cached one, one coming, or none."""
+        if self._clips is None:
+            return clip_changes(None, AvatarStatus.NONE)
+        if video_url is not None:
+            return clip_changes(video_url, AvatarStatus.READY)
+        if self._clips.refused(job.key):
+            return clip_changes(None, AvatarStatus.FAILED)
+        return clip_changes(None, AvatarStatus.GENERATING)
+
+    async def _ready(
+        self,
+        user_id: str,
+        target: Target,
+        job: ClipJob,
+        video_url: str | None,
+        *,
+        cached: bool,
+        epoch: int,
+    ) -> Outcome:
+        """Commit the image of ``job`` (and what is known of its clip) while the target
+        stands and the user was not erased since erase ``epoch``."""
+        url = job.image_url
+        ready = {
+            "image_url": url,
+            "avatar_status": AvatarStatus.READY.value,
+            **self._clip_fields(job, video_url),
+        }
+        video = ready["video_url"]
         committed = await self._state.update(
-            user_id, conditional(target, ready), cause=CAUSE, epoch=user.epoch
+            user_id, conditional(target, ready), cause=CAUSE, epoch=epoch
         )
         if committed is None:
             current = await self._state.current(user_id)
-            if Target.of(current) != target or current.epoch != user.epoch:
+            if Target.of(current) != target or current.epoch != epoch:
                 return Outcome(user_id, "stale", url, cached)
-        return Outcome(user_id, AvatarStatus.READY.value, url, cached)
+        return Outcome(user_id, AvatarStatus.READY.value, url, cached, video)
 
-    def _shared(self, key: str, prompt: str, spec: AvatarSpec) -> asyncio.Task[str]:
+    def _shared(self, key: str, prompt: str, spec: AvatarSpec) -> asyncio.Task[Still]:
         """The generation of ``key``: the one in flight, or a new one."""
         task = self._inflight.get(key)
         if task is None:
@@ -218,13 +412,13 @@ class AvatarSaga:
             task.add_done_callback(lambda _: self._inflight.pop(key, None))
         return task
 
-    async def _produce(self, key: str, prompt: str, spec: AvatarSpec) -> str:
-        """Generate, store and cache the avatar of ``key``; return the phone image URL."""
+    async def _produce(self, key: str, prompt: str, spec: AvatarSpec) -> Still:
+        """Generate, store and cache the avatar of ``key``; the phone image URL and PNG."""
         # A generation of this key may have finished between the caller's cache miss and
         # now (it left the in-flight table when it did): look again before paying.
-        entry = await self._store.get_avatar(key)
+        entry = await self._cached(key)
         if entry is not None:
-            return entry.image_url
+            return Still(entry.image_url, video_url=entry.video_url)
         self._metrics.avatar_waiting.inc()
         try:
             await self._workers.acquire()
@@ -239,22 +433,23 @@ class AvatarSaga:
             self._workers.release()
         created = int(self._clock() * 1000)
         await self._store.put_avatar(AvatarCacheEntry(key, url, prompt, created))
-        return url
+        return Still(url, image.phone_png)
 
     async def _generate(self, prompt: str, spec: AvatarSpec) -> GeneratedImage:
         """One generation with retries of retryable errors; raises the last error."""
-        for attempt in range(self._retry.attempts):
+        attempt = 0
+        while True:
             started = time.perf_counter()
             try:
                 image = await self._generator.generate(prompt, spec)
             except GenerationError as exc:
                 self._metrics.avatar_generations.labels("error").inc()
-                if not exc.retryable or attempt + 1 == self._retry.attempts:
+                if not exc.retryable or not self._retry.may_retry(attempt):
                     raise
                 log.info("avatar generation failed (%r), retry %d", exc, attempt + 1)
-                await self._retry.backoff(attempt)
+                await self._retry.wait(attempt)
+                attempt += 1
                 continue
             self._metrics.avatar_generation_seconds.observe(time.perf_counter() - started)
             self._metrics.avatar_generations.labels("ok").inc()
             return image
-        raise AssertionError("unreachable: the last attempt returns or raises")

@@ -1,17 +1,25 @@
-"""Wiring of the avatar saga: generator and media store from the settings, the stage, the
-``/media`` handler and ``companion avatars retry-failed``.
+"""Wiring of the avatar saga: generator, clip maker and media store from the settings, the
+stage, the ``/media`` handler, ``companion avatars failed`` and ``companion avatars
+retry-failed``.
 
 :func:`avatar_stage` is the :data:`~server.app.Stage` a full server runs: it builds the
-generator (``local`` → :class:`LocalRenderer`, ``gemini`` → :class:`GeminiGenerator`) and the
+generator (``local`` → :class:`LocalRenderer`, ``gemini`` → :class:`GeminiGenerator`), the
+clip maker (``COMPANION_VIDEO``: ``off``, ``local`` → :class:`LocalClipMaker`, ``veo`` →
+:class:`VeoClipMaker`), reads the cache switch (``COMPANION_AVATAR_CACHE``) and the
 media store (``local`` → :class:`LocalMediaStore` in ``media_dir`` at ``{base_url}/media``,
 ``s3://bucket/prefix`` → :class:`S3MediaStore`), puts them in ``services.extras`` (``media``,
-``avatar_saga``), registers the saga as a commit listener and closes all of it on the stack.
+``avatar_saga``), registers the saga as a commit listener, starts its keeper (which resumes
+sagas a stopped process left, see :mod:`server.avatar.durable`) and closes all of it on the
+stack.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
+import socket
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 
@@ -19,15 +27,22 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
 from brain.avatar import ImageGenerator
+from brain.backoff import Backoff
 from brain.model import AvatarStatus
+from server.avatar.durable import node_name
 from server.avatar.saga import AvatarSaga, Outcome
 from server.media.local import LocalMediaStore, media_route
-from server.parts import build_broker, build_generator, build_media, build_store
+from server.parts import (
+    build_broker,
+    build_clip_maker,
+    build_generator,
+    build_media,
+    build_store,
+)
 from server.services import Services
 from server.settings import Settings
 from server.state import StateService
-from server.store.base import Store
-from server.store.retry import RetryPolicy
+from server.store.base import DeadLetter, Store
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +56,20 @@ async def install_avatars(
     stack: AsyncExitStack,
     *,
     generator: ImageGenerator | None = None,
-    retry: RetryPolicy | None = None,
+    retry: Backoff | None = None,
+    clip_backoff: Backoff | None = None,
 ) -> AvatarSaga:
-    """Build the saga for ``services``, register it, and close it with ``stack``."""
+    """Build the saga for ``services``, register it, and close it with ``stack``.
+
+    Raises ValueError when a generator or clip maker the settings name cannot be built
+    (Gemini or Veo without credentials).
+    """
     settings = services.settings
     the_generator = generator if generator is not None else build_generator(settings)
     stack.push_async_callback(the_generator.aclose)
+    clips = build_clip_maker(settings)
+    if clips is not None:
+        stack.push_async_callback(clips.aclose)
     media = build_media(settings)
     stack.push_async_callback(media.close)
     saga = AvatarSaga(
@@ -58,11 +81,17 @@ async def install_avatars(
         workers=settings.avatar_workers,
         retry=retry,
         clock=services.clock,
+        clips=clips,
+        clip_backoff=clip_backoff,
+        cache_reads=settings.avatar_cache == "on",
+        owner=node_name(settings.port),
+        lease_s=settings.avatar_lease_s,
     )
     services.state.listeners.append(saga.on_commit)
     # Last in, first out: the saga stops (running sagas finish or are cancelled) before the
     # generator, media store and store it uses are closed.
     stack.push_async_callback(saga.close)
+    saga.keep()
     services.extras[MEDIA] = media
     services.extras[SAGA] = saga
     return saga
@@ -74,12 +103,17 @@ async def avatar_stage(services: Services, stack: AsyncExitStack) -> None:
 
 
 def avatar_stage_with(
-    *, generator: ImageGenerator | None = None, retry: RetryPolicy | None = None
+    *,
+    generator: ImageGenerator | None = None,
+    retry: Backoff | None = None,
+    clip_backoff: Backoff | None = None,
 ) -> Callable[[Services, AsyncExitStack], Awaitable[None]]:
-    """An :func:`avatar_stage` with a given generator or retry policy (tests, benchmarks)."""
+    """An :func:`avatar_stage` with a given generator or retry policies (tests, benchmarks)."""
 
     async def stage(services: Services, stack: AsyncExitStack) -> None:
-        await install_avatars(services, stack, generator=generator, retry=retry)
+        await install_avatars(
+            services, stack, generator=generator, retry=retry, clip_backoff=clip_backoff
+        )
 
     return stage
 
@@ -102,26 +136,32 @@ async def serve_media(request: Request, store: object) -> Response:
 async def retry_failed(
     saga: AvatarSaga, state: StateService, store: Store, *, interrupted: bool = False
 ) -> list[Outcome]:
-    """Re-run the saga of every user whose ``avatar_status`` is ``failed`` (and, with
-    ``interrupted``, ``generating``: a saga cancelled by a shutdown leaves that); their
-    outcomes."""
+    """Drain the dead-letter list: re-run the saga of every user with a dead letter or whose
+    ``avatar_status`` is ``failed`` (and, with ``interrupted``, ``generating``), for the
+    user's current state, then remove the letters replayed (a repeat failure has added a new
+    one). The outcomes, one per user."""
+    letters = await store.dead_letters()
+    users = dict.fromkeys(letter.user_id for letter in letters)
     statuses = [AvatarStatus.FAILED.value]
     if interrupted:
         statuses.append(AvatarStatus.GENERATING.value)
-    outcomes: list[Outcome] = []
     for status in statuses:
-        for user_id in await store.users_with_avatar_status(status):
-            outcomes.append(await saga.run(await state.current(user_id)))
+        users.update(dict.fromkeys(await store.users_with_avatar_status(status)))
+    outcomes: list[Outcome] = []
+    for user_id in users:
+        outcomes.append(await saga.run(await state.current(user_id)))
+        for letter in letters:
+            if letter.user_id == user_id:
+                await store.remove_dead_letter(user_id, letter.key)
     return outcomes
 
 
 async def retry_failed_in_process(
-    settings: Settings, *, retry: RetryPolicy | None = None, interrupted: bool = False
+    settings: Settings, *, retry: Backoff | None = None, interrupted: bool = False
 ) -> list[Outcome]:
     """``companion avatars retry-failed``: the configured store, broker, media and generator,
     in this process (no server needed). Deltas go out through the configured broker, so
     devices on running nodes see them when the broker is Redis."""
-    import time
 
     from server.metrics import Metrics
     from server.push.hub import Hub
@@ -134,14 +174,27 @@ async def retry_failed_in_process(
         broker = build_broker(settings)
         hub = Hub(broker, metrics)
         await hub.start()
-        stack.push_async_callback(broker.close)
+        stack.push_async_callback(hub.close)
         state = StateService(store, hub, metrics, time.time)
         generator = build_generator(settings)
         stack.push_async_callback(generator.aclose)
+        clips = build_clip_maker(settings)
+        if clips is not None:
+            stack.push_async_callback(clips.aclose)
         media = build_media(settings)
         stack.push_async_callback(media.close)
         saga = AvatarSaga(
-            state, store, media, generator, metrics, workers=settings.avatar_workers, retry=retry
+            state,
+            store,
+            media,
+            generator,
+            metrics,
+            workers=settings.avatar_workers,
+            retry=retry,
+            clips=clips,
+            cache_reads=settings.avatar_cache == "on",
+            owner=f"{socket.gethostname()}:cli-{os.getpid()}",
+            lease_s=settings.avatar_lease_s,
         )
         stack.push_async_callback(saga.close)
         return await retry_failed(saga, state, store, interrupted=interrupted)
@@ -153,5 +206,29 @@ def describe(outcomes: Sequence[Outcome]) -> list[str]:
     for outcome in outcomes:
         how = " (cache hit)" if outcome.cached else ""
         url = f" {outcome.image_url}" if outcome.image_url else ""
-        lines.append(f"{outcome.user_id}: {outcome.status}{how}{url}")
+        clip = f" clip {outcome.video_url}" if outcome.video_url else ""
+        lines.append(f"{outcome.user_id}: {outcome.status}{how}{url}{clip}")
     return lines or ["no users to retry"]
+
+
+async def dead_letters_in_process(settings: Settings) -> list[DeadLetter]:
+    """``companion avatars failed``: the dead letters of the configured store."""
+    store = build_store(settings)
+    await store.open()
+    try:
+        return await store.dead_letters()
+    finally:
+        await store.close()
+
+
+def describe_letters(letters: Sequence[DeadLetter]) -> list[str]:
+    """One line per dead letter, as ``companion avatars failed`` prints them: when (UTC),
+    user, state/mood, prompt hash (12 characters), starts, reason."""
+    lines = []
+    for letter in letters:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(letter.failed_at / 1000))
+        lines.append(
+            f"{when} {letter.user_id} {letter.state}/{letter.mood}"
+            f" prompt {letter.cache_hash[:12] or '-'} starts {letter.attempts}: {letter.reason}"
+        )
+    return lines or ["no dead letters"]

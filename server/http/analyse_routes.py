@@ -11,28 +11,34 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from server.analysis.pipeline import pipeline_of
+from server.http.access import json, read_object, services_of
 from server.http.demo_routes import require_service
-from server.http.rest import HTTPProblem, json, read_json, services_of
-from server.problems import problem
+from server.problems import HTTPProblem
 
 
 async def post_analyse(request: Request) -> Response:
     """Schedule an analysis of the user (``force`` optional); 503 without a pipeline."""
     user_id = request.path_params["user_id"]
-    try:
-        require_service(request, user_id)
-        empty = request.headers.get("content-length") in (None, "0")
-        body = {} if empty else await read_json(request)
-        if not isinstance(body, dict):
-            raise HTTPProblem(problem(400, "body must be a JSON object"))
-        force = body.get("force", False)
-        if not isinstance(force, bool):
-            raise HTTPProblem(problem(422, f"force: must be true or false, got {force!r}"))
-    except HTTPProblem as exc:
-        return exc.response
+    require_service(request, user_id)
+    body = await read_object(request, optional=True)
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise HTTPProblem(422, "force: must be true or false")
+    if set(body) - {"force"}:
+        raise HTTPProblem(422, "unknown field (expected only force)")
+    if not schedule(request, user_id, force=force):
+        raise HTTPProblem(
+            503, "the analysis queue is full or stopping; retry later", headers={"Retry-After": "1"}
+        )
+    return json({"scheduled": True, "user_id": user_id, "force": force}, status=202)
+
+
+def schedule(request: Request, user_id: str, *, force: bool) -> bool:
+    """Ask the pipeline for an analysis of ``user_id``: ``False`` if it cannot take one.
+
+    Raises :class:`HTTPProblem` 503 when this server runs no analysis pipeline.
+    """
     pipeline = pipeline_of(services_of(request))
     if pipeline is None:
-        return problem(503, "the analysis pipeline is not running on this server")
-    if not pipeline.schedule(user_id, force=force):
-        return problem(503, "the analysis queue is full or stopping; retry later")
-    return json({"scheduled": True, "user_id": user_id, "force": force}, status=202)
+        raise HTTPProblem(503, "the analysis pipeline is not running on this server")
+    return pipeline.schedule(user_id, force=force)

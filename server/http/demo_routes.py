@@ -6,89 +6,99 @@ door); ``PUT /v1/demo/users/{id}/profile`` sets the coach persona and base avata
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from brain.model import Action, AvatarStatus, CoachStyle, CoachTone, Mood, Profile, Source, State
-from server.auth import DeviceKind
+from brain.avatar.prompt import Species
+from brain.model import USER_STATE_FIELDS, Action, CoachStyle, CoachTone, Profile, Source
+from server.auth import DeviceKind, Principal
 from server.errors import VersionConflict
-from server.http.rest import HTTPProblem, authorize, json, read_json, services_of
-from server.problems import problem
-from server.push.endpoint import snapshot_fields
+from server.http.access import authorize, json, read_object, services_of
+from server.problems import HTTPProblem
 from server.store.base import UserState
+from server.store.codec import profile_to_dict, state_fields
 
+SERVICE_ONLY: Final = frozenset({DeviceKind.SERVICE})
 _URL_PREFIXES = ("http://", "https://", "/media/")
-_ENUMS: dict[str, type[Any]] = {
-    "state": State,
-    "mood": Mood,
-    "source": Source,
-    "avatar_status": AvatarStatus,
+_CHOICES: Final = {
+    f.name: tuple(f.schema["enum"]) for f in USER_STATE_FIELDS if f.visible and "enum" in f.schema
+}
+"""The state fields whose values come from an enum, and their values (from the one list)."""
+_PROFILE_ENUMS: dict[str, type[Any]] = {
+    "style": CoachStyle,
+    "tone": CoachTone,
+    "base_avatar": Species,
 }
 
 
-def require_service(request: Request, user_id: str) -> None:
-    """Raise :class:`HTTPProblem` (401/403) unless the caller has a service token."""
-    principal = authorize(request, user_id)
-    if principal.device is not DeviceKind.SERVICE:
-        raise HTTPProblem(problem(403, "demo routes need a service token"))
+def require_service(request: Request, user_id: str) -> Principal:
+    """The caller, who must hold a service token. Raises 401/403 (see :func:`authorize`)."""
+    return authorize(request, user_id, SERVICE_ONLY)
 
 
-def validate_changes(body: Any) -> dict[str, Any]:
+def _enum_value(name: str, enum: type[Any], value: Any, status: int = 422) -> str:
+    """``value`` as a member of ``enum``, in any letter case (the seeds wrote ``STRICT``).
+
+    Raises :class:`HTTPProblem` naming the field and the allowed values.
+    """
+    try:
+        member = enum(value.lower() if isinstance(value, str) else value)
+    except ValueError:
+        allowed = ", ".join(m.value for m in enum)
+        raise HTTPProblem(status, f"{name}: must be one of {allowed}") from None
+    return str(member.value)
+
+
+def _choice(name: str, allowed: tuple[str, ...], value: Any) -> str:
+    """``value`` as one of ``allowed``, in any letter case. Raises :class:`HTTPProblem` 422."""
+    chosen = value.lower() if isinstance(value, str) else value
+    if chosen not in allowed:
+        raise HTTPProblem(422, f"{name}: must be one of {', '.join(allowed)}")
+    return str(chosen)
+
+
+def validate_changes(body: dict[str, Any]) -> dict[str, Any]:
     """The state changes in a demo body. Raises :class:`HTTPProblem` (422) naming the field."""
-    if not isinstance(body, dict):
-        raise HTTPProblem(problem(400, "body must be a JSON object"))
     changes: dict[str, Any] = {}
     for name, value in body.items():
         if name == "force":
-            continue
-        if name in _ENUMS:
-            try:
-                changes[name] = _ENUMS[name](value).value
-            except ValueError:
-                allowed = ", ".join(m.value for m in _ENUMS[name])
-                raise HTTPProblem(problem(422, f"{name}: must be one of {allowed}")) from None
+            if not isinstance(value, bool):
+                raise HTTPProblem(422, "force: must be true or false")
+        elif name in _CHOICES:
+            changes[name] = _choice(name, _CHOICES[name], value)
         elif name == "energy":
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
-                raise HTTPProblem(problem(422, "energy: must be a whole number 0..100"))
+                raise HTTPProblem(422, "energy: must be a whole number 0..100")
             changes[name] = value
         elif name == "reasoning":
             if not isinstance(value, str) or len(value) > 500:
-                raise HTTPProblem(problem(422, "reasoning: must be a string of at most 500"))
+                raise HTTPProblem(422, "reasoning: must be a string of at most 500")
             changes[name] = value
         elif name == "actions":
-            try:
-                changes[name] = tuple(Action(a).value for a in value)
-            except (TypeError, ValueError):
-                raise HTTPProblem(
-                    problem(422, "actions: must be a list of known actions")
-                ) from None
+            if not isinstance(value, list):
+                raise HTTPProblem(422, "actions: must be a list of known actions")
+            changes[name] = tuple(_enum_value("actions", Action, a) for a in value)
         elif name == "image_url":
             if value is not None and not (
                 isinstance(value, str) and len(value) <= 2048 and value.startswith(_URL_PREFIXES)
             ):
                 raise HTTPProblem(
-                    problem(422, "image_url: must be null or an http(s) or /media URL of <= 2048")
+                    422, "image_url: must be null or an http(s) or /media URL of <= 2048"
                 )
             changes[name] = value
         else:
-            raise HTTPProblem(problem(422, f"{name}: unknown field"))
+            raise HTTPProblem(422, f"{name[:64]}: unknown field")
     changes.setdefault("source", Source.MANUAL.value)
     return changes
 
 
-async def post_state(request: Request) -> Response:
-    """Commit state changes for a user; no new version when nothing visible changes
-    (unless ``force``)."""
-    user_id = request.path_params["user_id"]
-    try:
-        require_service(request, user_id)
-        body = await read_json(request)
-        changes = validate_changes(body)
-    except HTTPProblem as exc:
-        return exc.response
-    force = bool(body.get("force"))
+async def commit_changes(
+    request: Request, user_id: str, changes: dict[str, Any], *, force: bool, cause: str
+) -> Response:
+    """Commit ``changes`` for the user (no new version when nothing visible changes, unless
+    ``force``); answer ``{committed, …state fields}``. Raises 409 on a lost race."""
 
     def decide(current: UserState) -> dict[str, Any] | None:
         visible = current.visible()
@@ -99,43 +109,44 @@ async def post_state(request: Request) -> Response:
 
     services = services_of(request)
     try:
-        committed = await services.state.update(user_id, decide, cause="demo")
-    except VersionConflict as exc:
-        return problem(409, str(exc))
+        committed = await services.state.update(user_id, decide, cause=cause)
+    except VersionConflict:
+        raise HTTPProblem(409, "the state changed meanwhile; send the request again") from None
     state = committed if committed is not None else await services.state.current(user_id)
-    return json({"committed": committed is not None, **snapshot_fields(state)})
+    return json({"committed": committed is not None, **state_fields(state)})
+
+
+async def post_state(request: Request) -> Response:
+    """Commit state changes for a user; no new version when nothing visible changes
+    (unless ``force``)."""
+    user_id = request.path_params["user_id"]
+    require_service(request, user_id)
+    body = await read_object(request)
+    changes = validate_changes(body)
+    return await commit_changes(
+        request, user_id, changes, force=body.get("force") is True, cause="demo"
+    )
 
 
 async def put_profile(request: Request) -> Response:
-    """Set a user's coach persona and base avatar (``style``, ``tone``, ``base_avatar``)."""
+    """Set a user's coach persona and base avatar (``style``, ``tone``, ``base_avatar``,
+    each optional, in any letter case). An unsupported value is 400 naming the field."""
     user_id = request.path_params["user_id"]
-    try:
-        require_service(request, user_id)
-        body = await read_json(request)
-        if not isinstance(body, dict):
-            raise HTTPProblem(problem(400, "body must be a JSON object"))
-    except HTTPProblem as exc:
-        return exc.response
+    require_service(request, user_id)
+    body = await read_object(request)
+    unknown = sorted(set(body) - set(_PROFILE_ENUMS))
+    if unknown:
+        raise HTTPProblem(400, f"{unknown[0][:64]}: unknown field (style, tone, base_avatar)")
     services = services_of(request)
-    current = (await services.state.current(user_id)).profile
-    try:
-        profile = Profile(
-            style=CoachStyle(body.get("style", current.style)),
-            tone=CoachTone(body.get("tone", current.tone)),
-            base_avatar=str(body.get("base_avatar", current.base_avatar)),
-        )
-    except ValueError as exc:
-        return problem(422, f"profile: {exc}")
-    if not profile.base_avatar.isalnum() or len(profile.base_avatar) > 32:
-        return problem(422, "base_avatar: must be 1-32 letters or digits")
-    state = await services.state.set_profile(user_id, profile)
-    return json(
-        {
-            "user_id": user_id,
-            "profile": {
-                "style": state.profile.style.value,
-                "tone": state.profile.tone.value,
-                "base_avatar": state.profile.base_avatar,
-            },
-        }
+    current = profile_to_dict((await services.state.current(user_id)).profile)
+    chosen = {
+        name: _enum_value(name, enum, body[name], status=400) if name in body else current[name]
+        for name, enum in _PROFILE_ENUMS.items()
+    }
+    profile = Profile(
+        style=CoachStyle(chosen["style"]),
+        tone=CoachTone(chosen["tone"]),
+        base_avatar=chosen["base_avatar"],
     )
+    state = await services.state.set_profile(user_id, profile)
+    return json({"user_id": user_id, "profile": profile_to_dict(state.profile)})

@@ -1,4 +1,10 @@
-"""The OpenAPI 3.1 document of the REST API (``/openapi.json``), written out by hand.
+"""The OpenAPI 3.1 document of the HTTP API (``/openapi.json``): the contract of the server.
+
+Nothing in it is written twice: frames come from :func:`server.protocol.frame_json_schema`
+(the ranges the server checks), user ids from its pattern, state fields from
+:data:`brain.model.USER_STATE_FIELDS`, enums from :mod:`brain.model`, limits from the
+routes' own constants. Every status a route can answer is listed with its media type, and
+a property-based fuzz (``tests/server/test_openapi_fuzz.py``) holds the server to it.
 
 The WebSocket protocol is not expressible in OpenAPI; ``docs/protocol.md`` describes it.
 """
@@ -8,180 +14,340 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-_PROBLEM = {"$ref": "#/components/schemas/Problem"}
+from brain.avatar.prompt import Species
+from brain.model import CoachStyle, CoachTone
+from brain.scenarios import KINDS
+from server.http.legacy import STRESS_LEVELS
+from server.http.openapi_blocks import (
+    PROBLEM_TYPE,
+    USER_PARAM,
+    choice,
+    components,
+    json_response,
+    object_schema,
+    operation,
+    path_param,
+    problem_response,
+    public_operation,
+    ref,
+    ref_properties,
+)
+from server.http.rest import MAX_WAIT_S
+from server.http.scenario_routes import MAX_MINUTES
+from server.protocol import MAX_FRAMES_PER_MESSAGE
 
 
-def _op(
-    summary: str, *, body: bool = False, ok: str = "OK", extra: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    responses: dict[str, Any] = {
-        "200": {"description": ok},
-        "401": {
-            "description": "Missing, malformed or expired token",
-            "content": {"application/problem+json": {"schema": _PROBLEM}},
+def _v1_paths() -> dict[str, Any]:
+    frames = {"type": "array", "items": ref("Frame"), "maxItems": MAX_FRAMES_PER_MESSAGE}
+    upload = object_schema(
+        {
+            "accepted": {"type": "integer"},
+            "rejected": {"type": "array", "items": ref("Rejection")},
+            "version": {"type": "integer"},
+            "state_hash": {"type": "string"},
         },
-        "403": {
-            "description": "Token of another user",
-            "content": {"application/problem+json": {"schema": _PROBLEM}},
+        required=["accepted", "rejected", "version", "state_hash"],
+    )
+    state_params = [
+        {
+            "name": "wait",
+            "in": "query",
+            "schema": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S},
+        },
+        {"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0}},
+        {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
+    ]
+    profile = {
+        "style": choice(CoachStyle),
+        "tone": choice(CoachTone),
+        "base_avatar": choice(Species),
+    }
+    scenario = object_schema(
+        {
+            "kind": choice(KINDS),
+            "minutes": {"type": "number", "minimum": 0.5, "maximum": MAX_MINUTES},
+        },
+        closed=True,
+        required=["kind"],
+    )
+    return {
+        "/v1/users/{user_id}/frames": {
+            "parameters": [USER_PARAM],
+            "post": operation(
+                "Upload frames; the answer carries version and state_hash (piggyback poll)",
+                {"200": json_response("Stored (some frames may be rejected)", upload)},
+                body={"oneOf": [frames, object_schema({"frames": frames}, required=["frames"])]},
+                extra={
+                    "422": problem_response("No valid frame; `rejected` says why"),
+                    "503": problem_response(
+                        "Frames not durable; send them again", retry_after=True
+                    ),
+                },
+            ),
+        },
+        "/v1/users/{user_id}/state": {
+            "parameters": [USER_PARAM],
+            "get": {
+                **operation(
+                    "Current state; ETag = state hash; long-poll with wait (and since)",
+                    {
+                        "200": json_response("The state", ref("State")),
+                        "304": {"description": "Not modified (If-None-Match)"},
+                    },
+                    extra={"400": problem_response("Bad wait or since")},
+                ),
+                "parameters": state_params,
+            },
+        },
+        "/v1/users/{user_id}/export": {
+            "parameters": [USER_PARAM],
+            "get": operation(
+                "Everything stored about a user (phone or service token)",
+                {"200": json_response("The export", {"type": "object"})},
+            ),
+        },
+        "/v1/users/{user_id}": {
+            "parameters": [USER_PARAM],
+            "delete": operation(
+                "Erase a user's data (phone or service token)",
+                {
+                    "200": json_response(
+                        "Erased",
+                        object_schema(
+                            {"user_id": {"type": "string"}, "deleted": {"type": "integer"}},
+                            required=["user_id", "deleted"],
+                        ),
+                    )
+                },
+            ),
+        },
+        "/v1/demo/users/{user_id}/state": {
+            "parameters": [USER_PARAM],
+            "post": operation(
+                "Commit state changes (service token)",
+                {"200": json_response("Committed, or unchanged", ref("State"))},
+                body=ref("DemoChanges"),
+                extra={
+                    "409": problem_response("The state changed meanwhile; send again"),
+                    "422": problem_response("A field is unknown or out of range (named in detail)"),
+                },
+            ),
+        },
+        "/v1/demo/users/{user_id}/profile": {
+            "parameters": [USER_PARAM],
+            "put": operation(
+                "Set coach persona and base avatar (service token; any letter case)",
+                {"200": json_response("The profile", {"type": "object"})},
+                body=object_schema(profile, closed=True),
+            ),
+        },
+        "/v1/demo/users/{user_id}/scenario": {
+            "parameters": [USER_PARAM],
+            "post": operation(
+                "Ingest a synthetic scenario (service, or the user's debug token)",
+                {"200": json_response("Ingested", {"type": "object"})},
+                body=scenario,
+                extra={
+                    "422": problem_response("Unknown kind or minutes out of range"),
+                },
+            ),
+        },
+        "/v1/demo/users/{user_id}/analyse": {
+            "parameters": [USER_PARAM],
+            "post": operation(
+                "Schedule an analysis, optionally forced (service token)",
+                {"202": json_response("Scheduled", {"type": "object"})},
+                body=object_schema({"force": {"type": "boolean"}}, closed=True),
+                body_required=False,
+                extra={
+                    "422": problem_response("force is not a boolean"),
+                    "503": problem_response(
+                        "No pipeline here, or its queue is full", retry_after=False
+                    ),
+                },
+            ),
         },
     }
-    operation: dict[str, Any] = {
-        "summary": summary,
-        "responses": responses,
-        "security": [{"bearer": []}],
+
+
+def _legacy_paths() -> dict[str, Any]:
+    ingest = object_schema(
+        {
+            "status": {"type": "string"},
+            "accepted": {"type": "integer"},
+            "rejected": {"type": "array", "items": ref("Rejection")},
+            **ref_properties("OldState"),
+        },
+        required=["status", "accepted", "rejected"],
+    )
+    reading_body = {
+        "allOf": [
+            ref("LegacyReading"),
+            object_schema({"readings": {"type": "array", "items": ref("LegacyReading")}}),
+        ]
     }
-    if body:
-        operation["requestBody"] = {
-            "required": True,
-            "content": {"application/json": {"schema": {"type": "object"}}},
-        }
-        responses["400"] = {"description": "Body is not JSON"}
-        responses["413"] = {"description": "Body over 1 MiB"}
-        responses["422"] = {"description": "No valid frame / invalid field"}
-    if extra:
-        responses.update(extra)
-    return operation
+    sensor_body = {
+        "allOf": [
+            reading_body,
+            object_schema({"user_id": {"type": "string"}}, required=["user_id"]),
+        ]
+    }
+    ingest_errors = {
+        "422": problem_response("No valid reading"),
+        "503": problem_response("Readings not durable; send them again", retry_after=True),
+    }
+    seed_state = {
+        "allOf": [
+            ref("State"),
+            ref("OldState"),
+            object_schema(
+                {
+                    "pet_state": object_schema(
+                        {
+                            "mood": {"type": "string"},
+                            "energy_budget": {"type": "integer"},
+                            "last_update": {"type": ["string", "null"], "format": "date-time"},
+                        }
+                    ),
+                    "health_metrics": object_schema(
+                        {
+                            "hrv_trend": {"type": "null", "description": "not kept (see docs)"},
+                            "sleep_hours": {"type": "null", "description": "not measured"},
+                            "stress_level": choice(sorted({*STRESS_LEVELS.values(), "low"})),
+                        }
+                    ),
+                },
+                required=["pet_state", "health_metrics"],
+            ),
+        ]
+    }
+    trigger = object_schema(
+        {
+            "user_id": {"type": "string"},
+            "scenario": choice(KINDS),
+            "kind": choice(KINDS),
+            "minutes": {"type": "number", "minimum": 0.5, "maximum": MAX_MINUTES},
+        },
+        closed=True,
+    )
+    paths: dict[str, Any] = {
+        "/sensor-data": {
+            "post": operation(
+                "Legacy upload (seed 000)",
+                {"200": json_response("Stored; the state piggybacks", ingest)},
+                body=sensor_body,
+                extra=ingest_errors,
+            )
+        },
+        "/api/v1/user/{user_id}/data": {
+            "parameters": [USER_PARAM],
+            "post": operation(
+                "Legacy upload (seed 001)",
+                {"200": json_response("Stored; the state piggybacks", ingest)},
+                body=reading_body,
+                extra=ingest_errors,
+            ),
+        },
+        "/avatar/current-state/{user_id}": {
+            "parameters": [USER_PARAM],
+            "get": operation(
+                "Legacy state poll (seed 000)", {"200": json_response("State", ref("OldState"))}
+            ),
+        },
+        "/api/v1/user/{user_id}/state": {
+            "parameters": [USER_PARAM],
+            "get": operation(
+                "Legacy pet state (seed 001)", {"200": json_response("State", seed_state)}
+            ),
+        },
+        "/api/v1/demo/trigger": {
+            "post": operation(
+                "Legacy demo trigger (seed 001): inject a scenario, then analyse "
+                "(service, or the user's debug token)",
+                {"202": json_response("Accepted", {"type": "object"})},
+                body=trigger,
+                body_required=False,
+                extra={"422": problem_response("Unknown scenario or minutes out of range")},
+            )
+        },
+    }
+    for item in paths.values():
+        for legacy_operation in item.values():
+            if isinstance(legacy_operation, dict):  # bodies are JSON whatever their media type
+                legacy_operation["responses"].pop("415", None)
+    return paths
 
 
-_USER = {"name": "user_id", "in": "path", "required": True, "schema": {"type": "string"}}
+def _operational_paths() -> dict[str, Any]:
+    not_found = problem_response("No such file")
+    return {
+        "/openapi.json": {
+            "get": public_operation(
+                "This document", {"200": json_response("OpenAPI 3.1", {"type": "object"})}
+            )
+        },
+        "/healthz": {
+            "get": public_operation("Liveness", {"200": json_response("Alive", {"type": "object"})})
+        },
+        "/readyz": {
+            "get": public_operation(
+                "Readiness",
+                {
+                    "200": json_response("Ready", {"type": "object"}),
+                    "503": problem_response("Starting, or the store is not reachable"),
+                },
+            )
+        },
+        "/metrics": {
+            "get": public_operation(
+                "Prometheus metrics",
+                {"200": {"description": "Text exposition", "content": {"text/plain": {}}}},
+            )
+        },
+        "/media/{key}": {
+            "parameters": [path_param("key", {"type": "string"})],
+            "get": public_operation(
+                "Avatar media (local media store)",
+                {
+                    "200": {"description": "The image", "content": {"image/*": {}}},
+                    "304": {"description": "Not modified"},
+                    "404": {
+                        "description": "No such media (text from the media store, a problem "
+                        "for a key no media can have)",
+                        "content": {"text/plain": {}, PROBLEM_TYPE: {"schema": ref("Problem")}},
+                    },
+                },
+            ),
+        },
+        "/debug": {
+            "get": public_operation(
+                "Browser debug page (reads its token from ?token=)",
+                {
+                    "200": {"description": "HTML", "content": {"text/html": {}}},
+                    "304": {"description": "Not modified"},
+                },
+            )
+        },
+        "/debug/static/{name}": {
+            "parameters": [path_param("name", {"type": "string"})],
+            "get": public_operation(
+                "Debug page files",
+                {
+                    "200": {"description": "The file", "content": {"*/*": {}}},
+                    "304": {"description": "Not modified"},
+                    "404": not_found,
+                },
+            ),
+        },
+    }
 
 
 @cache
 def openapi_document() -> dict[str, Any]:
     """The document, built once."""
-    frame = {
-        "type": "object",
-        "required": ["ts"],
-        "properties": {
-            "ts": {"type": "integer", "description": "epoch milliseconds"},
-            "hr": {"type": "number", "minimum": 20, "maximum": 250},
-            "hrv": {"type": "number", "minimum": 1, "maximum": 300},
-            "steps": {"type": "integer", "minimum": 0},
-            "spo2": {"type": "number", "minimum": 50, "maximum": 100},
-            "skin_temp": {"type": "number", "minimum": 20, "maximum": 45},
-            "resp_rate": {"type": "number"},
-            "device": {"type": "string"},
-            "seq": {"type": "integer"},
-            "env": {"type": "object"},
-        },
-        "additionalProperties": False,
-    }
-    state_params = [
-        _USER,
-        {"name": "wait", "in": "query", "schema": {"type": "number", "maximum": 60}},
-        {"name": "since", "in": "query", "schema": {"type": "integer"}},
-        {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
-    ]
     return {
         "openapi": "3.1.0",
         "info": {"title": "Companion push server", "version": "1"},
-        "components": {
-            "securitySchemes": {
-                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
-            },
-            "schemas": {
-                "Frame": frame,
-                "Problem": {
-                    "type": "object",
-                    "properties": {k: {"type": "string"} for k in ("type", "title", "detail")}
-                    | {"status": {"type": "integer"}},
-                },
-            },
-        },
-        "paths": {
-            "/openapi.json": {
-                "get": {"summary": "This document", "responses": {"200": {"description": "OK"}}}
-            },
-            "/v1/users/{user_id}/frames": {
-                "parameters": [_USER],
-                "post": _op(
-                    "Upload frames; the answer carries version and state_hash",
-                    body=True,
-                    extra={"503": {"description": "Not durable; send again"}},
-                ),
-            },
-            "/v1/users/{user_id}/state": {
-                "parameters": state_params,
-                "get": _op(
-                    "Current state; ETag = state hash; long-poll with wait",
-                    extra={"304": {"description": "Not modified"}},
-                ),
-            },
-            "/v1/users/{user_id}/export": {
-                "parameters": [_USER],
-                "get": _op("Everything stored about a user"),
-            },
-            "/v1/users/{user_id}": {"parameters": [_USER], "delete": _op("Erase a user's data")},
-            "/v1/demo/users/{user_id}/state": {
-                "parameters": [_USER],
-                "post": _op("Commit state (service token)", body=True),
-            },
-            "/v1/demo/users/{user_id}/profile": {
-                "parameters": [_USER],
-                "put": _op("Set coach persona (service token)", body=True),
-            },
-            "/v1/demo/users/{user_id}/scenario": {
-                "parameters": [_USER],
-                "post": _op(
-                    "Ingest a synthetic scenario (service, or the user's debug token)", body=True
-                ),
-            },
-            "/v1/demo/users/{user_id}/analyse": {
-                "parameters": [_USER],
-                "post": _op("Schedule an analysis, optionally forced (service token)", body=True),
-            },
-            "/debug": {
-                "get": {
-                    "summary": "Browser debug page",
-                    "responses": {"200": {"description": "HTML"}},
-                }
-            },
-            "/debug/static/{name}": {
-                "get": {
-                    "summary": "Debug page assets",
-                    "responses": {
-                        "200": {"description": "OK"},
-                        "404": {"description": "No such asset"},
-                    },
-                }
-            },
-            "/sensor-data": {"post": _op("Legacy upload", body=True)},
-            "/api/v1/user/{user_id}/data": {
-                "parameters": [_USER],
-                "post": _op("Legacy upload", body=True),
-            },
-            "/avatar/current-state/{user_id}": {
-                "parameters": [_USER],
-                "get": _op("Legacy state poll"),
-            },
-            "/api/v1/user/{user_id}/state": {"parameters": [_USER], "get": _op("Legacy state")},
-            "/healthz": {
-                "get": {"summary": "Liveness", "responses": {"200": {"description": "OK"}}}
-            },
-            "/readyz": {
-                "get": {
-                    "summary": "Readiness",
-                    "responses": {
-                        "200": {"description": "OK"},
-                        "503": {"description": "Not ready"},
-                    },
-                }
-            },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics",
-                    "responses": {"200": {"description": "OK"}},
-                }
-            },
-            "/media/{key:path}": {
-                "get": {
-                    "summary": "Avatar media",
-                    "responses": {
-                        "200": {"description": "OK"},
-                        "304": {"description": "Not modified"},
-                        "404": {"description": "No such media"},
-                    },
-                }
-            },
-        },
+        "components": components(),
+        "paths": {**_v1_paths(), **_legacy_paths(), **_operational_paths()},
     }

@@ -21,47 +21,49 @@ from typing import Any, Final
 from starlette.requests import Request
 from starlette.responses import Response
 
+from brain.model import Frame
 from brain.scenarios import DEFAULT_EVERY_S, KINDS, generate
 from server.auth import DeviceKind
 from server.errors import FramesNotDurable, StoreError
-from server.http.rest import HTTPProblem, authorize, json, read_json, services_of
-from server.problems import problem
+from server.http.access import authorize, json, read_object, services_of
+from server.problems import HTTPProblem
 
 DEVICE: Final = "scenario"
 DEFAULT_MINUTES: Final = 10
 MAX_MINUTES: Final = 60
+MAY_INJECT: Final = frozenset({DeviceKind.SERVICE, DeviceKind.DEBUG})
+ALIASES: Final = {"kind": "kind", "scenario": "kind", "minutes": "minutes"}
+"""Body names: ``kind`` and ``minutes``; ``scenario`` is the seeds' name of ``kind``
+(their ``scenario_injector.py --scenario stress``)."""
 
 
-def _body(body: Any) -> tuple[str, float]:
-    """The (kind, minutes) of a request body. Raises :class:`HTTPProblem` (400, 422)."""
-    if not isinstance(body, dict):
-        raise HTTPProblem(problem(400, "body must be a JSON object"))
-    kind = body.get("kind")
+def scenario_of(body: dict[str, Any]) -> tuple[str, float]:
+    """The (kind, minutes) of a request body, kind in any letter case.
+
+    Raises :class:`HTTPProblem` (422) naming the field.
+    """
+    named: dict[str, Any] = {}
+    for name, value in body.items():
+        if name not in ALIASES:
+            raise HTTPProblem(422, f"{name[:64]}: unknown field")
+        named[ALIASES[name]] = value
+    kind = named.get("kind")
+    kind = kind.lower() if isinstance(kind, str) else kind
     if kind not in KINDS:
-        raise HTTPProblem(problem(422, f"kind: must be one of {', '.join(KINDS)}"))
-    minutes = body.get("minutes", DEFAULT_MINUTES)
+        raise HTTPProblem(422, f"kind: must be one of {', '.join(KINDS)}")
+    minutes = named.get("minutes", DEFAULT_MINUTES)
     if isinstance(minutes, bool) or not isinstance(minutes, int | float):
-        raise HTTPProblem(problem(422, "minutes: must be a number"))
+        raise HTTPProblem(422, "minutes: must be a number")
     if not DEFAULT_EVERY_S / 60 <= minutes <= MAX_MINUTES:
-        raise HTTPProblem(problem(422, f"minutes: must be between 0.5 and {MAX_MINUTES}"))
-    unknown = set(body) - {"kind", "minutes"}
-    if unknown:
-        raise HTTPProblem(problem(422, f"{sorted(unknown)[0]}: unknown field"))
+        raise HTTPProblem(422, f"minutes: must be between 0.5 and {MAX_MINUTES}")
     return str(kind), float(minutes)
 
 
-async def post_scenario(request: Request) -> Response:
-    """Ingest ``minutes`` of scenario ``kind`` for the user, ending now."""
-    user_id = request.path_params["user_id"]
-    try:
-        principal = authorize(request, user_id)
-        if principal.device not in (DeviceKind.SERVICE, DeviceKind.DEBUG):
-            raise HTTPProblem(
-                problem(403, "scenarios need a service token or the user's debug token")
-            )
-        kind, minutes = _body(await read_json(request))
-    except HTTPProblem as exc:
-        return exc.response
+async def inject(request: Request, user_id: str, kind: str, minutes: float) -> list[Frame]:
+    """Ingest ``minutes`` of scenario ``kind`` for the user, ending now; the frames.
+
+    Raises :class:`HTTPProblem` 503 when they could not be stored.
+    """
     services = services_of(request)
     count = int(minutes * 60 // DEFAULT_EVERY_S)
     start_ms = services.now_ms() - (count - 1) * DEFAULT_EVERY_S * 1000
@@ -69,8 +71,19 @@ async def post_scenario(request: Request) -> Response:
     try:
         await services.ingestor.submit(user_id, frames)
     except (FramesNotDurable, StoreError):
-        return problem(503, "frames not stored; send the request again")
+        raise HTTPProblem(
+            503, "frames not stored; send the request again", headers={"Retry-After": "1"}
+        ) from None
     services.metrics.frames_accepted.labels("scenario").inc(len(frames))
+    return frames
+
+
+async def post_scenario(request: Request) -> Response:
+    """Ingest ``minutes`` of scenario ``kind`` for the user, ending now."""
+    user_id = request.path_params["user_id"]
+    authorize(request, user_id, MAY_INJECT)
+    kind, minutes = scenario_of(await read_object(request))
+    frames = await inject(request, user_id, kind, minutes)
     return json(
         {
             "user_id": user_id,

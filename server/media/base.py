@@ -91,13 +91,3 @@ def content_key(data: bytes, content_type: str, prefix: str = "avatars") -> str:
 def etag_of(data: bytes) -> str:
     """A strong ETag for ``data`` (quoted sha256 prefix)."""
     return f'"{hashlib.sha256(data).hexdigest()[:32]}"'
-
-
-def etag_matches(if_none_match: str | None, etag: str) -> bool:
-    """Whether an ``If-None-Match`` header value names ``etag`` (weak comparison, RFC 9110)."""
-    if not if_none_match:
-        return False
-    if if_none_match.strip() == "*":
-        return True
-    wanted = etag.removeprefix("W/")
-    return any(tag.strip().removeprefix("W/") == wanted for tag in if_none_match.split(","))

@@ -30,7 +30,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from server.media.base import IMMUTABLE, check_key, etag_matches, etag_of
+from server.etag import none_match
+from server.media.base import IMMUTABLE, check_key, etag_of
 
 META_DIR = ".meta"
 
@@ -146,7 +147,7 @@ def media_route(store: LocalMediaStore) -> Route:
             "ETag": stored.etag,
             "X-Content-Type-Options": "nosniff",
         }
-        if etag_matches(request.headers.get("if-none-match"), stored.etag):
+        if none_match(request.headers.get("if-none-match"), stored.etag):
             return Response(status_code=304, headers=headers)
         return Response(stored.data, media_type=stored.content_type, headers=headers)
 

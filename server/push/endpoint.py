@@ -1,122 +1,196 @@
 """The WebSocket endpoint ``/v1/ws``: one :class:`Connection` per accepted socket.
 
-The handshake is checked before the upgrade (token → 401, other user or foreign Origin →
-403, as HTTP responses). After it, the connection's own task reads and answers messages
-(``hello``, ``frames``, ``subscribe``, ``ping``) while the hub offers it deltas. A delta
-(and a reply) is written straight to the socket when nothing is queued and the socket takes
-writes (:mod:`server.push.transport`); otherwise it goes through a bounded coalescing
-:class:`~server.push.outbox.Outbox` drained by a writer task that exists only while there is
-something to write. A peer whose send blocks past
-``write_timeout`` or whose outbox overflows is abandoned (closed as a slow consumer).
+:mod:`server.push.transport` reads the HTTP request, and for an upgrade of ``/v1/ws`` asks
+:func:`authenticate` who is calling (token → 401, another user or a foreign Origin → 403,
+answered as HTTP) and completes the handshake with ``websockets``' sans-I/O
+:class:`~websockets.server.ServerProtocol`. The socket then belongs to a
+:class:`Connection`, the asyncio protocol of the open WebSocket: it feeds bytes to
+``websockets``, hands every frame and message to its pure :class:`~server.push.session.Session`
+and carries out what the session decides.
+
+Writing: server frames are not masked, so a delta is framed once by the hub and written
+straight to every socket that takes writes (:meth:`Connection.offer`: no task, no await).
+A socket that is behind (paused transport) gets a bounded coalescing
+:class:`~server.push.outbox.Outbox` and a writer task that exists only while there is
+something to write; a peer whose outbox overflows or whose socket stays paused past
+``write_timeout`` is closed as a slow consumer. Reading: messages that need the store or
+the hub are worked off in order by a task that exists only while there is work; while it is
+behind, reading pauses, so a client cannot queue work without bound.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import Any
+import time
+from collections import deque
+from collections.abc import Coroutine
+from typing import Any, Final, Protocol
+from urllib.parse import parse_qs, urlsplit
 
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import OPEN
+from websockets.server import ServerProtocol
 
-from server import protocol as wire
-from server.auth import DeviceKind, Principal, bearer, origin_allowed, verify
-from server.errors import AuthError, Forbidden, FramesNotDurable, StoreError
-from server.problems import auth_problem
-from server.protocol import Delta, FrameLimits, ProtocolError, text_frame
+from server.auth import Principal, bearer, origin_allowed, verify
+from server.errors import Forbidden, FramesNotDurable, StoreError
+from server.protocol import Delta, Disconnect, Disconnects, FrameBatch, text_frame
 from server.push.outbox import Outbox
-from server.push.transport import PUSH_EXTENSION
-from server.ratelimit import TokenBucket
+from server.push.session import (
+    MAX_ERRORS,
+    MAX_MESSAGE_S,
+    SERVICE_MAX_AGE_MS,
+    Action,
+    Close,
+    Join,
+    Reply,
+    Session,
+    SessionLimits,
+    Store,
+)
 from server.services import Services
+from server.store.codec import state_fields
+
+__all__ = [
+    "MAX_ERRORS",
+    "SERVICE_MAX_AGE_MS",
+    "Connection",
+    "authenticate",
+    "websocket_endpoint",
+]
 
 log = logging.getLogger(__name__)
 
-MAX_ERRORS = 10
-"""Protocol errors a connection may make before it is closed (1008)."""
-MAX_SUBSCRIPTIONS = 1000
-SERVICE_MAX_AGE_MS = 400 * 24 * 3600 * 1000
-"""Service tokens may write old frames (history seeding); devices are held to the setting."""
+CLOSE_TIMEOUT_S: Final = 2.0
+"""How long a closing peer may take to answer our close frame before the socket is dropped."""
+FEED_BYTES: Final = 4096
+"""Bytes handed to websockets' parser at a time (see :meth:`Connection.data_received`)."""
+READ_AFTER_CLOSE_BYTES: Final = 64 * 1024
+"""Bytes a closing peer may still send (its close frame is a few) before it is dropped."""
+PAUSE_READING_AT: Final = 16
+"""Messages waiting for the store or hub before the connection stops reading the socket."""
+
+_FAILED_BY_CODE: Final = {
+    d.code: d for d in (Disconnects.PROTOCOL_ERROR, Disconnects.BAD_UTF8, Disconnects.TOO_BIG)
+}
+"""The disconnect of each close code websockets fails a connection with (bad framing)."""
+_DATA: Final = frozenset({Opcode.TEXT, Opcode.BINARY, Opcode.CONT})
 
 
-class _Close(Exception):
-    """Ends a connection with a close code (raised inside the read loop)."""
+class Registry(Protocol):
+    """Where the server keeps its open connections and background tasks (uvicorn's
+    ``ServerState``): graceful shutdown calls ``shutdown()`` on each connection and waits
+    until both sets are empty."""
 
-    def __init__(self, code: int, reason: str) -> None:
-        self.code = code
-        self.reason = reason
-
-
-async def websocket_endpoint(websocket: WebSocket) -> None:
-    """Authenticate, accept, and run one connection until it closes."""
-    services: Services = websocket.app.state.services
-    try:
-        principal = authenticate(websocket, services)
-    except AuthError as exc:
-        services.metrics.handshake_rejects.labels(type(exc).__name__).inc()
-        await websocket.send_denial_response(auth_problem(exc))
-        return
-    await websocket.accept()
-    connection = Connection(websocket, principal, services)
-    await connection.run()
+    connections: set[Any]
+    tasks: set[asyncio.Task[None]]
 
 
-def authenticate(websocket: WebSocket, services: Services) -> Principal:
-    """The principal of a handshake. Raises :class:`AuthError` subclasses."""
+def authenticate(request: Request, services: Services, own: tuple[str, ...]) -> Principal:
+    """The principal of a handshake request; ``own``: the server's own origins
+    (:func:`server.auth.own_origins`).
+
+    Raises :class:`~server.errors.AuthError` subclasses: no or bad token, an Origin that is
+    neither the server's public URL nor allowed, a ``user_id`` the token may not touch.
+    """
     settings = services.settings
-    token = bearer(websocket.headers.get("authorization")) or websocket.query_params.get("token")
+    query = parse_qs(urlsplit(request.path).query)
+    token = bearer(request.headers.get("Authorization")) or _first(query.get("token"))
     principal = verify(token, settings.secret, now_s=int(services.clock()))
-    if not origin_allowed(
-        websocket.headers.get("origin"), websocket.headers.get("host"), settings.allowed_origins
-    ):
+    origin = request.headers.get("Origin")
+    if not origin_allowed(origin, own, settings.allowed_origins):
         raise Forbidden("origin not allowed")
-    if (user_id := websocket.query_params.get("user_id")) is not None:
+    if (user_id := _first(query.get("user_id"))) is not None:
         principal.require(user_id)
     return principal
 
 
-class Connection:
-    """One client's socket: read loop, replies, and the outbox of pushed messages."""
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    """``/v1/ws`` reached through ASGI instead of the edge (another ASGI server, a test
+    client): refused (HTTP 403). The WebSocket is served by :mod:`server.push.transport`
+    only; the route stays in the app's table for the route list and the OpenAPI document."""
+    await websocket.close(code=Disconnects.TRY_LATER.code)
+
+
+def _first(values: list[str] | None) -> str | None:
+    return values[0] if values else None
+
+
+def session_limits(services: Services) -> SessionLimits:
+    """The per-connection limits of the settings."""
+    settings = services.settings
+    return SessionLimits(settings.rate_per_s, settings.rate_burst, settings.max_frame_age_s * 1000)
+
+
+class Connection(asyncio.Protocol):
+    """One open WebSocket: ``websockets``' protocol on an asyncio transport, driven by a
+    :class:`Session`; a peer of the hub."""
 
     __slots__ = (
-        "_bucket",
+        "_close_timer",
         "_closing",
-        "_errors",
         "_expiry",
-        "_limits",
+        "_keepalive",
+        "_last_rx",
+        "_message",
+        "_message_text",
+        "_message_timer",
         "_outbox",
-        "_reader",
-        "_write",
+        "_paused",
+        "_pending",
+        "_ping_sent",
+        "_read_after_close",
+        "_reading_paused",
+        "_registry",
+        "_resumed",
+        "_transport",
+        "_worker",
         "_writer",
-        "principal",
+        "_ws",
         "services",
-        "subscriptions",
-        "versions",
-        "websocket",
+        "session",
     )
 
-    def __init__(self, websocket: WebSocket, principal: Principal, services: Services) -> None:
-        settings = services.settings
-        self.websocket = websocket
-        self.principal = principal
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        ws: ServerProtocol,
+        session: Session,
+        services: Services,
+        registry: Registry,
+    ) -> None:
+        self._transport = transport
+        self._ws = ws
+        self.session = session
         self.services = services
+        self._registry = registry
+        self._closing: Disconnect | None = None
         self._outbox: Outbox | None = None
-        self.subscriptions: set[str] = set()
-        self.versions: dict[str, int] = {}
-        self._bucket = TokenBucket(settings.rate_per_s, settings.rate_burst, services.clock())
-        max_age = (
-            SERVICE_MAX_AGE_MS
-            if principal.device is DeviceKind.SERVICE
-            else settings.max_frame_age_s * 1000
-        )
-        self._limits = FrameLimits(max_age_ms=max_age)
-        self._errors = 0
+        self._pending: deque[Action] | None = None
+        self._worker: asyncio.Task[None] | None = None
         self._writer: asyncio.Task[None] | None = None
-        self._reader: asyncio.Task[Any] | None = None
-        self._closing: tuple[int, str] | None = None
+        self._paused = False
+        self._reading_paused = False
+        self._read_after_close = 0
+        self._resumed: asyncio.Future[None] | None = None
+        self._message: list[bytes] | None = None
+        self._message_text = False
+        self._message_timer: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._keepalive: asyncio.TimerHandle | None = None
         self._expiry: asyncio.TimerHandle | None = None
-        push = websocket.scope.get("extensions", {}).get(PUSH_EXTENSION)
-        self._write: Callable[[bytes], bool] | None = None if push is None else push["write"]
-        """Writes a whole frame now if the socket can take it (the fast path of pushes)."""
+        self._last_rx = time.monotonic()
+        self._ping_sent: float | None = None
+
+    @property
+    def principal(self) -> Principal:
+        return self.session.principal
+
+    @property
+    def wants_summaries(self) -> bool:
+        return self.session.wants_summaries
 
     @property
     def outbox(self) -> Outbox:
@@ -126,180 +200,218 @@ class Connection:
             self._outbox = Outbox(self.services.settings.outbox_limit)
         return self._outbox
 
-    @property
-    def wants_summaries(self) -> bool:
-        return self.principal.device in (DeviceKind.DEBUG, DeviceKind.SERVICE)
-
     # -- lifecycle -------------------------------------------------------------------
 
-    async def run(self) -> None:
-        metrics = self.services.metrics
-        device = self.principal.device.value
-        metrics.connections.labels(device).inc()
-        metrics.connections_opened.labels(device).inc()
+    def start(self, received: bytes) -> None:
+        """Begin serving, after the 101 was written; ``received``: bytes read past the
+        handshake request (the client's first frames, if it did not wait)."""
         loop = asyncio.get_running_loop()
-        self._reader = asyncio.current_task()
+        self._registry.connections.add(self)
+        device = self.principal.device.value
+        self.services.metrics.connections.labels(device).inc()
+        self.services.metrics.connections_opened.labels(device).inc()
+        self._keepalive = loop.call_later(self.services.settings.ping_interval, self._tick)
         remaining = self.principal.expires_at - self.services.clock()
         self._expiry = loop.call_later(
-            max(0.0, remaining), self._abandon, wire.CLOSE_TOKEN_EXPIRED, "token expired"
+            max(0.0, remaining), self._close, Disconnects.TOKEN_EXPIRED, None
         )
-        code, reason = wire.CLOSE_NORMAL, ""
+        if received:
+            self.data_received(received)
+
+    def shutdown(self) -> None:
+        """Graceful server stop: close with 1012, the client reconnects to another node."""
+        self._close(Disconnects.RESTART)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for timer in (self._keepalive, self._expiry, self._close_timer, self._message_timer):
+            if timer is not None:
+                timer.cancel()
+        for task in (self._worker, self._writer):
+            if task is not None:
+                task.cancel()
+        if self._resumed is not None and not self._resumed.done():
+            self._resumed.cancel()
+        self._pending = None
+        self._outbox = None
+        if self._closing is None:
+            self._closing = Disconnects.NORMAL  # nothing more is sent on a lost socket
+        if self in self._registry.connections:
+            self._registry.connections.discard(self)
+            self.services.metrics.connections.labels(self.principal.device.value).dec()
+        if self.session.subscriptions:
+            users, self.session.subscriptions = tuple(self.session.subscriptions), set()
+            self._spawn_background(self._leave(users))
+
+    async def _leave(self, users: tuple[str, ...]) -> None:
+        for user_id in users:
+            await self.services.hub.leave(user_id, self)
+
+    def _spawn_background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as a server task: graceful shutdown waits for it."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._registry.tasks.add(task)
+        task.add_done_callback(self._registry.tasks.discard)
+
+    def _close(self, disconnect: Disconnect, text: str | None = None) -> None:
+        """Close with ``disconnect`` (after ``text``); drop the socket if the peer does not
+        answer within :data:`CLOSE_TIMEOUT_S`."""
+        if self._closing is not None:
+            return
+        self._closing = disconnect
+        metrics = self.services.metrics
+        metrics.closes.labels(disconnect.reason).inc()
+        if disconnect is Disconnects.SLOW_CONSUMER:
+            metrics.slow_peer_closes.inc()
+        self._pending = None
+        if self._transport.is_closing():
+            return
+        if text is not None and self._ws.state is OPEN:
+            self._transport.write(text_frame(text.encode()))
+        if self._ws.state is OPEN:
+            self._ws.send_close(disconnect.code, disconnect.reason)
+            self._flush()
+        self._close_timer = asyncio.get_running_loop().call_later(
+            CLOSE_TIMEOUT_S, self._transport.abort
+        )
+
+    def _tick(self) -> None:
+        """Keepalive: ping every ``ping_interval``; no byte from the peer within
+        ``ping_timeout`` of a ping means it is gone (the socket is dropped)."""
+        settings = self.services.settings
+        loop = asyncio.get_running_loop()
+        if self._ping_sent is None:
+            if self._ws.state is not OPEN:
+                return
+            self._ping_sent = time.monotonic()
+            self._ws.send_ping(b"")
+            self._flush()
+            self._keepalive = loop.call_later(settings.ping_timeout, self._tick)
+            return
+        if self._last_rx < self._ping_sent:
+            self._transport.abort()
+            return
+        self._ping_sent = None
+        delay = max(0.0, settings.ping_interval - settings.ping_timeout)
+        self._keepalive = loop.call_later(delay, self._tick)
+
+    # -- bytes in ----------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self._last_rx = time.monotonic()
+        # websockets parses all it is given at once; fed in slices, a flood of tiny frames
+        # costs at most one slice beyond the frame that broke a limit.
+        for start in range(0, len(data), FEED_BYTES):
+            chunk = data[start : start + FEED_BYTES] if len(data) > FEED_BYTES else data
+            if self._closing is not None:
+                # Closing: only the peer's close frame is still of interest. A peer that
+                # keeps sending instead is not parsed any longer than this.
+                self._read_after_close += len(chunk)
+                if self._read_after_close > READ_AFTER_CLOSE_BYTES:
+                    self._transport.abort()
+                    return
+            if not self._feed(chunk):
+                return
+
+    def _feed(self, data: bytes) -> bool:
+        """Parse ``data`` and act on its frames; ``False`` once the stream has ended."""
+        ws = self._ws
         try:
-            await self._read_loop()
-        except _Close as close:
-            code, reason = close.code, close.reason
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if self._closing is None or task is None or task.uncancel() > 0:
-                raise
-            code, reason = self._closing
-        except WebSocketDisconnect:
-            code, reason = 0, ""
+            ws.receive_data(data)
+        except EOFError:  # data after the end of the stream: nothing to do with it
+            return False
+        self._flush()  # pongs, the echo of a close, the close of a bad frame
+        for event in ws.events_received():
+            if self._closing is not None:
+                break
+            if isinstance(event, Frame):
+                self._on_frame(event)
+        if self._closing is None and ws.close_sent is not None and ws.close_rcvd is None:
+            # websockets failed the connection (bad framing, a message over the limit).
+            code = ws.close_sent.code
+            self._closing = _FAILED_BY_CODE.get(code, Disconnects.PROTOCOL_ERROR)
+            self.services.metrics.closes.labels(self._closing.reason).inc()
+        return True
+
+    def eof_received(self) -> bool | None:
+        self._ws.receive_eof()
+        self._flush()
+        return None
+
+    def _on_frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        payload = frame.data if isinstance(frame.data, bytes) else bytes(frame.data)
+        if opcode is Opcode.CLOSE:
+            self._closing = Disconnects.NORMAL  # websockets echoed it and ends the stream
+            return
+        data = opcode in _DATA
+        first = opcode is Opcode.TEXT or opcode is Opcode.BINARY
+        verdict = self.session.on_frame(
+            data=data, first=first, fin=frame.fin, now=self.services.clock()
+        )
+        if verdict is not None:
+            self._close(verdict.disconnect, verdict.text)
+            return
+        if not data:
+            return  # a ping (websockets answered it) or a pong (the peer is alive)
+        if first and frame.fin:
+            self._on_message(payload, text=opcode is Opcode.TEXT)
+            return
+        if first:
+            self._message, self._message_text = [payload], opcode is Opcode.TEXT
+            self._message_timer = asyncio.get_running_loop().call_later(
+                MAX_MESSAGE_S, self._close, Disconnects.FRAGMENTED, None
+            )
+            return
+        assert self._message is not None  # websockets refuses a continuation out of place
+        self._message.append(payload)
+        if frame.fin:
+            data_parts, self._message = self._message, None
+            if self._message_timer is not None:
+                self._message_timer.cancel()
+                self._message_timer = None
+            self._on_message(b"".join(data_parts), text=self._message_text)
+
+    def _on_message(self, data: bytes, *, text: bool) -> None:
+        action = self.session.on_message(data, text=text, now=self.services.clock())
+        if self._worker is None and isinstance(action, Reply | Close):
+            self._act(action)
+            return
+        if self._pending is None:
+            self._pending = deque()
+        self._pending.append(action)
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+        elif len(self._pending) >= PAUSE_READING_AT and not self._reading_paused:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def _act(self, action: Reply | Close) -> None:
+        if isinstance(action, Reply):
+            self._send(action.text)
+        else:
+            self._close(action.disconnect, action.text)
+
+    async def _work(self) -> None:
+        """Carry out waiting actions in order; ends when none is left."""
+        try:
+            while self._pending and self._closing is None:
+                action = self._pending.popleft()
+                if self._reading_paused and len(self._pending) < PAUSE_READING_AT // 2:
+                    self._reading_paused = False
+                    self._transport.resume_reading()
+                if isinstance(action, Store):
+                    await self._store(action.batch)
+                elif isinstance(action, Join):
+                    await self._join(action)
+                else:
+                    self._act(action)
         except Exception:
             log.exception("connection of %s failed", self.principal.user_id)
-            code, reason = wire.CLOSE_INTERNAL, "internal error"
+            self._close(Disconnects.INTERNAL)
         finally:
-            self._expiry.cancel()
-            metrics.connections.labels(device).dec()
-            for user_id in self.subscriptions:
-                await self.services.hub.leave(user_id, self)
-            self.subscriptions.clear()
-            if self._writer is not None:
-                self._writer.cancel()
-        if code:
-            metrics.closes.labels(reason or str(code)).inc()
-            await self._close(code, reason)
+            self._worker = None
 
-    async def _close(self, code: int, reason: str) -> None:
-        try:
-            async with asyncio.timeout(1.0):
-                await self.websocket.close(code, reason)
-        except (TimeoutError, RuntimeError, OSError, WebSocketDisconnect):
-            # Already closed by the peer, or it stopped reading: nothing more to say.
-            pass
-        except Exception as exc:  # uvicorn's ClientDisconnected is not public API
-            log.debug("close of %s failed: %r", self.principal.user_id, exc)
-
-    def _abandon(self, code: int, reason: str) -> None:
-        """Stop this connection from outside its task (slow peer, expired token)."""
-        if self._closing is not None:
-            return
-        self._closing = (code, reason)
-        if self._reader is not None:
-            self._reader.cancel()
-
-    # -- pushed messages (hub side) ----------------------------------------------------
-
-    def offer(self, text: str, delta: Delta | None, frame: bytes) -> None:
-        """Send a pushed message now, or queue it; abandon the peer if its outbox is full.
-
-        With nothing queued and a socket that takes writes, ``frame`` (``text`` framed once by
-        the hub for every peer) is written synchronously: no task, no await. Otherwise the
-        message goes through the coalescing outbox and its writer task.
-        """
-        if self._closing is not None:
-            return
-        if delta is not None:
-            if delta.version <= self.versions.get(delta.user_id, -1):
-                return  # the client already has this version (from a snapshot)
-            self.versions[delta.user_id] = delta.version
-        if self._writer is None and self._write is not None and self._write(frame):
-            return
-        if delta is not None:
-            outbox = self.outbox
-            merged = outbox.merged
-            accepted = outbox.put_delta(delta, text)
-            if outbox.merged != merged:
-                self.services.metrics.outbox_drops.labels("coalesced").inc()
-        else:
-            accepted = self.outbox.put(text)
-        if not accepted:
-            self.services.metrics.outbox_drops.labels("full").inc()
-            self.services.metrics.slow_peer_closes.inc()
-            self._abandon(wire.CLOSE_POLICY, "slow consumer")
-            return
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._drain())
-
-    async def _drain(self) -> None:
-        metrics = self.services.metrics
-        timeout = self.services.settings.write_timeout
-        try:
-            while (item := self.outbox.pop()) is not None:
-                text, delta = item
-                async with asyncio.timeout(timeout):
-                    await self.websocket.send_text(text)
-                if delta is not None:
-                    lag = self.services.clock() - delta.t / 1000
-                    metrics.push_latency.observe(max(0.0, lag))
-        except TimeoutError:
-            metrics.slow_peer_closes.inc()
-            self._abandon(wire.CLOSE_POLICY, "slow consumer")
-        except Exception as exc:
-            # The peer is gone; the read loop sees the disconnect and cleans up.
-            log.debug("writer of %s stopped: %r", self.principal.user_id, exc)
-        finally:
-            self._writer = None
-            if self._outbox is not None and not self._outbox:
-                self._outbox = None  # drained: back to direct writes, nothing kept
-
-    # -- client messages (reader side) ---------------------------------------------------
-
-    async def _reply(self, text: str) -> None:
-        if (
-            self._writer is None
-            and self._write is not None
-            and self._write(text_frame(text.encode()))
-        ):
-            return
-        try:
-            async with asyncio.timeout(self.services.settings.write_timeout):
-                await self.websocket.send_text(text)
-        except TimeoutError:
-            self.services.metrics.slow_peer_closes.inc()
-            raise _Close(wire.CLOSE_POLICY, "slow consumer") from None
-
-    async def _read_loop(self) -> None:
-        receive = self.websocket.receive
-        while True:
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                raise WebSocketDisconnect(message.get("code", 1000))
-            data = message.get("text")
-            if data is None:
-                data = message.get("bytes") or b""
-            now = self.services.clock()
-            if not self._bucket.take(now):
-                await self._reply(wire.encode_error("rate_limited", "too many messages"))
-                raise _Close(wire.CLOSE_POLICY, "rate limit")
-            try:
-                parsed = wire.parse_client_message(
-                    data, now_ms=int(now * 1000), limits=self._limits
-                )
-            except ProtocolError as exc:
-                await self._protocol_error(exc)
-                continue
-            await self._dispatch(parsed)
-
-    async def _protocol_error(self, exc: ProtocolError) -> None:
-        self._errors += 1
-        await self._reply(wire.encode_error(exc.code, exc.message))
-        if exc.code == "too_big":
-            raise _Close(wire.CLOSE_TOO_BIG, "message too big")
-        if self._errors > MAX_ERRORS:
-            raise _Close(wire.CLOSE_POLICY, "too many protocol errors")
-
-    async def _dispatch(self, message: wire.ClientMessage) -> None:
-        if isinstance(message, wire.FrameBatch):
-            await self._frames(message)
-        elif isinstance(message, wire.Hello):
-            await self._hello(self.principal.user_id, message.since)
-        elif isinstance(message, wire.Subscribe):
-            await self._subscribe(message.user_id or self.principal.user_id)
-        else:
-            await self._reply(wire.encode_pong(message.t, self.services.clock() * 1000))
-
-    async def _frames(self, batch: wire.FrameBatch) -> None:
+    async def _store(self, batch: FrameBatch) -> None:
         metrics = self.services.metrics
         for rejection in batch.rejected:
             metrics.frames_rejected.labels(rejection.field).inc()
@@ -308,48 +420,118 @@ class Connection:
             await self.services.ingestor.submit(user_id, batch.frames)
         except (FramesNotDurable, StoreError) as exc:
             # Not acked: the phone keeps the frames and sends them again.
-            log.warning("frames of %s (seq %d) not durable: %s", user_id, batch.seq, exc)
-            await self._reply(
-                wire.encode_error("internal", f"batch {batch.seq} not stored; resend")
-            )
+            reason = type(exc).__name__
+            log.warning("frames of %s (seq %d) not durable: %s", user_id, batch.seq, reason)
+            self._send(self.session.not_stored(batch))
             return
         metrics.frames_accepted.labels("ws").inc(len(batch.frames))
-        await self._reply(wire.encode_ack(batch.seq, len(batch.frames), batch.rejected))
+        self._send(self.session.stored(batch))
 
-    async def _hello(self, user_id: str, since: int | None) -> None:
-        await self._join(user_id)
-        state = await self.services.state.current(user_id)
-        self.versions[user_id] = max(self.versions.get(user_id, -1), state.version)
-        if since is not None and since == state.version:
-            text = wire.encode_uptodate(state.version, state.state_hash)
-        else:
-            text = wire.encode_snapshot(snapshot_fields(state))
-        if not self.outbox.put_snapshot(user_id, state.version, text):
-            raise _Close(wire.CLOSE_POLICY, "slow consumer")
-        if self._writer is None:
-            self._writer = asyncio.create_task(self._drain())
-
-    async def _subscribe(self, user_id: str) -> None:
-        if not self.principal.may_access(user_id):
-            await self._reply(wire.encode_error("forbidden", f"may not subscribe to {user_id}"))
-            raise _Close(wire.CLOSE_FORBIDDEN, "forbidden")
-        await self._hello(user_id, None)
-
-    async def _join(self, user_id: str) -> None:
-        if user_id in self.subscriptions:
+    async def _join(self, join: Join) -> None:
+        await self.services.hub.join(join.user_id, self)
+        try:
+            state = await self.services.state.current(join.user_id)
+        except StoreError as exc:
+            log.warning("state of %s not readable: %s", join.user_id, type(exc).__name__)
+            self._send(self.session.unavailable(join.user_id))
             return
-        if len(self.subscriptions) >= MAX_SUBSCRIPTIONS:
-            raise _Close(wire.CLOSE_POLICY, "too many subscriptions")
-        self.subscriptions.add(user_id)
-        await self.services.hub.join(user_id, self)
+        text = self.session.snapshot(join.user_id, state_fields(state), join.since)
+        if not self.outbox.put_snapshot(join.user_id, state.version, text):
+            self._close(Disconnects.SLOW_CONSUMER)
+            return
+        self._ensure_writer()
 
+    # -- bytes out ---------------------------------------------------------------------
 
-def snapshot_fields(state: Any) -> dict[str, Any]:
-    """The snapshot mapping of a :class:`~server.store.base.UserState`."""
-    return {
-        "user_id": state.user_id,
-        "version": state.version,
-        "state_hash": state.state_hash,
-        "updated_at": state.updated_at,
-        **state.visible(),
-    }
+    def _flush(self) -> None:
+        for chunk in self._ws.data_to_send():
+            if chunk:
+                self._transport.write(chunk)
+            else:  # websockets ends the stream: the server closes the TCP connection
+                self._transport.close()
+
+    def _write(self, frame: bytes) -> bool:
+        """Write one complete server frame now; ``False`` (nothing written) if it cannot."""
+        if self._paused or self._closing is not None or self._ws.state is not OPEN:
+            return False
+        self._transport.write(frame)
+        return True
+
+    def _send(self, text: str) -> None:
+        """Send a reply: now if nothing is queued and the socket takes writes, else queued."""
+        if self._closing is not None:
+            return
+        if self._writer is None and self._write(text_frame(text.encode())):
+            return
+        if not self.outbox.put(text):
+            self._close(Disconnects.SLOW_CONSUMER)
+            return
+        self._ensure_writer()
+
+    def offer(self, text: str, delta: Delta | None, frame: bytes) -> None:
+        """Send a pushed message now, or queue it; close the peer if its outbox is full.
+
+        With nothing queued and a socket that takes writes, ``frame`` (``text`` framed once by
+        the hub for every peer) is written synchronously: no task, no await. Otherwise the
+        message goes through the coalescing outbox and its writer task.
+        """
+        if self._closing is not None:
+            return
+        if delta is not None and not self.session.wants(delta):
+            return
+        if self._writer is None and self._write(frame):
+            return
+        metrics = self.services.metrics
+        if delta is not None:
+            outbox = self.outbox
+            merged = outbox.merged
+            accepted = outbox.put_delta(delta, text)
+            if outbox.merged != merged:
+                metrics.outbox_drops.labels("coalesced").inc()
+        else:
+            accepted = self.outbox.put(text)
+        if not accepted:
+            metrics.outbox_drops.labels("full").inc()
+            self._close(Disconnects.SLOW_CONSUMER)
+            return
+        self._ensure_writer()
+
+    def _ensure_writer(self) -> None:
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        metrics = self.services.metrics
+        timeout = self.services.settings.write_timeout
+        try:
+            while self._outbox is not None and (item := self._outbox.pop()) is not None:
+                text, delta = item
+                if self._paused:
+                    async with asyncio.timeout(timeout):
+                        await self._writable()
+                if not self._write(text_frame(text.encode())):
+                    return  # closing
+                if delta is not None:
+                    lag = self.services.clock() - delta.t / 1000
+                    metrics.push_latency.observe(max(0.0, lag))
+        except TimeoutError:
+            self._close(Disconnects.SLOW_CONSUMER)
+        finally:
+            self._writer = None
+            if self._outbox is not None and not self._outbox:
+                self._outbox = None  # drained: back to direct writes, nothing kept
+
+    async def _writable(self) -> None:
+        while self._paused:
+            if self._resumed is None:
+                self._resumed = asyncio.get_running_loop().create_future()
+            await self._resumed
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        resumed, self._resumed = self._resumed, None
+        if resumed is not None and not resumed.done():
+            resumed.set_result(None)

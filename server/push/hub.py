@@ -4,7 +4,13 @@ Peers (WebSocket connections) join a user's channel; REST long-polls watch it fo
 The hub subscribes the broker to a user while anybody local is interested, decodes each
 broker message once, and offers the same text to every local peer of that user. It never
 awaits a peer: offering only queues into the peer's outbox, so one slow peer cannot hold up
-the broker, ingest or any other peer.
+the broker, ingest or any other peer; a peer whose ``offer`` raises is dropped, alone.
+
+What the broker loses is made good by version (:mod:`server.push.repair`): a delta the
+broker did not take is re-published as the user's current state once it can be, and after
+the broker reconnects every user with local interest gets the current state as a delta to
+its local peers and watches. The current state comes from :meth:`Hub.read_current_with`
+(the state service sits above the hub).
 """
 
 from __future__ import annotations
@@ -12,13 +18,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Protocol
 
 import orjson
 
-from server.broker.base import Broker
+from brain.backoff import Backoff
+from server.broker.base import Broker, BrokerHealth
+from server.errors import BrokerUnavailable, CompanionError
 from server.metrics import Metrics
 from server.protocol import (
     Delta,
@@ -27,6 +35,7 @@ from server.protocol import (
     delta_from_message,
     text_frame,
 )
+from server.push.repair import REPAIR, ReadCurrent, Repairs
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +82,15 @@ class Watch:
 
 
 class Hub:
-    """Local peers and long-poll watches per user, and the broker traffic for them."""
+    """Local peers and long-poll watches per user, the broker traffic for them, and repairs."""
 
     def __init__(
-        self, broker: Broker, metrics: Metrics, clock: Callable[[], float] = time.time
+        self,
+        broker: Broker,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+        *,
+        repair: Backoff = REPAIR,
     ) -> None:
         self._broker = broker
         self._metrics = metrics
@@ -84,9 +98,33 @@ class Hub:
         self._peers: dict[str, set[Peer]] = {}
         self._watches: dict[str, set[Watch]] = {}
         self._interest: dict[str, int] = {}
+        self._repairs = Repairs(
+            broker,
+            metrics,
+            lambda delta: self._offer_delta(delta, delta.encode().encode(), observe_latency=False),
+            lambda user_id: user_id in self._interest,
+            repair,
+        )
+        self._chores: set[asyncio.Task[None]] = set()
+        metrics.track_broker(broker.health)
 
     async def start(self) -> None:
-        await self._broker.start(self._on_message)
+        await self._broker.start(self._on_message, self._on_reconnect)
+
+    async def close(self) -> None:
+        """Stop repairing and close the broker."""
+        await self._repairs.close()
+        for task in self._chores:
+            task.cancel()
+        await asyncio.gather(*self._chores, return_exceptions=True)
+        await self._broker.close()
+
+    def read_current_with(self, read: ReadCurrent) -> None:
+        """Use ``read`` for the current state of a user whose devices need repairing."""
+        self._repairs.read_current = read
+
+    def broker_health(self) -> BrokerHealth:
+        return self._broker.health()
 
     def peers(self, user_id: str) -> frozenset[Peer]:
         return frozenset(self._peers.get(user_id, ()))
@@ -103,7 +141,7 @@ class Hub:
             await self._more_interest(user_id)
 
     async def leave(self, user_id: str, peer: Peer) -> None:
-        """Stop delivering to ``peer`` (no-op if it had not joined)."""
+        """Stop delivering to ``peer`` (no-op if it had not joined or was dropped)."""
         peers = self._peers.get(user_id)
         if peers is None or peer not in peers:
             return
@@ -134,13 +172,43 @@ class Hub:
             await self._less_interest(user_id)
 
     async def publish_delta(self, delta: Delta) -> None:
-        """Send a committed delta to every node (this one included)."""
-        await self._broker.publish(delta.user_id, delta.encode().encode())
+        """Send a committed delta to every node (this one included). Never raises.
+
+        The state is committed already, so a broker that does not take the delta is no error
+        for the caller: it is counted, the user's current state is re-published when the
+        broker takes messages again, and one WARNING says so for each run of failures (the
+        users after the first, at DEBUG: an outage must not write a line per user).
+        """
+        try:
+            await self._broker.publish(delta.user_id, delta.encode().encode())
+        except Exception as exc:
+            self._metrics.publish_failures.labels("delta").inc()
+            first = self._repairs.unpublished(delta.user_id)
+            if not isinstance(exc, CompanionError):
+                log.exception("publishing delta v%d of %s failed", delta.version, delta.user_id)
+            elif first:
+                log.warning(
+                    "deltas not published (%s), first v%d of %s; the current states are "
+                    "re-published when the broker is back",
+                    exc,
+                    delta.version,
+                    delta.user_id,
+                )
+            else:
+                log.debug("delta v%d of %s not published either", delta.version, delta.user_id)
+            return
+        self._repairs.published(delta.user_id)
         self._metrics.deltas_published.inc()
 
     async def publish_summary(self, summary: FramesSummary) -> None:
-        """Send a frames summary to every node's debug peers of that user."""
-        await self._broker.publish(summary.user_id, summary.encode().encode())
+        """Send a frames summary to every node's debug peers of that user. Never raises for
+        an unavailable broker: summaries are a live view, not worth a repair."""
+        try:
+            await self._broker.publish(summary.user_id, summary.encode().encode())
+        except BrokerUnavailable:
+            self._metrics.publish_failures.labels("summary").inc()
+
+    # -- interest --------------------------------------------------------------------------
 
     async def _more_interest(self, user_id: str) -> None:
         count = self._interest.get(user_id, 0)
@@ -156,35 +224,83 @@ class Hub:
         self._interest.pop(user_id, None)
         await self._broker.unsubscribe(user_id)
 
+    # -- delivery --------------------------------------------------------------------------
+
     def _on_message(self, user_id: str, payload: bytes) -> None:
         try:
             message = orjson.loads(payload)
             op = message["op"]
         except (orjson.JSONDecodeError, KeyError, TypeError):
-            log.error("dropping undecodable broker message for %s", user_id)
+            log.warning("dropping undecodable broker message for %s", user_id)
             return
-        text = payload.decode()
         if op == "delta":
             try:
                 delta = delta_from_message(message)
             except ProtocolError:
-                log.error("dropping malformed delta for %s", user_id)
+                log.warning("dropping malformed delta for %s", user_id)
                 return
-            for watch in self._watches.get(user_id, ()):
-                watch.see(delta.version)
-            peers = self._peers.get(user_id)
-            if not peers:
-                return
-            frame = text_frame(payload)
-            for peer in peers:
-                peer.offer(text, delta, frame)
-            self._metrics.deltas_pushed.inc(len(peers))
             # Commit -> handed to every local socket that could take it at once; a peer that
             # could not observes its own, later delivery (server.push.endpoint.Connection._drain).
-            self._metrics.push_latency.observe(max(0.0, self._clock() - delta.t / 1000))
+            self._offer_delta(delta, payload, observe_latency=True)
         elif op == "frames":
             readers = [peer for peer in self._peers.get(user_id, ()) if peer.wants_summaries]
             if readers:
-                frame = text_frame(payload)
-                for peer in readers:
-                    peer.offer(text, None, frame)
+                self._offer(user_id, readers, payload.decode(), None, text_frame(payload))
+
+    def _offer_delta(self, delta: Delta, payload: bytes, *, observe_latency: bool) -> None:
+        """Tell local watches and peers about ``delta`` (``payload`` is its encoding)."""
+        for watch in self._watches.get(delta.user_id, ()):
+            watch.see(delta.version)
+        peers = self._peers.get(delta.user_id)
+        if not peers:
+            return
+        taken = self._offer(delta.user_id, peers, payload.decode(), delta, text_frame(payload))
+        self._metrics.deltas_pushed.inc(taken)
+        if observe_latency and taken:
+            self._metrics.push_latency.observe(max(0.0, self._clock() - delta.t / 1000))
+
+    def _offer(
+        self, user_id: str, peers: Iterable[Peer], text: str, delta: Delta | None, frame: bytes
+    ) -> int:
+        """Offer to each peer; a peer that raises is dropped. How many took it."""
+        taken = 0
+        for peer in tuple(peers):  # a copy: dropping a peer changes the set
+            try:
+                peer.offer(text, delta, frame)
+            except Exception as exc:
+                self._drop_peer(user_id, peer, exc)
+            else:
+                taken += 1
+        return taken
+
+    def _drop_peer(self, user_id: str, peer: Peer, exc: Exception) -> None:
+        """Forget a peer whose ``offer`` raised; the others, and the committer, go on."""
+        log.warning(
+            "dropping a peer of %s: taking a message raised %s", user_id, type(exc).__name__
+        )
+        self._metrics.peer_failures.inc()
+        peers = self._peers.get(user_id)
+        if peers is None or peer not in peers:
+            return
+        peers.discard(peer)
+        if not peers:
+            del self._peers[user_id]
+        self._spawn(self._less_interest(user_id))
+
+    # -- repairs ---------------------------------------------------------------------------
+
+    def _on_reconnect(self) -> None:
+        """The broker is back: every user with local interest may have missed deltas."""
+        log.debug("broker reconnected: resynchronising %d users by version", len(self._interest))
+        self._repairs.reconnected(self._interest)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await work
+            except CompanionError as exc:
+                log.debug("hub chore failed: %s", type(exc).__name__)
+
+        task = asyncio.create_task(run())
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)

@@ -1,119 +1,108 @@
-"""uvicorn's sans-I/O WebSocket protocol with a direct write path for pushed messages.
+"""The socket edge: the asyncio protocol every accepted TCP connection starts with.
 
-Fan-out is the server's hot path: one committed delta goes to every subscribed socket. Going
-through ASGI costs, per socket, a send coroutine chain, an ``await`` on the writable event
-and a framing of the same text again. Server frames are not masked, so the bytes of one
-text frame are the same for every socket: the hub frames a delta once
-(:func:`server.protocol.text_frame`) and :class:`PushProtocol` offers the application a
-synchronous ``write(frame) -> bool`` through the scope's ``extensions``
-(``"companion.push"``). It writes only when the connection is open and its transport is not
-paused; otherwise it returns ``False`` and the caller queues the message on its slower path
-(the outbox and its writer task, which waits for the transport with a deadline).
+uvicorn builds one protocol object per accepted connection from the class its ``http``
+setting names (``uvicorn.Config(http=EdgeProtocol)``, the documented seam: a protocol class
+instead of ``"httptools"``); :func:`server.runner.uvicorn_config` passes this one. Device
+sockets (:data:`WS_PATHS`) never reach uvicorn's WebSocket implementations; the operator's
+fleet feed (``/ops/ws``, a handful of connections) is upgraded by uvicorn's sans-I/O one.
+It reads each request head with ``httptools`` (the parser uvicorn's HTTP protocol uses)
+and enforces what uvicorn does not:
 
-Accepted sockets get a bounded kernel send buffer (:data:`SEND_BUFFER_BYTES`), so a peer
-that stops reading is noticed (paused transport, outbox, ``write_timeout``) after a few
-hundred kilobytes rather than after megabytes. The protocol also keeps less per connection
-than uvicorn's (memory per idle connection is a target): the receive queue is a list and
-one future instead of an ``asyncio.Queue`` (four deques), the writable flag keeps no waiter
-deque, and the handshake request and response are dropped once the upgrade is sent
-(including the copy websockets' handshake parser keeps). Used as ``ws=`` in
-:func:`server.runner.uvicorn_config`.
+- **a deadline** (``COMPANION_HANDSHAKE_TIMEOUT_S``) from the connection (or the first byte
+  of a later request on a kept-alive one) to the end of the request, body included: a
+  connection that dribbles its request (slowloris) is answered 408 and closed;
+- **sizes**: a request target over :data:`MAX_TARGET_BYTES` is answered 414, a head over
+  :data:`MAX_HEAD_BYTES`, a header line over :data:`MAX_HEADER_LINE_BYTES` or more than
+  :data:`MAX_HEADERS` headers 431, and the connection is closed;
+- **upgrades**: only the first request of a connection may be a WebSocket upgrade, only over
+  HTTP/1.1 (else 400).
 
-It relies on attributes of uvicorn's class that are not public API (``queue``,
-``writable``, ``conn``, ``transport``, ``close_sent``, ``disconnected``, ``request``,
-``response``); every server test runs through it, and
-``tests/server/test_push_protocol.py`` checks the parts this module changes, so a uvicorn
-upgrade that moves them fails the suite rather than the fleet.
+A plain HTTP request goes, with the bytes read so far, to uvicorn's ``httptools`` protocol
+(the class ``http="httptools"`` names, built with the three arguments uvicorn passes to any
+protocol class), which this protocol then feeds, still watching the deadline of each later
+request. A WebSocket upgrade is answered here: :func:`server.push.endpoint.authenticate`
+decides who may connect, ``websockets``' sans-I/O :class:`~websockets.server.ServerProtocol`
+checks the handshake and writes the 101 (or the refusal), and the transport is handed to a
+:class:`server.push.endpoint.Connection`. Nothing here reads a private name of uvicorn or
+websockets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
+import logging
 import socket
-from typing import TYPE_CHECKING, Any
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, Final, cast
+from urllib.parse import urlsplit
 
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
-from websockets.http11 import Request
-from websockets.protocol import OPEN, Protocol
+import httptools
+from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+from websockets.protocol import OPEN
+from websockets.server import ServerProtocol
+
+from server.auth import own_origins
+from server.errors import AuthError
+from server.problems import auth_problem
+from server.protocol import MAX_MESSAGE_BYTES
+from server.push.endpoint import Connection, Registry, authenticate, session_limits
+from server.push.session import Session
+from server.services import Services
 
 if TYPE_CHECKING:
-    from uvicorn._types import ASGIReceiveEvent, ASGISendEvent
-    from uvicorn.config import Config
     from uvicorn.server import ServerState
 
-SEND_BUFFER_BYTES = 128 * 1024
+WS_PATH: Final = "/v1/ws"
+WS_PATHS: Final = frozenset({WS_PATH, "/socket"})
+"""Device WebSocket paths served by our own connection: ``/v1/ws``, and ``/socket`` (the
+seeds' socket path, an alias)."""
+APP_WS_PATHS: Final = frozenset({"/ops/ws"})
+"""WebSocket routes of the app itself (the operator's fleet feed): upgraded by uvicorn's own
+WebSocket protocol, like plain HTTP. Any other upgrade is answered 404."""
+MAX_TARGET_BYTES: Final = 8 * 1024
+"""Longest request target (path and query; a token in ``?token=`` fits easily)."""
+MAX_HEADER_LINE_BYTES: Final = 8 * 1024
+"""Longest header line (name and value)."""
+MAX_HEAD_BYTES: Final = 32 * 1024
+"""Longest request head (request line and all headers)."""
+MAX_HEADERS: Final = 100
+SEND_BUFFER_BYTES: Final = 128 * 1024
 """Kernel send buffer of an accepted socket (Linux doubles it for bookkeeping). Pushes are
 small; without a bound, loopback and LAN autotuning let a peer that stopped reading pile up
 megabytes per socket in the kernel before the write buffer's high-water mark, and with it
 ``write_timeout``, ever applies."""
 
-PUSH_EXTENSION = "companion.push"
-"""Scope extension: ``{"write": Callable[[bytes], bool]}`` writes one pre-framed message."""
+FRAME_LOG: Final = logging.getLogger("server.push.frames")
+"""The logger given to ``websockets``: it logs every connection at INFO and every frame,
+payload included (sensor values), at DEBUG. Neither belongs in the log, at any level."""
+FRAME_LOG.setLevel(logging.WARNING)
 
 
-class _Inbox:
-    """The part of ``asyncio.Queue`` uvicorn's protocol uses, for one reader."""
+class EdgeProtocol(asyncio.Protocol):
+    """The first protocol of every connection: request deadline and limits, then HTTP
+    (uvicorn) or a WebSocket (:class:`~server.push.endpoint.Connection`)."""
 
-    __slots__ = ("_items", "_waiter")
-
-    def __init__(self) -> None:
-        self._items: list[ASGIReceiveEvent] = []
-        self._waiter: asyncio.Future[None] | None = None
-
-    def put_nowait(self, item: ASGIReceiveEvent) -> None:
-        self._items.append(item)
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def get(self) -> ASGIReceiveEvent:
-        while not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._items.pop(0)
-
-    def empty(self) -> bool:
-        return not self._items
-
-
-class _Flag:
-    """The part of ``asyncio.Event`` uvicorn's protocol uses, without an idle deque."""
-
-    __slots__ = ("_value", "_waiters")
-
-    def __init__(self) -> None:
-        self._value = True
-        self._waiters: list[asyncio.Future[None]] | None = None
-
-    def is_set(self) -> bool:
-        return self._value
-
-    def set(self) -> None:
-        self._value = True
-        waiters, self._waiters = self._waiters, None
-        for waiter in waiters or ():
-            if not waiter.done():
-                waiter.set_result(None)
-
-    def clear(self) -> None:
-        self._value = False
-
-    async def wait(self) -> bool:
-        if self._value:
-            return True
-        waiter = asyncio.get_running_loop().create_future()
-        if self._waiters is None:
-            self._waiters = []
-        self._waiters.append(waiter)
-        await waiter
-        return True
-
-
-class PushProtocol(WebSocketsSansIOProtocol):
-    """:class:`WebSocketsSansIOProtocol` plus ``write(frame)`` and a smaller footprint."""
+    __slots__ = (
+        "_app_state",
+        "_config",
+        "_deadline",
+        "_head",
+        "_head_bytes",
+        "_head_read",
+        "_headers",
+        "_in_head",
+        "_inner",
+        "_parser",
+        "_refusal",
+        "_registry",
+        "_server_state",
+        "_target_bytes",
+        "_transport",
+    )
 
     def __init__(
         self,
@@ -122,48 +111,295 @@ class PushProtocol(WebSocketsSansIOProtocol):
         app_state: dict[str, Any],
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
-        self.queue = _Inbox()  # type: ignore[assignment]
-        self.writable = _Flag()  # type: ignore[assignment]
+        self._config = config
+        self._registry: Registry = server_state
+        self._server_state = server_state
+        self._app_state = app_state
+        self._transport: asyncio.Transport | None = None
+        self._inner: HttpToolsProtocol | None = None
+        self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
+        self._head: bytearray | None = bytearray()
+        """The bytes of the first request, until it is known to be HTTP or an upgrade."""
+        self._deadline: asyncio.TimerHandle | None = None
+        self._in_head = True
+        self._head_read = False
+        self._head_bytes = 0
+        self._target_bytes = 0
+        self._headers = 0
+        self._refusal: tuple[HTTPStatus, str] | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
+        # A stream transport (uvloop's are not subclasses of asyncio.Transport).
+        self._transport = cast(asyncio.Transport, transport)
+        self._registry.connections.add(self)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-            except OSError:  # not a TCP socket (tests on other transports): keep the default
+            except OSError:  # not a TCP socket: keep the default
                 pass
+        self._arm_deadline()
 
-    def handle_connect(self, event: Request) -> None:
-        super().handle_connect(event)
-        del self.request  # the scope has what the app needs of it
-        if self.response.status_code != 101:
-            return  # rejected by websockets (bad handshake); already answered and closing
-        # Pre-framed bytes are only valid without extensions (permessage-deflate is off).
-        if not self.conn.extensions:
-            self.scope["extensions"][PUSH_EXTENSION] = {"write": self.write_frame}
-        # websockets' handshake parser keeps the request (headers and all) as a local of its
-        # suspended generator for the life of the connection. With nothing of the first frame
-        # read yet (clients wait for the 101), restart on the frame parser alone, which is
-        # where that generator is suspended anyway.
-        if not self.conn.reader.buffer:
-            self.conn.parser = Protocol.parse(self.conn)
-            next(self.conn.parser)
+    def data_received(self, data: bytes) -> None:
+        parser = self._parser
+        if parser is None:  # not tracking (a request httptools cannot parse): uvicorn answers
+            self._forward(data)
+            return
+        if self._head is not None:
+            self._head += data
+        if self._in_head:
+            self._head_bytes += len(data)
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgrade(len(data) - int(upgrade.args[0]))
+            return
+        except httptools.HttpParserError:
+            if self._refusal is None:
+                # Malformed HTTP: uvicorn's protocol parses it too and answers 400.
+                self._parser = None
+                self._to_http(data)
+                return
+        if self._refusal is None and self._in_head and self._head_bytes > MAX_HEAD_BYTES:
+            self._refusal = (HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "headers too large")
+        if self._refusal is not None:
+            status, reason = self._refusal
+            self._refuse(status, reason)
+            return
+        self._to_http(data)
 
-    async def send(self, message: ASGISendEvent) -> None:
-        await super().send(message)
-        if message["type"] == "websocket.accept" and self.handshake_complete:
-            self.response = None  # type: ignore[assignment]  # sent; not needed again
+    def eof_received(self) -> bool | None:
+        if self._inner is not None:
+            self._inner.eof_received()
+        return None
 
-    def write_frame(self, frame: bytes) -> bool:
-        """Write one complete server frame now; ``False`` (nothing written) if it cannot."""
-        if (
-            self.close_sent
-            or self.disconnected
-            or not self.writable.is_set()
-            or self.conn.state is not OPEN
-        ):
-            return False
-        self.transport.write(frame)
-        return True
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_deadline()
+        self._registry.connections.discard(self)
+        self._parser = None
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+    def shutdown(self) -> None:
+        """Graceful server stop, before a request was handed on: just close."""
+        if self._transport is not None:
+            self._transport.close()
+
+    # -- httptools callbacks ----------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._target_bytes = self._headers = 0
+        self._arm_deadline()
+
+    def on_url(self, url: bytes) -> None:
+        self._target_bytes += len(url)
+        if self._target_bytes > MAX_TARGET_BYTES:
+            self._refusal = (HTTPStatus.REQUEST_URI_TOO_LONG, "uri too long")
+            raise ValueError("request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers += 1
+        if self._headers > MAX_HEADERS or len(name) + len(value) > MAX_HEADER_LINE_BYTES:
+            self._refusal = (HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "headers too large")
+            raise ValueError("header fields too large")
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_read = True
+
+    def on_message_complete(self) -> None:
+        self._cancel_deadline()
+        self._in_head = True  # what comes next is the head of the next request
+        self._head_bytes = 0
+
+    # -- HTTP ---------------------------------------------------------------------------
+
+    def _to_http(self, data: bytes) -> None:
+        """Hand the request to uvicorn's HTTP protocol once its head is read (with what was
+        read so far), and feed it from then on."""
+        if self._inner is not None:
+            self._inner.data_received(data)
+            return
+        if not self._head_read and self._parser is not None:
+            return  # the first head is not complete: it may still be an upgrade
+        assert self._transport is not None and self._head is not None
+        head, self._head = bytes(self._head), None
+        inner = HttpToolsProtocol(
+            config=self._config, server_state=self._server_state, app_state=self._app_state
+        )
+        self._registry.connections.discard(self)  # uvicorn's protocol registers itself
+        inner.connection_made(self._transport)
+        self._inner = inner
+        inner.data_received(head)
+
+    def _forward(self, data: bytes) -> None:
+        if self._inner is not None:
+            self._inner.data_received(data)
+
+    def _arm_deadline(self) -> None:
+        if self._deadline is None:
+            timeout = self._settings_timeout()
+            self._deadline = asyncio.get_running_loop().call_later(timeout, self._timed_out)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _settings_timeout(self) -> float:
+        services = self._services()
+        return 10.0 if services is None else services.settings.handshake_timeout_s
+
+    def _timed_out(self) -> None:
+        self._deadline = None
+        if self._inner is None:
+            self._refuse(HTTPStatus.REQUEST_TIMEOUT, "timeout")
+            return
+        self._count("timeout")
+        if self._transport is not None:
+            self._transport.close()
+
+    def _refuse(self, status: HTTPStatus, reason: str) -> None:
+        """Answer ``status`` with a short text, close, and count ``reason``."""
+        self._cancel_deadline()
+        self._parser = None
+        self._count(reason)
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        if self._inner is None:
+            body = f"{status.phrase}\n".encode()
+            response = Response(status.value, status.phrase, _headers(body), body)
+            transport.write(response.serialize())
+        transport.close()
+
+    def _count(self, reason: str) -> None:
+        services = self._services()
+        if services is not None:
+            services.metrics.handshake_rejects.labels(reason).inc()
+
+    def _services(self) -> Services | None:
+        state = getattr(self._config.app, "state", None)
+        services: Services | None = getattr(state, "services", None)
+        return services
+
+    # -- WebSocket ------------------------------------------------------------------------
+
+    def _upgrade(self, past_head: int) -> None:
+        """The request head asks for an upgrade; ``past_head``: bytes read beyond it."""
+        self._cancel_deadline()
+        parser, self._parser = self._parser, None
+        if self._inner is not None or self._head is None or parser is None:
+            self._refuse(HTTPStatus.BAD_REQUEST, "bad request")  # not the first request
+            return
+        if parser.get_http_version() != "1.1":
+            self._refuse(HTTPStatus.BAD_REQUEST, "bad request")
+            return
+        head = bytes(self._head)
+        cut = len(head) - past_head
+        path = _target_path(head)
+        if path in APP_WS_PATHS:
+            # Not a device socket: uvicorn's HTTP protocol performs the upgrade for the app
+            # (its ``ws`` setting), after the same deadline and size checks as any request.
+            self._head_read = True
+            self._to_http(b"")
+            return
+        self._head = None
+        self._open_websocket(head[:cut], head[cut:], path in WS_PATHS)
+
+    def _open_websocket(self, head: bytes, received: bytes, known: bool) -> None:
+        transport = self._transport
+        services = self._services()
+        assert transport is not None
+        if services is None:
+            self._refuse(HTTPStatus.SERVICE_UNAVAILABLE, "bad request")
+            return
+        handshake = ServerProtocol(max_size=MAX_MESSAGE_BYTES, logger=FRAME_LOG)
+        handshake.receive_data(head)
+        events = handshake.events_received()
+        request = events[0] if events else None
+        if not isinstance(request, Request):
+            # websockets refused the request itself (and may have queued a 414/431).
+            self._count("bad request")
+            _write(transport, handshake)
+            transport.close()
+            return
+        if not known:
+            self._reject(handshake, HTTPStatus.NOT_FOUND, "not found")
+            return
+        try:
+            local = transport.get_extra_info("sockname")
+            own = own_origins(services.settings.public_url, local if _is_inet(local) else None)
+            principal = authenticate(request, services, own)
+        except AuthError as exc:
+            problem = auth_problem(exc)
+            body = bytes(problem.body)
+            headers = _headers(body, problem.media_type or "application/json")
+            if "www-authenticate" in problem.headers:
+                headers["WWW-Authenticate"] = problem.headers["www-authenticate"]
+            status = HTTPStatus(problem.status_code)
+            handshake.send_response(Response(status.value, status.phrase, headers, body))
+            self._count(type(exc).__name__)
+            _write(transport, handshake)
+            transport.close()
+            return
+        response = handshake.accept(request)
+        handshake.send_response(response)
+        _write(transport, handshake)
+        if handshake.state is not OPEN:
+            self._count("bad request")
+            transport.close()
+            return
+        # A fresh protocol, already open, for the life of the connection: the handshake
+        # one keeps the request (headers and all) in its suspended parser.
+        ws = ServerProtocol(state=OPEN, max_size=MAX_MESSAGE_BYTES, logger=FRAME_LOG)
+        session = Session(principal, session_limits(services), services.clock())
+        connection = Connection(transport, ws, session, services, self._registry)
+        self._registry.connections.discard(self)
+        transport.set_protocol(connection)
+        connection.start(received)
+
+    def _reject(self, handshake: ServerProtocol, status: HTTPStatus, reason: str) -> None:
+        assert self._transport is not None
+        handshake.send_response(handshake.reject(status, f"{status.phrase}\n"))
+        self._count(reason)
+        _write(self._transport, handshake)
+        self._transport.close()
+
+
+def _headers(body: bytes, content_type: str = "text/plain; charset=utf-8") -> Headers:
+    return Headers(
+        [
+            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Connection", "close"),
+            ("Content-Length", str(len(body))),
+            ("Content-Type", content_type),
+        ]
+    )
+
+
+def _write(transport: asyncio.Transport, protocol: ServerProtocol) -> None:
+    for chunk in protocol.data_to_send():
+        if chunk:
+            transport.write(chunk)
+
+
+def _target_path(head: bytes) -> str:
+    """The path of the request target in a request head (``""`` if it has none)."""
+    line = head.split(b"\r\n", 1)[0].split(b" ")
+    target = line[1].decode("latin-1") if len(line) > 1 else ""
+    return urlsplit(target).path
+
+
+def _is_inet(address: object) -> bool:
+    return isinstance(address, tuple) and len(address) >= 2 and isinstance(address[0], str)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from brain.hashing import state_hash
-from brain.model import AvatarStatus, Frame, Profile
+from brain.model import VISIBLE_FIELDS, AvatarStatus, Frame, Profile
 
 FrameRow = tuple[str, Frame]
 """A frame and the user it belongs to: the unit of a write-behind batch."""
@@ -51,6 +51,8 @@ class UserState:
     source: str = "rules"
     image_url: str | None = None
     avatar_status: str = AvatarStatus.NONE.value
+    video_url: str | None = None
+    video_status: str = AvatarStatus.NONE.value
     profile: Profile = field(default_factory=Profile)
     updated_at: int = 0
     epoch: int = 0
@@ -59,16 +61,9 @@ class UserState:
 
     def visible(self) -> dict[str, Any]:
         """The fields a device displays (the ones the state hash covers)."""
-        return {
-            "state": self.state,
-            "mood": self.mood,
-            "energy": self.energy,
-            "reasoning": self.reasoning,
-            "actions": list(self.actions),
-            "source": self.source,
-            "image_url": self.image_url,
-            "avatar_status": self.avatar_status,
-        }
+        visible = {name: getattr(self, name) for name in VISIBLE_FIELDS}
+        visible["actions"] = list(self.actions)
+        return visible
 
     def rehashed(self) -> UserState:
         """This state with ``state_hash`` recomputed from the visible fields."""
@@ -92,8 +87,54 @@ class AvatarCacheEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class SagaRecord:
+    """An avatar saga in flight, kept so that another process can resume it.
+
+    One per user (a newer saga of the user replaces the record). ``owner`` names the node
+    running it, which holds it until ``lease_until`` (epoch ms) and renews that while it
+    works; ``attempts`` counts the starts, resumes included. ``cache_hash`` is the prompt
+    hash (sha256 of prompt and base avatar) the saga makes the image of.
+    """
+
+    user_id: str
+    saga_id: str
+    cache_hash: str
+    owner: str
+    started_at: int
+    lease_until: int
+    attempts: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An avatar saga that failed after its retries, kept until an operator replays it.
+
+    ``failed_at`` is epoch ms; ``reason`` is the last error (the generator's own words,
+    never client input); ``state`` and ``mood`` are what the image was for.
+    """
+
+    user_id: str
+    failed_at: int
+    saga_id: str
+    cache_hash: str
+    reason: str
+    state: str
+    mood: str
+    attempts: int = 1
+
+    @property
+    def key(self) -> str:
+        """The letter's key within its user: failure time, then saga id (sorts by time)."""
+        return f"{self.failed_at:013d}#{self.saga_id}"
+
+
+@dataclass(frozen=True, slots=True)
 class Usage:
-    """LLM use of one user on one UTC day (``day`` is ``YYYY-MM-DD``)."""
+    """LLM use of one user on one UTC day (``day`` is ``YYYY-MM-DD``).
+
+    ``input_tokens`` are the uncached input tokens; prompt-cache writes and reads are
+    counted apart (they are billed at 1.25 and 0.1 times the input price).
+    """
 
     user_id: str
     day: str
@@ -101,6 +142,8 @@ class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +209,38 @@ class Store(Protocol):
     async def put_avatar(self, entry: AvatarCacheEntry) -> None:
         """Store a cache entry (a later entry for the same hash replaces it)."""
 
+    async def put_saga(self, record: SagaRecord) -> None:
+        """Record a saga in flight, replacing the user's earlier record."""
+
+    async def claim_saga(
+        self, user_id: str, saga_id: str, owner: str, *, now_ms: int, lease_until: int
+    ) -> SagaRecord | None:
+        """Take over saga ``saga_id`` of ``user_id`` for ``owner`` until ``lease_until``
+        (one more attempt) if it is still recorded and its lease ended before ``now_ms``
+        or ``owner`` holds it already; atomic, so two nodes never both win. The claimed
+        record, or ``None``."""
+
+    async def renew_saga(self, user_id: str, saga_id: str, owner: str, lease_until: int) -> bool:
+        """Extend ``owner``'s lease of the saga to ``lease_until``; ``False`` when the saga
+        ended or another owner took it over."""
+
+    async def resumable_sagas(
+        self, owner: str, *, now_ms: int, limit: int = 100
+    ) -> list[SagaRecord]:
+        """Up to ``limit`` sagas ``owner`` may claim: lease ended before ``now_ms``, or its own."""
+
+    async def end_saga(self, user_id: str, saga_id: str) -> None:
+        """Forget saga ``saga_id`` of the user (a newer saga's record is left alone)."""
+
+    async def add_dead_letter(self, letter: DeadLetter) -> None:
+        """Keep a failed saga in the dead-letter list."""
+
+    async def dead_letters(self, limit: int = 1000) -> list[DeadLetter]:
+        """Up to ``limit`` dead letters, oldest first (an admin path: it may scan)."""
+
+    async def remove_dead_letter(self, user_id: str, key: str) -> None:
+        """Remove one dead letter (by :attr:`DeadLetter.key`); idempotent."""
+
     async def add_usage(
         self,
         user_id: str,
@@ -175,6 +250,8 @@ class Store(Protocol):
         input_tokens: int,
         output_tokens: int,
         cost_usd: float,
+        cache_write_tokens: int = 0,
+        cache_read_tokens: int = 0,
     ) -> Usage:
         """Atomically add to a user's day of LLM use and return the new totals."""
 
@@ -185,6 +262,7 @@ class Store(Protocol):
         """Everything stored about a user, as JSON-ready data (``state``, ``frames``, ``usage``)."""
 
     async def delete_user(self, user_id: str) -> int:
-        """Erase a user's frames, usage and state, then leave a tombstone of the next erase
-        epoch (in this order, so a reader that sees the new epoch finds no frames); return
-        how many records were deleted (the tombstone is not counted)."""
+        """Erase a user's frames, usage, saga and dead letters and state, then leave a
+        tombstone of the next erase epoch (in this order, so a reader that sees the new epoch
+        finds no frames); return how many records were deleted (the tombstone is not
+        counted)."""

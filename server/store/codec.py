@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from brain.model import CoachStyle, CoachTone, Env, Frame, Profile
-from server.store.base import AvatarCacheEntry, Usage, UserState
+from brain.model import SNAPSHOT_FIELDS, AvatarStatus, CoachStyle, CoachTone, Env, Frame, Profile
+from server.store.base import Usage, UserState
 
 SECONDS_PER_DAY = 86_400
 
@@ -66,11 +66,6 @@ def expires_at(frame: Frame, retention_days: int) -> int:
     return frame.ts // 1000 + retention_days * SECONDS_PER_DAY
 
 
-def is_expired(expires_at_s: int, now_ms: int) -> bool:
-    """Whether a frame with this expiry is past its retention at ``now_ms``."""
-    return expires_at_s < now_ms // 1000
-
-
 def profile_to_dict(profile: Profile) -> dict[str, str]:
     """The profile as JSON-ready data."""
     return {
@@ -93,41 +88,43 @@ def profile_from_dict(data: dict[str, Any]) -> Profile:
     )
 
 
+def state_fields(state: UserState) -> dict[str, Any]:
+    """The state's fields of :data:`~brain.model.SNAPSHOT_FIELDS` as JSON-ready data
+    (``actions`` a list): what a snapshot and ``GET /v1/users/{id}/state`` carry."""
+    data = {name: getattr(state, name) for name in SNAPSHOT_FIELDS}
+    data["actions"] = list(state.actions)
+    return data
+
+
 def state_to_dict(state: UserState) -> dict[str, Any]:
-    """Every field of the state as JSON-ready data (``actions`` a list, ``profile`` a dict)."""
-    return {
-        "user_id": state.user_id,
-        "version": state.version,
-        "state_hash": state.state_hash,
-        "state": state.state,
-        "mood": state.mood,
-        "energy": state.energy,
-        "reasoning": state.reasoning,
-        "actions": list(state.actions),
-        "source": state.source,
-        "image_url": state.image_url,
-        "avatar_status": state.avatar_status,
-        "profile": profile_to_dict(state.profile),
-        "updated_at": state.updated_at,
-    }
+    """Every field of the state as JSON-ready data: :func:`state_fields` and ``profile``."""
+    return {**state_fields(state), "profile": profile_to_dict(state.profile)}
+
+
+_READERS: dict[str, Any] = {"version": int, "energy": int, "updated_at": int}
+_ABSENT: dict[str, Any] = {
+    "image_url": None,
+    "video_url": None,
+    "video_status": AvatarStatus.NONE.value,
+}
+"""Fields a record may lack, and what they mean then (rows from before clips have neither
+video field; a state without an image has no ``image_url``)."""
 
 
 def state_from_dict(data: dict[str, Any]) -> UserState:
     """The state :func:`state_to_dict` made ``data`` from; raises :class:`KeyError`."""
+    values: dict[str, Any] = {}
+    for name in SNAPSHOT_FIELDS:
+        value = data.get(name, _ABSENT[name]) if name in _ABSENT else data[name]
+        if name == "actions":
+            values[name] = tuple(str(action) for action in value or ())
+        elif value is None:
+            values[name] = None
+        else:
+            values[name] = _READERS.get(name, str)(value)
     return UserState(
-        user_id=str(data["user_id"]),
-        version=int(data["version"]),
-        state_hash=str(data["state_hash"]),
-        state=str(data["state"]),
-        mood=str(data["mood"]),
-        energy=int(data["energy"]),
-        reasoning=str(data["reasoning"]),
-        actions=tuple(str(action) for action in data["actions"]),
-        source=str(data["source"]),
-        image_url=None if data.get("image_url") is None else str(data["image_url"]),
-        avatar_status=str(data["avatar_status"]),
+        **values,
         profile=profile_from_dict(data.get("profile") or {}),
-        updated_at=int(data["updated_at"]),
         epoch=int(data.get("epoch") or 0),
     )
 
@@ -141,17 +138,8 @@ def usage_to_dict(usage: Usage) -> dict[str, Any]:
         "input_tokens": usage.input_tokens,
         "output_tokens": usage.output_tokens,
         "cost_usd": usage.cost_usd,
-    }
-
-
-def avatar_to_dict(entry: AvatarCacheEntry) -> dict[str, Any]:
-    """The avatar cache entry as JSON-ready data."""
-    return {
-        "cache_hash": entry.cache_hash,
-        "image_url": entry.image_url,
-        "video_url": entry.video_url,
-        "prompt": entry.prompt,
-        "created_at": entry.created_at,
+        "cache_write_tokens": usage.cache_write_tokens,
+        "cache_read_tokens": usage.cache_read_tokens,
     }
 
 

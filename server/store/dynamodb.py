@@ -1,14 +1,15 @@
 """The production store: DynamoDB through aioboto3, one client for the store's lifetime.
 
 Tables are those of :mod:`server.store.schema`, named ``table_prefix`` + suffix. Every call
-goes through the store's :class:`~server.store.retry.RetryPolicy` (botocore's own retries
+goes through the store's :class:`~brain.backoff.Backoff` (botocore's own retries
 are switched off, so there is one bound, not two multiplied); see
 :mod:`server.store.dynamodb_requests` for what is retried and why.
 
 Reads that a write decides on (state, usage budget) and reads of frames just acked are
-strongly consistent. Frame writes are ``BatchWriteItem`` puts: a resent frame overwrites its
-item with the same content, so a resend is idempotent. Expired frames stay in the table until
-DynamoDB's TTL removes them (up to a few days later); reads filter them out.
+strongly consistent. Frames are packed one item per (user, device, minute) and merged by
+conditional writes (:mod:`server.store.dynamodb_frames`): a resent frame is found in its
+bucket and never stored twice. Expired frames stay in the table until DynamoDB's TTL removes
+them (up to a few days later); reads filter them out.
 
 A ``put_state`` retried after a lost answer may report :class:`~server.errors.VersionConflict`
 although the first try landed; the caller re-reads, finds its own state, and moves on.
@@ -24,23 +25,22 @@ import aioboto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from brain.backoff import Backoff
 from brain.model import Frame
-from server.errors import FramesNotDurable, StoreError, VersionConflict
+from server.errors import StoreError, VersionConflict
 from server.store import codec, schema
 from server.store import dynamodb_items as items
 from server.store.base import AvatarCacheEntry, FrameRow, Tombstone, Usage, UserState
+from server.store.dynamodb_frames import DynamoDBFrames
 from server.store.dynamodb_requests import BatchTable, call, items_of_pages, write_batch
-from server.store.retry import RetryPolicy
+from server.store.dynamodb_sagas import DynamoDBSagas
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb.client import DynamoDBClient
     from types_aiobotocore_dynamodb.type_defs import WriteRequestTypeDef
 
-_MAX_TS = 10**13 - 1
-"""The largest ts a 13-digit sort key holds (the year 2286)."""
 
-
-class DynamoDBStore:
+class DynamoDBStore(DynamoDBSagas):
     """The :class:`~server.store.base.Store` in the DynamoDB tables of ``table_prefix``.
 
     ``endpoint_url`` points at DynamoDB Local in tests; ``max_pool_connections`` bounds the
@@ -56,20 +56,31 @@ class DynamoDBStore:
         endpoint_url: str | None = None,
         max_pool_connections: int = 64,
         frame_retention_days: int = 30,
-        retry: RetryPolicy | None = None,
+        retry: Backoff | None = None,
     ) -> None:
         self._prefix = table_prefix
         self._region = region
         self._endpoint_url = endpoint_url
         self._max_pool_connections = max_pool_connections
         self._retention_days = frame_retention_days
-        self._retry = retry or RetryPolicy()
+        self._retry = retry or Backoff()
         self._stack: AsyncExitStack | None = None
         self._client: DynamoDBClient | None = None
-        self._frames = BatchTable(schema.FRAMES.name(table_prefix), "user_id", "sk")
+        self._frame_table = BatchTable(schema.FRAMES.name(table_prefix), "user_id", "sk")
+        self._frames = DynamoDBFrames(
+            lambda: self.client,
+            self._frame_table.name,
+            retention_days=frame_retention_days,
+            retry=self._retry,
+            query=self._query,
+        )
         self._usage = BatchTable(schema.USAGE.name(table_prefix), "user_id", "day")
         self._state_table = schema.USER_STATE.name(table_prefix)
         self._avatar_table = schema.AVATAR_CACHE.name(table_prefix)
+        self._saga_table = schema.AVATAR_SAGAS.name(table_prefix)
+        self._letters = BatchTable(
+            schema.AVATAR_DEAD_LETTERS.name(table_prefix), "user_id", "letter_key"
+        )
 
     async def open(self) -> None:
         """Open the client (tables are not created: see :meth:`create_tables`). Idempotent."""
@@ -77,7 +88,7 @@ class DynamoDBStore:
             return
         config = Config(
             max_pool_connections=self._max_pool_connections,
-            retries={"total_max_attempts": 1},  # the store's RetryPolicy is the only bound
+            retries={"total_max_attempts": 1},  # the store's Backoff is the only bound
             connect_timeout=5,
             read_timeout=20,
         )
@@ -126,52 +137,18 @@ class DynamoDBStore:
         )
 
     async def put_frames(self, rows: Sequence[FrameRow]) -> None:
-        """Write the rows with BatchWriteItem, retrying unprocessed and throttled items.
+        """Merge the rows into their minute buckets (:mod:`server.store.dynamodb_frames`).
 
         Raises :class:`~server.errors.FramesNotDurable` with the indexes (into ``rows``) of
         the rows still unwritten when the retry policy is spent; the others are durable.
         """
-        indexes: dict[items.ItemKey, list[int]] = {}
-        requests: list[WriteRequestTypeDef] = []
-        for index, (user_id, frame) in enumerate(rows):
-            key = (user_id, frame.key)
-            if key in indexes:
-                # BatchWriteItem refuses a key twice in one request; one write serves both.
-                indexes[key].append(index)
-                continue
-            indexes[key] = [index]
-            item = items.frame_item(user_id, frame, self._retention_days)
-            requests.append({"PutRequest": {"Item": item}})
-        if not requests:
-            return
-        failed = await write_batch(self.client, self._frames, requests, self._retry)
-        if failed:
-            failed_indexes = frozenset(index for key in failed for index in indexes[key])
-            raise FramesNotDurable(failed_indexes, next(iter(failed.values())))
+        await self._frames.put(rows)
 
     async def frames_between(
         self, user_id: str, start_ms: int, end_ms: int, *, now_ms: int
     ) -> list[Frame]:
         """The user's unexpired frames with ``start_ms <= ts < end_ms``, oldest first."""
-        start_ms, end_ms = max(start_ms, 0), min(end_ms, _MAX_TS + 1)
-        if end_ms <= start_ms:
-            return []
-        # Keys are "ts#device#seq" with a 13-digit ts: "#" sorts before "$", so the range
-        # below holds every key of start_ms .. end_ms - 1 and none of end_ms.
-        found = self._query(
-            TableName=self._frames.name,
-            KeyConditionExpression="#pk = :user AND #sk BETWEEN :low AND :high",
-            FilterExpression="#expires >= :now",
-            ExpressionAttributeNames={"#pk": "user_id", "#sk": "sk", "#expires": "expires_at"},
-            ExpressionAttributeValues={
-                ":user": {"S": user_id},
-                ":low": {"S": f"{start_ms:013d}#"},
-                ":high": {"S": f"{end_ms - 1:013d}$"},
-                ":now": {"N": str(now_ms // 1000)},
-            },
-            ConsistentRead=True,
-        )
-        return [items.frame_of(item) async for item in found]
+        return await self._frames.between(user_id, start_ms, end_ms, now_ms=now_ms)
 
     async def get_state(self, user_id: str) -> UserState | None:
         """The user's state (strongly consistent read), or ``None``."""
@@ -308,6 +285,8 @@ class DynamoDBStore:
         input_tokens: int,
         output_tokens: int,
         cost_usd: float,
+        cache_write_tokens: int = 0,
+        cache_read_tokens: int = 0,
     ) -> Usage:
         """UpdateItem ``ADD`` to the user's usage of ``day``; return the new totals.
 
@@ -319,18 +298,24 @@ class DynamoDBStore:
             lambda: client.update_item(
                 TableName=self._usage.name,
                 Key={"user_id": {"S": user_id}, "day": {"S": day}},
-                UpdateExpression="ADD #calls :calls, #in :in, #out :out, #cost :cost",
+                UpdateExpression=(
+                    "ADD #calls :calls, #in :in, #out :out, #cost :cost, #cw :cw, #cr :cr"
+                ),
                 ExpressionAttributeNames={
                     "#calls": "calls",
                     "#in": "input_tokens",
                     "#out": "output_tokens",
                     "#cost": "cost_usd",
+                    "#cw": "cache_write_tokens",
+                    "#cr": "cache_read_tokens",
                 },
                 ExpressionAttributeValues={
                     ":calls": {"N": str(calls)},
                     ":in": {"N": str(input_tokens)},
                     ":out": {"N": str(output_tokens)},
                     ":cost": {"N": items.cost_number(cost_usd)},
+                    ":cw": {"N": str(cache_write_tokens)},
+                    ":cr": {"N": str(cache_read_tokens)},
                 },
                 ReturnValues="ALL_NEW",
             ),
@@ -356,17 +341,7 @@ class DynamoDBStore:
     async def export_user(self, user_id: str, *, now_ms: int) -> dict[str, Any]:
         """Everything stored about the user (unexpired frames), as JSON-ready data."""
         state = await self.get_state(user_id)
-        frames = self._query(
-            TableName=self._frames.name,
-            KeyConditionExpression="#pk = :user",
-            FilterExpression="#expires >= :now",
-            ExpressionAttributeNames={"#pk": "user_id", "#expires": "expires_at"},
-            ExpressionAttributeValues={
-                ":user": {"S": user_id},
-                ":now": {"N": str(now_ms // 1000)},
-            },
-            ConsistentRead=True,
-        )
+        frames = await self._frames.between(user_id, 0, 10**13, now_ms=now_ms)
         usage = self._query(
             TableName=self._usage.name,
             KeyConditionExpression="#pk = :user",
@@ -377,22 +352,27 @@ class DynamoDBStore:
         return codec.export_document(
             user_id,
             state,
-            [items.frame_of(item) async for item in frames],
+            frames,
             [items.usage_of(user_id, item["day"]["S"], item) async for item in usage],
         )
 
     async def delete_user(self, user_id: str) -> int:
-        """Delete the user's frames (expired ones too) and usage, then turn the state item
-        into a tombstone of the next erase epoch (keeping its version); return the count (a
-        live state counts one).
+        """Delete the user's frames (expired ones too), usage, saga and dead letters, then
+        turn the state item into a tombstone of the next erase epoch (keeping its version);
+        return the count (a live state counts one).
 
         Raises :class:`~server.errors.StoreError` when some items could not be deleted
         (calling again finishes the job: deletes are idempotent).
         """
         deleted = 0
-        for table in (self._frames, self._usage):
-            assert table.sort_key is not None  # both tables have one; mypy needs to know
-            keys = self._query(
+        keyed = await self._frames.keys_and_counts(user_id)
+        self._frames.forget_user(user_id)
+        frame_keys = [key for key, _ in keyed]
+        await self._delete_items(self._frame_table, user_id, frame_keys)
+        deleted += sum(count for _, count in keyed)
+        for table in (self._usage, self._letters):
+            assert table.sort_key is not None  # these tables have one; mypy needs to know
+            found_keys = self._query(
                 TableName=table.name,
                 KeyConditionExpression="#pk = :user",
                 ProjectionExpression="#pk, #sk",
@@ -400,18 +380,27 @@ class DynamoDBStore:
                 ExpressionAttributeValues={":user": {"S": user_id}},
                 ConsistentRead=True,
             )
-            requests: list[WriteRequestTypeDef] = [
-                {"DeleteRequest": {"Key": key}} async for key in keys
-            ]
-            failed = await write_batch(self.client, table, requests, self._retry)
-            if failed:
-                raise StoreError(
-                    f"could not delete {len(failed)} item(s) of user {user_id!r} from"
-                    f" {table.name}: {next(iter(failed.values()))}"
-                )
-            deleted += len(requests)
-        # Last, so that a reader who sees the new epoch finds no frames. One UpdateItem
-        # (not a read then a put): ADD raises the epoch atomically, whoever erases at once.
+            keys = [key async for key in found_keys]
+            await self._delete_items(table, user_id, keys)
+            deleted += len(keys)
+        client = self.client
+        saga = await call(
+            "DeleteItem avatar_sagas",
+            lambda: client.delete_item(
+                TableName=self._saga_table,
+                Key={"user_id": {"S": user_id}},
+                ReturnValues="ALL_OLD",
+            ),
+            self._retry,
+        )
+        deleted += 1 if saga.get("Attributes") else 0
+        return deleted + await self._tombstone(user_id)
+
+    async def _tombstone(self, user_id: str) -> int:
+        """Turn the user's state item into a tombstone of the next erase epoch; 1 if it held
+        a live state. Last, so that a reader who sees the new epoch finds no frames. One
+        UpdateItem (not a read then a put): ADD raises the epoch atomically, whoever erases
+        at once."""
         tombstone = items.state_item(UserState.initial(user_id))
         fields = [name for name in tombstone if name not in ("user_id", "epoch", "version")]
         names = {f"#f{i}": name for i, name in enumerate(fields)}
@@ -425,7 +414,7 @@ class DynamoDBStore:
                 Key={"user_id": {"S": user_id}},
                 UpdateExpression=(
                     f"SET {assignments}, #version = if_not_exists(#version, :zero),"
-                    " #erased = :true ADD #epoch :one REMOVE #image"
+                    " #erased = :true ADD #epoch :one REMOVE #image, #video"
                 ),
                 ExpressionAttributeNames={
                     **names,
@@ -433,6 +422,7 @@ class DynamoDBStore:
                     "#erased": "erased",
                     "#epoch": "epoch",
                     "#image": "image_url",
+                    "#video": "video_url",
                 },
                 ExpressionAttributeValues={
                     **values,
@@ -446,7 +436,20 @@ class DynamoDBStore:
             idempotent=False,
         )
         old = response.get("Attributes")
-        return deleted + (1 if old and not items.is_tombstone(old) else 0)
+        return 1 if old and not items.is_tombstone(old) else 0
+
+    async def _delete_items(
+        self, table: BatchTable, user_id: str, keys: list[dict[str, Any]]
+    ) -> None:
+        """Delete the items with ``keys`` from ``table``; raise :class:`StoreError` naming
+        how many could not be deleted."""
+        requests: list[WriteRequestTypeDef] = [{"DeleteRequest": {"Key": key}} for key in keys]
+        failed = await write_batch(self.client, table, requests, self._retry)
+        if failed:
+            raise StoreError(
+                f"could not delete {len(failed)} item(s) of user {user_id!r} from"
+                f" {table.name}: {next(iter(failed.values()))}"
+            )
 
     def _query(self, **request: Any) -> AsyncGenerator[dict[str, Any], None]:
         """The items of a Query, page after page."""

@@ -1,8 +1,8 @@
 """DynamoDB items of the store's records, and the records of items.
 
 Items are the low-level client's typed attribute maps (``{"S": ...}``, ``{"N": ...}``):
-one client for the store's lifetime, no resource layer. A frame's ``payload`` is the same
-compact JSON the SQLite store keeps (:func:`server.store.codec.encode_frame`). Reading back
+one client for the store's lifetime, no resource layer (frame items are
+:mod:`server.store.dynamodb_frames`'). Reading back
 raises :class:`KeyError` or :class:`ValueError` on an item the store did not write.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeAlias
 
-from brain.model import Frame
 from server.store import codec
 from server.store.base import AvatarCacheEntry, Usage, UserState
 
@@ -24,70 +23,49 @@ ItemKey = tuple[str, str]
 """An item's key as plain strings: (partition key, sort key or "")."""
 
 
-def frame_item(user_id: str, frame: Frame, retention_days: int) -> Item:
-    """The ``frames`` item of one frame (``expires_at`` is DynamoDB's TTL attribute)."""
-    return {
-        "user_id": {"S": user_id},
-        "sk": {"S": frame.key},
-        "ts": {"N": str(frame.ts)},
-        "expires_at": {"N": str(codec.expires_at(frame, retention_days))},
-        "payload": {"S": codec.encode_frame(frame).decode()},
-    }
-
-
-def frame_of(item: dict[str, Any]) -> Frame:
-    """The frame a ``frames`` item holds."""
-    return codec.decode_frame(item["payload"]["S"])
-
-
 def key_of(item: dict[str, Any], partition: str, sort: str | None) -> ItemKey:
     """The key of an item (or of a ``Key`` map) as plain strings."""
     return (item[partition]["S"], "" if sort is None else item[sort]["S"])
 
 
+def _attribute(value: Any) -> AttributeValueTypeDef:
+    if isinstance(value, bool):
+        raise TypeError("a state field is never a boolean")
+    if isinstance(value, int):
+        return {"N": str(value)}
+    if isinstance(value, str):
+        return {"S": value}
+    if isinstance(value, list):
+        return {"L": [_attribute(v) for v in value]}
+    if isinstance(value, dict):
+        return {"M": {k: _attribute(v) for k, v in value.items()}}
+    raise TypeError(f"no DynamoDB attribute for {type(value).__name__}")
+
+
+def _plain(attribute: dict[str, Any]) -> Any:
+    if "N" in attribute:
+        return int(attribute["N"])
+    if "S" in attribute:
+        return attribute["S"]
+    if "L" in attribute:
+        return [_plain(v) for v in attribute["L"]]
+    if "M" in attribute:
+        return {k: _plain(v) for k, v in attribute["M"].items()}
+    raise ValueError(f"not an attribute the store writes: {sorted(attribute)}")
+
+
 def state_item(state: UserState) -> Item:
-    """The ``user_state`` item of a state; ``image_url`` is left out when ``None``."""
+    """The ``user_state`` item of a state (:func:`codec.state_to_dict`, attribute by
+    attribute); fields that are ``None`` (``image_url``) are left out."""
     data = codec.state_to_dict(state)
-    item: Item = {
-        "user_id": {"S": state.user_id},
-        "version": {"N": str(state.version)},
-        "state_hash": {"S": state.state_hash},
-        "state": {"S": state.state},
-        "mood": {"S": state.mood},
-        "energy": {"N": str(state.energy)},
-        "reasoning": {"S": state.reasoning},
-        "actions": {"L": [{"S": action} for action in state.actions]},
-        "source": {"S": state.source},
-        "avatar_status": {"S": state.avatar_status},
-        "profile": {"M": {name: {"S": value} for name, value in data["profile"].items()}},
-        "updated_at": {"N": str(state.updated_at)},
-        "epoch": {"N": str(state.epoch)},
-    }
-    if state.image_url is not None:
-        item["image_url"] = {"S": state.image_url}
+    item = {name: _attribute(value) for name, value in data.items() if value is not None}
+    item["epoch"] = {"N": str(state.epoch)}
     return item
 
 
 def state_of(item: dict[str, Any]) -> UserState:
     """The state a ``user_state`` item holds."""
-    return codec.state_from_dict(
-        {
-            "user_id": item["user_id"]["S"],
-            "version": int(item["version"]["N"]),
-            "state_hash": item["state_hash"]["S"],
-            "state": item["state"]["S"],
-            "mood": item["mood"]["S"],
-            "energy": int(item["energy"]["N"]),
-            "reasoning": item["reasoning"]["S"],
-            "actions": [value["S"] for value in item["actions"]["L"]],
-            "source": item["source"]["S"],
-            "image_url": item["image_url"]["S"] if "image_url" in item else None,
-            "avatar_status": item["avatar_status"]["S"],
-            "profile": {name: value["S"] for name, value in item["profile"]["M"].items()},
-            "updated_at": int(item["updated_at"]["N"]),
-            "epoch": int(item["epoch"]["N"]) if "epoch" in item else 0,
-        }
-    )
+    return codec.state_from_dict({name: _plain(value) for name, value in item.items()})
 
 
 def epoch_of(item: dict[str, Any]) -> int:
@@ -146,4 +124,6 @@ def usage_of(user_id: str, day: str, item: dict[str, Any]) -> Usage:
         input_tokens=int(number("input_tokens")),
         output_tokens=int(number("output_tokens")),
         cost_usd=float(number("cost_usd")),
+        cache_write_tokens=int(number("cache_write_tokens")),
+        cache_read_tokens=int(number("cache_read_tokens")),
     )

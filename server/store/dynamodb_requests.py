@@ -7,7 +7,7 @@ requests that may be applied twice (idempotent), because the first one may have 
 
 :func:`write_batch` sends ``BatchWriteItem`` requests of at most 25 items, resends what
 comes back in ``UnprocessedItems`` and what was throttled, with the store's
-:class:`~server.store.retry.RetryPolicy`, and returns the keys it could not write within
+:class:`~brain.backoff.Backoff`, and returns the keys it could not write within
 the policy's bound, so the caller can name exactly those rows. :func:`items_of_pages`
 follows a Query's or Scan's pages, retrying each page on its own.
 """
@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
+from brain.backoff import Backoff
 from server.errors import StoreError
 from server.store.dynamodb_items import ItemKey, key_of
-from server.store.retry import RetryPolicy
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb.client import DynamoDBClient
@@ -75,7 +75,7 @@ def is_retryable(error: Exception, *, idempotent: bool) -> bool:
 async def call(
     what: str,
     operation: Callable[[], Awaitable[T]],
-    retry: RetryPolicy,
+    retry: Backoff,
     *,
     idempotent: bool = True,
     passthrough: frozenset[str] = frozenset(),
@@ -97,14 +97,14 @@ async def call(
             failure: Exception = error
         except BotoCoreError as error:
             failure = error
-        if retry_number + 1 >= retry.attempts or not is_retryable(failure, idempotent=idempotent):
+        if not retry.may_retry(retry_number) or not is_retryable(failure, idempotent=idempotent):
             raise StoreError(f"DynamoDB {what} failed: {failure}") from failure
-        await retry.backoff(retry_number)
+        await retry.wait(retry_number)
         retry_number += 1
 
 
 async def items_of_pages(
-    operation: Callable[..., Awaitable[Any]], request: dict[str, Any], retry: RetryPolicy
+    operation: Callable[..., Awaitable[Any]], request: dict[str, Any], retry: Backoff
 ) -> AsyncGenerator[dict[str, Any], None]:
     """The items of ``operation(**request)`` (a Query or Scan), following ``LastEvaluatedKey``.
 
@@ -141,7 +141,7 @@ async def write_batch(
     client: DynamoDBClient,
     table: BatchTable,
     requests: Sequence[WriteRequestTypeDef],
-    retry: RetryPolicy,
+    retry: Backoff,
 ) -> dict[ItemKey, str]:
     """Write ``requests`` (unique keys) in batches of 25; return ``{key: why}`` for failures.
 
@@ -166,13 +166,12 @@ async def _write_chunk(
     client: DynamoDBClient,
     table: BatchTable,
     chunk: Sequence[WriteRequestTypeDef],
-    retry: RetryPolicy,
+    retry: Backoff,
 ) -> dict[ItemKey, str]:
     pending = {table.key(request): request for request in chunk}
     reason = ""
-    for retry_number in range(retry.attempts):
-        if retry_number:
-            await retry.backoff(retry_number - 1)
+    retry_number = 0
+    while True:
         try:
             response = await client.batch_write_item(
                 RequestItems={table.name: list(pending.values())}
@@ -182,11 +181,14 @@ async def _write_chunk(
             if not is_retryable(error, idempotent=True):
                 return dict.fromkeys(pending, f"BatchWriteItem failed: {error}")
             reason = f"BatchWriteItem kept failing: {error}"
-            continue
-        unprocessed = response.get("UnprocessedItems", {}).get(table.name, [])
-        unprocessed_keys = {table.key(dict(request)) for request in unprocessed}
-        pending = {key: request for key, request in pending.items() if key in unprocessed_keys}
-        if not pending:
-            return {}
-        reason = "DynamoDB kept returning the item in UnprocessedItems"
-    return dict.fromkeys(pending, f"{reason} ({retry.attempts} attempts)")
+        else:
+            unprocessed = response.get("UnprocessedItems", {}).get(table.name, [])
+            unprocessed_keys = {table.key(dict(request)) for request in unprocessed}
+            pending = {key: req for key, req in pending.items() if key in unprocessed_keys}
+            if not pending:
+                return {}
+            reason = "DynamoDB kept returning the item in UnprocessedItems"
+        if not retry.may_retry(retry_number):
+            return dict.fromkeys(pending, f"{reason} ({retry_number + 1} attempts)")
+        await retry.wait(retry_number)
+        retry_number += 1

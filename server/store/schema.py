@@ -65,7 +65,21 @@ USAGE = TableSpec(
     sort_key=KeyAttribute("day"),  # YYYY-MM-DD, UTC
 )
 
-TABLES: tuple[TableSpec, ...] = (FRAMES, USER_STATE, AVATAR_CACHE, USAGE)
+AVATAR_SAGAS = TableSpec(suffix="avatar_sagas", partition_key=KeyAttribute("user_id"))
+AVATAR_DEAD_LETTERS = TableSpec(
+    suffix="avatar_dead_letters",
+    partition_key=KeyAttribute("user_id"),
+    sort_key=KeyAttribute("letter_key"),  # DeadLetter.key: failed_at#saga_id
+)
+
+TABLES: tuple[TableSpec, ...] = (
+    FRAMES,
+    USER_STATE,
+    AVATAR_CACHE,
+    USAGE,
+    AVATAR_SAGAS,
+    AVATAR_DEAD_LETTERS,
+)
 """Every table the store uses."""
 
 WAIT_DELAY_SECONDS = 2

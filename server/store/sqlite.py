@@ -13,6 +13,11 @@ Concurrency: two connections. Writes go through one writer connection, serialise
 rollback can never undo another's writes. Reads use a second connection, which in WAL mode
 sees only committed data and never waits for the writer.
 
+Frames are packed, one row per (user, device, minute) in ``frame_buckets`` (more parts
+when a device sends over :data:`~server.store.frame_buckets.PART_FRAMES` frames a minute;
+see :mod:`server.store.frame_buckets`): ~10 bytes a frame instead of ~220. A file written by an
+older version (one row per frame in ``frames``) is packed when it is opened.
+
 Frames are not deleted when their retention ends (SQLite has no TTL): reads leave them out,
 and :meth:`SQLiteStore.purge_expired` deletes them when the server calls it.
 """
@@ -33,17 +38,12 @@ import orjson
 from brain.model import Frame
 from server.errors import StoreError, VersionConflict
 from server.store import codec
+from server.store import frame_buckets as buckets
+from server.store import sqlite_frames as frames
 from server.store.base import AvatarCacheEntry, FrameRow, Tombstone, Usage, UserState
+from server.store.sqlite_sagas import SAGA_SCHEMA, SQLiteSagas
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS frames (
-    user_id TEXT NOT NULL,
-    sk TEXT NOT NULL,
-    ts INTEGER NOT NULL,
-    payload BLOB NOT NULL,
-    expires_at INTEGER NOT NULL,
-    PRIMARY KEY (user_id, sk)
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS user_state (
     user_id TEXT PRIMARY KEY,
     version INTEGER NOT NULL,
@@ -56,6 +56,8 @@ CREATE TABLE IF NOT EXISTS user_state (
     source TEXT NOT NULL,
     image_url TEXT,
     avatar_status TEXT NOT NULL,
+    video_url TEXT,
+    video_status TEXT NOT NULL DEFAULT 'none',
     profile TEXT NOT NULL,
     updated_at INTEGER NOT NULL,
     epoch INTEGER NOT NULL DEFAULT 0,
@@ -76,14 +78,28 @@ CREATE TABLE IF NOT EXISTS usage (
     input_tokens INTEGER NOT NULL,
     output_tokens INTEGER NOT NULL,
     cost_usd REAL NOT NULL,
+    cache_write_tokens INTEGER NOT NULL DEFAULT 0,
+    cache_read_tokens INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (user_id, day)
 );
 """
 
+_END_OF_TIME = 10**13
+"""An ``end_ms`` after every frame (13-digit epoch milliseconds reach the year 2286)."""
+
 _STATE_COLUMNS = (
     "user_id, version, state_hash, state, mood, energy, reasoning, actions, source,"
-    " image_url, avatar_status, profile, updated_at, epoch, erased"
+    " image_url, avatar_status, video_url, video_status, profile, updated_at, epoch, erased"
 )
+
+_ADDED_STATE_COLUMNS = (
+    ("video_url", "TEXT"),
+    ("video_status", "TEXT NOT NULL DEFAULT 'none'"),
+    ("epoch", "INTEGER NOT NULL DEFAULT 0"),
+    ("erased", "INTEGER NOT NULL DEFAULT 0"),
+)
+"""Columns added to ``user_state`` after its first release: :meth:`SQLiteStore.open` adds
+them to a file made before them (``CREATE TABLE IF NOT EXISTS`` leaves an old table as it is)."""
 
 _STATE_NAMES = [name.strip() for name in _STATE_COLUMNS.split(",")]
 _UPSERT = (
@@ -109,7 +125,7 @@ class _StateWrite:
     done: asyncio.Future[None]
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteSagas):
     """The :class:`~server.store.base.Store` in a SQLite file at ``path``.
 
     Frames are kept ``frame_retention_days`` after their ``ts``. Every method but
@@ -140,8 +156,11 @@ class SQLiteStore:
                 await writer.execute("PRAGMA journal_mode=WAL")
                 await writer.execute("PRAGMA synchronous=FULL")
                 await writer.execute("PRAGMA busy_timeout=5000")
-                await writer.executescript(_SCHEMA)
-                await _add_erase_columns(writer)
+                await writer.executescript(frames.SCHEMA + _SCHEMA)
+                await writer.executescript(SAGA_SCHEMA)
+                await frames.migrate_frame_rows(writer, self._retention_days)
+                await _add_missing_columns(writer)
+                await _add_usage_cache_columns(writer)
                 reader = await aiosqlite.connect(self._path, isolation_level=None)
                 opened.push_async_callback(reader.close)
                 await reader.execute("PRAGMA busy_timeout=5000")
@@ -195,47 +214,40 @@ class SQLiteStore:
         await self._read("SELECT 1")
 
     async def put_frames(self, rows: Sequence[FrameRow]) -> None:
-        """Write the rows in one transaction; a key that exists already keeps its frame."""
+        """Add the rows to their minute buckets in one transaction.
+
+        A frame whose key is stored already keeps the stored frame; only the parts that
+        gain frames are rewritten.
+        """
         if not rows:
             return
-        values = [
-            (
-                user_id,
-                frame.key,
-                frame.ts,
-                codec.encode_frame(frame),
-                codec.expires_at(frame, self._retention_days),
-            )
-            for user_id, frame in rows
-        ]
+        grouped = buckets.group((i, user_id, frame) for i, (user_id, frame) in enumerate(rows))
         async with self._transaction() as writer:
-            await writer.executemany(
-                "INSERT OR IGNORE INTO frames (user_id, sk, ts, payload, expires_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                values,
-            )
+            for bucket, indexed in grouped.items():
+                new = [frame for _, frame in indexed]
+                await frames.add_to_bucket(writer, bucket, new, self._retention_days)
 
     async def frames_between(
         self, user_id: str, start_ms: int, end_ms: int, *, now_ms: int
     ) -> list[Frame]:
         """The user's unexpired frames with ``start_ms <= ts < end_ms``, oldest first."""
-        rows = await self._read(
-            "SELECT payload FROM frames WHERE user_id = ? AND ts >= ? AND ts < ?"
-            " AND expires_at >= ? ORDER BY sk",
-            (user_id, start_ms, end_ms, now_ms // 1000),
-        )
-        return [codec.decode_frame(row[0]) for row in rows]
+        if end_ms <= start_ms:
+            return []
+        rows = await self._read(*frames.range_query(user_id, start_ms, end_ms, now_ms))
+        return frames.frames_of_rows(rows, start_ms, end_ms, now_ms, self._retention_days)
 
     async def purge_expired(self, now_ms: int) -> int:
-        """Delete frames whose retention ended before ``now_ms``; return how many."""
+        """Delete bucket parts whose every frame's retention ended before ``now_ms``; return
+        how many frames they held (a part goes at most a minute after its oldest frame)."""
         async with self._transaction() as writer:
             cursor = await writer.execute(
-                "DELETE FROM frames WHERE expires_at < ?", (now_ms // 1000,)
+                "DELETE FROM frame_buckets WHERE expires_at < ? RETURNING count",
+                (now_ms // 1000,),
             )
-            return cursor.rowcount
+            return sum(int(row[0]) for row in await cursor.fetchall())
 
     async def get_state(self, user_id: str) -> UserState | None:
-        """The user's state, or ``None`` when none was ever written."""
+        """The user's state, or ``None`` when none was written (since the last erase)."""
         rows = await self._read(
             f"SELECT {_STATE_COLUMNS} FROM user_state WHERE user_id = ? AND erased = 0",
             (user_id,),
@@ -250,7 +262,8 @@ class SQLiteStore:
         return Tombstone(int(rows[0][0]), int(rows[0][1])) if rows else Tombstone()
 
     async def put_state(self, state: UserState, expected_version: int) -> None:
-        """Write ``state`` if the stored version is ``expected_version`` (0: no row).
+        """Write ``state`` if the stored version is ``expected_version`` (0: no row; a
+        tombstone's version after an erase) and the stored erase epoch is ``state.epoch``.
 
         Writes that arrive while another group is being committed share the next
         transaction (one fsync for many users); each keeps its own version check, in
@@ -291,8 +304,8 @@ class SQLiteStore:
         writer: aiosqlite.Connection, write: _StateWrite
     ) -> VersionConflict | None:
         """One statement whose condition is the version and epoch check: the row is written
-        only if its version is still ``write.expected`` (no row, or a tombstone, for 0) and
-        its erase epoch is the one the writer read."""
+        only if its version is still ``write.expected`` (no row, or a version-0 tombstone, for
+        0) and its erase epoch is the one the writer read."""
         if write.expected == 0:
             cursor = await writer.execute(_INSERT_STATE, write.row)
         else:
@@ -353,60 +366,65 @@ class SQLiteStore:
         input_tokens: int,
         output_tokens: int,
         cost_usd: float,
+        cache_write_tokens: int = 0,
+        cache_read_tokens: int = 0,
     ) -> Usage:
         """Add to the user's usage of ``day`` in one statement; return the new totals."""
         async with self._transaction() as writer:
             async with writer.execute(
-                "INSERT INTO usage (user_id, day, calls, input_tokens, output_tokens, cost_usd)"
-                " VALUES (?, ?, ?, ?, ?, ?)"
+                f"INSERT INTO usage ({_USAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (user_id, day) DO UPDATE SET"
                 " calls = calls + excluded.calls,"
                 " input_tokens = input_tokens + excluded.input_tokens,"
                 " output_tokens = output_tokens + excluded.output_tokens,"
-                " cost_usd = cost_usd + excluded.cost_usd"
-                " RETURNING calls, input_tokens, output_tokens, cost_usd",
-                (user_id, day, calls, input_tokens, output_tokens, cost_usd),
+                " cost_usd = cost_usd + excluded.cost_usd,"
+                " cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,"
+                " cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens"
+                f" RETURNING {_USAGE_COLUMNS}",
+                (
+                    user_id,
+                    day,
+                    calls,
+                    input_tokens,
+                    output_tokens,
+                    cost_usd,
+                    cache_write_tokens,
+                    cache_read_tokens,
+                ),
             ) as cursor:
                 row = await cursor.fetchone()
         if row is None:  # RETURNING always yields the row; this guards against a bad SQLite
             raise StoreError(f"usage of {user_id!r} on {day} was not returned")
-        return Usage(user_id, day, int(row[0]), int(row[1]), int(row[2]), float(row[3]))
+        return _usage_of(row)
 
     async def get_usage(self, user_id: str, day: str) -> Usage:
         """The user's usage on ``day``, zeros when there is none."""
         rows = await self._read(
-            "SELECT calls, input_tokens, output_tokens, cost_usd FROM usage"
-            " WHERE user_id = ? AND day = ?",
-            (user_id, day),
+            f"SELECT {_USAGE_COLUMNS} FROM usage WHERE user_id = ? AND day = ?", (user_id, day)
         )
-        if not rows:
-            return Usage(user_id, day)
-        calls, input_tokens, output_tokens, cost = rows[0]
-        return Usage(user_id, day, calls, input_tokens, output_tokens, float(cost))
+        return _usage_of(rows[0]) if rows else Usage(user_id, day)
 
     async def export_user(self, user_id: str, *, now_ms: int) -> dict[str, Any]:
         """Everything stored about the user (unexpired frames), as JSON-ready data."""
         state = await self.get_state(user_id)
-        frame_rows = await self._read(
-            "SELECT payload FROM frames WHERE user_id = ? AND expires_at >= ? ORDER BY sk",
-            (user_id, now_ms // 1000),
-        )
+        found = await self.frames_between(user_id, 0, _END_OF_TIME, now_ms=now_ms)
         usage_rows = await self._read(
-            "SELECT day, calls, input_tokens, output_tokens, cost_usd FROM usage"
-            " WHERE user_id = ? ORDER BY day",
-            (user_id,),
+            f"SELECT {_USAGE_COLUMNS} FROM usage WHERE user_id = ? ORDER BY day", (user_id,)
         )
-        frames = [codec.decode_frame(row[0]) for row in frame_rows]
-        usage = [Usage(user_id, day, c, i, o, float(cost)) for day, c, i, o, cost in usage_rows]
-        return codec.export_document(user_id, state, frames, usage)
+        usage = [_usage_of(row) for row in usage_rows]
+        return codec.export_document(user_id, state, found, usage)
 
     async def delete_user(self, user_id: str) -> int:
-        """Delete the user's frames and usage and replace their state by a tombstone of the
-        next erase epoch (keeping the version), in one transaction; return the count (a live
-        state counts one)."""
+        """Delete the user's frames, usage, saga and dead letters, and replace their state by
+        a tombstone of the next erase epoch (keeping the version), in one transaction; return
+        the count (frames counted one by one, not by bucket; a live state counts one)."""
         deleted = 0
         async with self._transaction() as writer:
-            for table in ("frames", "usage"):
+            cursor = await writer.execute(
+                "DELETE FROM frame_buckets WHERE user_id = ? RETURNING count", (user_id,)
+            )
+            deleted += sum(int(row[0]) for row in await cursor.fetchall())
+            for table in ("usage", "avatar_sagas", "avatar_dead_letters"):
                 cursor = await writer.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))
                 deleted += cursor.rowcount
             found = list(
@@ -420,17 +438,32 @@ class SQLiteStore:
         return deleted + (0 if erased else 1)
 
 
-async def _add_erase_columns(writer: aiosqlite.Connection) -> None:
-    """Give a store made before erase epochs its ``epoch`` and ``erased`` columns (every
-    user never erased)."""
-    columns = {
-        column[1] for column in await writer.execute_fetchall("PRAGMA table_info(user_state)")
-    }
-    for name in ("epoch", "erased"):
+_USAGE_COLUMNS = (
+    "user_id, day, calls, input_tokens, output_tokens, cost_usd,"
+    " cache_write_tokens, cache_read_tokens"
+)
+
+
+def _usage_of(row: sqlite3.Row) -> Usage:
+    user_id, day, calls, input_tokens, output_tokens, cost, cache_write, cache_read = row
+    return Usage(
+        str(user_id),
+        str(day),
+        int(calls),
+        int(input_tokens),
+        int(output_tokens),
+        float(cost),
+        int(cache_write),
+        int(cache_read),
+    )
+
+
+async def _add_usage_cache_columns(writer: aiosqlite.Connection) -> None:
+    """Add the prompt-cache columns to a ``usage`` table made by an older version."""
+    columns = {row[1] for row in await writer.execute_fetchall("PRAGMA table_info(usage)")}
+    for name in ("cache_write_tokens", "cache_read_tokens"):
         if name not in columns:
-            await writer.execute(
-                f"ALTER TABLE user_state ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0"
-            )
+            await writer.execute(f"ALTER TABLE usage ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0")
 
 
 def _state_to_row(state: UserState, *, erased: bool = False) -> tuple[Any, ...]:
@@ -448,3 +481,17 @@ def _state_from_row(row: sqlite3.Row) -> UserState:
     data["actions"] = orjson.loads(data["actions"])
     data["profile"] = orjson.loads(data["profile"])
     return codec.state_from_dict(data)
+
+
+async def _add_missing_columns(writer: aiosqlite.Connection) -> None:
+    """Add the :data:`_ADDED_STATE_COLUMNS` an older ``user_state`` table lacks."""
+    rows = await writer.execute_fetchall("PRAGMA table_info(user_state)")
+    present = {str(row[1]) for row in rows}
+    for name, declaration in _ADDED_STATE_COLUMNS:
+        if name not in present:
+            try:
+                await writer.execute(f"ALTER TABLE user_state ADD COLUMN {name} {declaration}")
+            except sqlite3.OperationalError as error:
+                # Another process opening the same file added it first.
+                if "duplicate column" not in str(error):
+                    raise

@@ -115,8 +115,7 @@ async def test_drawing_runs_in_a_worker_thread_not_on_the_event_loop(
     assert threads[0] is not threading.current_thread()
 
 
-async def test_generated_image_names_the_local_model_and_has_no_video() -> None:
+async def test_generated_image_names_the_local_model() -> None:
     image = await generate(spec())
 
     assert image.model == local.MODEL_NAME
-    assert image.video is None and image.video_mime is None

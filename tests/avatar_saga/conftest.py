@@ -1,5 +1,6 @@
-"""Fixtures of the avatar saga tests: a fake Gemini API, settings for it, and helpers that
-drive state through the demo route and read image deltas from a watch connection."""
+"""Fixtures of the avatar saga tests: fake Gemini and Vertex APIs, settings for them, and
+helpers that drive state through the demo route and read image deltas from a watch
+connection."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection
 
+from brain.backoff import Backoff, instant
 from server.avatar.saga import AvatarSaga
 from server.settings import Settings
-from server.store.retry import RetryPolicy, instant
 from tests.conftest import LiveServer, auth, recv_op
 from tests.fakes.gemini_api import FakeGeminiApi
+from tests.fakes.vertex_api import FakeVertexApi
 
 API_KEY = "test"
 ATTEMPTS = 3
@@ -32,7 +34,36 @@ def fake_gemini(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeGeminiApi]:
 
 @pytest.fixture
 def gemini_settings(settings_with: Callable[..., Settings]) -> Settings:
-    return settings_with(avatar="gemini", avatar_workers=2)
+    """Gemini images and no clips: these tests are about the image path."""
+    return settings_with(avatar="gemini", avatar_workers=2, video="off")
+
+
+@pytest.fixture
+def fake_vertex(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeVertexApi]:
+    """The fake Vertex API (Veo), with the SDK's Vertex environment pointing at it."""
+    with FakeVertexApi() as api:
+        monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
+        monkeypatch.setenv("GOOGLE_API_KEY", api.api_key)
+        monkeypatch.setenv("GOOGLE_VERTEX_BASE_URL", api.base_url)
+        yield api
+
+
+@pytest.fixture
+def veo_settings(settings_with: Callable[..., Settings]) -> Settings:
+    """Local images, Veo clips polled every 10 ms within 10 s."""
+    return settings_with(video="veo", video_poll_s=0.01, video_timeout_s=10.0)
+
+
+@pytest.fixture
+def clip_backoffs() -> list[float]:
+    """The delays the clip step's backoff would have slept."""
+    return []
+
+
+@pytest.fixture
+def clip_backoff(clip_backoffs: list[float]) -> Backoff:
+    """A clip backoff of :data:`ATTEMPTS` tries that never sleeps."""
+    return instant(Backoff(attempts=ATTEMPTS, base=2.0), record=clip_backoffs)
 
 
 @pytest.fixture
@@ -42,9 +73,9 @@ def backoffs() -> list[float]:
 
 
 @pytest.fixture
-def retry(backoffs: list[float]) -> RetryPolicy:
+def retry(backoffs: list[float]) -> Backoff:
     """A retry policy of :data:`ATTEMPTS` tries that never sleeps."""
-    return instant(RetryPolicy(attempts=ATTEMPTS, base_delay=1.0), record=backoffs)
+    return instant(Backoff(attempts=ATTEMPTS, base=1.0), record=backoffs)
 
 
 def saga_of(live: LiveServer) -> AvatarSaga:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from brain.backoff import Backoff
 from server.avatar.stage import avatar_stage_with, retry_failed
 from server.settings import Settings
-from server.store.retry import RetryPolicy
 from tests.avatar_saga.conftest import ATTEMPTS, post_state, saga_of, status_delta
 from tests.conftest import start_server
 from tests.fakes.gemini_api import FakeGeminiApi
@@ -16,7 +16,7 @@ RESTING = {"state": "resting", "mood": "tired"}
 
 
 async def test_same_state_twice_generates_once_and_pushes_the_same_url(
-    gemini_settings: Settings, fake_gemini: FakeGeminiApi, retry: RetryPolicy
+    gemini_settings: Settings, fake_gemini: FakeGeminiApi, retry: Backoff
 ) -> None:
     """Two users, then the first user again, in one state: one generation, one image URL."""
     async with start_server(gemini_settings, stages=[avatar_stage_with(retry=retry)]) as live:
@@ -44,7 +44,7 @@ async def test_same_state_twice_generates_once_and_pushes_the_same_url(
 
 
 async def test_users_needing_one_image_at_once_share_one_generation(
-    gemini_settings: Settings, fake_gemini: FakeGeminiApi, retry: RetryPolicy
+    gemini_settings: Settings, fake_gemini: FakeGeminiApi, retry: Backoff
 ) -> None:
     """While a generation is in flight, another user in the same state waits for it."""
     fake_gemini.hang()
@@ -68,7 +68,7 @@ async def test_users_needing_one_image_at_once_share_one_generation(
 async def test_failing_generation_retries_then_fails_and_retry_failed_recovers(
     gemini_settings: Settings,
     fake_gemini: FakeGeminiApi,
-    retry: RetryPolicy,
+    retry: Backoff,
     backoffs: list[float],
 ) -> None:
     """503 on every try → backoff between tries → failed; retry-failed then makes it ready."""
@@ -97,7 +97,7 @@ async def test_failing_generation_retries_then_fails_and_retry_failed_recovers(
 async def test_refused_prompt_is_not_retried(
     gemini_settings: Settings,
     fake_gemini: FakeGeminiApi,
-    retry: RetryPolicy,
+    retry: Backoff,
     backoffs: list[float],
 ) -> None:
     """A non-retryable error fails the saga at once."""
@@ -114,7 +114,7 @@ async def test_refused_prompt_is_not_retried(
 
 
 async def test_image_of_an_older_state_never_replaces_a_newer_one(
-    gemini_settings: Settings, fake_gemini: FakeGeminiApi, retry: RetryPolicy
+    gemini_settings: Settings, fake_gemini: FakeGeminiApi, retry: Backoff
 ) -> None:
     """A slow generation finishing after the user moved on commits nothing."""
     fake_gemini.hang()

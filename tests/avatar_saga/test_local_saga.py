@@ -92,9 +92,26 @@ def test_retry_failed_command_regenerates_in_process(
     out = capsys.readouterr().out
     state = read_state(settings, "gus")
     assert state is not None and state.avatar_status == "ready" and state.image_url
-    assert out.strip() == f"gus: ready {state.image_url}"
+    assert state.video_status == "ready" and state.video_url
+    assert out.strip() == f"gus: ready {state.image_url} clip {state.video_url}"
     assert main(["avatars", "retry-failed"]) == 0
     assert capsys.readouterr().out.strip() == "no users to retry"
+
+
+def test_retry_failed_exits_1_when_a_saga_fails_again(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A repeat failure (the status was failed already) is a failure, not 'stale': exit 1."""
+    owl = Profile(base_avatar="owl")  # no such base avatar: the local renderer fails on it
+    failed = UserState(
+        "hal", version=1, state="stressed", mood="anxious", avatar_status="failed", profile=owl
+    )
+    seed_state(settings, failed)
+    monkeypatch.setenv("COMPANION_DATA_DIR", str(settings.data_dir))
+    assert main(["avatars", "retry-failed"]) == 1
+    assert capsys.readouterr().out.strip() == "hal: failed"
+    state = read_state(settings, "hal")
+    assert state is not None and state.avatar_status == "failed"
 
 
 def test_retry_failed_interrupted_also_resumes_sagas_a_stop_left_generating(
@@ -110,7 +127,7 @@ def test_retry_failed_interrupted_also_resumes_sagas_a_stop_left_generating(
     assert main(["avatars", "retry-failed", "--interrupted"]) == 0
     state = read_state(settings, "hal")
     assert state is not None and state.avatar_status == "ready" and state.image_url
-    assert capsys.readouterr().out.strip() == f"hal: ready {state.image_url}"
+    assert capsys.readouterr().out.strip() == f"hal: ready {state.image_url} clip {state.video_url}"
 
 
 def test_only_a_change_of_state_mood_or_band_starts_a_saga() -> None:

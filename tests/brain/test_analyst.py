@@ -28,8 +28,10 @@ from brain.analyst import (
     build_request,
 )
 from brain.analyst.claude import BEDROCK_REGION, TOOL_NAME, ClaudeAnalyst
+from brain.analyst.guard import RETRY
 from brain.analyst.persona import persona
 from brain.analyst.pricing import price_of
+from brain.backoff import Backoff
 from brain.features import compute_baseline
 from brain.model import (
     Action,
@@ -81,6 +83,8 @@ class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    cache_write_tokens: int = 0
+    cache_read_tokens: int = 0
 
 
 class MemoryLedger:
@@ -98,6 +102,8 @@ class MemoryLedger:
         input_tokens: int,
         output_tokens: int,
         cost_usd: float,
+        cache_write_tokens: int = 0,
+        cache_read_tokens: int = 0,
     ) -> Usage:
         old = self.days.get((user_id, day), Usage())
         new = Usage(
@@ -105,6 +111,8 @@ class MemoryLedger:
             old.input_tokens + input_tokens,
             old.output_tokens + output_tokens,
             old.cost_usd + cost_usd,
+            old.cache_write_tokens + cache_write_tokens,
+            old.cache_read_tokens + cache_read_tokens,
         )
         self.days[(user_id, day)] = new
         return new
@@ -187,9 +195,7 @@ def guard(
         claude,
         ledger=ledger,
         clock=clock,
-        retries=2,
-        sleep=sleep,
-        rand=lambda: 0.5,
+        retry=replace(RETRY, sleep=sleep, random=lambda: 0.5),
         breaker=CircuitBreaker(clock=clock, failure_threshold=3, reset_after_s=30),
     )
 
@@ -313,7 +319,7 @@ async def test_server_errors_are_retried_with_jittered_backoff_then_fall_back(
     assert decision.fallback is FallbackReason.ERROR
     assert decision.assessment == rules_answer(req)
     assert api.calls == 3
-    assert sleeps == [0.375, 0.75]  # 0.5 s, then 1 s, each times 0.75 for rand() = 0.5
+    assert sleeps == [0.25, 0.5]  # full jitter: half of 0.5 s, then of 1 s, for random() = 0.5
     assert guard.stats.retries == 2
     assert ledger.days[("ana", "2023-11-15")].calls == 3
 
@@ -339,7 +345,7 @@ async def test_a_hanging_api_times_out_and_falls_back(
     claude: ClaudeAnalyst, api: FakeAnthropicApi, clock: ManualClock
 ) -> None:
     api.hang()
-    guard = GuardedAnalyst(claude, clock=clock, timeout_s=0.2, retries=0)
+    guard = GuardedAnalyst(claude, clock=clock, timeout_s=0.2, retry=Backoff(attempts=1))
     req = request()
     decision = await guard.decide(req)
     assert api.hung.is_set()
@@ -429,7 +435,9 @@ async def test_the_circuit_opens_after_n_failures_and_half_opens_as_the_clock_ad
 ) -> None:
     recorder = Recorder()
     breaker = CircuitBreaker(clock=clock, failure_threshold=2, reset_after_s=30)
-    guard = GuardedAnalyst(claude, clock=clock, retries=0, breaker=breaker, observer=recorder)
+    guard = GuardedAnalyst(
+        claude, clock=clock, retry=Backoff(attempts=1), breaker=breaker, observer=recorder
+    )
     api.fail(500, times=2)
     assert (await guard.decide(request("stress"))).fallback is FallbackReason.ERROR
     assert breaker.state is CircuitState.CLOSED
@@ -453,7 +461,7 @@ async def test_a_failed_probe_opens_the_circuit_again(
     claude: ClaudeAnalyst, api: FakeAnthropicApi, clock: ManualClock
 ) -> None:
     breaker = CircuitBreaker(clock=clock, failure_threshold=1, reset_after_s=30)
-    guard = GuardedAnalyst(claude, clock=clock, retries=0, breaker=breaker)
+    guard = GuardedAnalyst(claude, clock=clock, retry=Backoff(attempts=1), breaker=breaker)
     api.fail(529, times=2)
     await guard.decide(request())
     clock.advance(30)
@@ -467,7 +475,9 @@ async def test_a_probe_stopped_by_the_budget_leaves_the_circuit_half_open(
     claude: ClaudeAnalyst, api: FakeAnthropicApi, clock: ManualClock, ledger: MemoryLedger
 ) -> None:
     breaker = CircuitBreaker(clock=clock, failure_threshold=1, reset_after_s=30)
-    guard = GuardedAnalyst(claude, clock=clock, retries=0, breaker=breaker, ledger=ledger)
+    guard = GuardedAnalyst(
+        claude, clock=clock, retry=Backoff(attempts=1), breaker=breaker, ledger=ledger
+    )
     api.fail(500)
     await guard.decide(request())
     clock.advance(30)
@@ -481,7 +491,7 @@ async def test_the_observer_hears_cache_calls_usage_and_fallbacks(
     claude: ClaudeAnalyst, api: FakeAnthropicApi, clock: ManualClock
 ) -> None:
     recorder = Recorder()
-    guard = GuardedAnalyst(claude, clock=clock, retries=0, observer=recorder)
+    guard = GuardedAnalyst(claude, clock=clock, retry=Backoff(attempts=1), observer=recorder)
     await guard.decide(request())
     await guard.decide(request())
     api.fail(500)
@@ -523,3 +533,69 @@ def test_the_usage_ledger_protocol_matches_the_stores_methods() -> None:
         assert [(p.name, p.kind) for p in ours.values()] == [
             (p.name, p.kind) for p in theirs.values()
         ]
+
+
+# --- prompt caching -------------------------------------------------------------------------
+
+
+async def test_tool_instructions_and_persona_are_marked_for_the_prompt_cache(
+    guard: GuardedAnalyst, api: FakeAnthropicApi
+) -> None:
+    await guard.decide(request("hike"))
+
+    body = api.requests[0].body
+    assert body["tools"][-1]["cache_control"] == {"type": "ephemeral"}
+    marked = [("cache_control" in block) for block in body["system"]]
+    assert marked == [True, True, False]  # instructions, persona, then the environment
+    assert body["system"][1]["text"] == persona(STRICT)
+    assert body["system"][2]["text"].startswith("Environment:")
+
+
+async def test_a_cached_prefix_is_written_once_read_after_and_billed_apart(
+    guard: GuardedAnalyst, api: FakeAnthropicApi, ledger: MemoryLedger
+) -> None:
+    api.cache_minimum_tokens = 100  # the fake's prefix here is ~600 tokens
+    await guard.decide(request("exercise", user="ana"))
+    await guard.decide(request("stress", user="ben"))  # same persona: same cached prefix
+
+    first, second = api.usages
+    assert first["cache_creation_input_tokens"] > 0 and first["cache_read_input_tokens"] == 0
+    assert second["cache_read_input_tokens"] == first["cache_creation_input_tokens"]
+    assert second["cache_creation_input_tokens"] == 0
+    ben = ledger.days[("ben", "2023-11-15")]
+    assert ben.cache_read_tokens == second["cache_read_input_tokens"]
+    assert ben.input_tokens == second["input_tokens"]
+    price = price_of(MODEL)
+    assert ben.cost_usd == pytest.approx(
+        price.cost(
+            second["input_tokens"],
+            second["output_tokens"],
+            cache_read_tokens=second["cache_read_input_tokens"],
+        )
+    )
+    uncached = price.cost(
+        second["input_tokens"] + second["cache_read_input_tokens"], second["output_tokens"]
+    )
+    assert ben.cost_usd < uncached
+    assert guard.stats.cache_write_tokens == first["cache_creation_input_tokens"]
+
+
+async def test_a_prefix_under_the_models_minimum_is_not_cached(
+    guard: GuardedAnalyst, api: FakeAnthropicApi, ledger: MemoryLedger
+) -> None:
+    """Haiku 4.5 caches prefixes from 4,096 tokens: this prompt's static part is shorter."""
+    await guard.decide(request("exercise", user="ana"))
+    await guard.decide(request("stress", user="ben"))
+
+    assert all(
+        u["cache_creation_input_tokens"] == u["cache_read_input_tokens"] == 0 for u in api.usages
+    )
+    assert ledger.days[("ben", "2023-11-15")].cache_read_tokens == 0
+
+
+def test_cache_writes_cost_125_and_reads_10_percent_of_input() -> None:
+    haiku = price_of(MODEL)
+
+    assert haiku.cost(0, 0, cache_write_tokens=1_000_000) == pytest.approx(1.25)
+    assert haiku.cost(0, 0, cache_read_tokens=1_000_000) == pytest.approx(0.10)
+    assert haiku.cost(1_000_000, 1_000_000) == pytest.approx(6.0)

@@ -11,7 +11,7 @@ from brain.coaching import MAX_REASONING
 from brain.features import Baseline, Features, compute_baseline, compute_features
 from brain.model import Action, CoachStyle, CoachTone, Frame, Mood, Profile, State
 from brain.rules import assess, classify, energy_budget
-from brain.scenarios import generate, history
+from brain.scenarios import generate, history, timelapse
 from brain.window import Window
 
 MIN = 60_000
@@ -146,8 +146,8 @@ def test_fatigue_reasoning_quotes_hrv_against_the_baseline() -> None:
 
 @pytest.mark.parametrize(
     "frames",
-    [[], [Frame(ts=DAY0, hr=70.0)], [Frame(ts=DAY0 + i * 10_000, hr=70.0) for i in range(6)]],
-    ids=["none", "one frame", "one minute"],
+    [[], [Frame(ts=DAY0, hr=70.0)], [Frame(ts=DAY0 + i * 10_000, hr=70.0) for i in range(3)]],
+    ids=["none", "one frame", "three frames"],
 )
 def test_too_little_data_is_calm_and_says_so(frames: list[Frame]) -> None:
     features = compute_features(frames, now_ms=DAY0 + MIN, baseline=HEALTHY)
@@ -268,3 +268,55 @@ def test_every_reasoning_fits_on_a_device(case: Case) -> None:
             reasoning = assess(features, Profile(style=style, tone=tone)).reasoning
             assert 0 < len(reasoning) <= MAX_REASONING
             assert "-0.0" not in reasoning
+
+
+def test_a_short_window_gives_a_first_impression_that_says_what_it_rests_on() -> None:
+    frames = [Frame(ts=DAY0 + i * 10_000, hr=70.0, steps=0) for i in range(6)]
+    features = compute_features(frames, now_ms=DAY0 + MIN, baseline=HEALTHY)
+    result = assess(features, Profile())
+    assert result.state == State.CALM
+    assert result.reasoning.startswith("First impression (6 frames over 50 s): ")
+    assert len(result.reasoning) <= MAX_REASONING
+
+
+def play(chapters: list[str], *, every_s: float = 0.5, per: int = 24) -> list[list[State]]:
+    """The state after each frame of a time-lapse story, chapter by chapter, as the reactor
+    would see it (one window, the previous state for hysteresis, no baseline)."""
+    window, state, states = Window(), None, []
+    start = DAY0 + 10 * HOUR
+    for number, kind in enumerate(chapters):
+        at = start + round(number * per * every_s * 1000)
+        chapter = []
+        for frame in timelapse(kind, start_ms=at, count=per, every_s=every_s, device="demo"):
+            window.add([frame], now_ms=frame.ts)
+            features = compute_features(window.frames, now_ms=frame.ts, baseline=None)
+            state = assess(features, Profile(), previous=state).state
+            chapter.append(state)
+        states.append(chapter)
+    return states
+
+
+def test_a_time_lapse_story_shows_each_chapter_within_its_first_half() -> None:
+    """Calm, stress, exercise, recovery at two frames a second: the recent frames decide, so
+    each chapter's state wins over the last one's within six seconds, and holds."""
+    chapters = play(["calm", "stress", "exercise", "calm"])
+    expected = [State.CALM, State.STRESSED, State.EXERCISING, State.CALM]
+    for states, want in zip(chapters, expected, strict=True):
+        first = states.index(want)
+        assert first <= 12, states
+        assert set(states[first:]) == {want}, states
+
+
+def test_a_falling_hr_after_a_workout_is_not_a_rise() -> None:
+    recovery = play(["exercise", "calm"])[1]
+    assert State.STRESSED not in recovery
+
+
+def test_the_newest_device_decides_over_older_overlapping_frames() -> None:
+    """A stress scenario injected over the last minutes of a workout is stress, not exercise."""
+    end = DAY0 + 10 * HOUR + 15 * MIN
+    workout = timelapse("exercise", start_ms=end - 50_000, count=48, every_s=1, device="watch")
+    stress = generate("stress", start_ms=end - 15 * MIN + 30_000, minutes=15, device="scenario")
+    features = compute_features([*workout, *stress], now_ms=end, baseline=HEALTHY)
+    assert features.count == len(stress)
+    assert assess(features, Profile(), previous=State.EXERCISING).state == State.STRESSED

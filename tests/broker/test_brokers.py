@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 import pytest
@@ -18,20 +18,32 @@ from tests.conftest import auth, recv_op, start_server
 Received = asyncio.Queue[tuple[str, bytes]]
 
 
+def receive_into(received: Received) -> Callable[[str, bytes], None]:
+    """A handler that queues what arrives, and raises on a ``boom`` payload (as a buggy hub
+    would)."""
+
+    def handler(user: str, payload: bytes) -> None:
+        if payload == b"boom":
+            raise RuntimeError("handler bug")
+        received.put_nowait((user, payload))
+
+    return handler
+
+
 @pytest.fixture(params=["memory", "redis"])
 async def pair(request: pytest.FixtureRequest) -> AsyncIterator[tuple[Broker, Broker, Received]]:
     """A publishing and a subscribing broker (the same one for memory) and what it receives."""
     received: Received = asyncio.Queue()
     if request.param == "memory":
         broker = MemoryBroker()
-        await broker.start(lambda user, payload: received.put_nowait((user, payload)))
+        await broker.start(receive_into(received))
         yield broker, broker, received
         await broker.close()
         return
     url = request.getfixturevalue("redis_server")
     publisher, subscriber = RedisBroker(url), RedisBroker(url)
     await publisher.start(lambda user, payload: None)
-    await subscriber.start(lambda user, payload: received.put_nowait((user, payload)))
+    await subscriber.start(receive_into(received))
     yield publisher, subscriber, received
     await publisher.close()
     await subscriber.close()
@@ -77,6 +89,21 @@ async def test_messages_of_unsubscribed_users_do_not_arrive(
     await publisher.publish("bob", b"for us")
     # Messages of one publisher arrive in order, so bob's is the first thing that can come.
     assert await asyncio.wait_for(received.get(), 5) == ("bob", b"for us")
+
+
+async def test_a_raising_handler_is_logged_and_counted_and_delivery_goes_on(
+    pair: tuple[Broker, Broker, Received], caplog: pytest.LogCaptureFixture
+) -> None:
+    publisher, subscriber, received = pair
+    await subscriber.subscribe("alice")
+    await _publish_until_received(publisher, received, "alice")
+    await publisher.publish("alice", b"boom")  # never reaches the publisher as an error
+    await publisher.publish("alice", b"next")
+    assert await asyncio.wait_for(received.get(), 5) == ("alice", b"next")
+    assert subscriber.health().handler_errors == 1
+    assert [r.getMessage() for r in caplog.records if r.name == "server.broker.base"] == [
+        "broker handler failed on a message of alice; delivering on"
+    ]
 
 
 async def test_a_change_committed_on_one_node_reaches_a_phone_on_another(

@@ -20,6 +20,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import SECRET
+from tests.services import redis_server
+
+__all__ = ["redis_server"]
 
 READY_LINE = "Application startup complete."
 
@@ -110,7 +113,8 @@ Spawn = Callable[..., "asyncio.Future[Child] | object"]
 
 @pytest.fixture
 async def spawn(tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
-    """Start ``python -m server.cli ARGS…`` children; every one is stopped at the end."""
+    """Start ``python -m server.cli ARGS…`` children (``extra_env`` adds settings); every one
+    is stopped at the end."""
     children: list[Child] = []
     env = {
         **os.environ,
@@ -120,7 +124,9 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
         "PYTHONUNBUFFERED": "1",
     }
 
-    async def start(name: str, *args: str, stdin: bool = False) -> Child:
+    async def start(
+        name: str, *args: str, stdin: bool = False, extra_env: dict[str, str] | None = None
+    ) -> Child:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -129,7 +135,7 @@ async def spawn(tmp_path: Path) -> AsyncIterator[Callable[..., object]]:
             stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=env,
+            env={**env, **(extra_env or {})},
         )
         child = Child(name, process)
         children.append(child)

@@ -65,7 +65,7 @@ async def test_bridge_loses_nothing_when_server_and_bridge_are_killed_and_restar
     await server.kill()  # mid-stream: batches in flight are lost with it
     await bridge.expect(r"disconnected")
     server = await start_server_process()
-    await bridge.expect(r"connected; \d+ unacked frames to send")
+    await bridge.expect(r"connected to \S+; \d+ unacked frames to send")
     await bridge.expect(r"acked seq \d+:")
 
     await bridge.kill()  # mid-stream again, this time the phone

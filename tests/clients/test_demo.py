@@ -1,11 +1,12 @@
 """The demo tools end to end against a live server: what each stores, and the story.
 
-Until the analysis pipeline (``server/analysis/pipeline.py``) lands, the assertions are on what the
-server stores and returns; the test of the brain's decision is skipped until then.
+The story runs against the full default pipeline (analysis and avatars); the scenario
+tests check that a button pressed after any earlier story shows its own state.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import statistics
@@ -15,10 +16,12 @@ from typing import Any
 
 import pytest
 
+from brain.scenarios import timelapse
 from clients.connect.access import endpoints
 from clients.demo import target as demo
 from server.settings import Settings
 from tests.conftest import LiveServer, start_server, token
+from tests.pipeline.helpers import send_frames
 
 HAS_PIPELINE = importlib.util.find_spec("server.analysis.pipeline") is not None
 
@@ -79,11 +82,11 @@ async def test_seed_history_uploads_two_weeks_in_batches_of_at_most_500(
 
 async def test_profile_sets_coach_style_tone_and_base_avatar(live_server: LiveServer) -> None:
     answer = await demo.set_profile(
-        target(live_server), style="strict", tone="direct", base_avatar="owl"
+        target(live_server), style="strict", tone="direct", base_avatar="PANDA"
     )
-    assert answer["profile"] == {"style": "strict", "tone": "direct", "base_avatar": "owl"}
+    assert answer["profile"] == {"style": "strict", "tone": "direct", "base_avatar": "panda"}
     profile = (await live_server.services.state.current("alice")).profile
-    assert (profile.style, profile.tone, profile.base_avatar) == ("strict", "direct", "owl")
+    assert (profile.style, profile.tone, profile.base_avatar) == ("strict", "direct", "panda")
     await demo.set_profile(target(live_server), style="neutral", tone=None, base_avatar=None)
     profile = (await live_server.services.state.current("alice")).profile
     assert (profile.style, profile.tone) == ("neutral", "direct")
@@ -121,26 +124,106 @@ async def test_cli_mints_a_service_token_when_given_none(
     assert json.loads(child.lines[-1])["profile"]["base_avatar"] == "cat"
 
 
-async def test_demo_run_plays_the_story_and_pushes_reach_both_watches(
+async def test_demo_run_shows_each_chapter_decided_by_the_default_pipeline(
+    settings: Settings, spawn: Callable[..., Any]
+) -> None:
+    """Analysis and avatars on, nothing forced: the watch shows calm, stress, exercise, calm."""
+    async with start_server(settings, stages=None) as live:  # None: the default stages
+        child = await spawn(
+            "demo", "demo", "run", "--server", live.url, "--user", "dana",
+            "--token", token("ops", "service"), "--chapter-seconds", "10", "--json",
+        )  # fmt: skip
+        assert await child.wait(limit_s=120) == 0, child.output()
+        result = json.loads(child.lines[-1])
+        assert result["ok"] is True, child.output()
+        assert result["watch_states"] == ["calm", "stressed", "exercising", "calm"], result
+        for chapter in result["chapters"]:
+            for device in ("watch-sim", "watch", "feed"):
+                assert chapter[f"{device}_s"] is not None and chapter[f"{device}_s"] <= 10
+        assert result["watch_buzzes"] >= 4 and result["pushes"] >= 4
+        assert result["push_latency_ms_max"] < 2_000
+        state = await live.services.state.current("dana")
+        assert (state.state, state.source) == ("calm", "rules")
+        assert not state.reasoning.startswith("Not enough data")
+        frames = (await stored(live, "dana"))["frames"]
+        assert {f["device"] for f in frames} == {"demo-watch"}
+
+
+async def test_demo_run_exits_1_and_names_the_chapter_a_watch_did_not_show(
+    live_server: LiveServer, spawn: Callable[..., Any]
+) -> None:
+    """Without the analysis stage nothing changes the state: chapter 2 (stress) never shows."""
+    child = await spawn(
+        "demo", "demo", "run", "--server", live_server.url, "--user", "dana",
+        "--token", token("ops", "service"), "--chapter-seconds", "2", "--json",
+    )  # fmt: skip
+    assert await child.wait(limit_s=90) == 1, child.output()
+    text = "\n".join(child.lines)
+    assert "chapter 2 (stress): the simulated watch did not show stressed" in text
+    result = json.loads(next(line for line in child.lines if line.startswith("{")))
+    assert result["ok"] is False and result["chapters"][0]["watch-sim_s"] == 0.0
+
+
+async def test_demo_run_drive_manual_commits_each_chapter_through_the_demo_route(
     live_server: LiveServer, spawn: Callable[..., Any]
 ) -> None:
     child = await spawn(
-        "demo", "demo", "run", "--server", live_server.url, "--user", "dana",
-        "--token", token("ops", "service"), "--chapter-seconds", "3", "--json",
+        "demo", "demo", "run", "--server", live_server.url, "--user", "erin",
+        "--token", token("ops", "service"), "--chapter-seconds", "3", "--drive", "manual",
+        "--json",
     )  # fmt: skip
-    assert await child.wait(limit_s=120) == 0, child.output()
+    assert await child.wait(limit_s=90) == 0, child.output()
     result = json.loads(child.lines[-1])
-    assert result["pushes"] == 4 and result["watch_buzzes"] == 4, child.output()
-    text = "\n".join(child.lines)
-    for kind in ("calm", "stress", "exercise"):
-        assert f": {kind} ──" in text
-    assert "[watch] state v4 exercising/energized" in text  # the REST long-poll watch
-    assert "[watch-sim] shown v=4 " in text  # the bridge's simulated watch
-    state = await live_server.services.state.current("dana")
-    assert (state.version, state.state) == (4, "exercising")
-    frames = (await stored(live_server, "dana"))["frames"]
-    assert len(frames) >= 4 * 3 - 1  # the story's frames went through the bridge
-    assert {f["device"] for f in frames} == {"demo-watch"}
+    assert result["watch_states"] == ["calm", "stressed", "exercising", "calm"], result
+    state = await live_server.services.state.current("erin")
+    assert (state.state, state.source) == ("calm", "manual")
+
+
+async def wait_for_state(live: LiveServer, user: str, wanted: str, within: float = 20) -> str:
+    """Long-poll the user's state until it is ``wanted`` (or the deadline passes)."""
+    headers = {"Authorization": f"Bearer {token(user, 'watch')}"}
+    seen = ""
+    async with live.http() as http, asyncio.timeout(within):
+        etag = None
+        while seen != wanted:
+            extra = {"If-None-Match": etag} if etag else {}
+            answer = await http.get(
+                f"/v1/users/{user}/state", params={"wait": 5}, headers={**headers, **extra}
+            )
+            if answer.status_code == 200:
+                etag, seen = answer.headers.get("ETag"), answer.json()["state"]
+    return seen
+
+
+async def test_the_stress_scenario_after_an_exercise_story_yields_stressed(
+    settings: Settings,
+) -> None:
+    """The window still holds the story's workout; the newest frames (the scenario) decide."""
+    async with start_server(settings, stages=None) as live:
+        phone = await live.connect("fay", "phone")
+        now = int(time.time() * 1000)
+        story = [
+            *timelapse("calm", start_ms=now - 20_000, count=20, every_s=0.5, device="demo-watch"),
+            *timelapse(
+                "exercise", start_ms=now - 10_000, count=20, every_s=0.5, device="demo-watch"
+            ),
+        ]
+        await send_frames(phone, story)
+        assert await wait_for_state(live, "fay", "exercising") == "exercising"
+        await demo.scenario(target(live, "fay"), "stress", 10)
+        assert await wait_for_state(live, "fay", "stressed") == "stressed"
+        await phone.close()
+
+
+async def test_the_exercise_scenario_after_the_stress_scenario_yields_exercising(
+    settings: Settings,
+) -> None:
+    """Two buttons pressed one after the other, as on the debug page: the workout wins."""
+    async with start_server(settings, stages=None) as live:
+        await demo.scenario(target(live, "gus"), "stress", 10)
+        assert await wait_for_state(live, "gus", "stressed") == "stressed"
+        await demo.scenario(target(live, "gus"), "exercise", 10)
+        assert await wait_for_state(live, "gus", "exercising") == "exercising"
 
 
 @pytest.mark.skipif(not HAS_PIPELINE, reason="server/analysis/pipeline.py has not landed yet")

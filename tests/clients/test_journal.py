@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,6 @@ import pytest
 
 from clients.bridge.journal import Journal, JournalCorrupt, JournalFull, JournalLocked
 from clients.bridge.phonestate import Applied, PhoneState
-from clients.connect.backoff import Backoff, Next, after_close, after_refusal
 
 
 def frames(n: int, start: int = 0) -> list[dict[str, object]]:
@@ -89,31 +87,6 @@ def test_a_second_process_cannot_open_a_journal_in_use(tmp_path: Path) -> None:
             [sys.executable, "-c", code, str(path)], env={**os.environ}, timeout=30
         )
         assert child.returncode == 7
-
-
-def test_backoff_is_full_jitter_under_an_exponential_cap() -> None:
-    backoff = Backoff(base=0.5, cap=8.0)
-    assert [backoff.ceiling(a) for a in range(6)] == [0.5, 1.0, 2.0, 4.0, 8.0, 8.0]
-    assert backoff.delay(3, lambda: 0.0) == 0.0
-    assert backoff.delay(3, lambda: 0.999) == pytest.approx(3.996)
-    rng = random.Random(1)
-    assert all(0 <= backoff.delay(10, rng.random) < 8.0 for _ in range(1000))
-    assert backoff.ceiling(10_000) == 8.0
-
-
-def test_close_codes_decide_reconnect_soon_backoff_or_stop() -> None:
-    assert after_close(1012) is Next.SOON
-    assert after_close(None) is Next.BACKOFF
-    assert after_close(1006) is Next.BACKOFF
-    assert after_close(1011) is Next.BACKOFF
-    assert after_close(4001) is Next.STOP
-    assert after_close(4003) is Next.STOP
-    assert after_refusal(401) is Next.STOP
-    assert after_refusal(403) is Next.STOP
-    assert after_refusal(503) is Next.BACKOFF
-    assert Backoff(soon=1.0).delay_after(Next.SOON, 20, lambda: 0.5) == 0.5
-    with pytest.raises(ValueError):
-        Backoff().delay_after(Next.STOP, 0, random.random)
 
 
 def snapshot(version: int, state_hash: str, **fields: object) -> dict[str, object]:

@@ -22,6 +22,8 @@ from clients.load.stats import Histogram, RunStats
 from server.auth import DeviceKind, verify
 from tests.conftest import SECRET, LiveServer
 
+pytestmark = pytest.mark.slow  # starts server or writer processes
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 

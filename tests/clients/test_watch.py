@@ -12,6 +12,7 @@ import pytest
 
 from clients.connect.access import endpoints
 from clients.watch.watch import MODES, RestWatch, request_bytes, response_bytes
+from tests.clients.conftest import free_port
 from tests.conftest import LiveServer, auth, token
 
 
@@ -105,3 +106,22 @@ async def test_watch_cli_prints_figures_as_json(
     assert figures["mode"] == "poll"
     assert figures["requests"] >= 3 and figures["not_modified"] >= 2
     assert figures["requests_per_hour"] > 0 and figures["bytes_per_hour"] > 0
+
+
+async def test_watch_moves_on_from_a_dead_node_to_a_live_one(live_server: LiveServer) -> None:
+    dead = endpoints(f"http://127.0.0.1:{free_port()}")  # nothing listens there
+    live = endpoints(live_server.url)
+    async with httpx.AsyncClient(headers=auth("alice", "watch"), timeout=15) as http:
+        watch = RestWatch(
+            http, [dead, live], "alice", mode="poll", interval=0.2,
+            rand=lambda: 0.0,  # start at the dead node; zero-length jittered pauses
+        )  # fmt: skip
+        task = asyncio.create_task(watch.run(duration=30))
+        try:
+            async with asyncio.timeout(10):
+                await watch.synced.wait()
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    assert watch.failover.current == live
+    assert watch.stats.errors == 1  # one refused connection, then the live node answered

@@ -106,3 +106,27 @@ def test_task_environment_points_at_the_stack() -> None:
     assert attributes["idle_timeout.timeout_seconds"] == "3600"
     assert resources["TargetGroup"]["Properties"]["HealthCheckPath"] == "/readyz"
     assert committed()["Parameters"]["Secret"]["NoEcho"] is True
+
+
+def test_the_redis_broker_is_what_the_cluster_design_needs() -> None:
+    """ElastiCache with a replica in another zone and automatic failover (a broker that
+    heals), TLS in transit (hence ``rediss://``), reachable from the tasks only, and its
+    primary endpoint handed to every task as the broker URL."""
+    resources = committed()["Resources"]
+    assert isinstance(resources, dict)
+    redis = resources["Redis"]
+    assert redis["Type"] == "AWS::ElastiCache::ReplicationGroup"
+    properties = redis["Properties"]
+    assert properties["Engine"] == "redis"
+    assert properties["NumCacheClusters"] >= 2
+    assert properties["AutomaticFailoverEnabled"] is True
+    assert properties["MultiAZEnabled"] is True
+    assert properties["TransitEncryptionEnabled"] is True
+    assert properties["SecurityGroupIds"] == [{"Ref": "RedisSecurityGroup"}]
+    ingress = resources["RedisSecurityGroup"]["Properties"]["SecurityGroupIngress"]
+    assert [rule["SourceSecurityGroupId"] for rule in ingress] == [{"Ref": "ServiceSecurityGroup"}]
+    container = resources["TaskDefinition"]["Properties"]["ContainerDefinitions"][0]
+    env = {item["Name"]: item["Value"] for item in container["Environment"]}
+    assert env["COMPANION_BROKER"] == {
+        "Fn::Sub": "rediss://${Redis.PrimaryEndPoint.Address}:${Redis.PrimaryEndPoint.Port}"
+    }

@@ -5,9 +5,19 @@ background thread) that answers ``POST /v1/messages`` in the shapes the real API
 
 - a tool-use answer: ``{id, type: "message", role: "assistant", model, content: [{type:
   "tool_use", id, name, input}], stop_reason: "tool_use", stop_sequence: null, usage:
-  {input_tokens, output_tokens}}``, with a ``request-id`` header;
+  {input_tokens, output_tokens, cache_creation_input_tokens, cache_read_input_tokens}}``,
+  with a ``request-id`` header;
 - an error: ``{type: "error", error: {type, message}, request_id}`` with the matching status
   (500 ``api_error``, 529 ``overloaded_error``, 429 ``rate_limit_error``…).
+
+Prompt caching is modelled as the API documents it: blocks marked with ``cache_control``
+(tools, then system blocks, then message blocks, in that order) end cacheable prefixes; a
+prefix of at least the model's minimum length (:data:`CACHE_MINIMUM_TOKENS`, or
+:attr:`FakeAnthropicApi.cache_minimum_tokens` when set) is written to the cache on first use
+(``cache_creation_input_tokens``) and read from it afterwards (``cache_read_input_tokens``);
+``input_tokens`` counts only the rest. Shorter prefixes are not cached, silently, as on the
+real API. Entries do not expire (the real cache keeps them 5 minutes after last use);
+:meth:`~FakeAnthropicApi.reset` empties it.
 
 A request without the expected key (in ``x-api-key``, or as ``Authorization: Bearer``, which
 is how SDK 2.x sends it) gets the API's 401 ``authentication_error``.
@@ -26,6 +36,7 @@ Use it as a context manager (``with FakeAnthropicApi() as api:``); ``api.base_ur
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import threading
 from collections import deque
@@ -50,6 +61,15 @@ ERROR_TYPES = {
     529: "overloaded_error",
 }
 ERROR_MESSAGES = {429: "Number of requests has exceeded your rate limit", 529: "Overloaded"}
+
+CACHE_MINIMUM_TOKENS = {
+    "claude-haiku-4-5": 4096,
+    "claude-opus-4-5": 4096,
+    "claude-opus-4-6": 4096,
+    "claude-3-5-haiku": 2048,
+    "claude-3-haiku": 2048,
+}
+"""The shortest prefix the API caches, by model family; other models: 1,024 tokens."""
 
 DEFAULT_INPUT: dict[str, Any] = {
     "state": "calm",
@@ -107,6 +127,7 @@ class _State:
     steps: deque[_Step] = field(default_factory=deque)
     requests: list[RecordedRequest] = field(default_factory=list)
     usages: list[dict[str, int]] = field(default_factory=list)
+    cached_prefixes: set[str] = field(default_factory=set)
     calls: int = 0
 
 
@@ -119,6 +140,8 @@ class FakeAnthropicApi(FakeServer):
         super().__init__()
         self.api_key = api_key
         self.default_input: dict[str, Any] = dict(DEFAULT_INPUT)
+        self.cache_minimum_tokens: int | None = None
+        """The shortest cacheable prefix for every model (``None``: the model's own)."""
         self.hung = threading.Event()
         """Set when a request starts hanging (so a test can see it arrived)."""
         self._state = _State()
@@ -148,8 +171,10 @@ class FakeAnthropicApi(FakeServer):
             self._state.steps.clear()
             self._state.requests.clear()
             self._state.usages.clear()
+            self._state.cached_prefixes.clear()
             self._state.calls = 0
         self.default_input = dict(DEFAULT_INPUT)
+        self.cache_minimum_tokens = None
         self.hung.clear()
         # A hung request still waits on the old event, which release() has just set.
         self._released = asyncio.Event()
@@ -217,11 +242,15 @@ class FakeAnthropicApi(FakeServer):
             ]
             stop_reason = "tool_use"
         # Rough but deterministic token counts: about four bytes of JSON per token.
-        usage = {
-            "input_tokens": max(len(raw) // 4, 1),
-            "output_tokens": max(len(json.dumps(content)) // 4, 1),
-        }
+        total = max(len(raw) // 4, 1)
         with self._state.lock:
+            written, read = self._cache(body)
+            usage = {
+                "input_tokens": max(total - written - read, 1),
+                "output_tokens": max(len(json.dumps(content)) // 4, 1),
+                "cache_creation_input_tokens": written,
+                "cache_read_input_tokens": read,
+            }
             self._state.usages.append(usage)
         return JSONResponse(
             {
@@ -236,6 +265,50 @@ class FakeAnthropicApi(FakeServer):
             },
             headers={"request-id": f"req_fake{number:06d}"},
         )
+
+    def _cache(self, body: dict[str, Any]) -> tuple[int, int]:
+        """Tokens written to and read from the prompt cache by ``body`` (lock held)."""
+        minimum = self.cache_minimum_tokens
+        if minimum is None:
+            model = str(body.get("model", ""))
+            families = [f for f in CACHE_MINIMUM_TOKENS if f in model]
+            minimum = CACHE_MINIMUM_TOKENS[max(families, key=len)] if families else 1024
+        breakpoints = [(key, tokens) for key, tokens in _breakpoints(body) if tokens >= minimum]
+        if not breakpoints:
+            return 0, 0
+        cached = self._state.cached_prefixes
+        read = max((tokens for key, tokens in breakpoints if key in cached), default=0)
+        last_key, last_tokens = breakpoints[-1]
+        written = 0 if last_key in cached else last_tokens - read
+        cached.update(key for key, _ in breakpoints)
+        return written, read
+
+
+def _breakpoints(body: dict[str, Any]) -> list[tuple[str, int]]:
+    """The cacheable prefixes of a request: (hash of the prefix, its tokens), in order.
+
+    The prefix runs through tools, system blocks and message blocks, in that order, up to
+    and including each block marked with ``cache_control``.
+    """
+    blocks: list[Any] = list(body.get("tools") or [])
+    system = body.get("system")
+    if isinstance(system, list):
+        blocks.extend(system)
+    elif system:
+        blocks.append(system)
+    for message in body.get("messages") or []:
+        content = message.get("content")
+        blocks.extend(content if isinstance(content, list) else [content])
+    prefix = hashlib.sha256()
+    size = 0
+    found = []
+    for block in blocks:
+        text = json.dumps(block, sort_keys=True)
+        prefix.update(text.encode())
+        size += len(text)
+        if isinstance(block, dict) and block.get("cache_control"):
+            found.append((prefix.hexdigest(), size // 4))
+    return found
 
 
 def _tool_name(body: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from brain.model import Frame
 from brain.scenarios import generate
 from server.analysis.pipeline import Pipeline, pipeline_stage
 from server.settings import Settings
@@ -123,4 +124,31 @@ async def test_a_cold_window_is_refilled_from_the_store(fast: Settings) -> None:
         await analysed_through(pipeline, "cat", frames[-1].ts)
         assert seen[-1].frames == len(frames)
         assert (await live.services.state.current("cat")).state == "stressed"
+        await phone.close()
+
+
+async def test_a_first_impression_replaces_not_enough_data_on_the_watch(fast: Settings) -> None:
+    """Calm stays calm, content and mid-energy, but the reasoning's evidence moved on."""
+    now = int(time.time() * 1000)
+    thin = [Frame(ts=now - 30_000 + i * 1000, hr=70.0, hrv=35.0, steps=0) for i in range(2)]
+    more = [Frame(ts=now - 20_000 + i * 1000, hr=70.0, hrv=35.0, steps=0) for i in range(20)]
+    async with start_server(fast, stages=[pipeline_stage]) as live:
+        pipeline: Pipeline = live.services.extras["pipeline"]
+        phone = await live.connect("ann", "phone")
+        seq = await send_frames(phone, thin)
+        await analysed_through(pipeline, "ann", thin[-1].ts)
+        before = await live.services.state.current("ann")
+        assert before.reasoning.startswith("Not enough data yet"), before
+        await send_frames(phone, more, seq=seq)
+        await analysed_through(pipeline, "ann", more[-1].ts)
+        after = await live.services.state.current("ann")
+        assert (after.state, after.mood, after.energy // 34) == (
+            before.state,
+            before.mood,
+            before.energy // 34,
+        )
+        assert after.version == before.version + 1
+        # However the 20 frames were split between analyses, one version says the evidence
+        # moved on (rewording within a first impression commits nothing more).
+        assert after.reasoning.startswith("First impression ("), after
         await phone.close()

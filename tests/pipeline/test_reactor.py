@@ -19,29 +19,58 @@ from server.state import StateService
 from server.store.base import UserState
 from server.store.sqlite import SQLiteStore
 
-STRESSED = Assessment(
-    State.STRESSED, Mood.ANXIOUS, 55, "HR climbing while still.", (Action.BREATHING,)
-)
+WHY = "HR climbing while still."
+STRESSED = Assessment(State.STRESSED, Mood.ANXIOUS, 55, WHY, (Action.BREATHING,))
 
 
 def test_the_same_assessment_twice_is_no_change() -> None:
-    current = replace(UserState.initial("u"), state="stressed", mood="anxious", energy=60)
+    current = replace(
+        UserState.initial("u"), state="stressed", mood="anxious", energy=60, reasoning=WHY
+    )
     assert changes_for(current, STRESSED) is None
 
 
 def test_energy_moving_inside_its_band_is_no_change() -> None:
-    current = replace(UserState.initial("u"), state="stressed", mood="anxious", energy=40)
+    current = replace(
+        UserState.initial("u"), state="stressed", mood="anxious", energy=40, reasoning=WHY
+    )
     assert changes_for(current, replace(STRESSED, energy=66)) is None
 
 
 def test_an_energy_band_change_is_a_change() -> None:
-    current = replace(UserState.initial("u"), state="stressed", mood="anxious", energy=40)
+    current = replace(
+        UserState.initial("u"), state="stressed", mood="anxious", energy=40, reasoning=WHY
+    )
     changes = changes_for(current, replace(STRESSED, energy=30))
     assert changes is not None and changes["energy"] == 30
 
 
+def test_a_reasoning_reworded_on_the_same_evidence_is_no_change() -> None:
+    current = replace(
+        UserState.initial("u"), state="stressed", mood="anxious", energy=60, reasoning=WHY
+    )
+    assert changes_for(current, replace(STRESSED, reasoning="HR at 91 bpm, still.")) is None
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        ("Not enough data yet (2 frames over 0 min), so assuming calm.", "First impression (9…"),
+        ("First impression (9 frames over 8 s): steady.", "Your heart is steady at 70 bpm."),
+        ("", "First impression (9 frames over 8 s): steady."),
+    ],
+)
+def test_a_reasoning_on_new_evidence_is_a_change(before: str, after: str) -> None:
+    current = replace(UserState.initial("u"), energy=60, reasoning=before)
+    calm = Assessment(State.CALM, Mood.CONTENT, 62, after)
+    changes = changes_for(current, calm)
+    assert changes is not None and changes["reasoning"] == after
+
+
 def test_force_commits_even_without_a_change() -> None:
-    current = replace(UserState.initial("u"), state="stressed", mood="anxious", energy=55)
+    current = replace(
+        UserState.initial("u"), state="stressed", mood="anxious", energy=55, reasoning=WHY
+    )
     changes = changes_for(current, STRESSED, force=True)
     assert changes == {
         "state": "stressed",

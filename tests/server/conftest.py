@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -41,3 +44,36 @@ async def commit(client: httpx.AsyncClient, user: str, **changes: Any) -> dict[s
     body: dict[str, Any] = response.json()
     assert body["committed"], body
     return body
+
+
+class _Keep(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def server_log() -> Iterator[list[logging.LogRecord]]:
+    """Every record the server and uvicorn log during the test (uvicorn's loggers do not
+    propagate to the root, so ``caplog`` alone would miss its errors)."""
+    keep = _Keep()
+    loggers = [logging.getLogger(name) for name in ("", "uvicorn")]
+    for logger in loggers:
+        logger.addHandler(keep)
+    try:
+        yield keep.records
+    finally:
+        for logger in loggers:
+            logger.removeHandler(keep)
+
+
+def errors_in(records: list[logging.LogRecord]) -> list[str]:
+    """The records at ERROR or above, or with a traceback: what a client must never cause."""
+    return [
+        f"{r.name}: {r.getMessage()[:200]}"
+        for r in records
+        if r.levelno >= logging.ERROR or r.exc_info is not None
+    ]

@@ -12,6 +12,7 @@ from server.auth import (
     bearer,
     issue,
     origin_allowed,
+    own_origins,
     verify,
 )
 from server.errors import Forbidden, TokenExpired, TokenInvalid, TokenMissing
@@ -107,10 +108,26 @@ def test_bearer_header() -> None:
 
 
 def test_origin_allowed() -> None:
-    host = "push.example:8000"
-    assert origin_allowed(None, host, ())  # not a browser
-    assert origin_allowed("http://push.example:8000", host, ())  # own host
-    assert origin_allowed("https://app.example/", host, ["https://app.example"])
-    assert origin_allowed("https://evil.example", host, ["*"])
-    assert not origin_allowed("https://evil.example", host, ["https://app.example"])
-    assert not origin_allowed("https://evil.example", None, ())
+    own = own_origins("https://push.example:8000", None)
+    assert origin_allowed(None, own, ())  # not a browser
+    assert origin_allowed("https://push.example:8000", own, ())  # the public URL
+    assert origin_allowed("https://app.example/", own, ["https://app.example"])
+    assert origin_allowed("https://evil.example", own, ["*"])
+    assert not origin_allowed("https://evil.example", own, ["https://app.example"])
+    assert not origin_allowed("https://evil.example", (), ())
+
+
+def test_own_origin_is_the_public_url_not_the_host_header() -> None:
+    own = own_origins("https://push.example/base/", ("10.0.0.5", 8000))
+    assert own == ("https://push.example",)
+    assert not origin_allowed("https://evil.example", own, ())
+    assert not origin_allowed("http://10.0.0.5:8000", own, ())
+
+
+def test_without_a_public_url_the_own_origin_is_the_socket_address() -> None:
+    own = own_origins("", ("127.0.0.1", 8123))
+    assert origin_allowed("http://127.0.0.1:8123", own, ())
+    assert origin_allowed("http://localhost:8123", own, ())
+    assert not origin_allowed("http://localhost:9999", own, ())
+    assert not origin_allowed("http://evil.example", own, ())
+    assert own_origins("", ("10.1.2.3", 80)) == ("http://10.1.2.3:80", "https://10.1.2.3:80")

@@ -17,11 +17,14 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import SECRET, auth, recv_op, send
 from tests.server.conftest import close_code, frame, now_ms
+
+pytestmark = pytest.mark.slow  # starts server or writer processes
 
 ROOT = Path(__file__).resolve().parents[2]
 STARTED = "Application startup complete."

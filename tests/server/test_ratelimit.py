@@ -37,3 +37,26 @@ def test_time_going_backwards_adds_nothing() -> None:
     assert not bucket.take(5.0)
     assert not bucket.take(5.5)  # measured from the last stamp (5.0): 0.5 tokens
     assert bucket.take(6.0)
+
+
+def test_buckets_by_key_limit_each_key_alone_and_say_when_to_retry() -> None:
+    from server.ratelimit import BucketsByKey
+
+    buckets: BucketsByKey[str] = BucketsByKey(rate=0.5, burst=2)
+    assert [buckets.take("a", 0.0) for _ in range(3)] == [0.0, 0.0, 2.0]
+    assert buckets.take("b", 0.0) == 0.0
+    assert buckets.take("a", 1.0) == 1.0  # half a token saved: one more second
+    assert buckets.take("a", 2.0) == 0.0
+
+
+def test_buckets_by_key_hold_at_most_max_keys_dropping_the_least_recent() -> None:
+    from server.ratelimit import BucketsByKey
+
+    buckets: BucketsByKey[int] = BucketsByKey(rate=1.0, burst=1, max_keys=100)
+    buckets.take(-1, 0.0)
+    for key in range(10_000):
+        buckets.take(key, 0.0)
+        buckets.take(-1, 0.0)  # kept fresh: never dropped, so still spent
+    assert len(buckets) == 100
+    assert buckets.take(-1, 0.0) > 0
+    assert buckets.take(0, 0.0) == 0.0  # dropped long ago: comes back full

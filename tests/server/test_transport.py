@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import httpx
+import orjson
 import pytest
+import uvloop
+import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
@@ -15,8 +19,8 @@ from websockets.streams import StreamReader
 
 from server.protocol import text_frame
 from server.push.endpoint import Connection
-from server.push.transport import SEND_BUFFER_BYTES, PushProtocol
-from tests.conftest import LiveServer, recv_op
+from server.push.transport import SEND_BUFFER_BYTES, EdgeProtocol
+from tests.conftest import LiveServer, recv_op, token
 from tests.server.conftest import commit
 
 
@@ -61,12 +65,15 @@ async def subscribed_watch(
         await ws.close()
 
 
+async def test_server_tests_run_on_uvloop() -> None:
+    assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+
+
 async def test_a_delta_to_an_idle_socket_is_written_without_outbox_or_task(
     live_server: LiveServer,
 ) -> None:
     async with subscribed_watch(live_server) as (ws, client):
         connection = connection_of(live_server, "alice")
-        assert connection._write is not None
         for energy in (10, 20, 30):
             body = await commit(client, "alice", energy=energy)
             delta = await recv_op(ws, "delta")
@@ -80,11 +87,8 @@ async def test_an_accepted_connection_keeps_no_handshake_request(
     live_server: LiveServer,
 ) -> None:
     async with subscribed_watch(live_server):
-        connections = live_server.server.server_state.connections
-        (protocol,) = [p for p in connections if isinstance(p, PushProtocol)]
-        assert not hasattr(protocol, "request")
-        assert protocol.response is None
-        parser = protocol.conn.parser
+        connection = connection_of(live_server, "alice")
+        parser = connection._ws.parser
         assert parser.gi_frame is not None
         suspended = parser.gi_frame.f_locals.values()
         assert not any(isinstance(value, Request) for value in suspended)
@@ -92,8 +96,21 @@ async def test_an_accepted_connection_keeps_no_handshake_request(
 
 async def test_accepted_sockets_have_a_bounded_send_buffer(live_server: LiveServer) -> None:
     async with subscribed_watch(live_server):
-        connections = live_server.server.server_state.connections
-        (protocol,) = [p for p in connections if isinstance(p, PushProtocol)]
-        sock = protocol.transport.get_extra_info("socket")
+        connection = connection_of(live_server, "alice")
+        sock = connection._transport.get_extra_info("socket")
         size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
         assert SEND_BUFFER_BYTES <= size <= 2 * SEND_BUFFER_BYTES  # Linux reports it doubled
+
+
+@pytest.mark.parametrize("path", ["/v1/ws", "/socket"])
+async def test_device_sockets_are_served_by_our_connection_not_uvicorns(
+    live_server: LiveServer, path: str
+) -> None:
+    """EdgeProtocol answers device upgrades itself; uvicorn's WebSocket protocol (its ``ws``
+    setting) only upgrades the app's own routes (the operator's fleet feed)."""
+    assert live_server.server.config.http_protocol_class is EdgeProtocol
+    url = live_server.ws_url.replace("/v1/ws", path) + f"?token={token('alice', 'watch')}"
+    async with websockets.connect(url) as ws:
+        await ws.send(orjson.dumps({"op": "hello", "client": "t"}).decode())
+        await recv_op(ws, "snapshot")
+        connection_of(live_server, "alice")  # asserts the peer is our Connection

@@ -14,6 +14,7 @@ from websockets.exceptions import InvalidStatus
 from server.protocol import MAX_MESSAGE_BYTES
 from server.push.endpoint import MAX_ERRORS
 from server.settings import Settings
+from server.store.sqlite import SQLiteStore
 from tests.conftest import LiveServer, recv, recv_op, send, start_server, token
 from tests.server.conftest import close_code, commit, frame, now_ms
 
@@ -259,5 +260,40 @@ async def test_a_service_token_may_subscribe_to_any_user(live_server: LiveServer
             assert delta["user_id"] == "bob"
             assert delta["version"] == body["version"]
             assert delta["changes"]["mood"] == "happy"
+        finally:
+            await ws.close()
+
+
+async def test_a_frame_with_only_an_empty_env_is_rejected(live_server: LiveServer) -> None:
+    ws = await live_server.connect("alice")
+    try:
+        t0 = now_ms() - 10_000
+        frames = [{"ts": t0, "env": {}}, {"ts": t0 + 1, "hr": 61, "env": {}}]
+        await send(ws, {"op": "frames", "seq": 3, "frames": frames})
+        ack = await recv_op(ws, "ack")
+        assert ack["accepted"] == 1
+        assert [(r["index"], r["field"]) for r in ack["rejected"]] == [(0, "frame")]
+        rows = await stored(live_server, "alice", t0, t0 + 10)
+        assert [(f.ts, f.env) for f in rows] == [(t0 + 1, None)]
+    finally:
+        await ws.close()
+
+
+async def test_hello_during_a_store_outage_answers_unavailable_and_the_socket_recovers(
+    settings: Settings,
+) -> None:
+    store = SQLiteStore(settings.sqlite_path)
+    async with start_server(settings, store=store) as live:
+        ws = await live.connect("alice", hello=False)
+        try:
+            await store.close()  # the outage: every read raises StoreError
+            await send(ws, {"op": "hello", "client": "test"})
+            answer = await recv(ws)
+            assert (answer["op"], answer["code"]) == ("error", "unavailable")
+            await send(ws, {"op": "ping", "t": 1})
+            assert (await recv(ws))["op"] == "pong"  # still open
+            await store.open()  # the store is back
+            await send(ws, {"op": "hello", "client": "test"})
+            assert (await recv(ws))["op"] == "snapshot"
         finally:
             await ws.close()

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
+from brain.backoff import Backoff, instant
 from server.store import schema
 from server.store.base import Store
 from server.store.dynamodb import DynamoDBStore
-from server.store.retry import RetryPolicy, instant
 from server.store.sqlite import SQLiteStore
 from tests.services import dynamodb_local, redis_server  # noqa: F401  (fixtures)
 
@@ -34,7 +34,7 @@ def dynamodb_store_factory(dynamodb_local: str) -> DynamoDBStoreFactory:  # noqa
     @asynccontextmanager
     async def fresh(**options: Any) -> AsyncIterator[DynamoDBStore]:
         prefix = f"t{uuid.uuid4().hex[:12]}-"
-        options.setdefault("retry", instant(RetryPolicy()))
+        options.setdefault("retry", instant(Backoff()))
         store = DynamoDBStore(
             table_prefix=prefix,
             region="us-east-1",

@@ -216,7 +216,7 @@ async def test_two_concurrent_writers_of_one_version_one_wins(store: Store) -> N
 
 
 async def test_users_with_avatar_status_finds_exactly_those_users(store: Store) -> None:
-    statuses = {"u1": "failed", "u2": "ready", "u3": "failed", "u4": "pending", "u5": "failed"}
+    statuses = {"u1": "failed", "u2": "ready", "u3": "failed", "u4": "none", "u5": "failed"}
     for user_id, status in statuses.items():
         await store.put_state(committed(user_id, 1, avatar_status=status), expected_version=0)
 

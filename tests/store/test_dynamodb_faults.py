@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from botocore.awsrequest import AWSResponse
 
+from brain.backoff import Backoff, instant
 from brain.model import Frame
 from server.errors import FramesNotDurable, StoreError, VersionConflict
 from server.store.base import UserState
 from server.store.dynamodb import DynamoDBStore
-from server.store.retry import RetryPolicy, instant
 
 DynamoDBStoreFactory = Callable[..., AbstractAsyncContextManager[DynamoDBStore]]
 
@@ -115,39 +115,40 @@ async def stored(store: Any, user_id: str) -> list[Frame]:
     return frames
 
 
-async def test_unprocessed_and_throttled_rows_are_retried_until_all_stored_once(
+def minute_of(item: dict[str, Any]) -> int:
+    """The minute (from T0) of the bucket a frames PutItem writes."""
+    return (int(item["sk"]["S"].partition("#")[0]) - T0) // 60_000
+
+
+async def test_throttled_and_failed_bucket_writes_are_retried_until_all_stored_once(
     dynamodb_store_factory: DynamoDBStoreFactory,
 ) -> None:
     delays: list[float] = []
     codes = list(STATUS)[:4]  # the throttling codes and a 5xx
-    faults = Faults(
-        "BatchWriteItem",
-        # Every fifth call is throttled (cycling through the codes) ...
-        fail=lambda n, _: codes[(n // 5) % 4] if n % 5 == 0 else None,
-        # ... and on odd calls every other item comes back unprocessed.
-        withhold=lambda n, item: n % 2 == 1 and int(item["ts"]["N"]) % 2 == 1,
-    )
-    rows = rows_of(["alice", "bob", "carol"], 300)
+    # Every third call is answered with an error, cycling through the codes.
+    faults = Faults("PutItem", fail=lambda n, _: codes[(n // 3) % 4] if n % 3 == 0 else None)
+    rows = [(u, Frame(ts=T0 + i * 1000, hr=60.0 + i % 40)) for i in range(300) for u in ("a", "b")]
     rows += rows[:10]  # resent frames in the same call
 
-    async with dynamodb_store_factory(
-        retry=instant(RetryPolicy(attempts=30), record=delays)
-    ) as store:
+    async with dynamodb_store_factory(retry=instant(Backoff(attempts=30), record=delays)) as store:
         faults.install(store.client)
         await store.put_frames(rows)
 
-        assert faults.withheld > 0 and delays, "the faults were not injected"
-        assert set(faults.failures) == set(codes)
-        for user in ("alice", "bob", "carol"):
-            assert await stored(store, user) == [f for u, f in rows[:300] if u == user]
+        assert delays and set(faults.failures) == set(codes), "the faults were not injected"
+        for user in ("a", "b"):
+            assert await stored(store, user) == [f for u, f in rows[:600] if u == user]
 
 
-async def test_rows_unprocessed_past_the_bound_raise_frames_not_durable_naming_them(
+async def test_buckets_failing_past_the_bound_raise_frames_not_durable_naming_their_rows(
     dynamodb_store_factory: DynamoDBStoreFactory,
 ) -> None:
     delays: list[float] = []
-    policy = instant(RetryPolicy(attempts=4, base_delay=0.1, max_delay=1.0), record=delays)
-    faults = Faults("BatchWriteItem", withhold=lambda n, item: item["user_id"]["S"] == "doomed")
+    policy = instant(Backoff(attempts=4, base=0.1, cap=1.0), record=delays)
+
+    def doomed(n: int, params: dict[str, Any]) -> str | None:
+        return "ThrottlingException" if params["Item"]["user_id"]["S"] == "doomed" else None
+
+    faults = Faults("PutItem", fail=doomed)
     rows = rows_of(["alice", "doomed", "alice"], 60)
 
     async with dynamodb_store_factory(retry=policy) as store:
@@ -158,46 +159,87 @@ async def test_rows_unprocessed_past_the_bound_raise_frames_not_durable_naming_t
         assert error.value.failed == {i for i, (user, _) in enumerate(rows) if user == "doomed"}
         assert await stored(store, "alice") == [f for u, f in rows if u == "alice"]
         assert await stored(store, "doomed") == []
-    # Three batches of 25/25/10, each tried 4 times: 3 backoffs each, none above its ceiling.
-    assert len(delays) == 9
+    # One bucket of doomed, tried 4 times: 3 backoffs, none above its ceiling.
+    assert len(delays) == 3
     assert all(0 <= d <= policy.ceiling(2) for d in delays)
 
 
 async def test_throttling_that_never_ends_fails_every_row(
     dynamodb_store_factory: DynamoDBStoreFactory,
 ) -> None:
-    faults = Faults("BatchWriteItem", fail=lambda n, _: "ThrottlingException")
-    rows = rows_of(["alice"], 30)
+    faults = Faults("PutItem", fail=lambda n, _: "ThrottlingException")
+    rows = [("alice", Frame(ts=T0 + i * 1000, hr=60.0)) for i in range(90)]  # two buckets
 
-    async with dynamodb_store_factory(retry=instant(RetryPolicy(attempts=3))) as store:
+    async with dynamodb_store_factory(retry=instant(Backoff(attempts=3))) as store:
         faults.install(store.client)
         with pytest.raises(FramesNotDurable) as error:
             await store.put_frames(rows)
 
-    assert error.value.failed == set(range(30))
+    assert error.value.failed == set(range(90))
     assert "ThrottlingException" in error.value.reason
-    assert faults.calls == 2 * 3  # two batches, three attempts each
+    assert faults.calls == 2 * 3  # two buckets, three attempts each
 
 
-async def test_a_batch_with_a_non_retryable_error_fails_only_its_rows(
+async def test_a_bucket_with_a_non_retryable_error_fails_only_its_rows(
     dynamodb_store_factory: DynamoDBStoreFactory,
 ) -> None:
-    def invalid_second_batch(n: int, params: dict[str, Any]) -> str | None:
-        (requests,) = params["RequestItems"].values()
-        first_ts = int(requests[0]["PutRequest"]["Item"]["ts"]["N"])
-        return "ValidationException" if first_ts == T0 + 25 else None
+    def invalid_second_minute(n: int, params: dict[str, Any]) -> str | None:
+        return "ValidationException" if minute_of(params["Item"]) == 1 else None
 
-    faults = Faults("BatchWriteItem", fail=invalid_second_batch)
-    rows = rows_of(["alice"], 50)
+    faults = Faults("PutItem", fail=invalid_second_minute)
+    rows = [("alice", Frame(ts=T0 + i * 1000, hr=60.0)) for i in range(120)]
 
     async with dynamodb_store_factory() as store:
         faults.install(store.client)
         with pytest.raises(FramesNotDurable) as error:
             await store.put_frames(rows)
 
-        assert error.value.failed == set(range(25, 50))
+        assert error.value.failed == set(range(60, 120))
         assert faults.failures == ["ValidationException"]  # not retried
-        assert await stored(store, "alice") == [f for _, f in rows[:25]]
+        assert await stored(store, "alice") == [f for _, f in rows[:60]]
+
+
+async def test_two_nodes_writing_one_bucket_merge_and_lose_no_frame(
+    dynamodb_store_factory: DynamoDBStoreFactory, dynamodb_local: str
+) -> None:
+    """A node that does not know the bucket, or knows an old version of it, merges; so do
+    two nodes writing the same frames at once, across the parts of a 4 Hz minute."""
+    frames = [Frame(ts=T0 + i * 250, hr=60.0 + i % 50, device="w") for i in range(240)]
+    async with dynamodb_store_factory() as first:
+        second = DynamoDBStore(
+            table_prefix=first.table_prefix,
+            region="us-east-1",
+            endpoint_url=dynamodb_local,
+            retry=instant(Backoff()),
+        )
+        await second.open()
+        try:
+            await first.put_frames([("alice", f) for f in frames[:10]])
+            await second.put_frames([("alice", f) for f in frames[10:20]])  # new to second
+            await first.put_frames([("alice", f) for f in frames[20:30]])  # first is stale
+            for start in range(30, 240, 30):
+                chunk = [("alice", f) for f in frames[start : start + 30]]
+                await asyncio.gather(first.put_frames(chunk), second.put_frames(chunk))
+        finally:
+            await second.close()
+
+        assert await stored(first, "alice") == frames
+
+
+async def test_a_resend_of_stored_frames_writes_nothing(
+    dynamodb_store_factory: DynamoDBStoreFactory,
+) -> None:
+    faults = Faults("PutItem")
+    rows = [("alice", Frame(ts=T0 + i * 1000, hr=60.0)) for i in range(60)]
+
+    async with dynamodb_store_factory() as store:
+        faults.install(store.client)
+        await store.put_frames(rows[:30])
+        await store.put_frames(rows[30:])
+        await store.put_frames(rows)  # the phone resends everything after a reconnect
+
+        assert faults.calls == 2  # one conditional write per batch that brought new frames
+        assert await stored(store, "alice") == [f for _, f in rows]
 
 
 async def test_throttled_usage_add_is_retried_and_counted_once(
@@ -279,7 +321,7 @@ async def test_reads_follow_every_page_of_a_query_or_scan(
         params["Limit"] = 7
         pages[model.name] += 1
 
-    rows = rows_of(["alice"], 60)
+    rows = [("alice", Frame(ts=T0 + i * 60_000, hr=60.0)) for i in range(60)]  # 60 buckets
     async with dynamodb_store_factory() as store:
         for operation in pages:
             store.client.meta.events.register(

@@ -8,7 +8,11 @@ import signal
 import sys
 import time
 
+import pytest
+
 from server.store.sqlite import SQLiteStore
+
+pytestmark = pytest.mark.slow  # starts a writer process
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 T0 = (int(time.time()) // 60) * 60_000

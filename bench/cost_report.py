@@ -1,0 +1,222 @@
+"""Prices, and the report of bench.cost: dollars per user-month by service and tier.
+
+:data:`PRICES` is the one table of prices the benchmark uses, dated; change it there. A
+month is 30 days; frames are kept 30 days (``COMPANION_FRAME_RETENTION_DAYS``), so a
+month's storage is 30 days of frames held at once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from bench.harness import REPO_ROOT
+
+PRICES: dict[str, Any] = {
+    "as_of": "2026-12-01",
+    "source": "published list prices, us-east-1, on-demand (issue 19)",
+    "dynamodb_wru_per_million": 0.625,
+    "dynamodb_rru_per_million": 0.125,
+    "dynamodb_gb_month": 0.25,
+    "s3_put_per_thousand": 0.005,
+    "s3_get_per_thousand": 0.0004,
+    "s3_gb_month": 0.023,
+    "haiku_45_input_per_mtok": 1.0,
+    "haiku_45_output_per_mtok": 5.0,
+    "cache_write_factor": 1.25,
+    "cache_read_factor": 0.1,
+    "image_per_generation": 0.039,
+    "image_note": "Gemini 2.5 Flash Image: 1,290 output tokens at $30/M (assumed)",
+    "egress_per_gb": 0.09,
+}
+"""Prices in US dollars, as of ``as_of``."""
+
+DAYS = 30
+FRAME_ITEM_OVERHEAD = 100
+"""Bytes DynamoDB bills per item for its index, on top of the item's own size."""
+
+BEGIN, END = "<!-- cost:begin -->", "<!-- cost:end -->"
+
+
+def per_month(per_day: float) -> float:
+    """A day's figure as a 30-day month's."""
+    return per_day * DAYS
+
+
+def day_of(run: dict[str, Any], index: int = -1) -> dict[str, Any]:
+    """The counters of one replayed day (the last by default: warm caches), as differences
+    between the snapshots taken at the end of each day."""
+    snapshots = run["snapshots"]
+    end = snapshots[index]
+    position = index % len(snapshots)
+    start = snapshots[position - 1] if position > 0 else None
+
+    def minus(now: Any, before: Any) -> Any:
+        if isinstance(now, dict):
+            return {
+                k: minus(v, None if before is None else before.get(k, 0)) for k, v in now.items()
+            }
+        return now - (before or 0)
+
+    return minus(end, start)  # type: ignore[no-any-return]
+
+
+def one_item_per_frame(frames: int, item_bytes: int) -> dict[str, float]:
+    """Today's layout, by the published rules: one item (one WRU) per frame."""
+    units = math.ceil(item_bytes / 1024)
+    writes = per_month(frames * units) * PRICES["dynamodb_wru_per_million"] / 1e6
+    stored_gb = DAYS * frames * (item_bytes + FRAME_ITEM_OVERHEAD) / 1e9
+    return {"writes": writes, "storage": stored_gb * PRICES["dynamodb_gb_month"]}
+
+
+def dynamodb_month(run: dict[str, Any], table: str, days: int) -> dict[str, float]:
+    """Dollars a month of one table: writes and reads of the last day, storage (a day's
+    frames held 30 times over, the other tables as they are)."""
+    day = day_of(run)
+    writes = per_month(day["wru"][table]) * PRICES["dynamodb_wru_per_million"] / 1e6
+    reads = per_month(day["rru"][table]) * PRICES["dynamodb_rru_per_million"] / 1e6
+    held = run["stored"][table]["bytes"]
+    stored = held / days * DAYS if table == "frames" else held
+    return {"writes": writes, "reads": reads, "storage": stored / 1e9 * PRICES["dynamodb_gb_month"]}
+
+
+def llm_month(mode: dict[str, Any]) -> float:
+    """Dollars a month of the LLM in one mode (as the guard priced the day's calls)."""
+    return float(per_month(mode["cost_usd"]))
+
+
+def render(data: dict[str, Any]) -> str:
+    """The Markdown report of one run of bench.cost."""
+    lines = [
+        f"Replayed {data['frames']:,} frames ({data['hours']:g} h at 1 Hz), uploaded"
+        f" {data['upload_every_s']} s of frames per message; prices as of"
+        f" {PRICES['as_of']} ({PRICES['source']}).",
+        "",
+    ]
+    for run in data["runs"]:
+        lines += _store_section(run, data)
+    lines += _llm_section(data)
+    lines += _tier_section(data)
+    return "\n".join(lines) + "\n"
+
+
+def _store_section(run: dict[str, Any], data: dict[str, Any]) -> list[str]:
+    day, cold = day_of(run), day_of(run, 0)
+    days, frames = data["days"], data["frames"]
+    pushed = day["pushed"]
+    changes = pushed.get("state_changes", 0)
+    generations = day["avatar_generations"]
+    per_change = f"{generations / changes:.2f}" if changes else "n/a"
+    lines = [
+        f"### {run['store']}",
+        "",
+        f"- replay: {run['replay_s']} s for {run['uploads']} uploads ({days} days);"
+        f" the last day pushed {pushed.get('bytes', 0):,} bytes to one watch in"
+        f" {pushed.get('delta', 0)} deltas ({changes} changes of state)",
+        f"- avatar generations: {generations:g} on the last day ({per_change} per change of"
+        f" state), {cold['avatar_generations']:g} on the first (cold cache); images"
+        f" {run['media_bytes']:,} bytes in all (embedded media: 0 S3 requests)",
+    ]
+    if run["store"] == "sqlite":
+        lines.append(
+            f"- frames: {run['frame_rows']} rows for {days} days,"
+            f" {run['frame_payload_bytes']:,} payload bytes"
+            f" ({run['frame_payload_bytes'] / frames / days:.1f} bytes a frame);"
+            f" file after VACUUM {run['file_bytes']:,} bytes"
+        )
+        return [*lines, ""]
+    frames_month = dynamodb_month(run, "frames", days)
+    stored = run["stored"]["frames"]
+    wru, rru = day["wru"], day["rru"]
+    lines += [
+        f"- frames: {stored['items'] / days:g} items a day,"
+        f" {stored['bytes'] / frames / days:.1f} bytes billed a frame (with the per-item"
+        f" overhead); {wru['frames']:g} WRU and {rru['frames']:g} RRU a day"
+        f" ({frames / max(wru['frames'], 1):.0f} frames per WRU)",
+        "",
+        "| table | WRU/day | RRU/day | items | bytes | $/month writes | reads | storage |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for table in wru:
+        month = dynamodb_month(run, table, days)
+        lines.append(
+            f"| {table} | {wru[table]:g} | {rru[table]:g}"
+            f" | {run['stored'][table]['items']} | {run['stored'][table]['bytes']:,}"
+            f" | {month['writes']:.4f} | {month['reads']:.4f} | {month['storage']:.4f} |"
+        )
+    before = one_item_per_frame(frames, data["old_item_bytes"])
+    lines += [
+        "",
+        f"Frames, $/user-month: **{sum(frames_month.values()):.4f}** (writes"
+        f" {frames_month['writes']:.4f}, reads {frames_month['reads']:.4f}, storage"
+        f" {frames_month['storage']:.4f}); one item per frame ({data['old_item_bytes']} bytes"
+        f" each), by the same rules: {sum(before.values()):.4f} (writes"
+        f" {before['writes']:.4f}, storage {before['storage']:.4f}).",
+        "",
+    ]
+    return lines
+
+
+def _llm_section(data: dict[str, Any]) -> list[str]:
+    lines = [
+        "### LLM (Claude Haiku 4.5, through brain against the fake API)",
+        "",
+        "| mode | windows | calls | changes of state | input | output | cache write"
+        " | cache read | $/day | $/month |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, mode in data["llm"].items():
+        lines.append(
+            f"| {name} | {mode['windows']} | {mode['calls']} | {mode['state_changes']}"
+            f" | {mode['input_tokens']:,} | {mode['output_tokens']:,}"
+            f" | {mode['cache_write_tokens']:,} | {mode['cache_read_tokens']:,}"
+            f" | {mode['cost_usd']:.4f} | {llm_month(mode):.3f} |"
+        )
+    return [*lines, ""]
+
+
+def _tier_section(data: dict[str, Any]) -> list[str]:
+    dynamo = next((run for run in data["runs"] if run["store"] == "dynamodb"), None)
+    any_run = dynamo or (data["runs"][0] if data["runs"] else None)
+    lines = [
+        "### $/user-month by tier (DynamoDB store, embedded media, S3 $0)",
+        "",
+        "| tier | DynamoDB | LLM | images | pushed bytes | total |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    store_month = 0.0
+    if dynamo is not None:
+        store_month = sum(
+            sum(dynamodb_month(dynamo, table, data["days"]).values())
+            for table in day_of(dynamo)["wru"]
+        )
+    day = day_of(any_run) if any_run else {"avatar_generations": 0, "pushed": {}}
+    images_month = per_month(day["avatar_generations"]) * PRICES["image_per_generation"]
+    egress = per_month(day["pushed"].get("bytes", 0))
+    egress_month = egress / 1e9 * PRICES["egress_per_gb"]
+    for tier in ("free", "premium"):
+        llm = llm_month(data["llm"][tier])
+        total = store_month + llm + images_month + egress_month
+        lines.append(
+            f"| {tier} | {store_month:.4f} | {llm:.4f} | {images_month:.4f}"
+            f" | {egress_month:.6f} | **{total:.4f}** |"
+        )
+    lines += [
+        "",
+        "Images: this user's last day alone (a cache entry serves every user whose avatar"
+        " prompt is the same, so with many users the generations per user tend to 0).",
+        "",
+    ]
+    return lines
+
+
+def write_page(markdown: str) -> str:
+    """Put ``markdown`` between the markers of docs/cost.md; return the page's path."""
+    page = REPO_ROOT / "docs" / "cost.md"
+    text = page.read_text()
+    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.DOTALL)
+    if not pattern.search(text):
+        raise SystemExit(f"{page} has no {BEGIN} ... {END} section to fill")
+    page.write_text(pattern.sub(lambda _: f"{BEGIN}\n{markdown.strip()}\n{END}", text))
+    return str(page)
