@@ -107,7 +107,10 @@ _UPSERT = (
     " ON CONFLICT (user_id) DO UPDATE SET"
     f" {', '.join(f'{name} = excluded.{name}' for name in _STATE_NAMES[1:])}"
 )
-_INSERT_STATE = _UPSERT + " WHERE user_state.version = 0 AND user_state.epoch = excluded.epoch"
+_INSERT_STATE = (
+    _UPSERT + " WHERE user_state.erased = 1 AND user_state.version = 0"
+    " AND user_state.epoch = excluded.epoch"
+)
 """The first write of a user: no row yet, or a version-0 tombstone of the same erase epoch."""
 _UPDATE_STATE = (
     f"UPDATE user_state SET {', '.join(f'{name} = ?' for name in _STATE_NAMES[1:])}"
