@@ -124,6 +124,13 @@ def _secret(text: str) -> str:
     return text
 
 
+def _lease_ms(text: str) -> int:
+    value = _positive_int(text)
+    if value < 300:
+        raise ValueError(f"must be at least 300 ms, got {text}")
+    return value
+
+
 def _prefix(text: str) -> str:
     if not text or len(text) > 64 or not all(c.isalnum() or c in "-_." for c in text):
         raise ValueError("must be 1-64 characters of letters, digits, '-', '_', '.'")
@@ -264,6 +271,12 @@ class Settings:
         _positive_int, "Quiet time after frames before an analysis starts.", default=1000
     )
     analysis_workers: int = setting(_positive_int, "Analyses running at once.", default=4)
+    owner_lease_ms: int = setting(
+        _lease_ms,
+        "With a Redis broker: lease of a node on a user's analysis (its owner); a dead"
+        " owner's users move to another node within this time.",
+        default=10_000,
+    )
     avatar: str = setting(_choice("local", "gemini"), "Avatar generator.", default="local")
     gemini_model: str = setting(str, "Gemini image model id.", default="gemini-2.5-flash-image")
     media: str = setting(

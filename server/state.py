@@ -66,12 +66,18 @@ class StateService:
         hub.read_current_with(self.current_delta)
 
     async def current(self, user_id: str) -> UserState:
-        """The user's state (version 0 with defaults if nothing was committed yet)."""
+        """The user's state: defaults at version 0 if nothing was committed yet, at the erased
+        version after an erase; it carries the user's erase epoch, which every commit is
+        conditional on."""
         state = await self._store.get_state(user_id)
-        if state is None:
-            return UserState.initial(user_id)
-        self.tier_book.learn(user_id, state.profile)
-        return state
+        if state is not None:
+            self.tier_book.learn(user_id, state.profile)
+            return state
+        initial = UserState.initial(user_id)
+        tombstone = await self._store.tombstone(user_id)
+        if tombstone.epoch:  # erased: versions go on from the erased one
+            return replace(initial, version=tombstone.version, epoch=tombstone.epoch)
+        return initial
 
     async def current_delta(self, user_id: str) -> Delta | None:
         """The current state as a delta from the version before it, carrying every visible
@@ -151,15 +157,27 @@ class StateService:
                 log.exception("commit listener failed for %s", committed.user_id)
 
     async def update(
-        self, user_id: str, decide: Decide, *, cause: str, attempts: int = 5
+        self,
+        user_id: str,
+        decide: Decide,
+        *,
+        cause: str,
+        attempts: int = 5,
+        epoch: int | None = None,
     ) -> UserState | None:
         """Read, decide, commit; on a lost race read and decide again.
 
-        Returns the committed state, or ``None`` when ``decide`` wanted no change. Raises
-        :class:`VersionConflict` if every one of ``attempts`` lost its race.
+        ``epoch`` is the user's erase epoch when the caller's work began (``None``: any):
+        once the user was erased since, nothing is committed, however often it re-reads
+        (the write itself is conditional on the epoch it read, so an erase between the read
+        and the write is a lost race too). Returns the committed state, or ``None`` when
+        ``decide`` wanted no change or the user was erased. Raises :class:`VersionConflict`
+        if every one of ``attempts`` lost its race.
         """
         for attempt in range(attempts):
             current = await self.current(user_id)
+            if epoch is not None and current.epoch != epoch:
+                return None  # erased since the work began: it must not write the user again
             changes = decide(current)
             if not changes:
                 return None

@@ -67,6 +67,7 @@ async def react(
     *,
     force: bool = False,
     valid: Callable[[], bool] = lambda: True,
+    epoch: int | None = None,
 ) -> UserState | None:
     """Commit ``assessment`` for ``user_id`` if it is a change (or ``force``).
 
@@ -74,7 +75,9 @@ async def react(
     ``False`` commits nothing: the user was erased while the analysis ran. Deciding on a
     fresh read and writing conditionally on its version closes the race: a write decided
     before the erase either lands before the delete (and is deleted) or conflicts with it
-    and is decided again, now invalid.
+    and is decided again, now invalid. ``epoch`` is the user's erase epoch the analysis read
+    before its frames: the commit is conditional on it, on any node (see
+    :meth:`~server.state.StateService.update`).
 
     Returns the committed state, or ``None`` when nothing changed. Raises
     :class:`~server.errors.VersionConflict` when every attempt lost its race.
@@ -85,4 +88,4 @@ async def react(
             return None
         return changes_for(current, assessment, force=force)
 
-    return await state.update(user_id, decide, cause=CAUSE)
+    return await state.update(user_id, decide, cause=CAUSE, epoch=epoch)

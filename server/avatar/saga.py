@@ -33,7 +33,10 @@ again, by any node once the lease ends — and gives up (a dead letter) after
 ``max_attempts`` starts.
 
 Every saga commit is conditional: it applies only while the user still has the (state, mood,
-band) the saga was started for, so a late image never replaces the one of a newer state.
+band) the saga was started for, so a late image never replaces the one of a newer state, and
+only while the user's erase epoch is the one of the commit that started it, so a saga in
+flight (or retrying) when the user is erased never writes the user again (the tombstone's
+defaults may well match the saga's target).
 """
 
 from __future__ import annotations
@@ -299,7 +302,9 @@ class AvatarSaga:
             if entry is not None and (fresh(entry, tier, now_ms) or not allowed):
                 self._metrics.avatar_cache.labels("hit").inc()
                 job = ClipJob(key, prompt, spec, entry.image_url)
-                outcome = await self._ready(user_id, target, job, entry.video_url, cached=True)
+                outcome = await self._ready(
+                    user_id, target, job, entry.video_url, cached=True, epoch=user.epoch
+                )
             elif not allowed:
                 outcome = await self._over_allowance(user, target, tier)
                 await self._forget(held)
@@ -311,12 +316,16 @@ class AvatarSaga:
                 if held is None:
                     held = await self.ledger.begin(user_id, key)
                 generating = {"avatar_status": AvatarStatus.GENERATING.value}
-                await self._state.update(user_id, conditional(target, generating), cause=CAUSE)
+                await self._state.update(
+                    user_id, conditional(target, generating), cause=CAUSE, epoch=user.epoch
+                )
                 # A stale entry (older than the tier's cache lifetime) must not come back.
                 newer_than = 0 if entry is None else entry.created_at + 1
                 still = await asyncio.shield(self._shared(key, prompt, spec, newer_than))
                 job = ClipJob(key, prompt, spec, still.url, still.png)
-                outcome = await self._ready(user_id, target, job, still.video_url, cached=False)
+                outcome = await self._ready(
+                    user_id, target, job, still.video_url, cached=False, epoch=user.epoch
+                )
         except asyncio.CancelledError:
             raise  # its record stays: the saga is resumed when this node starts again
         except Exception as exc:
@@ -346,12 +355,17 @@ class AvatarSaga:
         self._metrics.avatar_failures.inc()
         failed = {"avatar_status": AvatarStatus.FAILED.value}
         try:
-            done = await self._state.update(user_id, conditional(target, failed), cause=CAUSE)
+            done = await self._state.update(
+                user_id, conditional(target, failed), cause=CAUSE, epoch=user.epoch
+            )
             if done is None:
                 # Nothing to commit: either a newer state superseded this one (stale),
                 # or it was failed already (a repeat failure, e.g. from retry-failed).
                 current = await self._state.current(user_id)
-                again = current.avatar_status == AvatarStatus.FAILED.value
+                again = (
+                    current.avatar_status == AvatarStatus.FAILED.value
+                    and current.epoch == user.epoch
+                )
                 done = current if again and Target.of(current) == target else None
             if done is not None:
                 await self.ledger.dead_letter(
@@ -377,7 +391,9 @@ class AvatarSaga:
         if user.image_url is None:
             return Outcome(user.user_id, LIMITED)
         kept = {"avatar_status": AvatarStatus.READY.value}
-        await self._state.update(user.user_id, conditional(target, kept), cause=CAUSE)
+        await self._state.update(
+            user.user_id, conditional(target, kept), cause=CAUSE, epoch=user.epoch
+        )
         return Outcome(user.user_id, LIMITED, user.image_url)
 
     async def _forget(self, held: SagaRecord | None) -> None:
@@ -411,10 +427,17 @@ class AvatarSaga:
         return clip_changes(None, AvatarStatus.GENERATING)
 
     async def _ready(
-        self, user_id: str, target: Target, job: ClipJob, video_url: str | None, *, cached: bool
+        self,
+        user_id: str,
+        target: Target,
+        job: ClipJob,
+        video_url: str | None,
+        *,
+        cached: bool,
+        epoch: int,
     ) -> Outcome:
         """Commit the image of ``job`` (and what is known of its clip) while the target
-        stands."""
+        stands and the user was not erased since erase ``epoch``."""
         url = job.image_url
         ready = {
             "image_url": url,
@@ -422,10 +445,12 @@ class AvatarSaga:
             **self._clip_fields(job, video_url),
         }
         video = ready["video_url"]
-        committed = await self._state.update(user_id, conditional(target, ready), cause=CAUSE)
+        committed = await self._state.update(
+            user_id, conditional(target, ready), cause=CAUSE, epoch=epoch
+        )
         if committed is None:
             current = await self._state.current(user_id)
-            if Target.of(current) != target:
+            if Target.of(current) != target or current.epoch != epoch:
                 return Outcome(user_id, "stale", url, cached)
         return Outcome(user_id, AvatarStatus.READY.value, url, cached, video)
 

@@ -8,6 +8,15 @@ translate them to rows or items and back.
 Concurrency rule: every write of a user's state is conditional on the version the writer
 read (:meth:`Store.put_state`); a lost race raises :class:`~server.errors.VersionConflict`,
 never overwrites.
+
+Erase rule: :meth:`Store.delete_user` deletes the user's data and leaves a
+:class:`Tombstone`: the user's **erase epoch** (how many times the user was erased) goes up
+by one, and the version the erased state had is kept, so that versions keep growing across
+an erase (a device that saw version 7 before takes version 8 after it as news, never a
+replay). Every state read carries the epoch (:attr:`UserState.epoch`) and every state write
+is also conditional on it, in the same conditional write, so work that read the user before
+an erase (an analysis, an avatar saga, a retry, on any node) can never write the user again:
+its write meets another epoch and raises :class:`~server.errors.VersionConflict`.
 """
 
 from __future__ import annotations
@@ -47,6 +56,9 @@ class UserState:
     video_status: str = AvatarStatus.NONE.value
     profile: Profile = field(default_factory=Profile)
     updated_at: int = 0
+    epoch: int = 0
+    """The user's erase epoch when this state was read; a write applies only while the
+    stored epoch is still this one (not a visible field: devices never see it)."""
 
     def visible(self) -> dict[str, Any]:
         """The fields a device displays (the ones the state hash covers)."""
@@ -187,6 +199,15 @@ class HistoryQuery:
     since_ms: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Tombstone:
+    """What erases left of a user: the version the next state follows, and the erase epoch
+    (both 0 for a user never erased)."""
+
+    version: int = 0
+    epoch: int = 0
+
+
 class Store(Protocol):
     """Durable storage of frames, user state, the avatar cache, LLM usage and the decision
     history."""
@@ -217,10 +238,17 @@ class Store(Protocol):
         """
 
     async def get_state(self, user_id: str) -> UserState | None:
-        """The user's current state, or ``None`` when nothing was ever written."""
+        """The user's current state, or ``None`` when nothing was written since the last
+        erase (or ever)."""
+
+    async def tombstone(self, user_id: str) -> Tombstone:
+        """The tombstone of an erased user with no state since; ``Tombstone()`` for a user
+        never erased. (For a user with a state, read :meth:`get_state`.)"""
 
     async def put_state(self, state: UserState, expected_version: int) -> None:
-        """Write ``state`` if the stored version is ``expected_version`` (0: no row yet).
+        """Write ``state`` if the stored version is ``expected_version`` (0: no row yet; a
+        tombstone's version for an erased user) and the stored erase epoch is ``state.epoch``,
+        in one conditional write.
 
         ``state.version`` is normally ``expected_version + 1``; a profile-only change keeps
         the version. Raises :class:`~server.errors.VersionConflict` otherwise.
@@ -292,8 +320,10 @@ class Store(Protocol):
         """Everything stored about a user, as JSON-ready data (``state``, ``frames``, ``usage``)."""
 
     async def delete_user(self, user_id: str) -> int:
-        """Erase a user's frames, state, usage, saga and dead letters; return how many
-        records were deleted (the decision history is erased by :meth:`delete_history`)."""
+        """Erase a user's frames, usage, saga and dead letters and state, then leave a
+        tombstone of the next erase epoch (in this order, so a reader that sees the new epoch
+        finds no frames); return how many records were deleted (the tombstone is not
+        counted)."""
 
     async def put_history(self, event: HistoryEvent) -> bool:
         """Record ``event`` unless an event of its (user, version) is recorded already or

@@ -124,7 +124,11 @@ def state_from_dict(data: dict[str, Any]) -> UserState:
             values[name] = None
         else:
             values[name] = _READERS.get(name, str)(value)
-    return UserState(**values, profile=profile_from_dict(data.get("profile") or {}))
+    return UserState(
+        **values,
+        profile=profile_from_dict(data.get("profile") or {}),
+        epoch=int(data.get("epoch") or 0),
+    )
 
 
 def usage_to_dict(usage: Usage) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from server.store.base import (
     FrameRow,
     HistoryEvent,
     HistoryQuery,
+    Tombstone,
     Usage,
     UserState,
 )
@@ -175,23 +176,50 @@ class DynamoDBStore(DynamoDBSagas):
             self._retry,
         )
         item = response.get("Item")
-        return None if item is None else items.state_of(item)
+        return None if item is None or items.is_tombstone(item) else items.state_of(item)
+
+    async def tombstone(self, user_id: str) -> Tombstone:
+        """The user's tombstone (``Tombstone()`` when never erased); a consistent read."""
+        client = self.client
+        response = await call(
+            "GetItem user_state tombstone",
+            lambda: client.get_item(
+                TableName=self._state_table,
+                Key={"user_id": {"S": user_id}},
+                ProjectionExpression="#version, #epoch, #erased",
+                ExpressionAttributeNames={
+                    "#version": "version",
+                    "#epoch": "epoch",
+                    "#erased": "erased",
+                },
+                ConsistentRead=True,
+            ),
+            self._retry,
+        )
+        item = response.get("Item")
+        if item is None or not items.is_tombstone(item):
+            return Tombstone()
+        return Tombstone(int(item["version"]["N"]), items.epoch_of(item))
 
     async def put_state(self, state: UserState, expected_version: int) -> None:
-        """PutItem conditional on the stored version being ``expected_version`` (0: no item).
+        """PutItem conditional on the stored version being ``expected_version`` (0: no item)
+        and the stored erase epoch being ``state.epoch``; the item it writes replaces a
+        tombstone (it has no ``erased`` attribute).
 
         Raises :class:`~server.errors.VersionConflict` naming the version found (``None``
         when there is no item).
         """
         client = self.client
+        # An item from before erase epochs has no epoch attribute: it is epoch 0.
+        same_epoch = "(attribute_not_exists(#epoch) OR #epoch = :epoch)"
         if expected_version == 0:
-            # A row with version 0 (a profile saved before any state) also counts as "none
-            # yet", as it does in the SQLite store.
-            condition = "attribute_not_exists(#pk) OR #version = :expected"
-            names = {"#pk": "user_id", "#version": "version"}
+            # A row with version 0 (a tombstone of a user erased before any state, or a
+            # profile saved before any state) also counts as "none yet", as in SQLite.
+            condition = f"(attribute_not_exists(#pk) OR #version = :expected) AND {same_epoch}"
+            names = {"#pk": "user_id", "#version": "version", "#epoch": "epoch"}
         else:
-            condition = "#version = :expected"
-            names = {"#version": "version"}
+            condition = f"#version = :expected AND {same_epoch}"
+            names = {"#version": "version", "#epoch": "epoch"}
         try:
             await call(
                 "PutItem user_state",
@@ -200,7 +228,10 @@ class DynamoDBStore(DynamoDBSagas):
                     Item=items.state_item(state),
                     ConditionExpression=condition,
                     ExpressionAttributeNames=names,
-                    ExpressionAttributeValues={":expected": {"N": str(expected_version)}},
+                    ExpressionAttributeValues={
+                        ":expected": {"N": str(expected_version)},
+                        ":epoch": {"N": str(state.epoch)},
+                    },
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 ),
                 self._retry,
@@ -220,9 +251,13 @@ class DynamoDBStore(DynamoDBSagas):
         found: list[str] = []
         scan = self._scan(
             TableName=self._state_table,
-            FilterExpression="#status = :status",
+            FilterExpression="#status = :status AND attribute_not_exists(#erased)",
             ProjectionExpression="#pk",
-            ExpressionAttributeNames={"#status": "avatar_status", "#pk": "user_id"},
+            ExpressionAttributeNames={
+                "#status": "avatar_status",
+                "#pk": "user_id",
+                "#erased": "erased",
+            },
             ExpressionAttributeValues={":status": {"S": status}},
         )
         async with aclosing(scan):
@@ -360,7 +395,9 @@ class DynamoDBStore(DynamoDBSagas):
         )
 
     async def delete_user(self, user_id: str) -> int:
-        """Delete the user's frames (expired ones too), state and usage; return the count.
+        """Delete the user's frames (expired ones too), usage, saga and dead letters, then
+        turn the state item into a tombstone of the next erase epoch (keeping its version);
+        return the count (a live state counts one).
 
         Raises :class:`~server.errors.StoreError` when some items could not be deleted
         (calling again finishes the job: deletes are idempotent).
@@ -385,15 +422,6 @@ class DynamoDBStore(DynamoDBSagas):
             await self._delete_items(table, user_id, keys)
             deleted += len(keys)
         client = self.client
-        response = await call(
-            "DeleteItem user_state",
-            lambda: client.delete_item(
-                TableName=self._state_table,
-                Key={"user_id": {"S": user_id}},
-                ReturnValues="ALL_OLD",
-            ),
-            self._retry,
-        )
         saga = await call(
             "DeleteItem avatar_sagas",
             lambda: client.delete_item(
@@ -403,8 +431,50 @@ class DynamoDBStore(DynamoDBSagas):
             ),
             self._retry,
         )
-        found = [response, saga]
-        return deleted + sum(1 for answer in found if answer.get("Attributes"))
+        deleted += 1 if saga.get("Attributes") else 0
+        return deleted + await self._tombstone(user_id)
+
+    async def _tombstone(self, user_id: str) -> int:
+        """Turn the user's state item into a tombstone of the next erase epoch; 1 if it held
+        a live state. Last, so that a reader who sees the new epoch finds no frames. One
+        UpdateItem (not a read then a put): ADD raises the epoch atomically, whoever erases
+        at once."""
+        tombstone = items.state_item(UserState.initial(user_id))
+        fields = [name for name in tombstone if name not in ("user_id", "epoch", "version")]
+        names = {f"#f{i}": name for i, name in enumerate(fields)}
+        values: dict[str, Any] = {f":f{i}": tombstone[name] for i, name in enumerate(fields)}
+        assignments = ", ".join(f"#f{i} = :f{i}" for i in range(len(fields)))
+        client = self.client
+        response = await call(
+            "UpdateItem user_state tombstone",
+            lambda: client.update_item(
+                TableName=self._state_table,
+                Key={"user_id": {"S": user_id}},
+                UpdateExpression=(
+                    f"SET {assignments}, #version = if_not_exists(#version, :zero),"
+                    " #erased = :true ADD #epoch :one REMOVE #image, #video"
+                ),
+                ExpressionAttributeNames={
+                    **names,
+                    "#version": "version",
+                    "#erased": "erased",
+                    "#epoch": "epoch",
+                    "#image": "image_url",
+                    "#video": "video_url",
+                },
+                ExpressionAttributeValues={
+                    **values,
+                    ":zero": {"N": "0"},
+                    ":true": {"BOOL": True},
+                    ":one": {"N": "1"},
+                },
+                ReturnValues="ALL_OLD",
+            ),
+            self._retry,
+            idempotent=False,
+        )
+        old = response.get("Attributes")
+        return 1 if old and not items.is_tombstone(old) else 0
 
     async def _delete_items(
         self, table: BatchTable, user_id: str, keys: list[dict[str, Any]]

@@ -26,6 +26,7 @@ from brain.backoff import Backoff
 from server.errors import StoreError
 from server.store import history_codec
 from server.store.base import HistoryEvent, HistoryQuery
+from server.store.dynamodb_items import is_tombstone
 from server.store.dynamodb_requests import BatchTable, call, items_of_pages, write_batch
 
 if TYPE_CHECKING:
@@ -87,14 +88,15 @@ async def put_event(
         lambda: client.get_item(
             TableName=state_table,
             Key={"user_id": {"S": event.user_id}},
-            ProjectionExpression="#version",
-            ExpressionAttributeNames={"#version": "version"},
+            ProjectionExpression="#version, #erased",
+            ExpressionAttributeNames={"#version": "version", "#erased": "erased"},
             ConsistentRead=True,
         ),
         retry,
     )
     found: Any = state.get("Item")
-    if found is None or int(found["version"]["N"]) < event.version:
+    # An erase leaves a tombstone at the erased version: it keeps no event either.
+    if found is None or is_tombstone(found) or int(found["version"]["N"]) < event.version:
         await call(
             "DeleteItem history",
             lambda: client.delete_item(TableName=table, Key=key),

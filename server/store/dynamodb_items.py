@@ -58,12 +58,24 @@ def state_item(state: UserState) -> Item:
     """The ``user_state`` item of a state (:func:`codec.state_to_dict`, attribute by
     attribute); fields that are ``None`` (``image_url``) are left out."""
     data = codec.state_to_dict(state)
-    return {name: _attribute(value) for name, value in data.items() if value is not None}
+    item = {name: _attribute(value) for name, value in data.items() if value is not None}
+    item["epoch"] = {"N": str(state.epoch)}
+    return item
 
 
 def state_of(item: dict[str, Any]) -> UserState:
     """The state a ``user_state`` item holds."""
     return codec.state_from_dict({name: _plain(value) for name, value in item.items()})
+
+
+def epoch_of(item: dict[str, Any]) -> int:
+    """The erase epoch of a ``user_state`` item (0 for an item written before epochs)."""
+    return int(item["epoch"]["N"]) if "epoch" in item else 0
+
+
+def is_tombstone(item: dict[str, Any]) -> bool:
+    """Whether a ``user_state`` item is what an erase left (``erased`` is true)."""
+    return bool(item.get("erased", {}).get("BOOL", False))
 
 
 def avatar_item(entry: AvatarCacheEntry) -> Item:

@@ -31,7 +31,7 @@ import pathlib
 import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiosqlite
@@ -48,6 +48,7 @@ from server.store.base import (
     FrameRow,
     HistoryEvent,
     HistoryQuery,
+    Tombstone,
     Usage,
     UserState,
 )
@@ -69,7 +70,9 @@ CREATE TABLE IF NOT EXISTS user_state (
     video_url TEXT,
     video_status TEXT NOT NULL DEFAULT 'none',
     profile TEXT NOT NULL,
-    updated_at INTEGER NOT NULL
+    updated_at INTEGER NOT NULL,
+    epoch INTEGER NOT NULL DEFAULT 0,
+    erased INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS user_state_avatar_status ON user_state (avatar_status);
 CREATE TABLE IF NOT EXISTS avatar_cache (
@@ -115,31 +118,39 @@ CREATE INDEX IF NOT EXISTS history_expires_at ON history (expires_at);
 _INSERT_HISTORY = (
     "INSERT OR IGNORE INTO history (user_id, version, at, payload, expires_at)"
     " SELECT ?, ?, ?, ?, ? WHERE EXISTS"
-    " (SELECT 1 FROM user_state WHERE user_id = ? AND version >= ?)"
+    " (SELECT 1 FROM user_state WHERE user_id = ? AND version >= ? AND erased = 0)"
 )
 """One event, inserted only when its (user, version) is new and the user's state is at that
 version or later (an event of an erased user is not written)."""
 
 _STATE_COLUMNS = (
     "user_id, version, state_hash, state, mood, energy, reasoning, actions, source,"
-    " image_url, avatar_status, video_url, video_status, profile, updated_at"
+    " image_url, avatar_status, video_url, video_status, profile, updated_at, epoch, erased"
 )
 
 _ADDED_STATE_COLUMNS = (
     ("video_url", "TEXT"),
     ("video_status", "TEXT NOT NULL DEFAULT 'none'"),
+    ("epoch", "INTEGER NOT NULL DEFAULT 0"),
+    ("erased", "INTEGER NOT NULL DEFAULT 0"),
 )
 """Columns added to ``user_state`` after its first release: :meth:`SQLiteStore.open` adds
 them to a file made before them (``CREATE TABLE IF NOT EXISTS`` leaves an old table as it is)."""
 
 _STATE_NAMES = [name.strip() for name in _STATE_COLUMNS.split(",")]
-_INSERT_STATE = (
+_UPSERT = (
     f"INSERT INTO user_state ({_STATE_COLUMNS}) VALUES ({', '.join('?' * len(_STATE_NAMES))})"
-    " ON CONFLICT (user_id) DO NOTHING"
+    " ON CONFLICT (user_id) DO UPDATE SET"
+    f" {', '.join(f'{name} = excluded.{name}' for name in _STATE_NAMES[1:])}"
 )
+_INSERT_STATE = (
+    _UPSERT + " WHERE user_state.erased = 1 AND user_state.version = 0"
+    " AND user_state.epoch = excluded.epoch"
+)
+"""The first write of a user: no row yet, or a version-0 tombstone of the same erase epoch."""
 _UPDATE_STATE = (
     f"UPDATE user_state SET {', '.join(f'{name} = ?' for name in _STATE_NAMES[1:])}"
-    " WHERE user_id = ? AND version = ?"
+    " WHERE user_id = ? AND version = ? AND epoch = ?"
 )
 
 
@@ -288,14 +299,23 @@ class SQLiteStore(SQLiteSagas):
             return sum(int(row[0]) for row in await cursor.fetchall())
 
     async def get_state(self, user_id: str) -> UserState | None:
-        """The user's state, or ``None`` when none was ever written."""
+        """The user's state, or ``None`` when none was written (since the last erase)."""
         rows = await self._read(
-            f"SELECT {_STATE_COLUMNS} FROM user_state WHERE user_id = ?", (user_id,)
+            f"SELECT {_STATE_COLUMNS} FROM user_state WHERE user_id = ? AND erased = 0",
+            (user_id,),
         )
         return _state_from_row(rows[0]) if rows else None
 
+    async def tombstone(self, user_id: str) -> Tombstone:
+        """The user's tombstone (``Tombstone()`` when never erased)."""
+        rows = await self._read(
+            "SELECT version, epoch FROM user_state WHERE user_id = ? AND erased = 1", (user_id,)
+        )
+        return Tombstone(int(rows[0][0]), int(rows[0][1])) if rows else Tombstone()
+
     async def put_state(self, state: UserState, expected_version: int) -> None:
-        """Write ``state`` if the stored version is ``expected_version`` (0: no row).
+        """Write ``state`` if the stored version is ``expected_version`` (0: no row; a
+        tombstone's version after an erase) and the stored erase epoch is ``state.epoch``.
 
         Writes that arrive while another group is being committed share the next
         transaction (one fsync for many users); each keeps its own version check, in
@@ -335,13 +355,15 @@ class SQLiteStore(SQLiteSagas):
     async def _write_state(
         writer: aiosqlite.Connection, write: _StateWrite
     ) -> VersionConflict | None:
-        """One statement whose condition is the version check: the row is written only if
-        its version is still ``write.expected`` (no row at all for 0)."""
+        """One statement whose condition is the version and epoch check: the row is written
+        only if its version is still ``write.expected`` (no row, or a version-0 tombstone, for
+        0) and its erase epoch is the one the writer read."""
         if write.expected == 0:
             cursor = await writer.execute(_INSERT_STATE, write.row)
         else:
+            epoch = write.row[-2]
             cursor = await writer.execute(
-                _UPDATE_STATE, (*write.row[1:], write.user_id, write.expected)
+                _UPDATE_STATE, (*write.row[1:], write.user_id, write.expected, epoch)
             )
         if cursor.rowcount == 1:
             return None
@@ -354,7 +376,8 @@ class SQLiteStore(SQLiteSagas):
     async def users_with_avatar_status(self, status: str, limit: int = 1000) -> list[str]:
         """Ids of up to ``limit`` users whose ``avatar_status`` is ``status``."""
         rows = await self._read(
-            "SELECT user_id FROM user_state WHERE avatar_status = ? ORDER BY user_id LIMIT ?",
+            "SELECT user_id FROM user_state WHERE avatar_status = ? AND erased = 0"
+            " ORDER BY user_id LIMIT ?",
             (status, limit),
         )
         return [str(row[0]) for row in rows]
@@ -459,18 +482,27 @@ class SQLiteStore(SQLiteSagas):
         return codec.export_document(user_id, state, found, usage)
 
     async def delete_user(self, user_id: str) -> int:
-        """Delete the user's frames, state and usage in one transaction; return the count
-        (frames counted one by one, not by bucket)."""
+        """Delete the user's frames, usage, saga and dead letters, and replace their state by
+        a tombstone of the next erase epoch (keeping the version), in one transaction; return
+        the count (frames counted one by one, not by bucket; a live state counts one)."""
         deleted = 0
         async with self._transaction() as writer:
             cursor = await writer.execute(
                 "DELETE FROM frame_buckets WHERE user_id = ? RETURNING count", (user_id,)
             )
             deleted += sum(int(row[0]) for row in await cursor.fetchall())
-            for table in ("user_state", "usage", "avatar_sagas", "avatar_dead_letters"):
+            for table in ("usage", "avatar_sagas", "avatar_dead_letters"):
                 cursor = await writer.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))
                 deleted += cursor.rowcount
-        return deleted
+            found = list(
+                await writer.execute_fetchall(
+                    "SELECT version, epoch, erased FROM user_state WHERE user_id = ?", (user_id,)
+                )
+            )
+            version, epoch, erased = (int(v) for v in found[0]) if found else (0, 0, 1)
+            tombstone = replace(UserState.initial(user_id), version=version, epoch=epoch + 1)
+            await writer.execute(_UPSERT, _state_to_row(tombstone, erased=True))
+        return deleted + (0 if erased else 1)
 
     async def put_history(self, event: HistoryEvent) -> bool:
         """Insert the event in one statement whose condition is the state's version: no
@@ -586,15 +618,18 @@ async def _add_usage_cache_columns(writer: aiosqlite.Connection) -> None:
             await writer.execute(f"ALTER TABLE usage ADD COLUMN {name} REAL NOT NULL DEFAULT 0")
 
 
-def _state_to_row(state: UserState) -> tuple[Any, ...]:
+def _state_to_row(state: UserState, *, erased: bool = False) -> tuple[Any, ...]:
     data = codec.state_to_dict(state)
     data["actions"] = orjson.dumps(data["actions"]).decode()
     data["profile"] = orjson.dumps(data["profile"]).decode()
+    data["epoch"] = state.epoch
+    data["erased"] = 1 if erased else 0
     return tuple(data[name] for name in _STATE_NAMES)
 
 
 def _state_from_row(row: sqlite3.Row) -> UserState:
     data = dict(zip(_STATE_NAMES, row, strict=True))
+    del data["erased"]
     data["actions"] = orjson.loads(data["actions"])
     data["profile"] = orjson.loads(data["profile"])
     return codec.state_from_dict(data)

@@ -12,7 +12,7 @@ import pytest
 
 from brain.model import CoachStyle, CoachTone, Env, Frame, Profile
 from server.errors import StoreError, VersionConflict
-from server.store.base import AvatarCacheEntry, Store, Usage, UserState
+from server.store.base import AvatarCacheEntry, Store, Tombstone, Usage, UserState
 
 T0 = (int(time.time()) // 60) * 60_000
 """Frame time of the tests (ms): this minute. Not a fixed date: DynamoDB Local runs TTL
@@ -355,6 +355,69 @@ async def test_delete_user_erases_that_user_only(store: Store) -> None:
     assert (await store.get_usage("bob", "2025-10-09")).calls == 1
     assert await store.get_avatar("h1") == avatar  # shared cache, not the user's data
     assert await store.delete_user("alice") == 0
+
+
+# --- erase epochs (a tombstone makes an erase final) ---------------------------------------
+
+
+async def test_erase_leaves_a_tombstone_of_the_next_epoch_at_the_erased_version(
+    store: Store,
+) -> None:
+    await _fill(store, "alice")  # version 1
+    assert await store.tombstone("alice") == Tombstone()
+
+    await store.delete_user("alice")
+
+    assert await store.tombstone("alice") == Tombstone(version=1, epoch=1)
+    assert await store.get_state("alice") is None
+    await store.delete_user("alice")
+    assert await store.tombstone("alice") == Tombstone(version=1, epoch=2)
+    assert await store.tombstone("bob") == Tombstone()
+
+
+async def test_erasing_a_user_never_seen_still_raises_the_epoch(store: Store) -> None:
+    assert await store.delete_user("ghost") == 0
+
+    assert await store.tombstone("ghost") == Tombstone(version=0, epoch=1)
+    assert await store.get_state("ghost") is None
+
+
+async def test_a_write_read_before_an_erase_conflicts_after_it(store: Store) -> None:
+    before, _ = await _fill(store, "alice")  # read at epoch 0, version 1
+    await store.delete_user("alice")
+
+    with pytest.raises(VersionConflict):  # the next version, of the old epoch
+        await store.put_state(committed("alice", 2, mood="tired"), expected_version=1)
+    with pytest.raises(VersionConflict):  # nor as a first write of the old epoch
+        await store.put_state(committed("alice", 1, mood="tired"), expected_version=0)
+
+    assert before.epoch == 0
+    assert await store.get_state("alice") is None
+    assert await store.users_with_avatar_status("none") == []
+
+
+async def test_a_write_of_the_new_epoch_goes_on_from_the_erased_version(store: Store) -> None:
+    await _fill(store, "alice")  # version 1
+    await store.delete_user("alice")
+    fresh = replace(committed("alice", 2, mood="tired"), epoch=1)
+
+    await store.put_state(fresh, expected_version=1)
+    await store.put_state(replace(fresh, version=3, mood="happy"), expected_version=2)
+
+    assert await store.get_state("alice") == replace(fresh, version=3, mood="happy")
+    assert await store.tombstone("alice") == Tombstone()  # a state again, not a tombstone
+    assert await store.users_with_avatar_status("none") == ["alice"]
+    with pytest.raises(VersionConflict):  # the old epoch stays refused
+        await store.put_state(committed("alice", 4), expected_version=3)
+
+
+async def test_a_user_erased_before_any_state_starts_at_version_one(store: Store) -> None:
+    await store.delete_user("alice")
+
+    await store.put_state(replace(committed("alice", 1), epoch=1), expected_version=0)
+
+    stored = await store.get_state("alice")
+    assert stored is not None and (stored.version, stored.epoch) == (1, 1)
 
 
 # --- lifecycle ----------------------------------------------------------------------------
