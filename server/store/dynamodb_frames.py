@@ -11,10 +11,13 @@ Merging: a write is a ``PutItem`` conditional on the version of the part it merg
 on the part not existing yet). When another writer got there first, the condition fails,
 the bucket's parts are read again (one strongly consistent Query), the frames placed anew
 and the write tried again, so two nodes writing one bucket never lose or duplicate a frame.
-The parts of the last bucket written per device are remembered (bounded, least recently
-used first out), so the next write of the same minute needs no read, and a resend of frames
-the bucket holds already writes nothing. A node that does not know a bucket assumes it is
-new (``attribute_not_exists``): the common case costs no read either.
+The parts of each device's current bucket are remembered
+(:class:`~server.store.open_buckets.OpenBuckets`), so the next write of the same minute
+needs no read, appends a chunk to the part without decoding it, and a resend of frames the
+bucket holds already writes nothing. A node that does not know a bucket assumes it is new
+(``attribute_not_exists``): the common case costs no read either. The writes of one device
+on this node take turns (the ingest runs several batches at once), so they never fail each
+other's conditions.
 
 Items of the one-item-per-frame layout (``payload`` holding one frame's JSON) are still read,
 exported and erased, so a table written by an older version needs no migration.

@@ -15,7 +15,9 @@ sees only committed data and never waits for the writer.
 
 Frames are packed, one row per (user, device, minute) in ``frame_buckets`` (more parts
 when a device sends over :data:`~server.store.frame_buckets.PART_FRAMES` frames a minute;
-see :mod:`server.store.frame_buckets`): ~10 bytes a frame instead of ~220. A file written by an
+see :mod:`server.store.frame_buckets`): ~10 bytes a frame instead of ~220. A write appends
+to the rows of each device's current minute, remembered from the last write, in one
+``executemany`` (:func:`~server.store.sqlite_frames.add_frames`). A file written by an
 older version (one row per frame in ``frames``) is packed when it is opened.
 
 Frames are not deleted when their retention ends (SQLite has no TTL): reads leave them out,

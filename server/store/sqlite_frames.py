@@ -2,10 +2,14 @@
 
 One row is one part of a bucket of :mod:`server.store.frame_buckets` (a device's minute of
 frames, at most :data:`~server.store.frame_buckets.PART_FRAMES` a part), with the part's
-frame count, first and last ``ts`` (so a write reads only the parts that may hold its
-frames) and the expiry of its newest frame. :class:`~server.store.sqlite.SQLiteStore` calls
-these functions inside its own transactions; they raise :class:`sqlite3.Error` as SQLite
-does, and :class:`ValueError` on a payload the store did not write.
+frame count, first and last ``ts`` (so a write decodes only the parts that may hold its
+frames) and the expiry of its newest frame. :func:`add_frames` writes a whole batch in two
+thread round trips at most: one SELECT of the buckets the store does not remember
+(:class:`~server.store.open_buckets.OpenBuckets`: the store is the only writer of its file,
+so a device's current minute is read once), one ``executemany`` of every part that gains
+frames. :class:`~server.store.sqlite.SQLiteStore` calls these functions inside its own
+transactions; they raise :class:`sqlite3.Error` as SQLite does, and :class:`ValueError` on
+a payload the store did not write.
 """
 
 from __future__ import annotations
