@@ -11,10 +11,13 @@ Merging: a write is a ``PutItem`` conditional on the version of the part it merg
 on the part not existing yet). When another writer got there first, the condition fails,
 the bucket's parts are read again (one strongly consistent Query), the frames placed anew
 and the write tried again, so two nodes writing one bucket never lose or duplicate a frame.
-The parts of the last bucket written per device are remembered (bounded, least recently
-used first out), so the next write of the same minute needs no read, and a resend of frames
-the bucket holds already writes nothing. A node that does not know a bucket assumes it is
-new (``attribute_not_exists``): the common case costs no read either.
+The parts of each device's current bucket are remembered
+(:class:`~server.store.open_buckets.OpenBuckets`), so the next write of the same minute
+needs no read, appends a chunk to the part without decoding it, and a resend of frames the
+bucket holds already writes nothing. A node that does not know a bucket assumes it is new
+(``attribute_not_exists``): the common case costs no read either. The writes of one device
+on this node take turns (the ingest runs several batches at once), so they never fail each
+other's conditions.
 
 Items of the one-item-per-frame layout (``payload`` holding one frame's JSON) are still read,
 exported and erased, so a table written by an older version needs no migration.
@@ -23,9 +26,8 @@ exported and erased, so a table written by an older version needs no migration.
 from __future__ import annotations
 
 import asyncio
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
@@ -35,8 +37,10 @@ from brain.model import TIME_ORDER, Frame
 from server.errors import FramesNotDurable, StoreError
 from server.store import codec
 from server.store import frame_buckets as buckets
+from server.store import frame_payload as payloads
 from server.store.base import FrameRow
 from server.store.dynamodb_requests import BATCH_CONCURRENCY, call
+from server.store.open_buckets import OPEN_BUCKETS, OpenBuckets
 
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb.client import DynamoDBClient
@@ -46,29 +50,8 @@ MAX_MERGE_ATTEMPTS = 8
 """Conflicting writers of one bucket a write outlasts before it gives up (each conflict
 means another writer's write landed, so the bucket keeps making progress)."""
 
-REMEMBERED_BUCKETS = 20_000
-"""Latest buckets kept in memory (about 1 KB each at 1 Hz): one per device streaming here."""
-
 Items = Callable[..., AsyncIterator[dict[str, Any]]]
 """The store's paginated Query: request keyword arguments in, items out."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Part:
-    """A stored part as this node last wrote or read it (packed: a frame is ~10 bytes)."""
-
-    info: buckets.PartInfo
-    version: int
-    payload: bytes
-
-
-@dataclass(slots=True)
-class _Bucket:
-    """The parts of the bucket a device wrote last, as this node knows them (updated in
-    place as parts are written; a failed write makes the node read the bucket again)."""
-
-    start_ms: int
-    parts: dict[int, _Part]
 
 
 class DynamoDBFrames:
@@ -86,15 +69,17 @@ class DynamoDBFrames:
         retention_days: int,
         retry: Backoff,
         query: Items,
-        remembered: int = REMEMBERED_BUCKETS,
+        remembered: int = OPEN_BUCKETS,
     ) -> None:
         self._client = client
         self._table = table
         self._retention_days = retention_days
         self._retry = retry
         self._query = query
-        self._remembered = remembered
-        self._known: OrderedDict[tuple[str, str], _Bucket] = OrderedDict()
+        self._known = OpenBuckets(remembered)
+        # One write at a time per device here (the ingest runs several batches at once):
+        # two would only make each other's conditions fail. Entries live while in use.
+        self._turns: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
 
     async def put(self, rows: Sequence[FrameRow]) -> None:
         """Add the rows to their buckets, up to :data:`BATCH_CONCURRENCY` buckets at once.
@@ -106,10 +91,10 @@ class DynamoDBFrames:
         gate = asyncio.Semaphore(BATCH_CONCURRENCY)
 
         async def bounded(bucket: buckets.BucketId, frames: list[Frame]) -> str | None:
-            async with gate:
+            async with self._turn(bucket), gate:
                 return await self._add(bucket, frames)
 
-        ordered = list(grouped.items())
+        ordered = sorted(grouped.items(), key=lambda item: item[0].start_ms)
         reasons = await asyncio.gather(
             *(bounded(bucket, [frame for _, frame in indexed]) for bucket, indexed in ordered)
         )
@@ -122,70 +107,76 @@ class DynamoDBFrames:
         if failed:
             raise FramesNotDurable(frozenset(failed), next(r for r in reasons if r is not None))
 
+    @asynccontextmanager
+    async def _turn(self, bucket: buckets.BucketId) -> AsyncIterator[None]:
+        """Wait for the device's earlier writes here to finish, then hold its turn."""
+        key = (bucket.user_id, bucket.device)
+        lock, users = self._turns.get(key, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._turns[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._turns[key]
+            if users == 1:
+                del self._turns[key]
+            else:
+                self._turns[key] = (lock, users - 1)
+
     async def _add(self, bucket: buckets.BucketId, new: list[Frame]) -> str | None:
         """Write ``new`` into ``bucket``; ``None`` once durable, else why not."""
-        memory_key = (bucket.user_id, bucket.device)
-        known = self._known.get(memory_key)
-        if known is None or known.start_ms != bucket.start_ms:
-            known = _Bucket(bucket.start_ms, {})  # assume a new minute: no read
+        stored = self._known.get(bucket)
+        if stored is None:
+            stored = {}  # assume a new minute: no read (a failed condition says otherwise)
         for _ in range(MAX_MERGE_ATTEMPTS):
-            infos = [part.info for part in known.parts.values()]
-            loaded = {
-                n: buckets.decode(bucket.device, bucket.start_ms, known.parts[n].payload)
-                for n in buckets.parts_to_read(infos, new)
-            }
-            changed = buckets.place(infos, loaded, new)
+            changed = buckets.add(bucket, stored, new)
             try:
-                for number, frames in sorted(changed.items()):
-                    old = known.parts.get(number)
-                    version = 0 if old is None else old.version
-                    payload = buckets.encode(bucket, frames)
-                    await self._put(bucket, number, frames, payload, version)
-                    info = buckets.PartInfo.of(number, frames)
-                    known.parts[number] = _Part(info, version + 1, payload)
+                for number, part in sorted(changed.items()):
+                    await self._put(bucket, number, part)
+                    stored = {**stored, number: part}
             except ClientError:
-                known = await self._load(bucket)
+                self._known.forget(bucket)
+                try:
+                    stored = await self._load(bucket)
+                except StoreError as error:
+                    return str(error)
                 continue
             except StoreError as error:
-                self._known.pop(memory_key, None)  # a write may have landed: read next time
+                self._known.forget(bucket)  # a write may have landed: read next time
                 return str(error)
-            self._remember(memory_key, known)
+            self._known.put(bucket, stored)
             return None
-        self._known.pop(memory_key, None)
+        self._known.forget(bucket)
         return f"bucket {bucket.sort_key(0)} kept changing under {MAX_MERGE_ATTEMPTS} writes"
 
-    async def _put(
-        self,
-        bucket: buckets.BucketId,
-        number: int,
-        frames: list[Frame],
-        payload: bytes,
-        version: int,
-    ) -> None:
-        """PutItem of a part at ``version + 1`` if it is still at ``version`` (0: absent).
+    async def _put(self, bucket: buckets.BucketId, number: int, part: buckets.StoredPart) -> None:
+        """PutItem of ``part`` if the stored one is still at the version before it (absent
+        when ``part`` is the first version).
 
         Raises :class:`ClientError` when the condition failed, or
         :class:`~server.errors.StoreError`.
         """
-        info = buckets.PartInfo.of(number, frames)
+        info = part.info
         item: dict[str, AttributeValueTypeDef] = {
             "user_id": {"S": bucket.user_id},
             "sk": {"S": bucket.sort_key(number)},
-            "v": {"N": str(version + 1)},
+            "v": {"N": str(part.version)},
             "n": {"N": str(info.count)},
             "t0": {"N": str(info.first_ts)},
             "t1": {"N": str(info.last_ts)},
-            "expires_at": {"N": str(buckets.expires_at(frames, self._retention_days))},
-            "f": {"B": payload},
+            "expires_at": {"N": str(info.expires_at(self._retention_days))},
+            "f": {"B": part.payload},
         }
         request: dict[str, Any] = {"TableName": self._table, "Item": item}
-        if version == 0:
+        if part.version == 1:
             request["ConditionExpression"] = "attribute_not_exists(#sk)"
             request["ExpressionAttributeNames"] = {"#sk": "sk"}
         else:
             request["ConditionExpression"] = "#v = :v"
             request["ExpressionAttributeNames"] = {"#v": "v"}
-            request["ExpressionAttributeValues"] = {":v": {"N": str(version)}}
+            request["ExpressionAttributeValues"] = {":v": {"N": str(part.version - 1)}}
         client = self._client()
         await call(
             "PutItem frames",
@@ -194,7 +185,7 @@ class DynamoDBFrames:
             passthrough=frozenset({"ConditionalCheckFailedException"}),
         )
 
-    async def _load(self, bucket: buckets.BucketId) -> _Bucket:
+    async def _load(self, bucket: buckets.BucketId) -> dict[int, buckets.StoredPart]:
         """Every part of ``bucket`` as stored now (a strongly consistent Query).
 
         Raises :class:`~server.errors.StoreError`.
@@ -209,25 +200,20 @@ class DynamoDBFrames:
             },
             ConsistentRead=True,
         )
-        parts: dict[int, _Part] = {}
+        parts: dict[int, buckets.StoredPart] = {}
         async for item in found:
             _, number = buckets.BucketId.of_sort_key(bucket.user_id, item["sk"]["S"])
             info = buckets.PartInfo(
                 number, int(item["n"]["N"]), int(item["t0"]["N"]), int(item["t1"]["N"])
             )
-            parts[number] = _Part(info, int(item["v"]["N"]), item["f"]["B"])
-        return _Bucket(bucket.start_ms, parts)
-
-    def _remember(self, key: tuple[str, str], known: _Bucket) -> None:
-        self._known[key] = known
-        self._known.move_to_end(key)
-        while len(self._known) > self._remembered:
-            self._known.popitem(last=False)
+            payload = item["f"]["B"]
+            chunks = payloads.chunk_count(payload)
+            parts[number] = buckets.StoredPart(info, payload, chunks, int(item["v"]["N"]))
+        return parts
 
     def forget_user(self, user_id: str) -> None:
         """Drop what this node remembers of ``user_id``'s buckets (after an erase)."""
-        for key in [key for key in self._known if key[0] == user_id]:
-            del self._known[key]
+        self._known.forget_user(user_id)
 
     async def between(
         self, user_id: str, start_ms: int, end_ms: int, *, now_ms: int

@@ -2,46 +2,32 @@
 
 Storing one item per frame made every 1 Hz frame a DynamoDB write request unit and ~220
 bytes on disk. A bucket holds every frame one device took in one UTC minute
-(:data:`BUCKET_MS`), column by column (all ``hr`` values, then all ``hrv`` values, ...) as
-orjson, numbers as scaled integer deltas where that is exact, compressed with zlib: a
-minute of 1 Hz frames is 550 to 750 bytes, about 10 bytes a frame (one frame as JSON is
-about 220), so one write unit carries the whole minute.
+(:data:`BUCKET_MS`), packed by :mod:`server.store.frame_payload`: about 10 bytes a frame, so
+one write unit carries a minute at 1 Hz.
 
 A bucket is stored in parts of at most :data:`PART_FRAMES` frames, so a device streaming
-faster than 1 Hz never makes one write re-encode (or one DynamoDB item grow to) more than a
-part: frames arriving in time order only ever touch the last, open part. :func:`place` puts
-new frames into parts, never overwriting: a frame whose key ``(ts, device, seq)`` is stored
-already is dropped (the first write of a key wins, as with one item per frame), and it can
-only be in a part whose time range holds its ``ts`` (:func:`parts_to_read` names those).
+faster than 1 Hz never makes one DynamoDB item grow past a part. :func:`add` puts new frames
+into parts, never overwriting: a frame whose key ``(ts, device, seq)`` is stored already is
+dropped (the first write of a key wins, as with one item per frame), and it can only be in a
+part whose time range holds its ``ts``. Frames later than everything stored (a device
+streaming in time order) need no stored frame at all: they are appended to the last part as
+one more chunk, without decoding it. Only a resend or a late frame decodes the parts whose
+range holds it.
 
-Everything here is pure; :func:`decode` raises :class:`ValueError` on a payload it did not
-make.
+Everything here is pure; :func:`add` raises :class:`ValueError` on a payload it did not make.
 """
 
 from __future__ import annotations
 
-import itertools
-import math
-import operator
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import repeat
-from typing import Any
 
-import orjson
-
-from brain.model import TIME_ORDER, Env, Frame
+from brain.model import TIME_ORDER, Frame
 from server.store import codec
+from server.store import frame_payload as payloads
 
 BUCKET_MS = 60_000
 """Width of a bucket: one minute, 60 frames at 1 Hz."""
-
-_FORMAT = 1
-"""Version of the payload layout, stored in it so a later layout can read older buckets."""
-
-_ZLIB_LEVEL = 6
-"""zlib's default: level 9 saves under 2 % more on a minute of frames and costs twice the CPU."""
 
 FrameKey = tuple[int, int]
 """A frame's identity inside a bucket (the device is the bucket's): ``(ts, seq)``."""
@@ -65,9 +51,36 @@ class PartInfo:
         """The info of part ``number`` holding ``frames`` (at least one)."""
         return cls(number, len(frames), min(f.ts for f in frames), max(f.ts for f in frames))
 
+    def plus(self, frames: Sequence[Frame]) -> PartInfo:
+        """The info of this part once ``frames`` (new to it, at least one) are added."""
+        return PartInfo(
+            self.number,
+            self.count + len(frames),
+            min(self.first_ts, *(f.ts for f in frames)),
+            max(self.last_ts, *(f.ts for f in frames)),
+        )
+
     def may_hold(self, frame: Frame) -> bool:
         """Whether ``frame`` could be stored in this part (its ts is in the part's range)."""
         return self.first_ts <= frame.ts <= self.last_ts
+
+    def expires_at(self, retention_days: int) -> int:
+        """The part's expiry (epoch s): that of its newest frame, so no frame goes early.
+
+        Reads still leave out each frame past its own retention (:func:`codec.expires_at`).
+        """
+        return self.last_ts // 1000 + retention_days * codec.SECONDS_PER_DAY
+
+
+@dataclass(frozen=True, slots=True)
+class StoredPart:
+    """A part as stored: its info, its payload, the payload's chunk count, and the version
+    of the stored row or item (DynamoDB writes are conditional on it; SQLite keeps 0)."""
+
+    info: PartInfo
+    payload: bytes
+    chunks: int
+    version: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,175 +123,99 @@ def frame_key(frame: Frame) -> FrameKey:
     return (frame.ts, frame.seq)
 
 
-def expires_at(frames: Iterable[Frame], retention_days: int) -> int:
-    """The bucket's expiry (epoch s): that of its newest frame, so no frame goes early.
-
-    Reads still leave out each frame past its own retention (:func:`codec.expires_at`).
-    """
-    return max(codec.expires_at(frame, retention_days) for frame in frames)
-
-
-def parts_to_read(parts: Sequence[PartInfo], new: Sequence[Frame]) -> set[int]:
-    """The parts whose frames :func:`place` needs: those that may hold one of ``new``, and
-    the last part while it has room (new frames go there)."""
-    numbers = {part.number for part in parts if any(part.may_hold(f) for f in new)}
-    if parts:
-        last = max(parts, key=lambda part: part.number)
-        if last.count < PART_FRAMES:
-            numbers.add(last.number)
-    return numbers
-
-
-def place(
-    parts: Sequence[PartInfo], loaded: Mapping[int, Sequence[Frame]], new: Iterable[Frame]
-) -> dict[int, list[Frame]]:
-    """The parts to write (number -> all their frames, oldest first) to add ``new``.
-
-    ``parts`` is every stored part of the bucket and ``loaded`` the frames of (at least)
-    the parts :func:`parts_to_read` names. A frame whose key is stored already, or came
-    earlier in ``new``, is dropped; the rest fill the last part up to
-    :data:`PART_FRAMES`, then new parts. An empty result means nothing is new.
-    """
-    seen = {frame_key(frame) for frames in loaded.values() for frame in frames}
-    fresh = []
-    for frame in sorted(new, key=TIME_ORDER):
-        key = frame_key(frame)
-        if key not in seen:
-            seen.add(key)
-            fresh.append(frame)
-    if not fresh:
-        return {}
-    last = max(parts, key=lambda part: part.number) if parts else None
-    if last is not None and last.count < PART_FRAMES:
-        number, filling = last.number, list(loaded[last.number])
-    else:
-        number, filling = (0 if last is None else last.number + 1), []
-    changed: dict[int, list[Frame]] = {}
-    for frame in fresh:
-        if len(filling) >= PART_FRAMES:
-            changed[number] = filling
-            number, filling = number + 1, []
-        filling.append(frame)
-    changed[number] = filling
-    return {n: sorted(frames, key=TIME_ORDER) for n, frames in changed.items()}
-
-
-_READINGS = ("hr", "hrv", "steps", "spo2", "skin_temp", "resp_rate")
-"""The frame fields stored as columns of their own (``ts``, ``seq`` and ``env`` are apart)."""
-
-_ENV_READINGS = ("altitude_m", "temp_c", "humidity_pct", "speed_mps", "weather")
-
-
 def encode(bucket: BucketId, frames: Sequence[Frame]) -> bytes:
-    """The stored payload of a bucket's frames (all of ``bucket``'s device and minute).
+    """The payload of a part holding ``frames`` (oldest first) of ``bucket``, one chunk.
 
-    Columns: ``t`` the offsets from the bucket start, ``q`` the sequence numbers (left out
-    when all are 0), one column per reading present (``None`` where a frame lacks it),
-    ``env`` (``1`` where a frame has an environment) and ``env.<name>`` for its readings.
     Raises :class:`ValueError` on a frame that belongs to another bucket.
     """
+    _check(bucket, frames)
+    return payloads.encode(bucket.start_ms, frames)
+
+
+def decode(device: str, start_ms: int, payload: bytes) -> list[Frame]:
+    """The frames of a part's payload, oldest first; raises :class:`ValueError`."""
+    return payloads.decode(device, start_ms, payload)
+
+
+def _check(bucket: BucketId, frames: Iterable[Frame]) -> None:
     start = bucket.start_ms
     for frame in frames:
         if frame.device != bucket.device or not start <= frame.ts < start + BUCKET_MS:
             raise ValueError(f"frame {frame.key} does not belong to bucket {bucket.sort_key(0)}")
-    columns: dict[str, list[Any]] = {"t": [frame.ts - start for frame in frames]}
-    seqs = [frame.seq for frame in frames]
-    if any(seqs):
-        columns["q"] = seqs
-    for name in _READINGS:
-        values = [getattr(frame, name) for frame in frames]
-        if any(value is not None for value in values):
-            columns[name] = values
-    envs = [frame.env for frame in frames]
-    if any(env is not None for env in envs):
-        columns["env"] = [None if env is None else 1 for env in envs]
-        for name in _ENV_READINGS:
-            values = [None if env is None else getattr(env, name) for env in envs]
-            if any(value is not None for value in values):
-                columns[f"env.{name}"] = values
-    packed = {name: _pack_column(values) for name, values in columns.items()}
-    return zlib.compress(orjson.dumps({"v": _FORMAT, "c": packed}), _ZLIB_LEVEL)
 
 
-def decode(device: str, start_ms: int, payload: bytes) -> list[Frame]:
-    """The frames :func:`encode` packed into ``payload`` for ``device``'s bucket at ``start_ms``.
+def plan(
+    bucket: BucketId, stored: Mapping[int, StoredPart], new: Iterable[Frame]
+) -> dict[int, list[Frame]]:
+    """The frames each part gains (number -> frames new to the bucket, oldest first).
 
-    Raises :class:`ValueError` when ``payload`` is not such a bucket.
+    ``stored`` is every stored part of the bucket. A frame whose key is stored already, or
+    came earlier in ``new``, is dropped; only the parts whose time range holds a new
+    frame's ``ts`` are decoded to know. The rest fill the last part up to
+    :data:`PART_FRAMES`, then new parts. An empty result means nothing is new.
+    Raises :class:`ValueError` on a frame of another bucket or a payload not ours.
     """
-    try:
-        document = orjson.loads(zlib.decompress(payload))
-        if document["v"] != _FORMAT:
-            raise ValueError(f"unknown frame bucket format {document['v']!r}")
-        columns = {name: _unpack_column(packed) for name, packed in document["c"].items()}
-        offsets = columns.pop("t")
-        seqs = columns.pop("q", None)
-        has_env = columns.pop("env", None)
-        env_columns = [
-            (name.removeprefix("env."), columns.pop(name))
-            for name in list(columns)
-            if name.startswith("env.")
-        ]
-        readings = list(columns.items())
-        frames = []
-        for index, offset in enumerate(offsets):
-            env = None
-            if has_env is not None and has_env[index] is not None:
-                env = Env(**{n: c[index] for n, c in env_columns if c[index] is not None})
-            fields = {name: column[index] for name, column in readings if column[index] is not None}
-            frames.append(
-                Frame(
-                    ts=start_ms + offset,
-                    device=device,
-                    seq=0 if seqs is None else seqs[index],
-                    env=env,
-                    **fields,
-                )
-            )
-    except (zlib.error, orjson.JSONDecodeError, KeyError, TypeError, IndexError) as error:
-        raise ValueError(f"not a frame bucket: {error}") from error
-    return frames
-
-
-_MAX_DECIMALS = 3
-"""Decimals a float column may have to be stored as scaled integer deltas (sensors report
-one or two; a column with more is kept as it is)."""
-
-
-def _pack_column(values: list[Any]) -> list[Any] | dict[str, Any]:
-    """A column as ``{"s": decimals, "d": deltas}`` when its values are all integers, or all
-    finite floats that survive scaling by ``10**decimals`` exactly; else as it is.
-
-    Deltas of slowly changing readings are small integers that zlib packs a third tighter
-    than the readings themselves. ``s`` 0 means integers; a float column gets at least one
-    decimal, so its values come back as floats.
-    """
-    kinds = set(map(type, values))
-    if kinds == {int}:
-        scaled: list[int] = values
-        decimals = 0
-    elif kinds == {float} and all(map(math.isfinite, values)):
-        for decimals in range(1, _MAX_DECIMALS + 1):
-            scale = 10**decimals
-            scaled = [round(value * scale) for value in values]
-            if all(map(operator.eq, map(operator.truediv, scaled, repeat(scale)), values)):
-                break
-        else:
-            return values
+    candidates: list[Frame] = []
+    seen: set[FrameKey] = set()
+    for frame in sorted(new, key=TIME_ORDER):
+        key = frame_key(frame)
+        if key not in seen:
+            seen.add(key)
+            candidates.append(frame)
+    if not candidates:
+        return {}
+    _check(bucket, candidates)
+    low, high = candidates[0].ts, candidates[-1].ts
+    stored_keys: set[FrameKey] = set()
+    for part in stored.values():
+        info = part.info
+        if info.first_ts <= high and low <= info.last_ts and any(map(info.may_hold, candidates)):
+            decoded = payloads.decode(bucket.device, bucket.start_ms, part.payload)
+            stored_keys.update(map(frame_key, decoded))
+    fresh = [frame for frame in candidates if frame_key(frame) not in stored_keys]
+    if not fresh:
+        return {}
+    last = max(stored) if stored else None
+    if last is not None and stored[last].info.count < PART_FRAMES:
+        number, room = last, PART_FRAMES - stored[last].info.count
     else:
-        return values
-    return {"s": decimals, "d": [scaled[0], *map(operator.sub, scaled[1:], scaled)]}
+        number, room = (0 if last is None else last + 1), PART_FRAMES
+    gains: dict[int, list[Frame]] = {}
+    for frame in fresh:
+        if room == 0:
+            number, room = number + 1, PART_FRAMES
+        gains.setdefault(number, []).append(frame)
+        room -= 1
+    return gains
 
 
-def _unpack_column(packed: list[Any] | dict[str, Any]) -> list[Any]:
-    """The column :func:`_pack_column` made ``packed`` from."""
-    if isinstance(packed, list):
-        return packed
-    decimals, deltas = int(packed["s"]), packed["d"]
-    totals = list(itertools.accumulate(deltas))
-    if decimals == 0:
-        return totals
-    scale = 10**decimals
-    return [total / scale for total in totals]
+def add(
+    bucket: BucketId, stored: Mapping[int, StoredPart], new: Iterable[Frame]
+) -> dict[int, StoredPart]:
+    """The parts to write (number -> part as it is to be stored, version + 1) to add
+    ``new`` to the bucket whose stored parts are ``stored``; empty when nothing is new.
+
+    A part gains one chunk of its new frames, or is re-encoded as one chunk when it would
+    otherwise exceed :data:`~server.store.frame_payload.MAX_CHUNKS` chunks or is full (a
+    full part is never written again by frames in time order). Raises :class:`ValueError`.
+    """
+    changed = {}
+    for number, frames in plan(bucket, stored, new).items():
+        old = stored.get(number)
+        if old is None:
+            info, payload, chunks = PartInfo.of(number, frames), encode(bucket, frames), 1
+        else:
+            info = old.info.plus(frames)
+            if old.chunks >= payloads.MAX_CHUNKS or info.count >= PART_FRAMES:
+                everything = payloads.decode(bucket.device, bucket.start_ms, old.payload)
+                whole = sorted([*everything, *frames], key=TIME_ORDER)
+                payload, chunks = payloads.encode(bucket.start_ms, whole), 1
+            else:
+                payload = payloads.append(old.payload, bucket.start_ms, frames)
+                chunks = old.chunks + 1
+        version = 0 if old is None else old.version
+        changed[number] = StoredPart(info, payload, chunks, version + 1)
+    return changed
 
 
 def group(rows: Iterable[tuple[int, str, Frame]]) -> dict[BucketId, list[tuple[int, Frame]]]:

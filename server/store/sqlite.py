@@ -15,7 +15,9 @@ sees only committed data and never waits for the writer.
 
 Frames are packed, one row per (user, device, minute) in ``frame_buckets`` (more parts
 when a device sends over :data:`~server.store.frame_buckets.PART_FRAMES` frames a minute;
-see :mod:`server.store.frame_buckets`): ~10 bytes a frame instead of ~220. A file written by an
+see :mod:`server.store.frame_buckets`): ~10 bytes a frame instead of ~220. A write appends
+to the rows of each device's current minute, remembered from the last write, in one
+``executemany`` (:func:`~server.store.sqlite_frames.add_frames`). A file written by an
 older version (one row per frame in ``frames``) is packed when it is opened.
 
 Frames are not deleted when their retention ends (SQLite has no TTL): reads leave them out,
@@ -52,6 +54,7 @@ from server.store.base import (
     Usage,
     UserState,
 )
+from server.store.open_buckets import OpenBuckets
 from server.store.sqlite_sagas import SAGA_SCHEMA, SQLiteSagas
 
 _SCHEMA = """
@@ -185,6 +188,7 @@ class SQLiteStore(SQLiteSagas):
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
+        self._open_buckets = OpenBuckets()
         # State writes waiting for the next group commit, and the task committing them.
         self._pending_states: list[_StateWrite] = []
         self._state_flush: asyncio.Task[None] | None = None
@@ -218,6 +222,7 @@ class SQLiteStore(SQLiteSagas):
         except (OSError, sqlite3.Error) as error:
             raise StoreError(f"cannot open SQLite store {self._path}: {error}") from error
         self._writer, self._reader = writer, reader
+        self._open_buckets.clear()  # the file may have been written while it was closed
 
     async def close(self) -> None:
         """Close both connections (after pending state writes). Idempotent."""
@@ -266,18 +271,26 @@ class SQLiteStore(SQLiteSagas):
         await self._read("SELECT 1")
 
     async def put_frames(self, rows: Sequence[FrameRow]) -> None:
-        """Add the rows to their minute buckets in one transaction.
+        """Add the rows to their minute buckets in one transaction (one fsync).
 
         A frame whose key is stored already keeps the stored frame; only the parts that
-        gain frames are rewritten.
+        gain frames are written, each gaining a chunk (:mod:`server.store.frame_buckets`),
+        all in one ``executemany``. The parts of each device's current bucket are
+        remembered (:class:`~server.store.open_buckets.OpenBuckets`): this store is the
+        only writer of its file, so the next write of the minute reads nothing.
         """
         if not rows:
             return
         grouped = buckets.group((i, user_id, frame) for i, (user_id, frame) in enumerate(rows))
-        async with self._transaction() as writer:
-            for bucket, indexed in grouped.items():
-                new = [frame for _, frame in indexed]
-                await frames.add_to_bucket(writer, bucket, new, self._retention_days)
+        new = {bucket: [frame for _, frame in indexed] for bucket, indexed in grouped.items()}
+        try:
+            async with self._transaction() as writer:
+                await frames.add_frames(writer, self._open_buckets, new, self._retention_days)
+        except BaseException:
+            # What was remembered for these buckets may not have been committed.
+            for bucket in new:
+                self._open_buckets.forget(bucket)
+            raise
 
     async def frames_between(
         self, user_id: str, start_ms: int, end_ms: int, *, now_ms: int
@@ -292,6 +305,7 @@ class SQLiteStore(SQLiteSagas):
         """Delete bucket parts whose every frame's retention ended before ``now_ms``; return
         how many frames they held (a part goes at most a minute after its oldest frame)."""
         async with self._transaction() as writer:
+            self._open_buckets.clear()  # a purged part may be one of them
             cursor = await writer.execute(
                 "DELETE FROM frame_buckets WHERE expires_at < ? RETURNING count",
                 (now_ms // 1000,),
@@ -487,6 +501,7 @@ class SQLiteStore(SQLiteSagas):
         the count (frames counted one by one, not by bucket; a live state counts one)."""
         deleted = 0
         async with self._transaction() as writer:
+            self._open_buckets.forget_user(user_id)
             cursor = await writer.execute(
                 "DELETE FROM frame_buckets WHERE user_id = ? RETURNING count", (user_id,)
             )

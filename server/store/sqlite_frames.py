@@ -2,15 +2,19 @@
 
 One row is one part of a bucket of :mod:`server.store.frame_buckets` (a device's minute of
 frames, at most :data:`~server.store.frame_buckets.PART_FRAMES` a part), with the part's
-frame count, first and last ``ts`` (so a write reads only the parts that may hold its
-frames) and the expiry of its newest frame. :class:`~server.store.sqlite.SQLiteStore` calls
-these functions inside its own transactions; they raise :class:`sqlite3.Error` as SQLite
-does, and :class:`ValueError` on a payload the store did not write.
+frame count, first and last ``ts`` (so a write decodes only the parts that may hold its
+frames) and the expiry of its newest frame. :func:`add_frames` writes a whole batch in two
+thread round trips at most: one SELECT of the buckets the store does not remember
+(:class:`~server.store.open_buckets.OpenBuckets`: the store is the only writer of its file,
+so a device's current minute is read once), one ``executemany`` of every part that gains
+frames. :class:`~server.store.sqlite.SQLiteStore` calls these functions inside its own
+transactions; they raise :class:`sqlite3.Error` as SQLite does, and :class:`ValueError` on
+a payload the store did not write.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiosqlite
@@ -18,6 +22,8 @@ import aiosqlite
 from brain.model import TIME_ORDER, Frame
 from server.store import codec
 from server.store import frame_buckets as buckets
+from server.store import frame_payload as payloads
+from server.store.open_buckets import OpenBuckets
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS frame_buckets (
@@ -34,45 +40,72 @@ CREATE TABLE IF NOT EXISTS frame_buckets (
 ) WITHOUT ROWID;
 """
 
-_WHERE_BUCKET = "WHERE user_id = ? AND start_ms = ? AND device = ?"
+_COLUMNS = "user_id, start_ms, device, part, count, first_ts, last_ts, payload, expires_at"
+
+_READ_BUCKETS_AT_ONCE = 1_000
+"""Buckets read by one SELECT (three bound values each, well under SQLite's limit)."""
 
 
-async def add_to_bucket(
+async def add_frames(
     writer: aiosqlite.Connection,
-    bucket: buckets.BucketId,
-    new: Sequence[Frame],
+    known: OpenBuckets,
+    grouped: Mapping[buckets.BucketId, Sequence[Frame]],
     retention_days: int,
 ) -> None:
-    """Add ``new`` to ``bucket``: read the parts that may hold them, write the parts that
-    gain frames (a frame whose key is stored already keeps the stored frame)."""
-    key = (bucket.user_id, bucket.start_ms, bucket.device)
-    parts = [
-        buckets.PartInfo(*row)
-        for row in await writer.execute_fetchall(
-            f"SELECT part, count, first_ts, last_ts FROM frame_buckets {_WHERE_BUCKET}", key
+    """Add each bucket's new frames, in the open transaction of ``writer``.
+
+    The parts of buckets ``known`` does not hold are read first (one SELECT for all of
+    them); then every part that gains frames is written by one ``executemany``, so a batch
+    costs two thread round trips at most, however many buckets it touches. ``known`` is
+    updated with what was written (the caller forgets it if the transaction fails).
+    A frame whose key is stored already keeps the stored frame.
+    """
+    stored = {bucket: known.get(bucket) for bucket in grouped}
+    missing = [bucket for bucket, parts in stored.items() if parts is None]
+    found: dict[buckets.BucketId, dict[int, buckets.StoredPart]] = {b: {} for b in missing}
+    for start in range(0, len(missing), _READ_BUCKETS_AT_ONCE):
+        some = missing[start : start + _READ_BUCKETS_AT_ONCE]
+        rows = await writer.execute_fetchall(
+            f"SELECT {_COLUMNS} FROM frame_buckets"
+            " WHERE (user_id, start_ms, device) IN"
+            f" (VALUES {', '.join(['(?, ?, ?)'] * len(some))})",
+            [value for b in some for value in (b.user_id, b.start_ms, b.device)],
         )
-    ]
-    loaded = {}
-    for number in buckets.parts_to_read(parts, new):
-        found = await writer.execute_fetchall(
-            f"SELECT payload FROM frame_buckets {_WHERE_BUCKET} AND part = ?", (*key, number)
+        for user_id, start_ms, device, part, count, first_ts, last_ts, payload, _ in rows:
+            info = buckets.PartInfo(part, count, first_ts, last_ts)
+            chunks = payloads.chunk_count(payload)
+            bucket = buckets.BucketId(user_id, device, start_ms)
+            found[bucket][part] = buckets.StoredPart(info, payload, chunks)
+    written = []
+    remembered = []
+    # Oldest minute first, so each device's newest bucket is the one remembered.
+    for bucket in sorted(grouped, key=lambda b: b.start_ms):
+        parts = stored[bucket]
+        before = found[bucket] if parts is None else parts
+        changed = buckets.add(bucket, before, grouped[bucket])
+        for number, part in changed.items():
+            info = part.info
+            written.append(
+                (
+                    bucket.user_id,
+                    bucket.start_ms,
+                    bucket.device,
+                    number,
+                    info.count,
+                    info.first_ts,
+                    info.last_ts,
+                    part.payload,
+                    info.expires_at(retention_days),
+                )
+            )
+        remembered.append((bucket, {**before, **changed}))
+    if written:
+        await writer.executemany(
+            f"INSERT OR REPLACE INTO frame_buckets ({_COLUMNS}) VALUES ({', '.join('?' * 9)})",
+            written,
         )
-        loaded[number] = buckets.decode(bucket.device, bucket.start_ms, next(iter(found))[0])
-    for number, frames in buckets.place(parts, loaded, new).items():
-        info = buckets.PartInfo.of(number, frames)
-        await writer.execute(
-            "INSERT OR REPLACE INTO frame_buckets (user_id, start_ms, device, part, count,"
-            " first_ts, last_ts, payload, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                *key,
-                number,
-                info.count,
-                info.first_ts,
-                info.last_ts,
-                buckets.encode(bucket, frames),
-                buckets.expires_at(frames, retention_days),
-            ),
-        )
+    for bucket, parts in remembered:
+        known.put(bucket, parts)
 
 
 def range_query(
@@ -116,8 +149,8 @@ async def migrate_frame_rows(writer: aiosqlite.Connection, retention_days: int) 
         grouped = buckets.group(
             (i, str(row[0]), codec.decode_frame(row[1])) for i, row in enumerate(rows)
         )
-        for bucket, indexed in grouped.items():
-            await add_to_bucket(writer, bucket, [frame for _, frame in indexed], retention_days)
+        new = {bucket: [frame for _, frame in indexed] for bucket, indexed in grouped.items()}
+        await add_frames(writer, OpenBuckets(), new, retention_days)
         await writer.execute("DROP TABLE frames")
     except BaseException:
         await writer.rollback()

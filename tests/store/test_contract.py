@@ -125,6 +125,45 @@ async def test_put_frames_of_no_rows_does_nothing(store: Store) -> None:
     assert await all_frames(store, "alice") == []
 
 
+async def test_frames_split_shuffled_resent_and_written_at_once_are_each_stored_once(
+    store: Store,
+) -> None:
+    """A 1 Hz watch and a 4 Hz ring (its minutes span parts) over three minutes, written in
+    random batches, late frames and resends among them, several batches at once (as the
+    ingest's writers do)."""
+    rng = random.Random(19)
+    watch = [frame(T0 + i * 1000, hr=60.0 + i % 9) for i in range(180)]
+    ring = [frame(T0 + i * 250, device="ring", seq=i % 2, hr=70.5) for i in range(720)]
+    rows = [("alice", f) for f in watch + ring]
+    rows.sort(key=lambda row: row[1].ts + rng.randrange(20_000))  # late by up to 20 s
+    batches = []
+    while rows:
+        size = rng.randrange(1, 60)
+        batch, rows = rows[:size], rows[size:]
+        done = [row for b in batches for row in b]
+        batches.append(batch + rng.sample(done, min(len(done), rng.randrange(4))))
+
+    for start in range(0, len(batches), 3):
+        await asyncio.gather(*(store.put_frames(b) for b in batches[start : start + 3]))
+
+    expected = sorted(watch + ring, key=lambda f: (f.ts, f.device, f.seq))
+    assert await all_frames(store, "alice") == expected
+    await store.put_frames([("alice", f) for f in expected])  # everything resent
+    assert await all_frames(store, "alice") == expected
+
+
+async def test_frames_written_again_after_an_erase_are_stored_again(store: Store) -> None:
+    first = [frame(T0 + i * 1000) for i in range(20)]
+    await store.put_frames([("alice", f) for f in first])
+    await store.delete_user("alice")
+
+    await store.put_frames([("alice", f) for f in first[:10]])  # the phone resends
+    assert await all_frames(store, "alice") == first[:10]
+
+    await store.put_frames([("alice", f) for f in first])
+    assert await all_frames(store, "alice") == first
+
+
 # --- user state ---------------------------------------------------------------------------
 
 

@@ -242,6 +242,23 @@ async def test_a_resend_of_stored_frames_writes_nothing(
         assert await stored(store, "alice") == [f for _, f in rows]
 
 
+async def test_batches_of_one_device_written_at_once_on_one_node_never_conflict(
+    dynamodb_store_factory: DynamoDBStoreFactory,
+) -> None:
+    """The ingest writes several batches at once; one device's wait for each other here
+    instead of failing each other's conditions (which would cost a Query and a rewrite)."""
+    puts, queries = Faults("PutItem"), Faults("Query")
+    rows = [("alice", Frame(ts=T0 + i * 1000, hr=60.0)) for i in range(60)]
+
+    async with dynamodb_store_factory() as store:
+        puts.install(store.client)
+        queries.install(store.client)
+        await asyncio.gather(*(store.put_frames(rows[i : i + 10]) for i in range(0, 60, 10)))
+
+        assert (puts.calls, queries.calls) == (6, 0)
+        assert await stored(store, "alice") == [f for _, f in rows]
+
+
 async def test_throttled_usage_add_is_retried_and_counted_once(
     dynamodb_store_factory: DynamoDBStoreFactory,
 ) -> None:

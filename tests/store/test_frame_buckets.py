@@ -5,12 +5,14 @@ from __future__ import annotations
 import pathlib
 import sqlite3
 import time
+import zlib
 
+import orjson
 import pytest
 
 from brain import scenarios
 from brain.model import Env, Frame
-from server.store import codec
+from server.store import codec, frame_payload
 from server.store import frame_buckets as buckets
 from server.store.sqlite import SQLiteStore
 
@@ -38,34 +40,74 @@ def test_a_frame_of_another_device_or_minute_is_refused() -> None:
 
 
 def test_a_payload_that_is_not_a_bucket_raises_value_error() -> None:
-    for payload in (b"", b"not zlib", codec.encode_frame(Frame(ts=T0))):
+    cut = buckets.encode(MINUTE, [Frame(ts=T0, device="watch-1")])[:-3]
+    for payload in (b"", b"not zlib", codec.encode_frame(Frame(ts=T0)), cut, b"\x02\x85"):
         with pytest.raises(ValueError, match="not a frame bucket"):
             buckets.decode("watch-1", T0, payload)
 
 
-def test_place_keeps_the_first_frame_of_a_key_and_adds_only_new_ones() -> None:
-    stored = [Frame(ts=T0, hr=60.0), Frame(ts=T0 + 2000, hr=62.0)]
-    parts = [buckets.PartInfo.of(0, stored)]
-    resent = [Frame(ts=T0 + 2000, hr=99.0), Frame(ts=T0 + 1000, hr=61.0)]
+def stored_part(number: int, frames: list[Frame], chunks: int = 1) -> buckets.StoredPart:
+    return buckets.StoredPart(
+        buckets.PartInfo.of(number, frames), buckets.encode(MINUTE, frames), chunks
+    )
 
-    assert buckets.parts_to_read(parts, resent) == {0}
-    changed = buckets.place(parts, {0: stored}, resent + resent)
 
-    assert changed == {0: [stored[0], resent[1], stored[1]]}
-    assert buckets.place(parts, {0: stored}, stored) == {}
+def test_plan_keeps_the_first_frame_of_a_key_and_adds_only_new_ones() -> None:
+    stored = [Frame(ts=T0, hr=60.0, device="watch-1"), Frame(ts=T0 + 2000, device="watch-1")]
+    parts = {0: stored_part(0, stored)}
+    resent = [Frame(ts=T0 + 2000, hr=99.0, device="watch-1"), Frame(ts=T0 + 1000, device="watch-1")]
+
+    assert buckets.plan(MINUTE, parts, resent + resent) == {0: [resent[1]]}
+    assert buckets.plan(MINUTE, parts, stored) == {}
+    changed = buckets.add(MINUTE, parts, resent)
+    assert buckets.decode("watch-1", T0, changed[0].payload) == [stored[0], resent[1], stored[1]]
+    assert (changed[0].chunks, changed[0].version) == (2, 1)
 
 
 def test_a_fast_device_fills_parts_and_in_order_frames_touch_only_the_last() -> None:
-    fast = [Frame(ts=T0 + i * 10, hr=60.0) for i in range(buckets.PART_FRAMES * 2 + 5)]
-    changed = buckets.place([], {}, fast)
-    assert [len(frames) for frames in changed.values()] == [120, 120, 5]
-    parts = [buckets.PartInfo.of(n, frames) for n, frames in changed.items()]
+    fast = [Frame(ts=T0 + i * 10, hr=60.0, device="watch-1") for i in range(245)]
+    changed = buckets.add(MINUTE, {}, fast)
+    assert [part.info.count for part in changed.values()] == [120, 120, 5]
 
-    later = [Frame(ts=T0 + 50_000 + i, hr=61.0) for i in range(3)]
-    assert buckets.parts_to_read(parts, later) == {2}
-    assert list(buckets.place(parts, {2: changed[2]}, later)) == [2]
-    # A resend of an old frame is checked against the part whose range holds it.
-    assert buckets.parts_to_read(parts, [fast[7]]) == {0, 2}
+    later = [Frame(ts=T0 + 50_000 + i, hr=61.0, device="watch-1") for i in range(3)]
+    # The parts are not payloads of this bucket's frames: only a decode would find that.
+    blind = {n: buckets.StoredPart(p.info, b"garbage", p.chunks) for n, p in changed.items()}
+    assert list(buckets.add(MINUTE, {**changed, 2: changed[2]}, later)) == [2]
+    assert buckets.plan(MINUTE, blind, later) == {2: later}  # in order: nothing decoded
+    with pytest.raises(ValueError):  # a resend of an old frame decodes the parts holding it
+        buckets.plan(MINUTE, blind, [fast[7]])
+    assert buckets.plan(MINUTE, changed, [fast[7]]) == {}
+
+
+def test_in_order_writes_append_chunks_and_every_fourth_re_encodes_the_part() -> None:
+    stream = scenarios.generate("hike", start_ms=T0, minutes=1, every_s=0.5, device="watch-1")
+    stream = stream[:100]
+    parts: dict[int, buckets.StoredPart] = {}
+    counts = []
+    for start in range(0, 100, 10):
+        parts = {**parts, **buckets.add(MINUTE, parts, stream[start : start + 10])}
+        counts.append(parts[0].chunks)
+
+    assert counts == [1, 2, 3, 4, 1, 2, 3, 4, 1, 2]
+    assert buckets.decode("watch-1", T0, parts[0].payload) == stream
+    assert parts[0].version == 10
+    whole = buckets.encode(MINUTE, stream)
+    assert len(parts[0].payload) < 1.5 * len(whole)
+
+
+def test_a_payload_of_the_first_layout_decodes_and_is_re_encoded_by_the_next_write() -> None:
+    frames = [Frame(ts=T0 + i * 1000, hr=60.5, device="watch-1", seq=i % 2) for i in range(5)]
+    columns = {"t": {"s": 0, "d": [0, 1000, 1000, 1000, 1000]}, "q": [0, 1, 0, 1, 0],
+               "hr": {"s": 1, "d": [605, 0, 0, 0, 0]}}  # fmt: skip
+    first_layout = zlib.compress(orjson.dumps({"v": 1, "c": columns}))
+
+    assert buckets.decode("watch-1", T0, first_layout) == frames
+    assert frame_payload.chunk_count(first_layout) == frame_payload.MAX_CHUNKS
+    old = {0: buckets.StoredPart(buckets.PartInfo.of(0, frames), first_layout, 4)}
+    later = Frame(ts=T0 + 9000, device="watch-1")
+    changed = buckets.add(MINUTE, old, [later])
+    assert changed[0].chunks == 1
+    assert buckets.decode("watch-1", T0, changed[0].payload) == [*frames, later]
 
 
 @pytest.mark.parametrize("kind", scenarios.KINDS)
