@@ -223,23 +223,26 @@ class GuardedAnalyst:
         """The LLM's assessment of ``request``, or the fallback's; see :meth:`decide`."""
         return (await self.decide(request)).assessment
 
-    async def decide(self, request: AnalysisRequest) -> Decision:
+    async def decide(self, request: AnalysisRequest, *, force: bool = False) -> Decision:
         """Assess ``request`` through gate, cache, circuit, budget and retries; say how it went.
 
         With a tier table, the user's tier (from the request's profile) gives the budget and
-        the gate's caps; the decision names the tier.
+        the gate's caps; the decision names the tier. ``force`` (an analysis a person asked
+        for) passes the gate; the budget, circuit and caps of the tier still hold.
         """
         tier = None if self.tiers is None else self.tiers.tier_of(request.profile)
-        decision = await self._decide(request, tier)
+        decision = await self._decide(request, tier, force=force)
         if tier is None:
             return decision
         if self._on_limit is not None and decision.fallback in _TIER_LIMITS:
             self._on_limit(tier.name, decision.fallback)
         return replace(decision, tier=tier.name)
 
-    async def _decide(self, request: AnalysisRequest, tier: Tier | None) -> Decision:
+    async def _decide(
+        self, request: AnalysisRequest, tier: Tier | None, *, force: bool = False
+    ) -> Decision:
         situation = None
-        if self.gate is not None:
+        if self.gate is not None and not force:
             candidate = await self.fallback.assess(request)
             trigger = self.gate.check(
                 request.user_id,

@@ -13,6 +13,8 @@ from brain.analyst.base import Analyst
 from brain.analyst.circuit import CircuitState
 from brain.analyst.guard import DailyBudget, FallbackReason, GuardedAnalyst
 from brain.analyst.rules import RulesAnalyst
+from brain.analyst.trigger import TriggerGate
+from server.cost import CostMeter
 from server.metrics import Metrics
 from server.settings import Settings
 from server.store.base import Store
@@ -47,12 +49,14 @@ class PrometheusObserver:
 
 
 def build_analyst(
-    settings: Settings, ledger: Store, metrics: Metrics
+    settings: Settings, ledger: Store, metrics: Metrics, cost: CostMeter | None = None
 ) -> tuple[Analyst, Closer | None]:
     """The analyst ``settings.analyst`` names, and what closes its client (``None``: nothing).
 
     An LLM is always wrapped in a :class:`GuardedAnalyst` whose fallback is the rules and
-    whose ledger is the store (per-user daily budget of ``llm_daily_budget_usd``).
+    whose ledger is the store, its limits the user's tier (budget, and the trigger gate's
+    caps: Claude is asked only when a window is worth it, :mod:`brain.analyst.trigger`), its
+    cost and limits reported to ``cost`` (today's cost per user, :mod:`server.cost`).
     """
     if settings.analyst == "rules":
         return RulesAnalyst(), None
@@ -67,5 +71,9 @@ def build_analyst(
         ledger=ledger,
         budget=DailyBudget(cost_usd=settings.llm_daily_budget_usd),
         observer=PrometheusObserver(metrics),
+        gate=TriggerGate(),
+        tiers=settings.tiers,
+        on_cost=None if cost is None else cost.llm_hook,
+        on_limit=None if cost is None else cost.llm_limited,
     )
     return guarded, claude.aclose

@@ -101,6 +101,7 @@ class Pipeline:
         sleep: Sleep = asyncio.sleep,
         max_users: int = DEFAULT_MAX_USERS,
         owners: RedisOwners | None = None,
+        debounce_of: Callable[[str], float] | None = None,
     ) -> None:
         self.store = store
         self.state = state
@@ -110,7 +111,12 @@ class Pipeline:
         self.owners = owners
         self.windows = Windows(span_ms=span_ms, max_users=max_users)
         self.scheduler = Scheduler(
-            self.analyse, workers=workers, debounce_s=debounce_s, metrics=metrics, sleep=sleep
+            self.analyse,
+            workers=workers,
+            debounce_s=debounce_s,
+            metrics=metrics,
+            sleep=sleep,
+            debounce_of=debounce_of,
         )
         self.listeners: list[AnalysedListener] = []
         """Called after each analysis (tests and benchmarks wait on these)."""
@@ -145,6 +151,7 @@ class Pipeline:
             workers=settings.analysis_workers,
             debounce_s=settings.debounce_ms / 1000,
             owners=owners,
+            debounce_of=tier_debounce(services),
         )
 
     def start(self) -> None:
@@ -171,6 +178,8 @@ class Pipeline:
         running (an erase hook: called before and after the data is deleted, and on every
         node when an erase is announced)."""
         self.release(user_id)
+        if isinstance(self.analyst, GuardedAnalyst) and self.analyst.gate is not None:
+            self.analyst.gate.forget(user_id)  # what Claude last said of the erased data
         if user_id in self._queued or user_id in self._active:
             self._erasures[user_id] += 1
 
@@ -301,7 +310,7 @@ class Pipeline:
             baseline=await self._baseline(user_id, at - window.span_ms, clock_ms),
             previous=_state_or_none(current.state),
         )
-        decision = await self._decide(request)
+        decision = await self._decide(request, force=force)
         committed = None
         if (frames or force) and await self._still_owner(user_id, lease):
             committed = await react(
@@ -363,9 +372,10 @@ class Pipeline:
         except (RedisError, OSError):
             return False  # cannot tell: the next owner's analysis covers these frames
 
-    async def _decide(self, request: AnalysisRequest) -> Decision:
+    async def _decide(self, request: AnalysisRequest, *, force: bool = False) -> Decision:
         if isinstance(self.analyst, GuardedAnalyst):
-            return await self.analyst.decide(request)
+            # A forced analysis (the analyse route, a new persona) passes the trigger gate.
+            return await self.analyst.decide(request, force=force)
         return Decision(await self.analyst.assess(request))
 
     async def _baseline(self, user_id: str, before_ms: int, clock_ms: int) -> Baseline | None:
@@ -392,6 +402,18 @@ def _state_or_none(value: str) -> State | None:
         return None
 
 
+def tier_debounce(services: Services) -> Callable[[str], float] | None:
+    """Each user's debounce from their tier (its analysis frequency), when the analyst costs
+    money; ``None`` (the node's ``COMPANION_DEBOUNCE_MS`` for everyone) with the rules, which
+    cost nothing to run (docs/cost.md, "Tiers"). Never below the node's own debounce."""
+    settings = services.settings
+    if settings.analyst == "rules":
+        return None
+    book = services.state.tier_book
+    base_ms = settings.debounce_ms
+    return lambda user_id: max(base_ms, book.of(user_id).debounce_ms) / 1000
+
+
 def pipeline_of(services: Services) -> Pipeline | None:
     """The pipeline :func:`pipeline_stage` installed, or ``None`` when it is not running."""
     found = services.extras.get("pipeline")
@@ -400,7 +422,9 @@ def pipeline_of(services: Services) -> Pipeline | None:
 
 async def pipeline_stage(services: Services, stack: AsyncExitStack) -> None:
     """Build the analyst and the pipeline, hook it to durable frames, stop it with the app."""
-    analyst, close_client = build_analyst(services.settings, services.store, services.metrics)
+    analyst, close_client = build_analyst(
+        services.settings, services.store, services.metrics, services.cost
+    )
     if close_client is not None:
         stack.push_async_callback(close_client)  # runs after the pipeline stopped (LIFO)
     owners = None

@@ -57,6 +57,7 @@ class Scheduler:
         max_pending: int = DEFAULT_MAX_PENDING,
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.perf_counter,
+        debounce_of: Callable[[str], float] | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
@@ -67,6 +68,8 @@ class Scheduler:
         self._analyse = analyse
         self.workers = workers
         self.debounce_s = debounce_s
+        self.debounce_of = debounce_of
+        """A user's own debounce in seconds (their tier's analysis frequency), if any."""
         self.max_pending = max_pending
         self._metrics = metrics
         self._sleep = sleep
@@ -173,8 +176,9 @@ class Scheduler:
 
     async def _debounce(self, user_id: str) -> None:
         try:
-            if self.debounce_s:
-                await self._sleep(self.debounce_s)
+            delay = self.debounce_s if self.debounce_of is None else self.debounce_of(user_id)
+            if delay:
+                await self._sleep(delay)
         finally:
             # On cancellation stop() has taken the user over already.
             if self._debouncing.get(user_id) is asyncio.current_task():

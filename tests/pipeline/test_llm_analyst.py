@@ -110,3 +110,29 @@ async def test_an_llm_failure_falls_back_to_the_rules(
         assert (state.state, state.source) == ("stressed", "rules")
         assert live.app.state.metrics.llm_fallbacks.labels("error")._value.get() >= 1
         await phone.close()
+
+
+async def test_the_pipeline_asks_claude_only_when_the_window_is_worth_it(
+    settings: Settings, api: FakeAnthropicApi
+) -> None:
+    """The trigger gate is wired: more frames of the same situation are answered from
+    Claude's last answer (fallback ``untriggered``), without a call."""
+    api.default_input = dict(STRESSED)
+    llm = replace(settings, analyst="anthropic", anthropic_model=MODEL, debounce_ms=1)
+    now = int(time.time() * 1000)
+    first = generate("stress", start_ms=now - 20 * MINUTE, minutes=15)
+    more = generate("stress", start_ms=first[-1].ts + 1_000, minutes=1)
+    async with start_server(llm, stages=[pipeline_stage]) as live:
+        pipeline: Pipeline = live.services.extras["pipeline"]
+        phone = await live.connect("eve", "phone")
+        seq = await send_frames(phone, first, batch=30)
+        await analysed_through(pipeline, "eve", first[-1].ts)
+        calls = api.calls
+        assert calls >= 1
+        await send_frames(phone, more, batch=30, seq=seq)
+        await analysed_through(pipeline, "eve", more[-1].ts)
+        assert api.calls == calls  # the same situation: no new call
+        metrics = live.app.state.metrics
+        assert metrics.llm_fallbacks.labels("untriggered")._value.get() >= 1
+        assert (await live.services.state.current("eve")).source == "llm"
+        await phone.close()
