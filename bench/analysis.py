@@ -48,7 +48,7 @@ from brain.model import Env, Frame, Profile
 from brain.rules import assess
 from brain.scenarios import generate
 from brain.window import Window
-from server.analysis.pipeline import Pipeline, pipeline_stage
+from server.analysis.pipeline import PIPELINE, Pipeline, pipeline_stage
 from server.broker.memory import MemoryBroker
 from server.metrics import Metrics
 from server.push.hub import Hub
@@ -224,7 +224,7 @@ async def latency(runs: int, debounce_ms: int, data_dir: Path) -> list[float]:
     settings = replace(settings, debounce_ms=debounce_ms)
     samples = []
     async with start_server(settings, stages=[pipeline_stage]) as live:
-        pipeline: Pipeline = live.services.extras["pipeline"]
+        pipeline: Pipeline = live.services.parts[PIPELINE]
         for run in range(runs):
             user = f"lat-{run}"
             start = int(time.time() * 1000) - 21 * MINUTE

@@ -29,6 +29,7 @@ from typing import Any
 
 from brain.avatar.local import LocalRenderer
 from server.avatar.saga import CAUSE, AvatarSaga, Target
+from server.avatar.stage import SAGA
 from server.broker.memory import MemoryBroker
 from server.media.local import LocalMediaStore
 from server.metrics import Metrics
@@ -181,7 +182,7 @@ async def live_latency(root: Path) -> dict[str, Any]:
                     pass
                 into.append(time.perf_counter() - sent)
                 await ws.close()
-        await live.services.extras["avatar_saga"].idle()
+        await live.services.parts[SAGA].idle()
     return {
         "situations": len(situations),
         "miss_p50_ms": 1000 * statistics.median(miss),

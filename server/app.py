@@ -245,7 +245,8 @@ async def metrics_endpoint(request: Request) -> Response:
 async def media(request: Request) -> Response:
     """``/media/{key}``: generated avatars in the local media store (404 when media is S3)."""
     services: Services | None = getattr(request.app.state, "services", None)
-    return await serve_media(request, None if services is None else services.extras.get(MEDIA))
+    store = None if services is None else services.parts.get(MEDIA)
+    return await serve_media(request, store)
 
 
 def api_document() -> dict[str, Any]:

@@ -36,14 +36,12 @@ from brain.model import VISIBLE_FIELDS
 from server import provenance
 from server.errors import StoreError
 from server.metrics import Metrics
-from server.services import Services
+from server.services import PartKey, Services
 from server.store.base import HistoryEvent, HistoryQuery, Store, UserState
 from server.store.sqlite import SQLiteStore
 
 log = logging.getLogger(__name__)
 
-HISTORY: Final = "history"
-"""Key of the recorder in ``Services.extras``."""
 
 SAGA_CAUSES: Final = frozenset({"avatar"})
 """Commit causes of the avatar saga (image and clip): for them the avatar decided, whatever
@@ -183,7 +181,7 @@ async def history_stage(services: Services, stack: AsyncExitStack) -> None:
     for outcome in OUTCOMES:  # every label exists from the start, at zero
         services.metrics.history_events.labels(outcome)
     services.state.listeners.append(recorder.on_commit)
-    services.extras[HISTORY] = recorder
+    services.parts.add(HISTORY, recorder)
     if not isinstance(services.store, SQLiteStore):
         return
 
@@ -203,3 +201,7 @@ async def history_stage(services: Services, stack: AsyncExitStack) -> None:
             await task
 
     stack.push_async_callback(stop)
+
+
+HISTORY: Final[PartKey[HistoryRecorder]] = PartKey("history")
+"""Key of the node's :class:`HistoryRecorder` in ``Services.parts``."""

@@ -33,6 +33,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import Final
 
 from redis.exceptions import RedisError
 
@@ -47,7 +48,7 @@ from server.analysis.reactor import react
 from server.analysis.scheduler import Scheduler, Sleep
 from server.metrics import Metrics
 from server.protocol import DEFAULT_MAX_FUTURE_MS
-from server.services import Services
+from server.services import PartKey, Services
 from server.state import StateService
 from server.store.base import Store, UserState
 
@@ -416,8 +417,7 @@ def tier_debounce(services: Services) -> Callable[[str], float] | None:
 
 def pipeline_of(services: Services) -> Pipeline | None:
     """The pipeline :func:`pipeline_stage` installed, or ``None`` when it is not running."""
-    found = services.extras.get("pipeline")
-    return found if isinstance(found, Pipeline) else None
+    return services.parts.get(PIPELINE)
 
 
 async def pipeline_stage(services: Services, stack: AsyncExitStack) -> None:
@@ -445,7 +445,7 @@ async def pipeline_stage(services: Services, stack: AsyncExitStack) -> None:
     stack.push_async_callback(pipeline.close)
     services.frames_hooks.append(pipeline.on_frames)
     services.erase_hooks.append(erase_hook)
-    services.extras["pipeline"] = pipeline
+    services.parts.add(PIPELINE, pipeline)
     log.info(
         "analysis pipeline: analyst=%s workers=%d debounce=%dms window=%dmin",
         services.settings.analyst,
@@ -453,3 +453,7 @@ async def pipeline_stage(services: Services, stack: AsyncExitStack) -> None:
         services.settings.debounce_ms,
         services.settings.window_minutes,
     )
+
+
+PIPELINE: Final[PartKey[Pipeline]] = PartKey("pipeline")
+"""Key of the node's :class:`Pipeline` in ``Services.parts``."""

@@ -7,7 +7,7 @@ generator (``local`` → :class:`LocalRenderer`, ``gemini`` → :class:`GeminiGe
 clip maker (``COMPANION_VIDEO``: ``off``, ``local`` → :class:`LocalClipMaker`, ``veo`` →
 :class:`VeoClipMaker`), reads the cache switch (``COMPANION_AVATAR_CACHE``) and the
 media store (``local`` → :class:`LocalMediaStore` in ``media_dir`` at ``{base_url}/media``,
-``s3://bucket/prefix`` → :class:`S3MediaStore`), puts them in ``services.extras`` (``media``,
+``s3://bucket/prefix`` → :class:`S3MediaStore`), puts them in ``services.parts`` (``media``,
 ``avatar_saga``), registers the saga as a commit listener, starts its keeper (which resumes
 sagas a stopped process left, see :mod:`server.avatar.durable`) and closes all of it on the
 stack.
@@ -22,6 +22,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
+from typing import Final
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -32,6 +33,7 @@ from brain.model import AvatarStatus
 from brain.prices import clips_cost, images_cost
 from server.avatar.durable import node_name
 from server.avatar.saga import AvatarSaga, Outcome
+from server.media.base import MediaStore
 from server.media.local import LocalMediaStore, media_route
 from server.parts import (
     build_broker,
@@ -40,16 +42,16 @@ from server.parts import (
     build_media,
     build_store,
 )
-from server.services import Services
+from server.services import PartKey, Services
 from server.settings import Settings
 from server.state import StateService
 from server.store.base import DeadLetter, Store
 
 log = logging.getLogger(__name__)
 
-MEDIA = "media"
-SAGA = "avatar_saga"
-"""Keys of the media store and the saga in ``Services.extras``."""
+MEDIA: Final[PartKey[MediaStore]] = PartKey("media")
+SAGA: Final[PartKey[AvatarSaga]] = PartKey("avatar_saga")
+"""Keys of the media store and the saga in ``Services.parts``."""
 
 
 async def install_avatars(
@@ -98,8 +100,8 @@ async def install_avatars(
     # generator, media store and store it uses are closed.
     stack.push_async_callback(saga.close)
     saga.keep()
-    services.extras[MEDIA] = media
-    services.extras[SAGA] = saga
+    services.parts.add(MEDIA, media)
+    services.parts.add(SAGA, saga)
     return saga
 
 

@@ -96,7 +96,7 @@ async def static(request: Request) -> Response:
 async def feed(websocket: WebSocket) -> None:
     """``/ops/ws``: the fleet view, once a second, to an operator's page."""
     services: Services | None = getattr(websocket.app.state, "services", None)
-    node = None if services is None else services.extras.get(OPS)
+    node = None if services is None else services.parts.get(OPS)
     if services is None or not isinstance(node, OpsNode):
         await websocket.send_denial_response(problem(503, "starting"))
         return

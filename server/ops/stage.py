@@ -39,12 +39,10 @@ from server.ops.membership import (
 from server.ops.node import NodeRecord, broker_connected, figures, read_registry
 from server.ops.node import resident_memory_bytes as rss
 from server.ops.store_errors import count_store_errors
-from server.services import Services
+from server.services import PartKey, Services
 
 log = logging.getLogger(__name__)
 
-OPS: Final = "ops"
-"""The key of the :class:`OpsNode` in ``Services.extras``."""
 LOGGERS: Final = ("", "uvicorn.error")
 """Where the error ring listens: the root logger, and uvicorn's, which does not propagate."""
 INTERVAL_S = 1.0
@@ -244,4 +242,8 @@ async def ops_stage(services: Services, stack: AsyncExitStack) -> None:
     node = OpsNode(services, build_membership(services.settings.broker))
     await node.start()
     stack.push_async_callback(node.stop)
-    services.extras[OPS] = node
+    services.parts.add(OPS, node)
+
+
+OPS: Final[PartKey[OpsNode]] = PartKey("ops")
+"""The key of this node's :class:`OpsNode` in ``Services.parts``."""

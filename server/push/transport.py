@@ -54,7 +54,7 @@ from server.protocol import MAX_MESSAGE_BYTES
 from server.push.admission import ADMISSION_REFUSED, Admission
 from server.push.endpoint import Connection, Registry, authenticate, session_limits
 from server.push.session import Session
-from server.services import Services
+from server.services import PartKey, Services
 
 if TYPE_CHECKING:
     from uvicorn.server import ServerState
@@ -397,12 +397,12 @@ class EdgeProtocol(asyncio.Protocol):
 
 def _admission(services: Services) -> Admission:
     """The node's admission control, made on first use from the settings (one per app)."""
-    found = services.extras.get("admission")
-    if isinstance(found, Admission):
+    found = services.parts.get(ADMISSION)
+    if found is not None:
         return found
     settings = services.settings
     admission = Admission(settings.admit_rate, settings.admit_burst, services.clock())
-    services.extras["admission"] = admission
+    services.parts.add(ADMISSION, admission)
     return admission
 
 
@@ -432,3 +432,7 @@ def _target_path(head: bytes) -> str:
 
 def _is_inet(address: object) -> bool:
     return isinstance(address, tuple) and len(address) >= 2 and isinstance(address[0], str)
+
+
+ADMISSION: Final[PartKey[Admission]] = PartKey("admission")
+"""Key of the node's :class:`Admission` in ``Services.parts``."""

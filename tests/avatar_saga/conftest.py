@@ -13,6 +13,7 @@ from websockets.asyncio.client import ClientConnection
 
 from brain.backoff import Backoff, instant
 from server.avatar.saga import AvatarSaga
+from server.avatar.stage import SAGA
 from server.settings import Settings
 from tests.conftest import LiveServer, auth, recv_op
 from tests.fakes.gemini_api import FakeGeminiApi
@@ -79,7 +80,7 @@ def retry(backoffs: list[float]) -> Backoff:
 
 
 def saga_of(live: LiveServer) -> AvatarSaga:
-    saga = live.services.extras["avatar_saga"]
+    saga = live.services.parts[SAGA]
     assert isinstance(saga, AvatarSaga)
     return saga
 

@@ -14,7 +14,7 @@ import pytest
 
 from brain.model import Frame
 from brain.scenarios import generate
-from server.analysis.pipeline import Pipeline, pipeline_stage
+from server.analysis.pipeline import PIPELINE, Pipeline, pipeline_stage
 from server.protocol import Delta
 from server.services import Services
 from server.settings import Settings
@@ -130,7 +130,7 @@ async def test_frames_are_analysed_while_redis_is_down(
     start = int(time.time() * 1000) - 20 * 60_000
     frames = generate("stress", start_ms=start, minutes=15)
     async with start_server(fast, broker=broker, stages=[pipeline_stage]) as live:
-        pipeline: Pipeline = live.services.extras["pipeline"]
+        pipeline: Pipeline = live.services.parts[PIPELINE]
         await redis_process.stop()
         await eventually(lambda: not broker.health().connected)
         phone = await live.connect("ann")

@@ -16,7 +16,14 @@ from brain.features import compute_features
 from brain.model import Frame
 from server import provenance
 from server.avatar.stage import SAGA, avatar_stage
-from server.history import HistoryReader, HistoryRecorder, event_of, history_stage, purge_once
+from server.history import (
+    HISTORY,
+    HistoryReader,
+    HistoryRecorder,
+    event_of,
+    history_stage,
+    purge_once,
+)
 from server.metrics import Metrics
 from server.provenance import MAX_FEATURES, MAX_TEXT, Provenance, summarize_features
 from server.settings import Settings
@@ -125,7 +132,7 @@ async def test_the_avatar_sagas_versions_are_recorded_as_decided_by_the_avatar(
     async with start_server(quiet, stages=[history_stage, avatar_stage]) as live:
         async with live.http() as client:
             await commit(client, "alice", state="stressed", mood="anxious", energy=35)
-        await live.services.extras[SAGA].idle()
+        await live.services.parts[SAGA].idle()
         recorded = await events(live, "alice")
 
     assert [(e.version, e.cause, e.source) for e in recorded] == [
@@ -161,7 +168,7 @@ async def test_a_store_that_keeps_failing_is_counted_and_logged_as_a_warning(
 async def test_a_repeated_event_is_counted_as_skipped(history_server: LiveServer) -> None:
     services = history_server.services
     committed = await services.state.update("alice", change(mood="happy"), cause="demo")
-    recorder = services.extras["history"]
+    recorder = services.parts[HISTORY]
     event = event_of(UserState.initial("alice"), committed, "demo")
 
     assert await recorder.record(event) is False

@@ -167,7 +167,7 @@ async def test_a_node_rides_out_a_redis_restart(
 ) -> None:
     url: str = restartable_redis.url  # type: ignore[attr-defined]
     async with start_server(replace(settings, broker=url)) as live:
-        ops: OpsNode = live.services.extras[OPS]
+        ops: OpsNode = live.services.parts[OPS]
         metrics = live.services.metrics
 
         async def membership_ok(expected: bool) -> bool:

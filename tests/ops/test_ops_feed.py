@@ -20,6 +20,7 @@ from websockets.asyncio.client import ClientConnection
 from server.auth import LEEWAY_S
 from server.errors import StoreError, VersionConflict
 from server.metrics import Metrics
+from server.ops.stage import OPS
 from server.ops.store_errors import count_store_errors
 from server.settings import Settings
 from server.store.base import UserState
@@ -126,7 +127,7 @@ async def test_the_feed_refuses_no_token_a_bad_one_and_a_foreign_origin(
 
 
 async def test_refused_handshakes_are_not_counted_as_errors(live_server: LiveServer) -> None:
-    ops = live_server.services.extras["ops"]
+    ops = live_server.services.parts[OPS]
     for _ in range(3):
         with pytest.raises(websockets.InvalidStatus):
             async with websockets.connect(feed_url(live_server, "bad-token")):

@@ -10,7 +10,7 @@ import pytest
 
 from brain.model import Frame
 from brain.scenarios import generate
-from server.analysis.pipeline import Pipeline, pipeline_stage
+from server.analysis.pipeline import PIPELINE, Pipeline, pipeline_stage
 from server.settings import Settings
 from tests.conftest import auth, recv, recv_op, start_server
 from tests.pipeline.helpers import analysed_through, send_frames
@@ -53,7 +53,7 @@ async def test_stress_then_exercise_reach_the_watch_and_a_steady_state_pushes_no
     stress = generate("stress", start_ms=start, minutes=15)
     exercise = generate("exercise", start_ms=start + 15 * MINUTE, minutes=30)
     async with start_server(fast, stages=[pipeline_stage]) as live:
-        pipeline: Pipeline = live.services.extras["pipeline"]
+        pipeline: Pipeline = live.services.parts[PIPELINE]
         phone = await live.connect("ann", "phone")
         watch = await live.connect("ann", "watch")
 
@@ -83,7 +83,7 @@ async def test_stress_then_exercise_reach_the_watch_and_a_steady_state_pushes_no
 async def test_the_analyse_route_forces_a_new_version(fast: Settings) -> None:
     start = int(time.time() * 1000) - 20 * MINUTE
     async with start_server(fast, stages=[pipeline_stage]) as live:
-        pipeline: Pipeline = live.services.extras["pipeline"]
+        pipeline: Pipeline = live.services.parts[PIPELINE]
         phone = await live.connect("bob", "phone")
         frames = generate("stress", start_ms=start, minutes=15)
         await send_frames(phone, frames)
@@ -116,7 +116,7 @@ async def test_a_cold_window_is_refilled_from_the_store(fast: Settings) -> None:
         await send_frames(phone, frames[:-1])
         await phone.close()
     async with start_server(fast, stages=[pipeline_stage]) as live:
-        pipeline: Pipeline = live.services.extras["pipeline"]
+        pipeline: Pipeline = live.services.parts[PIPELINE]
         phone = await live.connect("cat", "phone")
         await send_frames(phone, frames[-1:])
         seen = []
@@ -133,7 +133,7 @@ async def test_a_first_impression_replaces_not_enough_data_on_the_watch(fast: Se
     thin = [Frame(ts=now - 30_000 + i * 1000, hr=70.0, hrv=35.0, steps=0) for i in range(2)]
     more = [Frame(ts=now - 20_000 + i * 1000, hr=70.0, hrv=35.0, steps=0) for i in range(20)]
     async with start_server(fast, stages=[pipeline_stage]) as live:
-        pipeline: Pipeline = live.services.extras["pipeline"]
+        pipeline: Pipeline = live.services.parts[PIPELINE]
         phone = await live.connect("ann", "phone")
         seq = await send_frames(phone, thin)
         await analysed_through(pipeline, "ann", thin[-1].ts)

@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from brain.scenarios import generate
-from server.analysis.pipeline import Analysed, Pipeline, pipeline_stage
+from server.analysis.pipeline import PIPELINE, Analysed, Pipeline, pipeline_stage
 from server.settings import Settings
 from tests.conftest import auth, recv_op, start_server
 from tests.fakes.anthropic_api import API_KEY, FakeAnthropicApi
@@ -43,7 +43,7 @@ async def test_the_llm_answer_is_committed_and_the_persona_follows_the_profile(
     llm = replace(settings, analyst="anthropic", anthropic_model=MODEL, debounce_ms=1)
     frames = generate("stress", start_ms=int(time.time() * 1000) - 20 * MINUTE, minutes=15)
     async with start_server(llm, stages=[pipeline_stage]) as live:
-        pipeline: Pipeline = live.services.extras["pipeline"]
+        pipeline: Pipeline = live.services.parts[PIPELINE]
         phone = await live.connect("dee", "phone")
         watch = await live.connect("dee", "watch")
         await send_frames(phone, frames, batch=30)
@@ -102,7 +102,7 @@ async def test_an_llm_failure_falls_back_to_the_rules(
     llm = replace(settings, analyst="anthropic", anthropic_model=MODEL, debounce_ms=1)
     frames = generate("stress", start_ms=int(time.time() * 1000) - 20 * MINUTE, minutes=15)
     async with start_server(llm, stages=[pipeline_stage]) as live:
-        pipeline: Pipeline = live.services.extras["pipeline"]
+        pipeline: Pipeline = live.services.parts[PIPELINE]
         phone = await live.connect("eve", "phone")
         await send_frames(phone, frames, batch=30)
         await analysed_through(pipeline, "eve", frames[-1].ts)
@@ -123,7 +123,7 @@ async def test_the_pipeline_asks_claude_only_when_the_window_is_worth_it(
     first = generate("stress", start_ms=now - 20 * MINUTE, minutes=15)
     more = generate("stress", start_ms=first[-1].ts + 1_000, minutes=1)
     async with start_server(llm, stages=[pipeline_stage]) as live:
-        pipeline: Pipeline = live.services.extras["pipeline"]
+        pipeline: Pipeline = live.services.parts[PIPELINE]
         phone = await live.connect("eve", "phone")
         seq = await send_frames(phone, first, batch=30)
         await analysed_through(pipeline, "eve", first[-1].ts)

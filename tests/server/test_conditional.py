@@ -44,7 +44,7 @@ async def conditional_answers(
 async def test_state_debug_files_and_media_share_one_matcher(settings: Settings) -> None:
     async with start_server(settings, stages=[avatar_stage]) as live, live.http() as client:
         await commit(client, "alice", mood="happy")
-        media = live.services.extras[MEDIA]
+        media = live.services.parts[MEDIA]
         await media.put("avatars/test.png", b"\x89PNG fake", "image/png")
         paths = {
             "/v1/users/alice/state": auth("alice"),
