@@ -26,8 +26,10 @@ from server.analysis.retention import retention_stage
 from server.avatar.stage import MEDIA, avatar_stage, serve_media
 from server.broker.base import Broker
 from server.errors import StoreError
+from server.hops.desk import CommandDesk
+from server.hops.devices import DeviceBook
 from server.http import demo_routes as demo
-from server.http import legacy, rest
+from server.http import devices_routes, legacy, rest
 from server.http.analyse_routes import post_analyse
 from server.http.debug_page import debug_routes
 from server.http.openapi import openapi_document
@@ -95,7 +97,22 @@ def create_app(
             ingestor.start()
             stack.push_async_callback(ingestor.close)
             state = StateService(the_store, hub, metrics, clock)
-            services = Services(settings, the_store, hub, state, ingestor, metrics, clock, hooks)
+            devices = DeviceBook(the_store, metrics, clock)
+            commands = CommandDesk(the_store, metrics, clock)
+            state.listeners += [devices.on_commit, commands.on_commit]
+            services = Services(
+                settings,
+                the_store,
+                hub,
+                state,
+                ingestor,
+                metrics,
+                clock,
+                hooks,
+                devices=devices,
+                commands=commands,
+            )
+            services.erase_hooks.append(devices.forget)
 
             async def publish_summaries(by_user: Mapping[str, Sequence[Frame]]) -> None:
                 for user_id, frames in by_user.items():
@@ -190,6 +207,8 @@ def routes() -> list[BaseRoute]:
         Route(f"{user}/frames", rest.post_frames, methods=["POST"]),
         Route(f"{user}/state", rest.get_state, methods=["GET"]),
         Route(f"{user}/export", rest.export_user, methods=["GET"]),
+        Route(f"{user}/devices", devices_routes.get_devices, methods=["GET"]),
+        Route(f"{user}/commands", devices_routes.get_commands, methods=["GET"]),
         Route(user, rest.delete_user, methods=["DELETE"]),
         Route("/v1/demo/users/{user_id}/state", demo.post_state, methods=["POST"]),
         Route("/v1/demo/users/{user_id}/profile", demo.put_profile, methods=["PUT"]),

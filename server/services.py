@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from brain.model import Frame
+from server.hops.desk import CommandDesk
+from server.hops.devices import DeviceBook
 from server.ingest import Ingestor
 from server.metrics import Metrics
 from server.push.hub import Hub
@@ -38,6 +40,10 @@ class Services:
     """Called with a user id after the user's data was erased (in-memory caches forget it)."""
     extras: dict[str, object] = field(default_factory=dict)
     """Optional parts added by later stages (pipeline, avatar saga), by name."""
+    devices: DeviceBook = field(kw_only=True)
+    """What each device has shown (acks across hops)."""
+    commands: CommandDesk = field(kw_only=True)
+    """The commands of users' actions."""
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)

@@ -30,6 +30,7 @@ from server.errors import FramesNotDurable, StoreError, VersionConflict
 from server.store import codec, schema
 from server.store import dynamodb_items as items
 from server.store.base import AvatarCacheEntry, FrameRow, Usage, UserState
+from server.store.dynamodb_hops import DynamoDBHops
 from server.store.dynamodb_requests import BatchTable, call, items_of_pages, write_batch
 from server.store.dynamodb_sagas import DynamoDBSagas
 
@@ -41,7 +42,7 @@ _MAX_TS = 10**13 - 1
 """The largest ts a 13-digit sort key holds (the year 2286)."""
 
 
-class DynamoDBStore(DynamoDBSagas):
+class DynamoDBStore(DynamoDBSagas, DynamoDBHops):
     """The :class:`~server.store.base.Store` in the DynamoDB tables of ``table_prefix``.
 
     ``endpoint_url`` points at DynamoDB Local in tests; ``max_pool_connections`` bounds the
@@ -75,6 +76,8 @@ class DynamoDBStore(DynamoDBSagas):
         self._letters = BatchTable(
             schema.AVATAR_DEAD_LETTERS.name(table_prefix), "user_id", "letter_key"
         )
+        self._seen = BatchTable(schema.DEVICE_SEEN.name(table_prefix), "user_id", "device")
+        self._commands = BatchTable(schema.COMMANDS.name(table_prefix), "user_id", "command_id")
 
     async def open(self) -> None:
         """Open the client (tables are not created: see :meth:`create_tables`). Idempotent."""
@@ -359,7 +362,7 @@ class DynamoDBStore(DynamoDBSagas):
         (calling again finishes the job: deletes are idempotent).
         """
         deleted = 0
-        for table in (self._frames, self._usage, self._letters):
+        for table in (self._frames, self._usage, self._letters, self._seen, self._commands):
             assert table.sort_key is not None  # these tables have one; mypy needs to know
             keys = self._query(
                 TableName=table.name,

@@ -72,6 +72,18 @@ AVATAR_DEAD_LETTERS = TableSpec(
     sort_key=KeyAttribute("letter_key"),  # DeadLetter.key: failed_at#saga_id
 )
 
+DEVICE_SEEN = TableSpec(
+    suffix="device_seen",
+    partition_key=KeyAttribute("user_id"),
+    sort_key=KeyAttribute("device"),  # the device's own name: one small item per device
+)
+COMMANDS = TableSpec(
+    suffix="commands",
+    partition_key=KeyAttribute("user_id"),
+    sort_key=KeyAttribute("command_id"),  # deterministic per (user, version, action)
+    ttl_attribute="purge_at",
+)
+
 TABLES: tuple[TableSpec, ...] = (
     FRAMES,
     USER_STATE,
@@ -79,6 +91,8 @@ TABLES: tuple[TableSpec, ...] = (
     USAGE,
     AVATAR_SAGAS,
     AVATAR_DEAD_LETTERS,
+    DEVICE_SEEN,
+    COMMANDS,
 )
 """Every table the store uses."""
 

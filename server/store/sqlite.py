@@ -34,6 +34,7 @@ from brain.model import Frame
 from server.errors import StoreError, VersionConflict
 from server.store import codec
 from server.store.base import AvatarCacheEntry, FrameRow, Usage, UserState
+from server.store.sqlite_hops import HOPS_SCHEMA, HOPS_TABLES, SQLiteHops
 from server.store.sqlite_sagas import SAGA_SCHEMA, SQLiteSagas
 
 _SCHEMA = """
@@ -114,7 +115,7 @@ class _StateWrite:
     done: asyncio.Future[None]
 
 
-class SQLiteStore(SQLiteSagas):
+class SQLiteStore(SQLiteSagas, SQLiteHops):
     """The :class:`~server.store.base.Store` in a SQLite file at ``path``.
 
     Frames are kept ``frame_retention_days`` after their ``ts``. Every method but
@@ -147,6 +148,7 @@ class SQLiteStore(SQLiteSagas):
                 await writer.execute("PRAGMA busy_timeout=5000")
                 await writer.executescript(_SCHEMA)
                 await writer.executescript(SAGA_SCHEMA)
+                await writer.executescript(HOPS_SCHEMA)
                 await _add_missing_columns(writer)
                 reader = await aiosqlite.connect(self._path, isolation_level=None)
                 opened.push_async_callback(reader.close)
@@ -399,7 +401,8 @@ class SQLiteStore(SQLiteSagas):
         """Delete the user's frames, state and usage in one transaction; return the count."""
         deleted = 0
         async with self._transaction() as writer:
-            for table in ("frames", "user_state", "usage", "avatar_sagas", "avatar_dead_letters"):
+            tables = ("frames", "user_state", "usage", "avatar_sagas", "avatar_dead_letters")
+            for table in (*tables, *HOPS_TABLES):
                 cursor = await writer.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))
                 deleted += cursor.rowcount
         return deleted
