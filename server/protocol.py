@@ -219,6 +219,8 @@ class CommandResult:
 
 ClientMessage = Hello | FrameBatch | Subscribe | Ping | Seen | CommandResult
 
+MAX_VERSION: Final = 2**53
+"""The largest version a client may name (stores and JavaScript hold it exactly)."""
 SEEN_KINDS: Final = frozenset({"phone", "watch"})
 """The device kinds a ``seen`` may name."""
 COMMAND_OUTCOMES: Final = frozenset({"done", "dismissed", "expired"})
@@ -440,6 +442,8 @@ def _seen(message: Mapping[str, Any]) -> Seen:
     assert device is not None
     version = _int_field(message, "version", required=True)
     assert version is not None
+    if version > MAX_VERSION:
+        raise ProtocolError("bad_message", "'version' is not a version of this server")
     kind = message.get("kind")
     if kind is not None and kind not in SEEN_KINDS:
         raise ProtocolError("bad_message", "'kind' must be 'phone' or 'watch'")

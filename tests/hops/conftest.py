@@ -22,9 +22,10 @@ from server.store.base import Store
 from server.store.dynamodb import DynamoDBStore
 from server.store.sqlite import SQLiteStore
 from tests.conftest import LiveServer, auth, start_server
+from tests.server.conftest import server_log
 from tests.services import dynamodb_local
 
-__all__ = ["dynamodb_local"]
+__all__ = ["dynamodb_local", "server_log"]
 
 
 @dataclass
