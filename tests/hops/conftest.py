@@ -78,16 +78,16 @@ async def hops_server(
 
 
 async def devices_of(client: httpx.AsyncClient, user: str) -> dict[str, Any]:
-    """``GET /v1/users/{user}/devices`` with the user's phone token."""
-    response = await client.get(f"/v1/users/{user}/devices", headers=auth(user))
+    """``GET /v1/users/{user}/devices`` with a service token (no REST rate limit)."""
+    response = await client.get(f"/v1/users/{user}/devices", headers=auth(user, "service"))
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
 
 
 async def commands_of(client: httpx.AsyncClient, user: str) -> list[dict[str, Any]]:
-    """``GET /v1/users/{user}/commands`` with the user's phone token."""
-    response = await client.get(f"/v1/users/{user}/commands", headers=auth(user))
+    """``GET /v1/users/{user}/commands`` with a service token (no REST rate limit)."""
+    response = await client.get(f"/v1/users/{user}/commands", headers=auth(user, "service"))
     assert response.status_code == 200, response.text
     commands: list[dict[str, Any]] = response.json()["commands"]
     return commands
