@@ -27,6 +27,7 @@ from server.hops.devices import DeviceView
 from server.http.access import authorize, json, services_of
 from server.http.openapi_blocks import USER_PARAM, json_response, object_schema, operation
 from server.problems import HTTPProblem
+from server.services import Services
 from server.store.base import UserState
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 DEVICE_PATTERN: Final = r"^[A-Za-z0-9._:-]{1,64}$"
 """The shape of a device name (as ``seen`` and frames name devices)."""
 _DEVICE_RE: Final = re.compile(DEVICE_PATTERN)
+EXPORT_COMMANDS: Final = 100_000
+"""Commands an export lists at most (a user issues a few a day; 30 days are kept after expiry)."""
 
 
 async def get_devices(request: Request) -> Response:
@@ -64,6 +67,20 @@ async def get_commands(request: Request) -> Response:
         {"user_id": user_id, "commands": [to_wire(command) for command in commands]},
         headers={"Cache-Control": "no-store"},
     )
+
+
+async def exported(services: Services, user_id: str) -> dict[str, Any]:
+    """The user's devices and commands for the GDPR export: ``devices`` (what each device
+    has shown) and ``commands`` (every command kept, newest first)."""
+    devices = await services.store.devices_seen(user_id)
+    commands = await services.store.commands_of(user_id, limit=EXPORT_COMMANDS)
+    return {
+        "devices": [
+            {"device": d.device, "kind": d.kind, "seen_version": d.version, "seen_at": d.seen_at}
+            for d in devices
+        ],
+        "commands": [to_wire(command) for command in commands],
+    }
 
 
 def _device(view: DeviceView) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from server.errors import FramesNotDurable, StoreError
 from server.etag import none_match
 from server.http.access import authorize, read_json, services_of
 from server.http.access import json as json  # re-exported: app.py answers with it
-from server.http.devices_routes import note_rest_seen, rest_device
+from server.http.devices_routes import exported, note_rest_seen, rest_device
 from server.problems import HTTPProblem
 from server.protocol import FrameLimits
 from server.push.endpoint import SERVICE_MAX_AGE_MS
@@ -155,6 +155,7 @@ async def export_user(request: Request) -> Response:
     authorize(request, user_id, DATA_OWNERS)
     services = services_of(request)
     data = await services.store.export_user(user_id, now_ms=services.now_ms())
+    data.update(await exported(services, user_id))
     return json(data, headers={"Content-Disposition": f'attachment; filename="{user_id}.json"'})
 
 

@@ -192,3 +192,19 @@ async def test_devices_and_commands_of_another_user_are_forbidden(hops_server: L
             response = await client.get(f"/v1/users/bob/{path}", headers=auth("alice"))
             assert response.status_code == 403
             assert (await client.get(f"/v1/users/bob/{path}")).status_code == 401
+
+
+async def test_the_export_holds_the_users_devices_and_commands(hops_server: LiveServer) -> None:
+    ws = await hops_server.connect("alice")
+    async with hops_server.http() as client:
+        await commit(client, "alice", actions=["rest"])
+        await send(ws, {"op": "seen", "device": "phone", "version": 1})
+        await send(ws, {"op": "ping", "t": 1})
+        await recv_op(ws, "pong")  # answered after the seen was worked off (in order)
+        exported = (await client.get("/v1/users/alice/export", headers=auth("alice"))).json()
+        await ws.close()
+        await client.delete("/v1/users/alice", headers=auth("alice"))
+        after = (await client.get("/v1/users/alice/export", headers=auth("alice"))).json()
+    assert [d["device"] for d in exported["devices"]] == ["phone"]
+    assert [c["kind"] for c in exported["commands"]] == ["rest"]
+    assert after["devices"] == [] and after["commands"] == []
