@@ -98,6 +98,7 @@ def create_app(
             stack.push_async_callback(ingestor.close)
             state = StateService(the_store, hub, metrics, clock)
             devices = DeviceBook(the_store, metrics, clock)
+            stack.push_async_callback(devices.close)  # before the store closes
             commands = CommandDesk(the_store, metrics, clock)
             state.listeners += [devices.on_commit, commands.on_commit]
             services = Services(

@@ -5,8 +5,11 @@ reports it through its ``If-None-Match``. :class:`DeviceBook` keeps, per user th
 heard from, each device's newest report and the newest version of the user it knows of, and
 writes a report to the store only when it says something new: another version or kind, a
 new device, or the same version after :data:`REFRESH_S` (so a 1 Hz watch costs one write a
-minute, not one a second). The in-memory ``seen_at`` is always the newest; the stored one is
-at most :data:`REFRESH_S` old. A user may have :data:`MAX_DEVICES_PER_USER` devices: reports
+minute, not one a second). Writes happen behind, in one task per node that writes the
+newest due report of each device (a report is advisory: the connection that sent it does
+not wait for the disk, and a failed write is tried again with the next one). The in-memory
+``seen_at`` is always the newest; the stored one is at most :data:`REFRESH_S` old. A user
+may have :data:`MAX_DEVICES_PER_USER` devices: reports
 of further names are refused, so a client cannot grow the table without bound.
 
 It also keeps ``companion_devices_behind{kind}``: the devices this node has heard from whose
@@ -15,11 +18,14 @@ last-seen version is more than one behind the newest version this node knows of 
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
+from server.errors import StoreError
 from server.metrics import Metrics
 from server.store.base import DeviceSeen, Store, UserState
 
@@ -28,6 +34,8 @@ REFRESH_S: Final = 60.0
 """How old a stored ``seen_at`` may get before an unchanged report is written again."""
 KNOWN_USERS: Final = 10_000
 """Users whose devices a node keeps in memory (least recently heard from are forgotten)."""
+log = logging.getLogger(__name__)
+
 BEHIND_KINDS: Final = ("phone", "watch")
 """The label values of ``companion_devices_behind`` (a fixed set)."""
 
@@ -70,14 +78,19 @@ class DeviceBook:
         self._known_users = known_users
         self._users: collections.OrderedDict[str, _User] = collections.OrderedDict()
         self._behind = collections.Counter[str]()
+        self._dirty: dict[tuple[str, str], DeviceSeen] = {}
+        """Reports due to be written, by (user, device): only the newest is kept."""
+        self._writer: asyncio.Task[None] | None = None
 
     async def record(
         self, user_id: str, device: str, kind: str, version: int, *, current: int | None = None
     ) -> bool:
         """Note that ``device`` (a ``kind``) has shown ``version``; ``current``: the newest
         version the caller knows of. ``False`` if the user has too many devices already
-        (nothing recorded). Raises :class:`~server.errors.StoreError` if the write fails (the
-        report stays in memory and is written with the next one)."""
+        (nothing recorded). The store write, when one is due, happens behind: the report is
+        visible here at once, and a slow store never holds up the connection that reported.
+        Raises :class:`~server.errors.StoreError` only when the user's devices cannot be
+        read (the first report of a user on this node)."""
         now_ms = int(self._clock() * 1000)
         user = await self._user(user_id)
         previous = user.devices.get(device)
@@ -90,12 +103,35 @@ class DeviceBook:
         changed = previous is None or (previous.version, previous.kind) != (version, kind)
         if changed or now_ms - user.written.get(device, 0) >= self._refresh_ms:
             user.written[device] = now_ms
+            self._dirty[(user_id, device)] = seen
+            if self._writer is None or self._writer.done():
+                self._writer = asyncio.get_running_loop().create_task(self._write_behind())
+        return True
+
+    async def _write_behind(self) -> None:
+        """Write the reports that are due, newest per device, until none is left; a failed
+        write is tried again after the store's next success or :meth:`close`."""
+        failed: dict[tuple[str, str], DeviceSeen] = {}
+        while self._dirty:
+            key, seen = next(iter(self._dirty.items()))
+            del self._dirty[key]
             try:
                 await self._store.put_seen(seen)
-            except BaseException:
-                user.written.pop(device, None)  # written with the next report
-                raise
-        return True
+            except StoreError as exc:
+                log.warning(
+                    "seen of a device of %s not stored: %s", seen.user_id, type(exc).__name__
+                )
+                failed[key] = seen
+        for key, seen in failed.items():
+            self._dirty.setdefault(key, seen)  # a newer report of the device wins
+
+    async def close(self) -> None:
+        """Write what is still due (once more for what failed before)."""
+        if self._writer is not None:
+            await self._writer
+        if self._dirty:
+            self._writer = asyncio.get_running_loop().create_task(self._write_behind())
+            await self._writer
 
     def heard(self, user_id: str, version: int) -> None:
         """The user's state is at ``version`` now (a commit or a delta this node saw)."""
@@ -128,6 +164,8 @@ class DeviceBook:
         user = self._users.pop(user_id, None)
         if user is not None:
             self._count(user, -1)
+        for key in [key for key in self._dirty if key[0] == user_id]:
+            del self._dirty[key]  # never written back after the erasure
 
     async def _user(self, user_id: str) -> _User:
         user = self._users.get(user_id)
