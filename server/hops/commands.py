@@ -40,6 +40,9 @@ KINDS: Final[Mapping[str, CommandKind]] = {
 }
 """Parameters and lifetime of each known action."""
 
+LONGEST_TTL_MS: Final = max(DEFAULT_TTL_S, *(kind.ttl_s for kind in KINDS.values())) * 1000
+"""No command lives longer: a user whose last commit is older has none pending."""
+
 
 def command_id(user_id: str, version: int, action: str) -> str:
     """The id of ``action`` issued at ``version`` of ``user_id``'s state: 20 hex digits of

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Final
 
 from server import protocol as wire
-from server.hops.commands import issue, to_wire
+from server.hops.commands import LONGEST_TTL_MS, issue, to_wire
 from server.metrics import Metrics
 from server.protocol import Delta
 from server.store.base import EXPIRED, PENDING, CommandRecord, Store, UserState
@@ -59,9 +59,13 @@ class CommandDesk:
         commands = issue(delta.user_id, delta.version, [str(a) for a in actions], int(delta.t))
         return wire.encode_commands(delta.user_id, [to_wire(c) for c in commands])
 
-    async def pending(self, user_id: str) -> str | None:
+    async def pending(self, user_id: str, last_commit_ms: int) -> str | None:
         """The ``commands`` message of the user's pending commands (``None``: none), expiring
-        those past their expiry. Raises :class:`~server.errors.StoreError`."""
+        those past their expiry; ``last_commit_ms``: when the user's state last changed (a
+        user with no commit within the longest command lifetime has none pending, and costs
+        no read). Raises :class:`~server.errors.StoreError`."""
+        if int(self._clock() * 1000) - last_commit_ms > LONGEST_TTL_MS:
+            return None
         commands = [c for c in await self.history(user_id) if c.outcome == PENDING]
         if not commands:
             return None

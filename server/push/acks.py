@@ -14,6 +14,7 @@ from server import protocol as wire
 from server.errors import StoreError
 from server.push.session import RecordSeen, Session, SettleCommand
 from server.services import Services
+from server.store.base import UserState
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +63,12 @@ async def settle_command(services: Services, session: Session, result: wire.Comm
     return session.command_ack(settled.command_id, settled.outcome)
 
 
-async def pending_commands(services: Services, user_id: str) -> str | None:
+async def pending_commands(services: Services, state: UserState) -> str | None:
     """The ``commands`` message of the user's pending commands, sent after a ``hello``
     (``None``: none, or the store cannot say now; the next hello asks again)."""
+    user_id = state.user_id
     try:
-        return await services.commands.pending(user_id)
+        return await services.commands.pending(user_id, state.updated_at)
     except StoreError as exc:
         log.warning("pending commands of %s not readable: %s", user_id, type(exc).__name__)
         return None

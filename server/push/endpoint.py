@@ -446,7 +446,7 @@ class Connection(asyncio.Protocol):
             self._close(Disconnects.SLOW_CONSUMER)
             return
         self._ensure_writer()
-        if (commands := await acks.pending_commands(self.services, join.user_id)) is not None:
+        if (commands := await acks.pending_commands(self.services, state)) is not None:
             self._send(commands)  # at least once: every hello gets what is still pending
 
     # -- bytes out ---------------------------------------------------------------------

@@ -21,7 +21,7 @@ from server.store import schema
 from server.store.base import Store
 from server.store.dynamodb import DynamoDBStore
 from server.store.sqlite import SQLiteStore
-from tests.conftest import LiveServer, auth, start_server
+from tests.conftest import LiveServer, start_server, token
 from tests.server.conftest import server_log
 from tests.services import dynamodb_local
 
@@ -77,9 +77,14 @@ async def hops_server(
         yield live
 
 
+def _service(user: str) -> dict[str, str]:
+    """A service token valid for a day (tests move the server's clock by hours)."""
+    return {"Authorization": f"Bearer {token(user, 'service', ttl=24 * 3600)}"}
+
+
 async def devices_of(client: httpx.AsyncClient, user: str) -> dict[str, Any]:
     """``GET /v1/users/{user}/devices`` with a service token (no REST rate limit)."""
-    response = await client.get(f"/v1/users/{user}/devices", headers=auth(user, "service"))
+    response = await client.get(f"/v1/users/{user}/devices", headers=_service(user))
     assert response.status_code == 200, response.text
     body: dict[str, Any] = response.json()
     return body
@@ -87,7 +92,7 @@ async def devices_of(client: httpx.AsyncClient, user: str) -> dict[str, Any]:
 
 async def commands_of(client: httpx.AsyncClient, user: str) -> list[dict[str, Any]]:
     """``GET /v1/users/{user}/commands`` with a service token (no REST rate limit)."""
-    response = await client.get(f"/v1/users/{user}/commands", headers=auth(user, "service"))
+    response = await client.get(f"/v1/users/{user}/commands", headers=_service(user))
     assert response.status_code == 200, response.text
     commands: list[dict[str, Any]] = response.json()["commands"]
     return commands

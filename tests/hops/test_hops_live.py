@@ -8,8 +8,10 @@ import asyncio
 import logging
 from typing import Any
 
-from server.hops.commands import KINDS
-from tests.conftest import LiveServer, auth, recv_op, send
+import websockets
+
+from server.hops.commands import KINDS, LONGEST_TTL_MS
+from tests.conftest import LiveServer, auth, recv, recv_op, send, token
 from tests.hops.conftest import Clock, commands_of, devices_of
 from tests.server.conftest import commit, errors_in
 
@@ -213,3 +215,22 @@ async def test_the_export_holds_the_users_devices_and_commands(hops_server: Live
     assert [d["device"] for d in exported["devices"]] == ["phone"]
     assert [c["kind"] for c in exported["commands"]] == ["rest"]
     assert after["devices"] == [] and after["commands"] == []
+
+
+async def test_a_hello_long_after_the_last_commit_gets_no_commands(
+    hops_server: LiveServer, clock: Clock
+) -> None:
+    async with hops_server.http() as client:
+        await commit(client, "alice", actions=["wind_down"])
+    clock.offset = LONGEST_TTL_MS / 1000 + 1
+    lasting = {"Authorization": f"Bearer {token('alice', ttl=24 * 3600)}"}
+    ws = await websockets.connect(hops_server.ws_url, additional_headers=lasting)
+    await send(ws, {"op": "hello", "client": "test"})
+    await recv_op(ws, "snapshot")
+    await send(ws, {"op": "ping", "t": 1})
+    after = await recv(ws)  # the pong: no commands message came between
+    await ws.close()
+    async with hops_server.http() as client:
+        (command,) = await commands_of(client, "alice")
+    assert after["op"] == "pong"
+    assert command["outcome"] == "expired"
