@@ -86,12 +86,16 @@ class DeviceBook:
         self, user_id: str, device: str, kind: str, version: int, *, current: int | None = None
     ) -> bool:
         """Note that ``device`` (a ``kind``) has shown ``version``; ``current``: the newest
-        version the caller knows of. ``False`` if the user has too many devices already
-        (nothing recorded). The store write, when one is due, happens behind: the report is
-        visible here at once, and a slow store never holds up the connection that reported.
+        version the caller knows of (a report beyond it counts as ``current``, so a client's
+        claim cannot make its user's other devices look behind). ``False`` if the user has
+        too many devices already (nothing recorded). The store write, when one is due,
+        happens behind: the report is visible here at once, and a slow store never holds up
+        the connection that reported.
         Raises :class:`~server.errors.StoreError` only when the user's devices cannot be
         read (the first report of a user on this node)."""
         now_ms = int(self._clock() * 1000)
+        if current is not None:
+            version = min(version, current)  # no device shows a version nobody sent it
         user = await self._user(user_id)
         previous = user.devices.get(device)
         if previous is None and len(user.devices) >= MAX_DEVICES_PER_USER:

@@ -104,3 +104,16 @@ async def test_a_forgotten_user_is_not_written_back(store: SQLiteStore) -> None:
     book.forget("alice")  # erased before the write behind ran
     await book.close()
     assert await store.devices_seen("alice") == []
+
+
+async def test_a_report_beyond_the_current_version_counts_as_the_current_one(
+    store: SQLiteStore,
+) -> None:
+    metrics = Metrics()
+    book = DeviceBook(store, metrics, Clock())
+    await book.record("alice", "phone", "phone", 3, current=3)
+    await book.record("alice", "watch-1", "watch", 2**53, current=3)
+    (phone, watch) = await book.devices("alice", 3)
+    await book.close()
+    assert (phone.behind, watch.seen.version, watch.behind) == (0, 3, 0)
+    assert gauge(metrics, "phone") == 0
