@@ -81,6 +81,7 @@ class DeviceBook:
         self._dirty: dict[tuple[str, str], DeviceSeen] = {}
         """Reports due to be written, by (user, device): only the newest is kept."""
         self._writer: asyncio.Task[None] | None = None
+        self._recording: set[asyncio.Task[None]] = set()
 
     async def record(
         self, user_id: str, device: str, kind: str, version: int, *, current: int | None = None
@@ -112,6 +113,21 @@ class DeviceBook:
                 self._writer = asyncio.get_running_loop().create_task(self._write_behind())
         return True
 
+    def record_soon(self, user_id: str, device: str, kind: str, version: int) -> None:
+        """:meth:`record` in a task of its own, for a caller that must not wait for the store
+        (a REST poll answers at once); a failure is logged as a warning."""
+        task = asyncio.get_running_loop().create_task(
+            self._record_logged(user_id, device, kind, version)
+        )
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
+
+    async def _record_logged(self, user_id: str, device: str, kind: str, version: int) -> None:
+        try:
+            await self.record(user_id, device, kind, version, current=version)
+        except StoreError as exc:
+            log.warning("seen of a device of %s not stored: %s", user_id, type(exc).__name__)
+
     async def _write_behind(self) -> None:
         """Write the reports that are due, newest per device, until none is left; a failed
         write is tried again after the store's next success or :meth:`close`."""
@@ -131,6 +147,8 @@ class DeviceBook:
 
     async def close(self) -> None:
         """Write what is still due (once more for what failed before)."""
+        if self._recording:
+            await asyncio.gather(*self._recording)
         if self._writer is not None:
             await self._writer
         if self._dirty:

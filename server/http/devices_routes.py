@@ -6,12 +6,12 @@ REST watch never sends ``seen``: its ``If-None-Match`` on ``GET /v1/users/{id}/s
 the state hash it shows, and when that is the current state's hash the route records "seen
 the current version" (:func:`note_rest_seen`). A hash of an older state cannot be mapped to
 its version (the store keeps only the current state), so the device's last record stays as
-it was: it is behind by at least what the record says.
+it was: it is behind by at least what the record says. The poll never waits for the
+record (:meth:`~server.hops.devices.DeviceBook.record_soon`).
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from typing import Any, Final
 
@@ -20,7 +20,6 @@ from starlette.responses import Response
 
 from server import protocol as wire
 from server.auth import Principal
-from server.errors import StoreError
 from server.etag import none_match
 from server.hops.commands import to_wire
 from server.hops.devices import DeviceView
@@ -29,8 +28,6 @@ from server.http.openapi_blocks import USER_PARAM, json_response, object_schema,
 from server.problems import HTTPProblem
 from server.services import Services
 from server.store.base import UserState
-
-log = logging.getLogger(__name__)
 
 DEVICE_PATTERN: Final = r"^[A-Za-z0-9._:-]{1,64}$"
 """The shape of a device name (as ``seen`` and frames name devices)."""
@@ -107,21 +104,17 @@ def rest_device(request: Request, principal: Principal) -> str | None:
     return name or kind
 
 
-async def note_rest_seen(
+def note_rest_seen(
     request: Request, principal: Principal, state: UserState, if_none_match: str | None
 ) -> None:
-    """Record that the polling device shows ``state`` if its ``If-None-Match`` names it.
-    A store failure is logged, never the poll's failure."""
+    """Record (in the background: the poll does not wait for it) that the polling device
+    shows ``state`` if its ``If-None-Match`` names it."""
     device = rest_device(request, principal)
     if device is None or not none_match(if_none_match, f'"{state.state_hash}"'):
         return
-    services = services_of(request)
-    try:
-        await services.devices.record(
-            state.user_id, device, principal.device.value, state.version, current=state.version
-        )
-    except StoreError as exc:
-        log.warning("seen of a device of %s not stored: %s", state.user_id, type(exc).__name__)
+    services_of(request).devices.record_soon(
+        state.user_id, device, principal.device.value, state.version
+    )
 
 
 def openapi_paths() -> dict[str, Any]:

@@ -107,11 +107,11 @@ async def get_state(request: Request) -> Response:
     if_none_match = request.headers.get("if-none-match")
     if wait <= 0:
         state = await services.state.current(user_id)
-        await note_rest_seen(request, principal, state, if_none_match)
+        note_rest_seen(request, principal, state, if_none_match)
     else:
         async with services.hub.watch(user_id) as watch:
             state = await services.state.current(user_id)
-            await note_rest_seen(request, principal, state, if_none_match)
+            note_rest_seen(request, principal, state, if_none_match)
             # Hold while the client already has this state: by version (?since=) or by hash.
             if since is not None:
                 unchanged = state.version <= since
