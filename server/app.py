@@ -30,8 +30,10 @@ from server.broker.base import Broker
 from server.cost import CostMeter
 from server.errors import CompanionError
 from server.history import history_stage
+from server.hops.desk import CommandDesk
+from server.hops.devices import DeviceBook
 from server.http import demo_routes as demo
-from server.http import legacy, rest
+from server.http import devices_routes, legacy, rest
 from server.http import tier_routes as tiers
 from server.http.analyse_routes import post_analyse
 from server.http.debug_page import debug_routes
@@ -103,7 +105,23 @@ def create_app(
             ingestor.start()
             stack.push_async_callback(ingestor.close)
             state = StateService(the_store, hub, metrics, clock, tiers=settings.tiers)
-            services = Services(settings, the_store, hub, state, ingestor, metrics, clock, hooks)
+            devices = DeviceBook(the_store, metrics, clock)
+            stack.push_async_callback(devices.close)  # before the store closes
+            commands = CommandDesk(the_store, metrics, clock)
+            state.listeners += [devices.on_commit, commands.on_commit]
+            services = Services(
+                settings,
+                the_store,
+                hub,
+                state,
+                ingestor,
+                metrics,
+                clock,
+                hooks,
+                devices=devices,
+                commands=commands,
+            )
+            services.erase_hooks.append(devices.forget)
             services.cost = cost = CostMeter(metrics.registry, state.tier_book, clock=clock)
             hooks.append(cost.frames_stored)
             services.erase_hooks += [state.tier_book.forget, cost.forget]
@@ -270,6 +288,8 @@ def routes() -> list[BaseRoute]:
         Route(f"{user}/tier", tiers.get_tier, methods=["GET"]),
         Route(f"{user}/tier", tiers.put_tier, methods=["PUT"]),
         Route(f"{user}/export", rest.export_user, methods=["GET"]),
+        Route(f"{user}/devices", devices_routes.get_devices, methods=["GET"]),
+        Route(f"{user}/commands", devices_routes.get_commands, methods=["GET"]),
         Route(user, rest.delete_user, methods=["DELETE"]),
         Route("/v1/demo/users/{user_id}/state", demo.post_state, methods=["POST"]),
         Route("/v1/demo/users/{user_id}/profile", demo.put_profile, methods=["PUT"]),

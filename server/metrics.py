@@ -300,6 +300,19 @@ class Metrics:
             ["level", "source"],
             registry=r,
         )
+        self.devices_behind = Gauge(
+            "companion_devices_behind",
+            "Devices this node heard from whose last-seen version is more than one behind"
+            " their user's newest, by kind (phone, watch, other).",
+            ["kind"],
+            registry=r,
+        )
+        self.command_results = Counter(
+            "companion_command_results",
+            "Outcomes of commands recorded (done, dismissed, expired).",
+            ["outcome"],
+            registry=r,
+        )
         self.resident_memory = Gauge(
             "companion_resident_memory_bytes", "Resident memory (RSS) of this process.", registry=r
         )

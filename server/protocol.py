@@ -4,10 +4,12 @@ Sans-I/O: this module turns text into typed messages and typed messages into tex
 knows nothing of sockets or event loops, so clients (which may import only this module
 from the server) and the server share one codec, and it is tested without a loop.
 
-Client → server: ``hello``, ``frames``, ``subscribe``, ``ping``, ``policy``.
+Client → server: ``hello``, ``frames``, ``subscribe``, ``ping``, ``policy``, ``seen`` (what
+a device has shown), ``command_result`` (a device's answer to a command).
 Server → client: ``snapshot``, ``delta``, ``ack``, ``pong``, ``uptodate``, ``error``,
-``policy`` (the delivery policy in force, the answer to a ``policy`` op), and
-``frames`` (a summary of ingested frames, for debug subscribers only).
+``policy`` (the delivery policy in force, the answer to a ``policy`` op), ``commands`` (the
+commands of a user's actions), ``command_ack``, and ``frames`` (a summary of ingested
+frames, for debug subscribers only).
 
 A bad message raises :class:`ProtocolError` with a stable ``code``; a bad *frame* inside a
 valid ``frames`` message does not: it is reported as a :class:`Rejection` (index, field,
@@ -253,7 +255,36 @@ class Ping:
     t: float
 
 
-ClientMessage = Hello | FrameBatch | Subscribe | Ping | SetPolicy
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """A device has shown ``version`` of its user's state (``kind``: ``phone`` or ``watch``;
+    ``None``: the kind of the connection's token). A bridge reports for itself and for each
+    device it relays to."""
+
+    device: str
+    version: int
+    kind: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    """A device's answer to command ``id``: ``done``, ``dismissed`` or ``expired``
+    (``device``: who answered, if not the connection itself)."""
+
+    id: str
+    outcome: str
+    device: str | None = None
+
+
+ClientMessage = Hello | FrameBatch | Subscribe | Ping | SetPolicy | Seen | CommandResult
+
+MAX_VERSION: Final = 2**53
+"""The largest version a client may name (stores and JavaScript hold it exactly)."""
+SEEN_KINDS: Final = frozenset({"phone", "watch"})
+"""The device kinds a ``seen`` may name."""
+COMMAND_OUTCOMES: Final = frozenset({"done", "dismissed", "expired"})
+"""The answers a device may give to a command."""
+_COMMAND_ID_RE: Final = re.compile(r"^c[0-9a-f]{20}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -482,9 +513,45 @@ def parse_client_message(
         if user_id is not None and not (isinstance(user_id, str) and valid_user_id(user_id)):
             raise ProtocolError("bad_message", "'user_id' must be a valid user id")
         return Subscribe(user_id)
+    if op == "seen":
+        return _seen(message)
+    if op == "command_result":
+        return _command_result(message)
     if not isinstance(op, str):
         raise ProtocolError("bad_message", "'op' is required and must be a string")
     raise ProtocolError("unknown_op", f"unknown op {op[:32]!r}")
+
+
+def _device_field(message: Mapping[str, Any], *, required: bool) -> str | None:
+    device = message.get("device")
+    if device is None and not required:
+        return None
+    if not isinstance(device, str) or not _DEVICE_RE.match(device):
+        raise ProtocolError("bad_message", "'device' must be 1-64 of A-Z a-z 0-9 . _ : -")
+    return device
+
+
+def _seen(message: Mapping[str, Any]) -> Seen:
+    device = _device_field(message, required=True)
+    assert device is not None
+    version = _int_field(message, "version", required=True)
+    assert version is not None
+    if version > MAX_VERSION:
+        raise ProtocolError("bad_message", "'version' is not a version of this server")
+    kind = message.get("kind")
+    if kind is not None and kind not in SEEN_KINDS:
+        raise ProtocolError("bad_message", "'kind' must be 'phone' or 'watch'")
+    return Seen(device, version, kind)
+
+
+def _command_result(message: Mapping[str, Any]) -> CommandResult:
+    command_id = message.get("id")
+    if not isinstance(command_id, str) or not _COMMAND_ID_RE.match(command_id):
+        raise ProtocolError("bad_message", "'id' must be a command id")
+    outcome = message.get("outcome")
+    if outcome not in COMMAND_OUTCOMES:
+        raise ProtocolError("bad_message", "'outcome' must be done, dismissed or expired")
+    return CommandResult(command_id, str(outcome), _device_field(message, required=False))
 
 
 # ---------------------------------------------------------------------------------------
@@ -601,6 +668,19 @@ def encode_ack(seq: int, accepted: int, rejected: Sequence[Rejection]) -> str:
 
 def encode_pong(t: float, server_t: float) -> str:
     return encode({"op": "pong", "t": t, "server_t": server_t})
+
+
+def encode_commands(user_id: str, commands: Sequence[Mapping[str, Any]]) -> str:
+    """A ``commands`` message: commands of ``user_id``'s actions, each ``{id, kind, params,
+    version, issued_at, expires_at, outcome}`` (sent after the delta that issued them, and
+    after ``hello`` while they are pending)."""
+    return encode({"op": "commands", "user_id": user_id, "commands": list(commands)})
+
+
+def encode_command_ack(command_id: str, outcome: str) -> str:
+    """The answer to a ``command_result``: the outcome the server holds (the first one
+    recorded, so a repeated or late answer learns what counts)."""
+    return encode({"op": "command_ack", "id": command_id, "outcome": outcome})
 
 
 def encode_error(code: ErrorCode, message: str) -> str:

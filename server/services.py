@@ -13,6 +13,8 @@ from typing import Generic, TypeVar, cast
 
 from brain.model import Frame
 from server.cost import CostMeter
+from server.hops.desk import CommandDesk
+from server.hops.devices import DeviceBook
 from server.ingest import Ingestor
 from server.metrics import Metrics
 from server.push.hub import Hub
@@ -80,6 +82,10 @@ class Services:
     """Optional parts added by later stages, by typed key (:class:`PartKey`)."""
     cost: CostMeter | None = None
     """Today's cost of each user, by service and tier (:mod:`server.cost`)."""
+    devices: DeviceBook = field(kw_only=True)
+    """What each device has shown (acks across hops)."""
+    commands: CommandDesk = field(kw_only=True)
+    """The commands of users' actions."""
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)

@@ -15,6 +15,12 @@ version, so a reconnect where nothing changed costs one ``uptodate``; a delta ap
 on its ``base``, otherwise the bridge asks for a snapshot. Each change is relayed to the
 watch through a :class:`~clients.bridge.watchlink.WatchLink`.
 
+Acks across hops: the bridge tells the server what each device shows, with ``seen``: the
+phone's version as soon as it applied a change, the watch's when the watch answers ``shown``
+(and both again after every ``hello``). Commands the server sends (``commands``) are relayed
+to the watch; the watch's answer goes back as ``command_result`` and is sent again after every
+reconnect until the server's ``command_ack`` (at least once; the server applies it once).
+
 Reconnects follow the one reconnect rule (:mod:`clients.connect.failover`): after a lost
 connection, a refusal or a "come back soon" (1012, 1013, 503) the bridge moves on to the
 next of its server URLs after a short jittered pause; the backoff grows only once every URL
@@ -94,12 +100,26 @@ class Bridge:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rand: Callable[[], float] = random.random,
         connector: Connector = connect,
+        phone_device: str = "phone",
+        watch_device: str = "watch-1",
     ) -> None:
         if not 1 <= batch_size <= MAX_FRAMES_PER_MESSAGE or max_in_flight < 1:
             raise ValueError(f"batch_size must be 1..{MAX_FRAMES_PER_MESSAGE}, in flight >= 1")
         self.source = source
         self.journal = journal
         self.link: WatchLink = link or NullLink()
+        self.phone_device = phone_device
+        self.watch_device = watch_device
+        if isinstance(self.link, TcpWatchLink):
+            self.link.on_shown = self._watch_shown
+            self.link.on_result = self._watch_answered
+        self.watch_version: int | None = None
+        """The version the watch last said it shows."""
+        self.commands: dict[str, dict[str, Any]] = {}
+        """Commands relayed to the watch, by id (those the server sent since the start)."""
+        self._results: dict[str, dict[str, Any]] = {}
+        """The watch's answers the server has not acked yet, by command id."""
+        self._ws: ClientConnection | None = None
         self.state = PhoneState()
         self.batch_size = batch_size
         self.max_in_flight = max_in_flight
@@ -126,6 +146,7 @@ class Bridge:
         self._room = asyncio.Event()
         self._source_done = False
         self._finish: asyncio.Future[int] | None = None
+        self._tasks: set[asyncio.Future[None]] = set()
 
     # -- the whole run ------------------------------------------------------------------
 
@@ -240,6 +261,8 @@ class Bridge:
         sender: asyncio.Task[None] | None = None
         try:
             await self._hello(ws)
+            self._ws = ws
+            await self._report(ws)
             sender = asyncio.create_task(self._send_loop(ws))
             async for data in ws:
                 answered = True
@@ -251,6 +274,7 @@ class Bridge:
         except ConnectionClosed:
             pass
         finally:
+            self._ws = None
             if sender is not None:
                 sender.cancel()
                 (outcome,) = await asyncio.gather(sender, return_exceptions=True)
@@ -305,6 +329,12 @@ class Bridge:
             if self.state.apply_snapshot(message):
                 log.info("snapshot v%s: %s", self.state.version, self._summary())
                 await self._changed()
+                await self._send_seen(ws, self.phone_device, "phone", self.state.version)
+        elif op == "commands":
+            await self._on_commands(message)
+        elif op == "command_ack":
+            if self._results.pop(str(message.get("id")), None) is not None:
+                self.stats["command_results_acked"] += 1
         elif op == "delta":
             await self._on_delta(ws, message)
         elif op == "uptodate":
@@ -349,6 +379,7 @@ class Bridge:
             self.stats["deltas"] += 1
             log.info("delta v%s (+%.0f ms): %s", self.state.version, latency_ms, self._summary())
             await self._changed()
+            await self._send_seen(ws, self.phone_device, "phone", self.state.version)
 
     async def _changed(self) -> None:
         self._save_state()
@@ -358,6 +389,72 @@ class Bridge:
         view = self.state.view()
         view["image_url"] = self.server.resolve(view.get("image_url"))
         await self.link.send_state(view)
+
+    # -- acks across hops -----------------------------------------------------------------
+
+    async def _report(self, ws: ClientConnection) -> None:
+        """After a hello: what the phone and the watch show, and unacked command results."""
+        await self._send_seen(ws, self.phone_device, "phone", self.state.version)
+        await self._send_seen(ws, self.watch_device, "watch", self.watch_version)
+        for result in list(self._results.values()):
+            await ws.send(orjson.dumps(result).decode())
+
+    async def _send_seen(
+        self, ws: ClientConnection | None, device: str, kind: str, version: int | None
+    ) -> None:
+        if ws is None or version is None:
+            return  # told after the next hello
+        message = {"op": "seen", "device": device, "kind": kind, "version": version}
+        try:
+            await ws.send(orjson.dumps(message).decode())
+        except ConnectionClosed:
+            return  # told after the next hello
+        self.stats["seen_sent"] += 1
+
+    def _watch_shown(self, reply: dict[str, Any]) -> None:
+        """The watch link's ``on_shown``: report the watch's version to the server."""
+        version = reply.get("version")
+        if isinstance(version, int) and not isinstance(version, bool):
+            self.watch_version = version
+            self._spawn(self._send_seen(self._ws, self.watch_device, "watch", version))
+
+    def _watch_answered(self, reply: dict[str, Any]) -> None:
+        """The watch link's ``on_result``: send the watch's answer to the server (kept until
+        the server acks it)."""
+        command_id, outcome = reply.get("id"), reply.get("outcome")
+        if not isinstance(command_id, str) or not isinstance(outcome, str):
+            return
+        result = {
+            "op": "command_result",
+            "id": command_id,
+            "outcome": outcome,
+            "device": self.watch_device,
+        }
+        self._results[command_id] = result
+        self.stats["command_results"] += 1
+        if (ws := self._ws) is not None:
+            self._spawn(self._send_quietly(ws, result))
+
+    async def _on_commands(self, message: dict[str, Any]) -> None:
+        for command in message.get("commands") or ():
+            if not isinstance(command, dict) or not isinstance(command.get("id"), str):
+                continue
+            if command["id"] in self._results:
+                continue  # answered already; the answer is on its way
+            self.commands[command["id"]] = command
+            self.stats["commands_relayed"] += 1
+            await self.link.send_command(command)
+
+    async def _send_quietly(self, ws: ClientConnection, message: dict[str, Any]) -> None:
+        try:
+            await ws.send(orjson.dumps(message).decode())
+        except ConnectionClosed:
+            pass  # sent again after the next hello
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _summary(self) -> str:
         fields = self.state.fields
@@ -393,7 +490,10 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--count", type=int, help="scenario frames in all (default: forever)")
     parser.add_argument("--file", help="JSON-lines file of frames (--source file)")
     parser.add_argument("--rate", type=float, default=0.0, help="file frames per second (0: max)")
-    parser.add_argument("--device", default="watch-1", help="device name of scenario frames")
+    parser.add_argument(
+        "--device", default="watch-1", help="the watch's device name (scenario frames, seen)"
+    )
+    parser.add_argument("--phone-device", default="phone", help="this phone's device name (seen)")
     parser.add_argument("--journal", help="journal file (default: per user, under ~/.local/state)")
     parser.add_argument("--watch-port", type=int, help="simulated watch (companion watch-sim)")
     parser.add_argument("--watch-host", default="127.0.0.1")
@@ -461,6 +561,8 @@ def main(args: argparse.Namespace) -> int:
         batch_size=args.batch,
         exit_when_done=args.exit_when_done,
         backoff=replace(RECONNECT, cap=max(args.max_backoff, RECONNECT.base)),
+        phone_device=args.phone_device,
+        watch_device=args.device,
     )
 
     async def run() -> int:

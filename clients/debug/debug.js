@@ -7,12 +7,18 @@
 // 1001/1012/1013, full-jitter backoff up to 5 s otherwise, a stop on 4001/4003. A delta
 // applies only on the version it was made for; otherwise the page asks for a snapshot
 // with hello{since}. No libraries: the chart is drawn by hand on a <canvas>.
+//
+// Acks across hops: the Devices table is GET /v1/users/{id}/devices (each device's last
+// seen version, red when more than one behind), the Commands table GET .../commands (the
+// commands of the companion's actions and their outcomes). Both are read again after every
+// snapshot, delta, commands or command_ack message, and every REFRESH_MS; one read at a time.
 "use strict";
 
 (() => {
   const MAX_POINTS = 240;
   const MAX_LOG = 100;
   const PING_MS = 15000;
+  const REFRESH_MS = 5000;
   // The reconnect rule (a copy of server/protocol.py's table, checked by a test).
   const STOP_CODES = { 4001: "token expired", 4003: "forbidden" };
   const SOON_CODES = [1001, 1012, 1013];
@@ -32,6 +38,10 @@
     points: [], // {ts, hr, hrv, steps}, oldest first
     deltas: 0,
     pinger: null,
+    devices: [], // GET /v1/users/{id}/devices: who has shown which version
+    commands: [], // GET /v1/users/{id}/commands: newest first
+    refreshing: false,
+    refreshAgain: false,
   };
   window.companionDebug = page; // for the console and for tests
   // The decision timeline (timeline.js, loaded first); a no-op when it is missing.
@@ -145,9 +155,15 @@
         page.state = message;
         renderState();
         timeline().onSnapshot(page.state);
+        refreshHops();
         break;
       case "delta":
         onDelta(message);
+        refreshHops();
+        break;
+      case "commands":
+      case "command_ack":
+        refreshHops();
         break;
       case "frames":
         onFrames(message);
@@ -264,6 +280,87 @@
     while (log.children.length > MAX_LOG) log.lastChild.remove();
   }
 
+  // -- devices and commands ------------------------------------------------------------
+
+  async function getJson(path) {
+    const response = await fetch(path, { headers: { Authorization: `Bearer ${page.token}` } });
+    if (!response.ok) throw new Error(`${path}: ${response.status}`);
+    return response.json();
+  }
+
+  async function refreshHops() {
+    if (page.refreshing) {
+      page.refreshAgain = true; // one read at a time; one more after it
+      return;
+    }
+    page.refreshing = true;
+    const user = encodeURIComponent(page.claims.sub);
+    try {
+      const [devices, commands] = await Promise.all([
+        getJson(`/v1/users/${user}/devices`),
+        getJson(`/v1/users/${user}/commands`),
+      ]);
+      page.devices = devices.devices;
+      page.commands = commands.commands;
+      renderDevices(devices.version);
+      renderCommands();
+    } catch (err) {
+      $("devices-summary").textContent = `not read: ${err.message}`;
+    } finally {
+      page.refreshing = false;
+      if (page.refreshAgain) {
+        page.refreshAgain = false;
+        refreshHops();
+      }
+    }
+  }
+
+  function row(cells, classes) {
+    const tr = document.createElement("tr");
+    cells.forEach((text, i) => {
+      const td = document.createElement("td");
+      td.textContent = text;
+      if (classes[i]) td.className = classes[i];
+      tr.append(td);
+    });
+    return tr;
+  }
+
+  function renderDevices(version) {
+    const behind = page.devices.filter((d) => d.behind > 1).length;
+    $("devices-summary").textContent =
+      `${page.devices.length} devices at v${version}; ${behind} behind by more than one`;
+    $("device-list").replaceChildren(
+      ...page.devices.map((d) =>
+        row(
+          [d.device, d.kind, `v${d.seen_version}`, new Date(d.seen_at).toLocaleTimeString(), String(d.behind)],
+          [null, null, null, null, d.behind > 1 ? "behind" : null],
+        ),
+      ),
+    );
+  }
+
+  function renderCommands() {
+    const pending = page.commands.filter((c) => c.outcome === "pending").length;
+    $("commands-summary").textContent = `${page.commands.length} shown; ${pending} pending`;
+    $("command-list").replaceChildren(
+      ...page.commands.map((c) =>
+        row(
+          [
+            new Date(c.issued_at).toLocaleTimeString(),
+            c.kind.replace(/_/g, " "),
+            JSON.stringify(c.params),
+            `v${c.version}`,
+            new Date(c.expires_at).toLocaleTimeString(),
+            c.outcome,
+            c.device || "–",
+          ],
+          [null, "command-kind", "changes", null, null, `outcome outcome-${c.outcome}`, null],
+        ),
+      ),
+    );
+  }
+
   // -- chart -----------------------------------------------------------------------------
 
   function drawChart() {
@@ -378,6 +475,7 @@
     $("who").textContent = `user ${page.claims.sub} (${page.claims.dev} token)`;
     timeline().start(page.claims.sub, page.token);
     connect();
+    setInterval(refreshHops, REFRESH_MS);
   }
 
   start();

@@ -17,6 +17,8 @@ from typing import Any
 from brain.avatar.prompt import Species
 from brain.model import CoachStyle, CoachTone
 from brain.scenarios import KINDS
+from server.http.devices_routes import DEVICE_PATTERN
+from server.http.devices_routes import openapi_paths as devices_paths
 from server.http.legacy import STRESS_LEVELS
 from server.http.openapi_blocks import (
     PROBLEM_TYPE,
@@ -58,6 +60,7 @@ def _v1_paths() -> dict[str, Any]:
         },
         {"name": "since", "in": "query", "schema": {"type": "integer", "minimum": 0}},
         {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
+        {"name": "device", "in": "query", "schema": {"type": "string", "pattern": DEVICE_PATTERN}},
     ]
     profile = {
         "style": choice(CoachStyle),
@@ -96,7 +99,7 @@ def _v1_paths() -> dict[str, Any]:
                         "200": json_response("The state", ref("State")),
                         "304": {"description": "Not modified (If-None-Match)"},
                     },
-                    extra={"400": problem_response("Bad wait or since")},
+                    extra={"400": problem_response("Bad wait, since or device")},
                 ),
                 "parameters": state_params,
             },
@@ -359,6 +362,7 @@ def openapi_document() -> dict[str, Any]:
             **_v1_paths(),
             **history_paths(),
             **tier_paths(),
+            **devices_paths(),
             **_legacy_paths(),
             **_operational_paths(),
         },

@@ -19,6 +19,7 @@ from server.etag import none_match
 from server.history import HistoryReader
 from server.http.access import authorize, read_json, services_of
 from server.http.access import json as json  # re-exported: app.py answers with it
+from server.http.devices_routes import exported, note_rest_seen, rest_device
 from server.problems import HTTPProblem
 from server.protocol import FrameLimits
 from server.push.endpoint import SERVICE_MAX_AGE_MS
@@ -100,16 +101,19 @@ async def get_state(request: Request) -> Response:
     """``GET /v1/users/{id}/state``: ETag is the state hash; ``If-None-Match`` → 304;
     ``?wait=S`` holds the request until the state changes or S seconds (≤ 60) pass."""
     user_id = request.path_params["user_id"]
-    authorize(request, user_id)
+    principal = authorize(request, user_id)
     wait = _wait_seconds(request)
     since = _since(request)
+    rest_device(request, principal)  # a malformed ?device= is a 400 before any wait
     services = services_of(request)
     if_none_match = request.headers.get("if-none-match")
     if wait <= 0:
         state = await services.state.current(user_id)
+        note_rest_seen(request, principal, state, if_none_match)
     else:
         async with services.hub.watch(user_id) as watch:
             state = await services.state.current(user_id)
+            note_rest_seen(request, principal, state, if_none_match)
             # Hold while the client already has this state: by version (?since=) or by hash.
             if since is not None:
                 unchanged = state.version <= since
@@ -155,6 +159,7 @@ async def export_user(request: Request) -> Response:
     data = await services.store.export_user(user_id, now_ms=services.now_ms())
     history = await HistoryReader(services.store, services.clock).everything(user_id)
     data["history"] = [event_to_dict(event) for event in history]
+    data.update(await exported(services, user_id))
     return json(data, headers={"Content-Disposition": f'attachment; filename="{user_id}.json"'})
 
 

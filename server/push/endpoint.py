@@ -38,6 +38,7 @@ from websockets.server import ServerProtocol
 from server.auth import Principal, bearer, origin_allowed, verify
 from server.errors import Forbidden, FramesNotDurable, StoreError
 from server.protocol import Delta, Disconnect, Disconnects, FrameBatch, text_frame
+from server.push import acks
 from server.push.admission import drain_window
 from server.push.outbox import Outbox
 from server.push.session import (
@@ -48,9 +49,11 @@ from server.push.session import (
     Action,
     Close,
     Join,
+    RecordSeen,
     Reply,
     Session,
     SessionLimits,
+    SettleCommand,
     Store,
 )
 from server.services import Services
@@ -437,6 +440,9 @@ class Connection(asyncio.Protocol):
                     await self._store(action.batch)
                 elif isinstance(action, Join):
                     await self._join(action)
+                elif isinstance(action, RecordSeen | SettleCommand):
+                    if text := await acks.carry_out(self.services, self.session, action):
+                        self._send(text)
                 else:
                     self._act(action)
         except Exception:
@@ -475,6 +481,8 @@ class Connection(asyncio.Protocol):
             self._close(Disconnects.SLOW_CONSUMER)
             return
         self._ensure_writer()
+        if (commands := await acks.pending_commands(self.services, state)) is not None:
+            self._send(commands)  # at least once: every hello gets what is still pending
 
     # -- bytes out ---------------------------------------------------------------------
 
@@ -514,7 +522,8 @@ class Connection(asyncio.Protocol):
             return
         if delta is not None and not self.session.wants(delta):
             return
-        if delta is not None:
+        if delta is not None:  # the newest version this user's devices may show now
+            self.services.devices.heard(delta.user_id, delta.version)
             now = self.services.clock()
             until = self.session.pacer.hold_until(delta, now)
             if until is not None or self._held is not None:
@@ -526,6 +535,7 @@ class Connection(asyncio.Protocol):
     def _push(self, text: str, delta: Delta | None, frame: bytes) -> None:
         """Write ``frame`` now, or queue ``text`` in the outbox (see :meth:`offer`)."""
         if self._writer is None and self._write(frame):
+            self._send_commands(delta)
             return
         metrics = self.services.metrics
         if delta is not None:
@@ -541,6 +551,12 @@ class Connection(asyncio.Protocol):
             self._close(Disconnects.SLOW_CONSUMER)
             return
         self._ensure_writer()
+        self._send_commands(delta)
+
+    def _send_commands(self, delta: Delta | None) -> None:
+        """Right after a delta that issued commands, the ``commands`` message of them."""
+        if delta is not None and (text := self.services.commands.commands_after(delta)):
+            self._send(text)
 
     # -- battery saver: held deltas ------------------------------------------------------
 

@@ -66,7 +66,23 @@ class Join:
     since: int | None
 
 
-Action = Reply | Close | Store | Join
+@dataclass(frozen=True, slots=True)
+class RecordSeen:
+    """Note that a device of the connection's user has shown ``seen.version``
+    (:meth:`Session.seen_kind` says which kind), then send nothing."""
+
+    seen: wire.Seen
+
+
+@dataclass(frozen=True, slots=True)
+class SettleCommand:
+    """Record a device's answer to a command of the connection's user, then send
+    :meth:`Session.command_ack` (or :meth:`Session.unknown_command`)."""
+
+    result: wire.CommandResult
+
+
+Action = Reply | Close | Store | Join | RecordSeen | SettleCommand
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +184,13 @@ class Session:
         if isinstance(message, wire.SetPolicy):
             self.pacer.policy = message.policy
             return Reply(message.policy.encode())
+        if isinstance(message, wire.Seen):
+            if self.seen_kind(message) is None:
+                error = wire.encode_error("bad_message", "'kind' is required on this connection")
+                return Reply(error)
+            return RecordSeen(message)
+        if isinstance(message, wire.CommandResult):
+            return SettleCommand(message)
         if isinstance(message, wire.Subscribe):
             user_id = message.user_id or self.principal.user_id
             if not self.principal.may_access(user_id):
@@ -214,6 +237,22 @@ class Session:
         """The answer to a join whose state cannot be read now (store outage): the client
         keeps the socket and sends ``hello`` again later."""
         return wire.encode_error("unavailable", "state not available now; send hello again")
+
+    def seen_kind(self, seen: wire.Seen) -> str | None:
+        """The kind of device a ``seen`` is about: the one it names, else the connection's
+        own if that is a phone or watch (``None``: a debug page or service must name one)."""
+        if seen.kind is not None:
+            return seen.kind
+        own = self.principal.device.value
+        return own if own in wire.SEEN_KINDS else None
+
+    def command_ack(self, command_id: str, outcome: str) -> str:
+        """The answer to a ``command_result``: the outcome the server holds."""
+        return wire.encode_command_ack(command_id, outcome)
+
+    def unknown_command(self, command_id: str) -> str:
+        """The answer to a ``command_result`` for an id the user has no command of."""
+        return wire.encode_error("bad_message", f"no command {command_id}")
 
     def wants(self, delta: Delta) -> bool:
         """Whether to send ``delta`` (not if the client has that version already, from a

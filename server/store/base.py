@@ -208,6 +208,51 @@ class Tombstone:
     epoch: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceSeen:
+    """The newest version of a user's state that one device has shown, and when it said so.
+
+    ``device`` is the device's own name (1-64 of ``A-Za-z0-9._:-``); ``kind`` is ``phone``,
+    ``watch``, ``debug`` or ``service``; ``seen_at`` is epoch ms.
+    """
+
+    user_id: str
+    device: str
+    kind: str
+    version: int
+    seen_at: int
+
+
+PENDING = "pending"
+"""The outcome of a command nobody has answered yet (and that has not expired)."""
+EXPIRED = "expired"
+"""The outcome of a command nobody answered before its expiry (or answered too late)."""
+OUTCOMES = frozenset({"done", "dismissed", EXPIRED})
+"""The outcomes a command ends with; once one is recorded it never changes."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRecord:
+    """One action of an assessment as a command to a device, and its outcome.
+
+    ``command_id`` is deterministic per (user, version, action) (:mod:`server.hops.commands`),
+    so a retried write or a resent result lands on the same record. ``issued_at`` and
+    ``expires_at`` are epoch ms; ``outcome`` is :data:`PENDING` or one of :data:`OUTCOMES`;
+    ``device`` names who answered (``None``: the server expired it).
+    """
+
+    user_id: str
+    command_id: str
+    kind: str
+    params: Mapping[str, Any]
+    version: int
+    issued_at: int
+    expires_at: int
+    outcome: str = PENDING
+    outcome_at: int | None = None
+    device: str | None = None
+
+
 class Store(Protocol):
     """Durable storage of frames, user state, the avatar cache, LLM usage and the decision
     history."""
@@ -315,6 +360,27 @@ class Store(Protocol):
 
     async def get_usage(self, user_id: str, day: str) -> Usage:
         """A user's LLM use on ``day`` (zeros when there is none)."""
+
+    async def put_seen(self, seen: DeviceSeen) -> None:
+        """Record what a device has shown, replacing its earlier record."""
+
+    async def devices_seen(self, user_id: str) -> list[DeviceSeen]:
+        """The user's devices with what each has shown, by device name."""
+
+    async def put_commands(self, commands: Sequence[CommandRecord]) -> None:
+        """Record new commands; a command whose id is recorded already is left as it is
+        (so a retried write never resets an outcome)."""
+
+    async def settle_command(
+        self, user_id: str, command_id: str, outcome: str, *, device: str | None, at: int
+    ) -> CommandRecord | None:
+        """Record ``outcome`` of a pending command at ``at`` (epoch ms), atomically and once:
+        a command settled already keeps its first outcome, and an answer after the command's
+        ``expires_at`` records ``expired`` whatever it said. The command as it is now, or
+        ``None`` when there is no such command."""
+
+    async def commands_of(self, user_id: str, limit: int = 100) -> list[CommandRecord]:
+        """The user's newest ``limit`` commands, newest first."""
 
     async def export_user(self, user_id: str, *, now_ms: int) -> dict[str, Any]:
         """Everything stored about a user, as JSON-ready data (``state``, ``frames``, ``usage``)."""

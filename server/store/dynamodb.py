@@ -42,6 +42,7 @@ from server.store.base import (
     UserState,
 )
 from server.store.dynamodb_frames import DynamoDBFrames
+from server.store.dynamodb_hops import DynamoDBHops
 from server.store.dynamodb_requests import BatchTable, call, items_of_pages, write_batch
 from server.store.dynamodb_sagas import DynamoDBSagas
 
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
     from types_aiobotocore_dynamodb.type_defs import WriteRequestTypeDef
 
 
-class DynamoDBStore(DynamoDBSagas):
+class DynamoDBStore(DynamoDBSagas, DynamoDBHops):
     """The :class:`~server.store.base.Store` in the DynamoDB tables of ``table_prefix``.
 
     ``endpoint_url`` points at DynamoDB Local in tests; ``max_pool_connections`` bounds the
@@ -94,6 +95,8 @@ class DynamoDBStore(DynamoDBSagas):
         )
         self._history_table = schema.HISTORY.name(table_prefix)
         self._history_retention_days = history_retention_days
+        self._seen = BatchTable(schema.DEVICE_SEEN.name(table_prefix), "user_id", "device")
+        self._commands = BatchTable(schema.COMMANDS.name(table_prefix), "user_id", "command_id")
 
     async def open(self) -> None:
         """Open the client (tables are not created: see :meth:`create_tables`). Idempotent."""
@@ -408,7 +411,7 @@ class DynamoDBStore(DynamoDBSagas):
         frame_keys = [key for key, _ in keyed]
         await self._delete_items(self._frame_table, user_id, frame_keys)
         deleted += sum(count for _, count in keyed)
-        for table in (self._usage, self._letters):
+        for table in (self._usage, self._letters, self._seen, self._commands):
             assert table.sort_key is not None  # these tables have one; mypy needs to know
             found_keys = self._query(
                 TableName=table.name,

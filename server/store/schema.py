@@ -78,6 +78,17 @@ HISTORY = TableSpec(
     sort_key=KeyAttribute("sk"),  # the version, 12 digits zero-padded: sorts by version
     ttl_attribute="expires_at",
 )
+DEVICE_SEEN = TableSpec(
+    suffix="device_seen",
+    partition_key=KeyAttribute("user_id"),
+    sort_key=KeyAttribute("device"),  # the device's own name: one small item per device
+)
+COMMANDS = TableSpec(
+    suffix="commands",
+    partition_key=KeyAttribute("user_id"),
+    sort_key=KeyAttribute("command_id"),  # deterministic per (user, version, action)
+    ttl_attribute="purge_at",
+)
 
 TABLES: tuple[TableSpec, ...] = (
     FRAMES,
@@ -87,6 +98,8 @@ TABLES: tuple[TableSpec, ...] = (
     AVATAR_SAGAS,
     AVATAR_DEAD_LETTERS,
     HISTORY,
+    DEVICE_SEEN,
+    COMMANDS,
 )
 """Every table the store uses."""
 

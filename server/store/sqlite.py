@@ -55,6 +55,7 @@ from server.store.base import (
     UserState,
 )
 from server.store.open_buckets import OpenBuckets
+from server.store.sqlite_hops import HOPS_SCHEMA, HOPS_TABLES, SQLiteHops
 from server.store.sqlite_sagas import SAGA_SCHEMA, SQLiteSagas
 
 _SCHEMA = """
@@ -167,7 +168,7 @@ class _StateWrite:
     done: asyncio.Future[None]
 
 
-class SQLiteStore(SQLiteSagas):
+class SQLiteStore(SQLiteSagas, SQLiteHops):
     """The :class:`~server.store.base.Store` in a SQLite file at ``path``.
 
     Frames are kept ``frame_retention_days`` after their ``ts``. Every method but
@@ -213,6 +214,7 @@ class SQLiteStore(SQLiteSagas):
                 await writer.executescript(SAGA_SCHEMA)
                 await frames.migrate_frame_rows(writer, self._retention_days)
                 await writer.executescript(_HISTORY_SCHEMA)
+                await writer.executescript(HOPS_SCHEMA)
                 await _add_missing_columns(writer)
                 await _add_usage_cache_columns(writer)
                 reader = await aiosqlite.connect(self._path, isolation_level=None)
@@ -506,7 +508,7 @@ class SQLiteStore(SQLiteSagas):
                 "DELETE FROM frame_buckets WHERE user_id = ? RETURNING count", (user_id,)
             )
             deleted += sum(int(row[0]) for row in await cursor.fetchall())
-            for table in ("usage", "avatar_sagas", "avatar_dead_letters"):
+            for table in ("usage", "avatar_sagas", "avatar_dead_letters", *HOPS_TABLES):
                 cursor = await writer.execute(f"DELETE FROM {table} WHERE user_id = ?", (user_id,))
                 deleted += cursor.rowcount
             found = list(

@@ -3,6 +3,8 @@ weak or strong, or ``*`` gives 304; a tag that merely contains the ETag does not
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 
@@ -44,6 +46,13 @@ async def conditional_answers(
 async def test_state_debug_files_and_media_share_one_matcher(settings: Settings) -> None:
     async with start_server(settings, stages=[avatar_stage]) as live, live.http() as client:
         await commit(client, "alice", mood="happy")
+        async with asyncio.timeout(10):  # the image's and clip's commits would move the ETag
+            while True:
+                state = (await client.get("/v1/users/alice/state", headers=auth("alice"))).json()
+                settled = ("ready", "failed")
+                if state["avatar_status"] in settled and state["video_status"] in settled:
+                    break
+                await asyncio.sleep(0.02)  # polling a condition under a deadline
         media = live.services.parts[MEDIA]
         await media.put("avatars/test.png", b"\x89PNG fake", "image/png")
         paths = {

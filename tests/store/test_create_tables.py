@@ -62,7 +62,9 @@ async def test_tables_have_the_specified_keys_and_on_demand_billing(
         assert table.get("BillingModeSummary", {}).get("BillingMode") == "PAY_PER_REQUEST"
 
 
-async def test_ttl_is_enabled_on_frames_and_history_only(bare_store: DynamoDBStore) -> None:
+async def test_ttl_is_enabled_on_frames_history_and_commands_only(
+    bare_store: DynamoDBStore,
+) -> None:
     await bare_store.create_tables()
     await bare_store.create_tables()  # enabling twice would be an error if not skipped
 
@@ -74,5 +76,8 @@ async def test_ttl_is_enabled_on_frames_and_history_only(bare_store: DynamoDBSto
         if spec in (schema.FRAMES, schema.HISTORY):
             assert ttl["TimeToLiveStatus"] == "ENABLED"
             assert ttl["AttributeName"] == "expires_at"
+        elif spec is schema.COMMANDS:
+            assert ttl["TimeToLiveStatus"] == "ENABLED"
+            assert ttl["AttributeName"] == "purge_at"
         else:
             assert ttl["TimeToLiveStatus"] == "DISABLED"

@@ -1,0 +1,1 @@
+"""Acks across hops: what each device has shown, and the actions of assessments as commands."""

@@ -1,0 +1,114 @@
+"""The last-seen and command tables: the same contract on SQLite and DynamoDB Local."""
+
+from __future__ import annotations
+
+import pathlib
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from brain.backoff import Backoff, instant
+from server.hops.commands import issue
+from server.store import schema
+from server.store.base import DeviceSeen, Store
+from server.store.dynamodb import DynamoDBStore
+from server.store.sqlite import SQLiteStore
+
+T0 = 1_750_000_000_000
+
+
+@pytest.fixture(params=["sqlite", pytest.param("dynamodb", marks=pytest.mark.dynamodb)])
+async def store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        sqlite = SQLiteStore(tmp_path / "store.sqlite3")
+        await sqlite.open()
+        try:
+            yield sqlite
+        finally:
+            await sqlite.close()
+        return
+    endpoint: str = request.getfixturevalue("dynamodb_local")
+    prefix = f"s{uuid.uuid4().hex[:12]}-"
+    dynamodb = DynamoDBStore(
+        table_prefix=prefix, region="us-east-1", endpoint_url=endpoint, retry=instant(Backoff())
+    )
+    await dynamodb.open()
+    try:
+        await dynamodb.create_tables()
+        yield dynamodb
+    finally:
+        await schema.delete_tables(dynamodb.client, prefix)
+        await dynamodb.close()
+
+
+async def test_a_device_has_one_record_the_newest(store: Store) -> None:
+    await store.put_seen(DeviceSeen("alice", "watch-1", "watch", 3, T0))
+    await store.put_seen(DeviceSeen("alice", "watch-1", "watch", 5, T0 + 10))
+    await store.put_seen(DeviceSeen("alice", "phone", "phone", 6, T0 + 20))
+    await store.put_seen(DeviceSeen("bob", "phone", "phone", 1, T0))
+    assert await store.devices_seen("alice") == [
+        DeviceSeen("alice", "phone", "phone", 6, T0 + 20),
+        DeviceSeen("alice", "watch-1", "watch", 5, T0 + 10),
+    ]
+    assert await store.devices_seen("nobody") == []
+
+
+async def test_recording_a_command_again_never_resets_its_outcome(store: Store) -> None:
+    commands = issue("alice", 2, ["rest", "hydrate"], T0)
+    await store.put_commands(commands)
+    rest = commands[0]
+    settled = await store.settle_command("alice", rest.command_id, "done", device="w", at=T0 + 5)
+    assert settled is not None and settled.outcome == "done"
+    await store.put_commands(commands)  # a retried commit listener
+    listed = {c.command_id: c for c in await store.commands_of("alice")}
+    assert listed[rest.command_id].outcome == "done"
+    assert listed[rest.command_id].device == "w"
+    assert listed[commands[1].command_id].outcome == "pending"
+    assert listed[commands[1].command_id].params == {"ml": 250}
+
+
+async def test_a_command_is_settled_once_the_first_answer_counts(store: Store) -> None:
+    (command,) = issue("alice", 2, ["rest"], T0)
+    await store.put_commands([command])
+    first = await store.settle_command(
+        "alice", command.command_id, "dismissed", device="w", at=T0 + 1
+    )
+    second = await store.settle_command("alice", command.command_id, "done", device="p", at=T0 + 2)
+    assert first is not None and second is not None
+    assert (second.outcome, second.outcome_at, second.device) == ("dismissed", T0 + 1, "w")
+
+
+async def test_an_answer_after_the_expiry_records_expired(store: Store) -> None:
+    (command,) = issue("alice", 2, ["rest"], T0)
+    await store.put_commands([command])
+    late = command.expires_at + 1
+    settled = await store.settle_command("alice", command.command_id, "done", device="w", at=late)
+    assert settled is not None and settled.outcome == "expired"
+
+
+async def test_settling_an_unknown_command_finds_nothing(store: Store) -> None:
+    (command,) = issue("alice", 2, ["rest"], T0)
+    assert (
+        await store.settle_command("alice", command.command_id, "done", device=None, at=T0) is None
+    )
+    await store.put_commands([command])
+    assert await store.settle_command("bob", command.command_id, "done", device=None, at=T0) is None
+
+
+async def test_commands_are_listed_newest_first_up_to_the_limit(store: Store) -> None:
+    for version in range(1, 6):
+        await store.put_commands(issue("alice", version, ["move"], T0 + version))
+    listed = await store.commands_of("alice", limit=3)
+    assert [c.version for c in listed] == [5, 4, 3]
+
+
+async def test_erasing_a_user_erases_devices_and_commands(store: Store) -> None:
+    await store.put_seen(DeviceSeen("alice", "watch-1", "watch", 3, T0))
+    await store.put_commands(issue("alice", 2, ["rest", "move"], T0))
+    await store.put_seen(DeviceSeen("bob", "watch-1", "watch", 3, T0))
+    deleted = await store.delete_user("alice")
+    assert deleted >= 3
+    assert await store.devices_seen("alice") == []
+    assert await store.commands_of("alice") == []
+    assert len(await store.devices_seen("bob")) == 1
