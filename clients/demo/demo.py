@@ -60,7 +60,16 @@ def add_parser(subparsers: Any) -> None:
         return parser
 
     p = command("scenario", "inject a scenario's frames for the user, ending now")
-    p.add_argument("kind", choices=KINDS, help="the situation the frames show")
+    p.add_argument(
+        "kind", nargs="?", type=str.lower, choices=KINDS, help="the situation the frames show"
+    )
+    p.add_argument(
+        "--scenario",
+        dest="scenario_kind",
+        type=str.lower,
+        choices=KINDS,
+        help="the same, as the seeds' demo spells it (--scenario stress)",
+    )
     p.add_argument(
         "--minutes", type=float, default=10.0, help="minutes of frames, one per 30 s (default 10)"
     )
@@ -73,8 +82,12 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--days", type=int, default=14, help="days of history, ending now (default 14)")
     p = command("profile", "set the coach persona and base avatar")
-    p.add_argument("--style", choices=STYLES, help="how the coach advises")
-    p.add_argument("--tone", choices=TONES, help="how the coach states the figures")
+    p.add_argument(
+        "--style", type=str.lower, choices=STYLES, help="how the coach advises (any case)"
+    )
+    p.add_argument(
+        "--tone", type=str.lower, choices=TONES, help="how the coach states the figures (any case)"
+    )
     p.add_argument("--base-avatar", help="letters or digits, e.g. fox")
     p = command("environment", "upload frames with an environment (altitude, weather, speed)")
     p.add_argument(
@@ -115,7 +128,10 @@ async def _dispatch(args: argparse.Namespace) -> dict[str, Any]:
     target = await _target(args)
     name = args.demo_command
     if name == "scenario":
-        return await scenario(target, args.kind, args.minutes)
+        kind = args.kind or args.scenario_kind
+        if kind is None:
+            raise ValueError("name the scenario: companion demo scenario stress (or --scenario)")
+        return await scenario(target, kind, args.minutes)
     if name == "seed-history":
         return await seed_history(target, args.profile, args.days)
     if name == "profile":

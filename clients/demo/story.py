@@ -284,9 +284,10 @@ class Story:
                     self._saw("feed", int(message["version"]), state)
 
     async def _first_sight(self, observer: asyncio.Task[None]) -> None:
-        """Wait until the simulated watch and the feed show a first state (all connected)."""
+        """Wait until every device (the simulated watch, the REST watch and the feed) shows a
+        first state: all connected, so a chapter never races a device still starting."""
         async with asyncio.timeout(START_TIMEOUT_S):
-            while not (self.seen["watch-sim"] and self.seen["feed"]):
+            while not all(self.seen[device] for device in DEVICES):
                 if observer.done():
                     observer.result()  # raises why the observer stopped
                     raise RuntimeError("the WebSocket feed closed before the story began")

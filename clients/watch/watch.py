@@ -281,6 +281,18 @@ def _print_change(state: dict[str, Any], latency_ms: float) -> None:
     )
 
 
+async def _print_first(watch: RestWatch) -> None:
+    """Print the state the watch shows first, once it knows it (no latency: not a change)."""
+    await watch.synced.wait()
+    state = watch.state
+    if state is not None:
+        print(
+            f"state v{state['version']} {state['state']}/{state['mood']} "
+            f"energy={state['energy']} hash={state['state_hash']} (first)",
+            flush=True,
+        )
+
+
 def main(args: argparse.Namespace) -> int:
     """Run the watch from parsed arguments; return the exit code."""
     try:
@@ -305,6 +317,8 @@ def main(args: argparse.Namespace) -> int:
                 on_change=_print_change,
             )
             task = asyncio.ensure_future(watch.run(args.duration))
+            first = asyncio.ensure_future(_print_first(watch))
+            task.add_done_callback(lambda _: first.cancel())
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, task.cancel)

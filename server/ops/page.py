@@ -33,6 +33,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from server.auth import LEEWAY_S, bearer, origin_allowed, own_origins, verify
 from server.errors import AuthError, Forbidden
+from server.etag import none_match
 from server.ops.stage import OPS, OpsNode
 from server.problems import problem
 from server.services import Services
@@ -78,7 +79,7 @@ def _file(request: Request, name: str) -> Response:
     }
     if suffix == ".html":
         headers["Content-Security-Policy"] = _POLICY
-    if etag in (request.headers.get("if-none-match") or ""):
+    if none_match(request.headers.get("if-none-match"), etag):
         return Response(status_code=304, headers=headers)
     return Response(body, headers=headers, media_type=content_type)
 

@@ -242,3 +242,21 @@ async def test_stress_scenario_makes_the_brain_decide_stressed(settings: Setting
                 headers={"Authorization": f"Bearer {token('alice', 'watch')}"},
             )
         assert answer.json()["state"] == "stressed"
+
+
+async def test_cli_takes_the_seeds_demo_forms(
+    live_server: LiveServer, spawn: Callable[..., Any]
+) -> None:
+    """``--scenario stress`` and ``--style STRICT`` (the seeds' spellings) work unchanged."""
+    scenario = await spawn(
+        "demo", "demo", "scenario", "--scenario", "Stress", "--server", live_server.url,
+        "--user", "fay", "--minutes", "2", "--json",
+    )  # fmt: skip
+    assert await scenario.wait() == 0, scenario.output()
+    assert json.loads(scenario.lines[-1])["accepted"] > 0
+    profile = await spawn(
+        "demo", "demo", "profile", "--server", live_server.url, "--user", "fay",
+        "--style", "STRICT", "--tone", "Direct", "--json",
+    )  # fmt: skip
+    assert await profile.wait() == 0, profile.output()
+    assert json.loads(profile.lines[-1])["profile"]["style"] == "strict"
