@@ -173,6 +173,7 @@
     set("ack-p90", ms(ackMs.p90));
     set("analyses-rate", num(rates.analyses_per_s, 2));
     set("analysis-queue", num(gauges.analysis_queue));
+    set("devices-behind", num(gauges.devices_behind));
     set("analysis-running", num(gauges.analysis_running));
     set("llm-spend", usd(totals.llm_cost_usd || 0));
     set("llm-rate", usd(view.llm_usd_per_h || 0));

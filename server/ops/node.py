@@ -49,6 +49,7 @@ GAUGES: dict[str, str] = {
     "analysis_running": "companion_analysis_running",
     "avatar_waiting": "companion_avatar_waiting",
     "longpolls": "companion_longpolls_waiting",
+    "devices_behind": "companion_devices_behind",
 }
 HISTOGRAMS: dict[str, str] = {
     "push": "companion_push_latency_seconds",

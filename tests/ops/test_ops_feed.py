@@ -85,6 +85,15 @@ async def test_the_feed_shows_this_node_and_numbers_that_agree_with_metrics(
         assert view["totals"]["deltas_pushed"] == metrics("companion_deltas_pushed_total")
         assert view["push_ms"]["count"] >= 1 and view["push_ms"]["p99"] is not None
         assert view["rates"]["deltas_per_s"] > 0
+        async with live_server.http() as http:
+            text = (await http.get("/metrics")).text
+        behind = sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == "companion_devices_behind"
+        )
+        assert view["gauges"]["devices_behind"] == behind  # every kind, as the page shows it
     await phone.close()
     await watch.close()
 
