@@ -57,9 +57,10 @@ class Device:
         return device
 
     async def until(self, version: int, within: float = 10) -> None:
-        """Read and apply messages until the device shows ``version``."""
+        """Read and apply messages until the device shows ``version`` or a later one (the
+        clip's commit may follow the image's)."""
         async with asyncio.timeout(within):
-            while self.state.version != version:
+            while self.state.version < version:
                 await self.step(within)
 
     async def step(self, within: float = 5) -> dict[str, Any]:
