@@ -215,8 +215,8 @@ class SQLiteStore(SQLiteSagas, SQLiteHops):
                 await frames.migrate_frame_rows(writer, self._retention_days)
                 await writer.executescript(_HISTORY_SCHEMA)
                 await writer.executescript(HOPS_SCHEMA)
-                await _add_missing_columns(writer)
-                await _add_usage_cache_columns(writer)
+                await _add_missing_columns(writer, "user_state", _ADDED_STATE_COLUMNS)
+                await _add_missing_columns(writer, "usage", _ADDED_USAGE_COLUMNS)
                 reader = await aiosqlite.connect(self._path, isolation_level=None)
                 opened.push_async_callback(reader.close)
                 await reader.execute("PRAGMA busy_timeout=5000")
@@ -623,18 +623,6 @@ def _usage_of(row: sqlite3.Row) -> Usage:
     )
 
 
-async def _add_usage_cache_columns(writer: aiosqlite.Connection) -> None:
-    """Add the prompt-cache and service-cost columns to a ``usage`` table made by an older
-    version."""
-    columns = {row[1] for row in await writer.execute_fetchall("PRAGMA table_info(usage)")}
-    for name in ("cache_write_tokens", "cache_read_tokens"):
-        if name not in columns:
-            await writer.execute(f"ALTER TABLE usage ADD COLUMN {name} INTEGER NOT NULL DEFAULT 0")
-    for name in SERVICE_COSTS:  # the service costs, added after the prompt-cache columns
-        if name not in columns:
-            await writer.execute(f"ALTER TABLE usage ADD COLUMN {name} REAL NOT NULL DEFAULT 0")
-
-
 def _state_to_row(state: UserState, *, erased: bool = False) -> tuple[Any, ...]:
     data = codec.state_to_dict(state)
     data["actions"] = orjson.dumps(data["actions"]).decode()
@@ -652,14 +640,26 @@ def _state_from_row(row: sqlite3.Row) -> UserState:
     return codec.state_from_dict(data)
 
 
-async def _add_missing_columns(writer: aiosqlite.Connection) -> None:
-    """Add the :data:`_ADDED_STATE_COLUMNS` an older ``user_state`` table lacks."""
-    rows = await writer.execute_fetchall("PRAGMA table_info(user_state)")
+_ADDED_USAGE_COLUMNS = (
+    ("cache_write_tokens", "INTEGER NOT NULL DEFAULT 0"),
+    ("cache_read_tokens", "INTEGER NOT NULL DEFAULT 0"),
+    # the service costs, added after the prompt-cache columns
+    *((name, "REAL NOT NULL DEFAULT 0") for name in SERVICE_COSTS),
+)
+
+
+async def _add_missing_columns(
+    writer: aiosqlite.Connection, table: str, added: tuple[tuple[str, str], ...]
+) -> None:
+    """Add the ``added`` (name, declaration) columns that ``table``, made by an older
+    version, lacks. Raises :class:`sqlite3.Error` if an ALTER fails for another reason than
+    a second process adding the same column first."""
+    rows = await writer.execute_fetchall(f"PRAGMA table_info({table})")
     present = {str(row[1]) for row in rows}
-    for name, declaration in _ADDED_STATE_COLUMNS:
+    for name, declaration in added:
         if name not in present:
             try:
-                await writer.execute(f"ALTER TABLE user_state ADD COLUMN {name} {declaration}")
+                await writer.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
             except sqlite3.OperationalError as error:
                 # Another process opening the same file added it first.
                 if "duplicate column" not in str(error):

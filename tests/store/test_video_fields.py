@@ -1,5 +1,5 @@
-"""The clip fields of a user's state (``video_url``, ``video_status``) in both stores, and a
-SQLite file made before them."""
+"""The clip fields of a user's state (``video_url``, ``video_status``) in both stores, and
+SQLite files made before them (or before the usage table's cache and service columns)."""
 
 from __future__ import annotations
 
@@ -85,3 +85,41 @@ async def test_opening_a_migrated_file_again_is_harmless(tmp_path: pathlib.Path)
         state = await store.get_state("dan")
         await store.close()
         assert state is not None and state.version == 3
+
+
+_OLD_USAGE = """
+CREATE TABLE usage (
+    user_id TEXT NOT NULL, day TEXT NOT NULL, calls INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL, output_tokens INTEGER NOT NULL, cost_usd REAL NOT NULL,
+    PRIMARY KEY (user_id, day)
+);
+INSERT INTO usage VALUES ('dan', '2026-11-30', 2, 900, 120, 0.0015);
+"""
+
+
+async def test_a_usage_table_from_before_cache_and_service_costs_gains_them(
+    tmp_path: pathlib.Path,
+) -> None:
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as old:
+        old.executescript(_OLD_USAGE)
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        before = await store.get_usage("dan", "2026-11-30")
+        await store.add_service_costs("dan", "2026-11-30", {"images_usd": 0.04})
+        await store.add_usage(
+            "dan",
+            "2026-11-30",
+            calls=1,
+            input_tokens=100,
+            output_tokens=10,
+            cost_usd=0.0001,
+            cache_read_tokens=50,
+        )
+        after = await store.get_usage("dan", "2026-11-30")
+    finally:
+        await store.close()
+
+    assert (before.calls, before.input_tokens, before.cache_read_tokens) == (2, 900, 0)
+    assert (after.calls, after.cache_read_tokens, after.images_usd) == (3, 50, 0.04)
