@@ -33,8 +33,10 @@ from brain.model import AvatarStatus
 from brain.prices import clips_cost, images_cost
 from server.avatar.durable import node_name
 from server.avatar.saga import AvatarSaga, Outcome
+from server.cost import CostMeter
 from server.media.base import MediaStore
 from server.media.local import LocalMediaStore, media_route
+from server.metrics import Metrics
 from server.parts import (
     build_broker,
     build_clip_maker,
@@ -44,7 +46,7 @@ from server.parts import (
 )
 from server.services import PartKey, Services
 from server.settings import Settings
-from server.state import StateService
+from server.state import Clock, StateService
 from server.store.base import DeadLetter, Store
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,58 @@ log = logging.getLogger(__name__)
 MEDIA: Final[PartKey[MediaStore]] = PartKey("media")
 SAGA: Final[PartKey[AvatarSaga]] = PartKey("avatar_saga")
 """Keys of the media store and the saga in ``Services.parts``."""
+
+
+def build_saga(
+    settings: Settings,
+    state: StateService,
+    store: Store,
+    metrics: Metrics,
+    stack: AsyncExitStack,
+    *,
+    owner: str,
+    generator: ImageGenerator | None = None,
+    retry: Backoff | None = None,
+    clip_backoff: Backoff | None = None,
+    clock: Clock = time.time,
+    cost: CostMeter | None = None,
+) -> tuple[AvatarSaga, MediaStore]:
+    """The saga the settings describe and its media store (with the generator and clip
+    maker), each part and then the saga closed by ``stack`` — last in, first out, so running
+    sagas finish or are cancelled before the parts they use are closed. The saga's keeper
+    is not started.
+
+    Raises ValueError when a generator or clip maker the settings name cannot be built
+    (Gemini or Veo without credentials).
+    """
+    the_generator = generator if generator is not None else build_generator(settings)
+    stack.push_async_callback(the_generator.aclose)
+    clips = build_clip_maker(settings)
+    if clips is not None:
+        stack.push_async_callback(clips.aclose)
+    media = build_media(settings)
+    stack.push_async_callback(media.close)
+    saga = AvatarSaga(
+        state,
+        store,
+        media,
+        the_generator,
+        metrics,
+        workers=settings.avatar_workers,
+        retry=retry,
+        clock=clock,
+        clips=clips,
+        clip_backoff=clip_backoff,
+        cache_reads=settings.avatar_cache == "on",
+        owner=owner,
+        lease_s=settings.avatar_lease_s,
+        tiers=settings.tiers,
+        cost=cost,
+        image_usd=images_cost(1) if settings.avatar == "gemini" else 0.0,
+        clip_usd=clips_cost(1) if settings.video == "veo" else 0.0,
+    )
+    stack.push_async_callback(saga.close)
+    return saga, media
 
 
 async def install_avatars(
@@ -62,43 +116,26 @@ async def install_avatars(
     retry: Backoff | None = None,
     clip_backoff: Backoff | None = None,
 ) -> AvatarSaga:
-    """Build the saga for ``services``, register it, and close it with ``stack``.
+    """Build the saga for ``services`` (:func:`build_saga`), register it as a commit
+    listener and erase hook, start its keeper, and close it with ``stack``.
 
-    Raises ValueError when a generator or clip maker the settings name cannot be built
-    (Gemini or Veo without credentials).
+    Raises ValueError when a generator or clip maker the settings name cannot be built.
     """
-    settings = services.settings
-    the_generator = generator if generator is not None else build_generator(settings)
-    stack.push_async_callback(the_generator.aclose)
-    clips = build_clip_maker(settings)
-    if clips is not None:
-        stack.push_async_callback(clips.aclose)
-    media = build_media(settings)
-    stack.push_async_callback(media.close)
-    saga = AvatarSaga(
+    saga, media = build_saga(
+        services.settings,
         services.state,
         services.store,
-        media,
-        the_generator,
         services.metrics,
-        workers=settings.avatar_workers,
+        stack,
+        owner=node_name(services.settings.port),
+        generator=generator,
         retry=retry,
-        clock=services.clock,
-        clips=clips,
         clip_backoff=clip_backoff,
-        cache_reads=settings.avatar_cache == "on",
-        owner=node_name(settings.port),
-        lease_s=settings.avatar_lease_s,
-        tiers=settings.tiers,
+        clock=services.clock,
         cost=services.cost,
-        image_usd=images_cost(1) if settings.avatar == "gemini" else 0.0,
-        clip_usd=clips_cost(1) if settings.video == "veo" else 0.0,
     )
     services.state.listeners.append(saga.on_commit)
     services.erase_hooks.append(saga.allowance.forget)
-    # Last in, first out: the saga stops (running sagas finish or are cancelled) before the
-    # generator, media store and store it uses are closed.
-    stack.push_async_callback(saga.close)
     saga.keep()
     services.parts.add(MEDIA, media)
     services.parts.add(SAGA, saga)
@@ -171,7 +208,6 @@ async def retry_failed_in_process(
     in this process (no server needed). Deltas go out through the configured broker, so
     devices on running nodes see them when the broker is Redis."""
 
-    from server.metrics import Metrics
     from server.push.hub import Hub
 
     metrics = Metrics()
@@ -184,28 +220,15 @@ async def retry_failed_in_process(
         await hub.start()
         stack.push_async_callback(hub.close)
         state = StateService(store, hub, metrics, time.time)
-        generator = build_generator(settings)
-        stack.push_async_callback(generator.aclose)
-        clips = build_clip_maker(settings)
-        if clips is not None:
-            stack.push_async_callback(clips.aclose)
-        media = build_media(settings)
-        stack.push_async_callback(media.close)
-        saga = AvatarSaga(
+        saga, _ = build_saga(
+            settings,
             state,
             store,
-            media,
-            generator,
             metrics,
-            workers=settings.avatar_workers,
-            retry=retry,
-            clips=clips,
-            cache_reads=settings.avatar_cache == "on",
+            stack,
             owner=f"{socket.gethostname()}:cli-{os.getpid()}",
-            lease_s=settings.avatar_lease_s,
-            tiers=settings.tiers,
+            retry=retry,
         )
-        stack.push_async_callback(saga.close)
         return await retry_failed(saga, state, store, interrupted=interrupted)
 
 
