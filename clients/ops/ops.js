@@ -179,6 +179,10 @@
     set("llm-rate", usd(view.llm_usd_per_h || 0));
     set("llm-calls", num(totals.llm_calls));
     set("llm-budget", num(totals.llm_fallbacks_budget));
+    const spend = view.spend_by_tier || {};
+    const perHour = view.usd_per_h_by_tier || {};
+    set("spend-tiers", Object.keys(spend).sort()
+      .map((t) => `${t} ${usd(spend[t])} (${usd(perHour[t] || 0)}/h)`).join(" · ") || "none");
     set("avatars-ok", num(totals.avatar_ok));
     set("avatars-error", num(totals.avatar_error));
     set("avatars-waiting", num(gauges.avatar_waiting));

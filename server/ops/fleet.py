@@ -8,6 +8,8 @@
 * rates per second over the window, per node (from its oldest reading in the window) and
   then summed, so a node that restarts (its counters start again at zero) or goes down
   never makes a rate negative;
+* the estimated spend by tier (every service: LLM, images, clips, storage, pushes), since
+  each node started and in dollars an hour over the window;
 * latency percentiles from the histogram buckets gained over the window (as
   ``histogram_quantile`` over ``rate(…_bucket[10s])``), in milliseconds, ``None`` when
   nothing was observed.
@@ -124,6 +126,7 @@ class FleetWindow:
         push: list[tuple[float, float]] = []
         ack: list[tuple[float, float]] = []
         llm_usd_per_s = 0.0
+        usd_per_s: dict[str, float] = {}
         baselines = self._baselines()
         for record in up:
             before = baselines.get(record.node_id)
@@ -139,6 +142,9 @@ class FleetWindow:
                 "llm_cost_usd", 0.0
             )
             llm_usd_per_s += max(0.0, spent) / node_span
+            for tier, usd in record.spend.items():
+                gain = max(0.0, usd - before.spend.get(tier, 0.0))
+                usd_per_s[tier] = usd_per_s.get(tier, 0.0) + gain / node_span
             push = _add(
                 push, bucket_gain(record.histograms.get("push", []), before.histograms.get("push"))
             )
@@ -159,6 +165,8 @@ class FleetWindow:
             "connections": _sum(up, "connections"),
             "rates": {k: round(v, 3) for k, v in rates.items()},
             "llm_usd_per_h": round(llm_usd_per_s * 3600, 4),
+            "spend_by_tier": _sum(up, "spend"),
+            "usd_per_h_by_tier": {k: round(v * 3600, 4) for k, v in usd_per_s.items()},
             "push_ms": _percentiles(push),
             "ack_ms": _percentiles(ack),
             "totals": counters,

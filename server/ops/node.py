@@ -55,6 +55,8 @@ HISTOGRAMS: dict[str, str] = {
     "push": "companion_push_latency_seconds",
     "ack": "companion_ack_latency_seconds",
 }
+SPEND = "companion_cost_usd_total"
+"""Estimated dollars by tier and service (:mod:`server.cost`); a record keeps it by tier."""
 BROKER_CONNECTED = "companion_broker_connected"
 """The broker's own health gauge, where the broker exports one; else the heartbeat stands in."""
 
@@ -118,6 +120,7 @@ class NodeRecord:
     store: str = "sqlite"
     store_ok: bool = True
     connections: dict[str, float] = field(default_factory=dict)
+    spend: dict[str, float] = field(default_factory=dict)
     counters: dict[str, float] = field(default_factory=dict)
     gauges: dict[str, float] = field(default_factory=dict)
     histograms: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
@@ -136,6 +139,7 @@ class NodeRecord:
             "store": self.store,
             "store_ok": self.store_ok,
             "connections": self.connections,
+            "spend": self.spend,
             "counters": self.counters,
             "gauges": self.gauges,
             # JSON has no infinity: the +Inf bound is written as null.
@@ -166,6 +170,7 @@ class NodeRecord:
                 store=str(data.get("store", "")),
                 store_ok=bool(data.get("store_ok", False)),
                 connections={str(k): float(v) for k, v in data.get("connections", {}).items()},
+                spend={str(k): float(v) for k, v in data.get("spend", {}).items()},
                 counters={str(k): float(v) for k, v in data.get("counters", {}).items()},
                 gauges={str(k): float(v) for k, v in data.get("gauges", {}).items()},
                 histograms={
@@ -182,6 +187,7 @@ def figures(samples: Samples) -> dict[str, Any]:
     """The figures a record carries, taken from a registry's samples."""
     return {
         "connections": by_label(samples, "companion_connections", "device"),
+        "spend": by_label(samples, SPEND, "tier"),
         "counters": {key: total(samples, name, match) for key, (name, match) in COUNTERS.items()},
         "gauges": {key: total(samples, name) for key, name in GAUGES.items()},
         "histograms": {key: buckets(samples, name) for key, name in HISTOGRAMS.items()},

@@ -6,12 +6,16 @@ import logging
 from dataclasses import replace
 
 import pytest
+from prometheus_client import CollectorRegistry
 
+from brain.tiers import DEFAULT_TIERS
+from server.cost import CostMeter
 from server.metrics import Metrics
 from server.ops.errors import ErrorEvent, ErrorRing, source_of
 from server.ops.fleet import FleetWindow, Sample, bucket_gain, quantile
 from server.ops.membership import Member
 from server.ops.node import NodeRecord, broker_connected, figures, read_registry
+from server.tiers import TierBook
 
 INF = float("inf")
 
@@ -79,6 +83,27 @@ def test_a_node_whose_heartbeat_expired_is_down_and_left_out_of_the_totals() -> 
     assert (view["nodes_up"], view["nodes_down"]) == (1, 1)
     assert view["totals"]["frames_accepted"] == 5.0
     assert view["connections"] == {"phone": 2.0}
+
+
+def test_spend_is_by_tier_summed_over_the_nodes_and_per_hour_over_the_window() -> None:
+    registry = CollectorRegistry()
+    meter = CostMeter(registry, TierBook(DEFAULT_TIERS))
+    meter.cost.labels("free", "llm").inc(0.02)
+    meter.cost.labels("free", "images").inc(0.04)
+    meter.cost.labels("premium", "llm").inc(0.5)
+    spend = figures(read_registry(registry))["spend"]
+    assert spend == pytest.approx({"free": 0.06, "premium": 0.5})
+
+    window = FleetWindow()
+    a0 = replace(record("a", 0.0), spend={"free": 0.06, "premium": 0.5})
+    b0 = replace(record("b", 0.0), spend={"free": 1.0})
+    window.add(Sample(0.0, (Member(a0, True), Member(b0, True)), True))
+    a1 = replace(record("a", 36.0), spend={"free": 0.07, "premium": 0.6})
+    b1 = replace(record("b", 36.0), spend={"free": 1.0})
+    window.add(Sample(36.0, (Member(a1, True), Member(b1, True)), True))
+    view = window.view("a")
+    assert view["spend_by_tier"] == pytest.approx({"free": 1.07, "premium": 0.6})
+    assert view["usd_per_h_by_tier"] == pytest.approx({"free": 1.0, "premium": 10.0})
 
 
 def test_percentiles_come_from_the_buckets_gained_in_the_window() -> None:
