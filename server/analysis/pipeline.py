@@ -42,12 +42,14 @@ from brain.analyst.guard import Decision, FallbackReason, GuardedAnalyst
 from brain.features import Baseline, compute_baseline
 from brain.model import Assessment, Frame, State
 from brain.window import DEFAULT_MAX_USERS, Window, Windows
+from server import provenance
 from server.analysis.analysts import build_analyst
 from server.analysis.owners import EraseAnnouncer, Lease, RedisOwners
-from server.analysis.reactor import react
+from server.analysis.reactor import CAUSE, react
 from server.analysis.scheduler import Scheduler, Sleep
 from server.metrics import Metrics
 from server.protocol import DEFAULT_MAX_FUTURE_MS
+from server.provenance import Provenance, summarize_features
 from server.services import PartKey, Services
 from server.state import StateService
 from server.store.base import Store, UserState
@@ -314,14 +316,16 @@ class Pipeline:
         decision = await self._decide(request, force=force)
         committed = None
         if (frames or force) and await self._still_owner(user_id, lease):
-            committed = await react(
-                self.state,
-                user_id,
-                decision.assessment,
-                force=force,
-                valid=lambda: self._erasures[user_id] == erasures,
-                epoch=current.epoch,
-            )
+            # The history's event of this commit records who decided and what it cost.
+            with provenance.attach(provenance_of(request, decision), cause=CAUSE):
+                committed = await react(
+                    self.state,
+                    user_id,
+                    decision.assessment,
+                    force=force,
+                    valid=lambda: self._erasures[user_id] == erasures,
+                    epoch=current.epoch,
+                )
         self.metrics.analyses.labels(decision.assessment.source.value).inc()
         done = Analysed(
             user_id,
@@ -394,6 +398,18 @@ class Pipeline:
         while len(self._baselines) > self._max_users:
             self._baselines.popitem(last=False)
         return baseline
+
+
+def provenance_of(request: AnalysisRequest, decision: Decision) -> Provenance:
+    """How ``decision`` was reached, as the history keeps it: the model that decided
+    (``rules`` or the Claude model id), its calls' cost, the features it saw, and why the
+    rules answered instead (the fallback reason, when they did)."""
+    return Provenance(
+        model=decision.model,
+        cost_usd=decision.cost_usd,
+        features=summarize_features(request.features),
+        fallback=None if decision.fallback is None else decision.fallback.value,
+    )
 
 
 def _state_or_none(value: str) -> State | None:
