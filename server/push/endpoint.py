@@ -125,9 +125,14 @@ def _first(values: list[str] | None) -> str | None:
 
 
 def session_limits(services: Services) -> SessionLimits:
-    """The per-connection limits of the settings."""
+    """The per-connection limits of the settings, raised to the user's tier's rate."""
     settings = services.settings
-    return SessionLimits(settings.rate_per_s, settings.rate_burst, settings.max_frame_age_s * 1000)
+    return SessionLimits(
+        settings.rate_per_s,
+        settings.rate_burst,
+        settings.max_frame_age_s * 1000,
+        tiers=services.state.tier_book,
+    )
 
 
 class Connection(asyncio.Protocol):
