@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from brain.tiers import Tier
 from server import protocol as wire
 from server.auth import DeviceKind, Principal
 from server.protocol import Delta, Disconnect, Disconnects, FrameBatch, FrameLimits, ProtocolError
@@ -181,6 +182,14 @@ class Session:
         if fin:
             self._fragments = 0
         return None
+
+    def rate_tier(self) -> Tier | None:
+        """The tier whose WebSocket rate this connection is held to (``None``: a service
+        token, or a node without tiers): the ``tier`` label of a ``ws_rate`` limit."""
+        tiers = self._limits.tiers
+        if tiers is None or self.principal.device is DeviceKind.SERVICE:
+            return None
+        return tiers.of(self.principal.user_id)
 
     def check_rate(self, now: float) -> None:
         """Limit at the rate of the user's tier as the node knows it now (it learns the

@@ -55,10 +55,16 @@ async def test_a_free_user_is_limited_at_the_free_rate_and_a_premium_one_is_not(
         finally:
             await free.close()
             await premium.close()
-        limited = live.services.metrics.registry.get_sample_value(
-            "companion_closes_total", {"reason": "rate limit"}
-        )
-    assert limited == 1
+        registry = live.services.metrics.registry
+        closed = registry.get_sample_value("companion_closes_total", {"reason": "rate limit"})
+        limited = {
+            tier: registry.get_sample_value(
+                "companion_tier_limits_total", {"tier": tier, "limit": "ws_rate"}
+            )
+            for tier in ("free", "premium")
+        }
+    assert closed == 1
+    assert limited == {"free": 1, "premium": None}
 
 
 async def test_a_node_that_has_not_seen_the_user_learns_the_tier_at_hello(
