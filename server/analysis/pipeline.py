@@ -18,8 +18,10 @@ from the store. An analysis
    which falls back to the rules on timeout, error, open circuit or spent budget — and adds
    the user's health metrics (fatigue, stress, sleep, HRV trend) to its assessment;
 6. hands the assessment to the reactor (:mod:`server.analysis.reactor`), which commits only a
-   change of state, mood or energy band — never from an empty window (unless forced), never
-   after an erase (the epoch), and with owners only while the lease is still this node's.
+   change of state, mood or energy band (or of the days the health metrics come from) —
+   never from an empty window (unless forced), never after an erase (the epoch), and with
+   owners only while the lease is still this node's; the commit's history event records
+   the model that decided and what it cost (:func:`provenance_of`).
 
 **Analysis time.** A user's analysis runs at the time of the newest frame in their window,
 capped at the clock: a live phone's newest frame is seconds old, so that is "now"; a phone
