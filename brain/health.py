@@ -6,7 +6,8 @@ whose every term a user can check (:func:`fatigue_score`). Two steps, both pure:
 
 1. :func:`daily_aggregates` condenses about 14 days of frames (the same frames the baseline
    is made of) into one :class:`DayAggregate` per local calendar day: the day's mean RMSSD,
-   its resting heart rate and the hours slept in the night that ended that morning.
+   its resting heart rate and the hours slept in the night that ended that morning
+   (:func:`settled` leaves out the day still going on, but for its night).
 2. :func:`compute_health` turns those days and, when there is one, the window's
    :class:`~brain.features.Features` into :class:`HealthMetrics`.
 
@@ -25,8 +26,8 @@ Nothing here does I/O or reads a clock; thin data gives ``None`` fields, never a
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from statistics import fmean, median, quantiles
@@ -113,6 +114,77 @@ class HealthMetrics:
             "stress_level": self.stress_level,
         }
 
+    @property
+    def known(self) -> bool:
+        """Whether any metric is known (thin data leaves them all ``None`` or empty)."""
+        return any(
+            value not in (None, ())
+            for value in (
+                self.fatigue_score,
+                self.stress_level,
+                self.stress_score,
+                self.sleep_hours,
+                self.hrv_trend,
+                self.energy_budget,
+            )
+        )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HealthMetrics:
+        """The metrics :meth:`to_dict` made ``data`` from (a key it lacks reads as unknown).
+
+        Raises :class:`ValueError` for a value of the wrong kind or out of range.
+        """
+        level = data.get("stress_level")
+        if level is not None and level not in _STRESS_LEVELS:
+            raise ValueError(f"stress_level must be one of {_STRESS_LEVELS}, got {level!r}")
+        return cls(
+            fatigue_score=_score(data.get("fatigue_score"), "fatigue_score"),
+            stress_level=level,
+            stress_score=_score(data.get("stress_score"), "stress_score"),
+            sleep_hours=_days(data.get("sleep_hours"), "sleep_hours"),
+            hrv_trend=_days(data.get("hrv_trend"), "hrv_trend"),
+            energy_budget=_score(data.get("energy_budget"), "energy_budget"),
+        )
+
+
+def days_moved(before: HealthMetrics | None, after: HealthMetrics) -> bool:
+    """Whether ``after`` tells of other days than ``before``: another fatigue score, sleep
+    or HRV trend (they come from stored days, so they move at most when the days are read
+    again). The window's stress is left out: it moves with every frame, and is kept with
+    the state when something else changes (see docs/health.md)."""
+    if before is None:
+        return after.known
+    return (before.fatigue_score, before.sleep_hours, before.hrv_trend) != (
+        after.fatigue_score,
+        after.sleep_hours,
+        after.hrv_trend,
+    )
+
+
+_STRESS_LEVELS: tuple[StressLevel, ...] = ("low", "moderate", "high")
+
+
+def _score(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+        raise ValueError(f"{name} must be a whole number 0..100, got {value!r}")
+    return value
+
+
+def _days(value: Any, name: str) -> tuple[float, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple) or len(value) > DAYS_SHOWN:
+        raise ValueError(f"{name} must be a list of at most {DAYS_SHOWN} numbers")
+    numbers = []
+    for item in value:
+        if isinstance(item, bool) or not isinstance(item, int | float) or not item >= 0:
+            raise ValueError(f"{name} must hold numbers >= 0, got {item!r}")
+        numbers.append(float(item))
+    return tuple(numbers)
+
 
 _MORNING = range(NIGHT_COUNTS_FROM_HOUR, NIGHT_ENDS_HOUR)
 
@@ -148,6 +220,16 @@ def daily_aggregates(frames: Iterable[Frame], *, tz_offset_min: int = 0) -> list
             )
         )
     return days
+
+
+def settled(
+    days: Sequence[DayAggregate], now_ms: int, *, tz_offset_min: int = 0
+) -> list[DayAggregate]:
+    """``days`` as they stand at ``now_ms``: the current day's HRV and resting heart rate
+    are left out (a day's mean moves until the day ends: its night runs high, its workout
+    low), its night is kept (:func:`daily_aggregates` counts only a night that is over)."""
+    today = _local(now_ms, tz_offset_min).date().isoformat()
+    return [replace(day, hrv=None, resting_hr=None) if day.day >= today else day for day in days]
 
 
 def asleep_minutes(night: Sequence[Frame]) -> float:
@@ -221,11 +303,12 @@ def stress_score(f: Features) -> int | None:
     - HRV (up to 35): the window's RMSSD below the baseline; half of it scores all 35.
     - Breathing (up to 15): above 16 breaths a minute; 24 scores all 15.
 
-    ``None`` when the window has none of these.
+    ``None`` without a baseline to hold the heart rate or the HRV against (a user's first
+    hours): breathing alone does not tell stress.
     """
     over_rest = f.hr_recent_over_rest if f.hr_recent_over_rest is not None else f.hr_over_rest
     steps = f.steps_per_min_recent if f.steps_per_min_recent is not None else f.steps_per_min
-    if over_rest is None and f.hrv_ratio is None and f.resp_rate is None:
+    if over_rest is None and f.hrv_ratio is None:
         return None
     score = 0.0
     if over_rest is not None and (steps or 0) < 20:

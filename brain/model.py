@@ -204,6 +204,22 @@ USER_STATE_FIELDS: Final[tuple[StateField, ...]] = (
     StateField("avatar_status", _choice(AvatarStatus), visible=True),
     StateField("video_url", {"type": ["string", "null"]}, visible=True),
     StateField("video_status", _choice(AvatarStatus), visible=True),
+    StateField(
+        "health",
+        {
+            "type": ["object", "null"],
+            "description": "health metrics (brain.health) as of this version; null: none yet",
+            "properties": {
+                "fatigue_score": {"type": ["integer", "null"], "minimum": 0, "maximum": 100},
+                "stress_level": {"enum": ["low", "moderate", "high", None]},
+                "stress_score": {"type": ["integer", "null"], "minimum": 0, "maximum": 100},
+                "sleep_hours": {"type": "array", "items": {"type": "number"}, "maxItems": 3},
+                "hrv_trend": {"type": "array", "items": {"type": "number"}, "maxItems": 3},
+                "energy_budget": {"type": ["integer", "null"], "minimum": 0, "maximum": 100},
+            },
+        },
+        visible=True,
+    ),
     StateField("updated_at", {"type": "integer", "description": "epoch ms"}, visible=False),
 )
 """THE list of a user's state fields, in wire order. The snapshot (``server.protocol``), the

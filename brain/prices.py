@@ -38,6 +38,10 @@ estimate the storage writes of frames live; bench.cost measures the real figure.
 PUSH_BYTES: Final = 400
 """Bytes one pushed delta or snapshot costs in egress (frame, headers and TLS overhead)."""
 
+PUSH_OVERHEAD_BYTES: Final = 80
+"""Bytes a pushed WebSocket frame costs beyond itself: its TLS record (header, tag) and its
+share of TCP/IP headers. The live meter bills each frame's own bytes plus this."""
+
 CLIP_SECONDS: Final = 4
 """Seconds of one generated avatar clip."""
 
@@ -52,6 +56,13 @@ def frames_cost(frames: int) -> float:
 def pushes_cost(messages: int) -> float:
     """Estimated dollars of the egress of ``messages`` pushed messages."""
     return float(messages * PUSH_BYTES * PRICES["egress_per_gb"] / 1e9)
+
+
+def pushed_bytes_cost(messages: int, frame_bytes: int) -> float:
+    """Estimated dollars of the egress of ``messages`` pushed frames of ``frame_bytes``
+    bytes in all (each with :data:`PUSH_OVERHEAD_BYTES` more on the wire)."""
+    wire_bytes = frame_bytes + messages * PUSH_OVERHEAD_BYTES
+    return float(wire_bytes * PRICES["egress_per_gb"] / 1e9)
 
 
 def images_cost(generations: int) -> float:

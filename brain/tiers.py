@@ -66,6 +66,9 @@ class Tier:
     rest_rate_burst: int = 30
     ws_rate_per_s: float = 20.0
     ws_rate_burst: int = 60
+    """Messages a second (and burst) one WebSocket connection of the tier's users may send,
+    never less than the node's ``COMPANION_RATE_PER_S`` / ``_BURST``, which are the default
+    tier's own (server.push.session.SessionLimits)."""
     day_cost_alert_usd: float = 0.20
     """A user's day costing more than this (all services) is an anomaly."""
 

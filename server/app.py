@@ -123,6 +123,7 @@ def create_app(
             )
             services.erase_hooks.append(devices.forget)
             services.cost = cost = CostMeter(metrics.registry, state.tier_book, clock=clock)
+            cost.pushes = hub.pushed  # billed at each flush
             hooks.append(cost.frames_stored)
             services.erase_hooks += [state.tier_book.forget, cost.forget]
             flusher = asyncio.create_task(cost.keep_flushing(the_store), name="cost-flush")

@@ -3,7 +3,9 @@
 
 Every billed thing passes through :meth:`CostMeter.add` with its user, service and dollars:
 LLM calls (the guard's cost hook, :meth:`CostMeter.llm_hook`), avatar images and clips (the
-saga), frames stored (a frames hook, priced as packed writes) and pushes. Each adds to
+saga), frames stored (a frames hook, priced as packed writes) and pushes (the hub's
+per-user sums of messages and frame bytes, :class:`~server.push.hub.PushCounts`, billed in
+one go at each flush: never a write per push). Each adds to
 
 - ``companion_cost_usd_total{tier, service}``: dollars by tier and service (both fixed
   sets: tiers come from the settings, at most eight; services are :class:`~brain.cost.Service`);
@@ -35,8 +37,9 @@ from brain.analyst.base import AnalysisRequest, utc_day
 from brain.analyst.guard import FallbackReason
 from brain.cost import CostPerUser, Service
 from brain.model import Frame
-from brain.prices import frames_cost
+from brain.prices import frames_cost, pushed_bytes_cost
 from brain.tiers import Limit, Tier, Tiers
+from server.push.hub import PushCounts, Pushed
 from server.tiers import TierBook
 
 log = logging.getLogger(__name__)
@@ -87,6 +90,14 @@ class CostMeter:
             ["tier"],
             registry=registry,
         )
+        self.pushed_bytes = Counter(
+            "companion_pushed_bytes",
+            "WebSocket frame bytes pushed to devices, by the users' tier (billed as pushes).",
+            ["tier"],
+            registry=registry,
+        )
+        self.pushes: PushCounts | None = None
+        """The hub's push counts, billed at each :meth:`flush` (``None``: none to bill)."""
         self.over_limit = Counter(
             "companion_tier_limits",
             "Requests that went over a tier limit and were degraded, by tier and limit.",
@@ -95,6 +106,7 @@ class CostMeter:
         )
         for tier in book.tiers.values():
             self.anomalies.labels(tier.name)
+            self.pushed_bytes.labels(tier.name)
             for service in Service:
                 self.cost.labels(tier.name, service.value)
 
@@ -129,10 +141,21 @@ class CostMeter:
         self._check(updated, the_tier)
         return updated
 
+    def bill_pushes(self, pushed: Mapping[str, Pushed]) -> None:
+        """Bill each user the egress of what was pushed to their devices (and count the
+        bytes by tier): one addition per user, however many pushes."""
+        for user_id, sums in pushed.items():
+            usd = pushed_bytes_cost(sums.messages, sums.bytes)
+            tier = self.add(user_id, Service.PUSHES, usd).tier
+            self.pushed_bytes.labels(tier).inc(sums.bytes)
+
     async def flush(self, ledger: CostLedger) -> int:
-        """Write the service costs added since the last flush to ``ledger``; return the
-        user-days written. A user-day that fails stays pending (bounded to ``max_users``:
-        beyond, the oldest are dropped with a warning)."""
+        """Bill what the hub pushed since the last flush (:attr:`pushes`), then write the
+        service costs added since the last flush to ``ledger``; return the user-days
+        written. A user-day that fails stays pending (bounded to ``max_users``: beyond, the
+        oldest are dropped with a warning)."""
+        if self.pushes is not None:
+            self.bill_pushes(self.pushes.take())
         pending, self._pending = self._pending, {}
         written = 0
         for (user_id, day), costs in pending.items():
@@ -190,6 +213,8 @@ class CostMeter:
     def forget(self, user_id: str) -> None:
         """Drop the user's day and unwritten costs (after an erase)."""
         self._days.pop(user_id, None)
+        if self.pushes is not None:
+            self.pushes.forget(user_id)
         self._pending = {k: v for k, v in self._pending.items() if k[0] != user_id}
         self._flagged = {key for key in self._flagged if key[0] != user_id}
 

@@ -38,6 +38,14 @@ class TokenBucket:
         """Seconds from the last :meth:`take` until ``cost`` tokens are saved again."""
         return max(0.0, (cost - self._tokens) / self.rate)
 
+    def retune(self, rate: float, burst: int) -> None:
+        """Limit at ``rate`` and ``burst`` from now on, keeping what was saved: a larger
+        burst adds its difference at once (as if the bucket had been that size), a smaller
+        one caps the saved tokens."""
+        self._tokens = min(float(burst), self._tokens + max(0, burst - self.burst))
+        self.rate = rate
+        self.burst = burst
+
 
 K = TypeVar("K", bound=Hashable)
 

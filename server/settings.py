@@ -227,9 +227,15 @@ class Settings:
         _positive_int, "Messages pending per connection before it is closed as slow.", default=64
     )
     rate_per_s: float = setting(
-        _positive_float, "Messages per second a connection may send (token bucket).", default=20.0
+        _positive_float,
+        "Messages per second a WebSocket connection of the default tier (or a service token)"
+        " may send (token bucket); other tiers get their ws_rate_per_s, never less"
+        " (COMPANION_TIERS).",
+        default=20.0,
     )
-    rate_burst: int = setting(_positive_int, "Burst size of that token bucket.", default=60)
+    rate_burst: int = setting(
+        _positive_int, "Burst size of that token bucket (other tiers: ws_rate_burst).", default=60
+    )
     rest_rate_per_s: float = setting(
         _positive_float,
         "REST requests per second per device token (user and kind; service: unlimited); a "

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from brain.analyst.base import (
     AnalysisRequest,
@@ -149,15 +149,27 @@ name: the server counts it per tier."""
 _TIER_LIMITS = frozenset({FallbackReason.BUDGET, FallbackReason.CAPPED})
 
 
+RULES_MODEL: Final = "rules"
+"""The :attr:`Decision.model` of an assessment the rules made."""
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """An assessment and how it was reached (``fallback`` is ``None`` for an LLM answer)."""
+    """An assessment and how it was reached (``fallback`` is ``None`` for an LLM answer).
+
+    ``model`` is who decided: the model id the API named (or the configured one, for an
+    answer from the cache or the gate's memory of the LLM's last answer), else
+    :data:`RULES_MODEL`. ``cost_usd`` is what this decision's calls cost, failed calls
+    included (a timeout or an invalid answer is billed too, then the rules decide).
+    """
 
     assessment: Assessment
     fallback: FallbackReason | None = None
     cached: bool = False
     tier: str | None = None
     """The tier whose limits applied (``None``: the guard has no tier table)."""
+    model: str = RULES_MODEL
+    cost_usd: float = 0.0
 
 
 @dataclass(slots=True)
@@ -260,7 +272,7 @@ class GuardedAnalyst:
         self._count_cache(hit=cached is not None)
         if cached is not None:
             self._asked(request, situation, cached)
-            return Decision(cached, cached=True)
+            return Decision(cached, cached=True, model=self.primary.model)
         if not self.breaker.allow():
             self._watch_circuit()
             return await self._fall_back(request, FallbackReason.CIRCUIT_OPEN)
@@ -289,10 +301,12 @@ class GuardedAnalyst:
             request, situation, None if attempts.answer is None else attempts.answer.assessment
         )
         if attempts.answer is None:
-            return await self._fall_back(request, attempts.reason)
+            return await self._fall_back(request, attempts.reason, cost_usd=attempts.cost_usd)
         self.stats.answers += 1
         self.cache.put(key, attempts.answer.assessment)
-        return Decision(attempts.answer.assessment)
+        return Decision(
+            attempts.answer.assessment, model=attempts.answer.model, cost_usd=attempts.cost_usd
+        )
 
     async def _attempts(self, request: AnalysisRequest) -> _Attempts:
         """Call the primary as often as ``retry`` allows; never raises but cancellation."""
@@ -420,7 +434,7 @@ class GuardedAnalyst:
             self._observer.on_fallback(reason)
         last = self.gate.memory(request.user_id).answer
         if verdict.reason is TriggerReason.SAME and last is not None:
-            return Decision(last, fallback=reason)
+            return Decision(last, fallback=reason, model=self.primary.model)
         return Decision(candidate, fallback=reason)
 
     def _asked(
@@ -429,12 +443,15 @@ class GuardedAnalyst:
         if self.gate is not None and situation is not None:
             self.gate.asked(request.user_id, situation, request.now_ms, answer)
 
-    async def _fall_back(self, request: AnalysisRequest, reason: FallbackReason) -> Decision:
+    async def _fall_back(
+        self, request: AnalysisRequest, reason: FallbackReason, *, cost_usd: float = 0.0
+    ) -> Decision:
         self.stats.fallbacks[reason] += 1
         if self._observer is not None:
             self._observer.on_fallback(reason)
         log.info("rules answer for %s: %s", request.user_id, reason.value)
-        return Decision(await self.fallback.assess(request), fallback=reason)
+        assessment = await self.fallback.assess(request)
+        return Decision(assessment, fallback=reason, cost_usd=cost_usd)
 
     def _count_cache(self, *, hit: bool) -> None:
         if hit:

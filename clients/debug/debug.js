@@ -229,12 +229,28 @@
         return li;
       }),
     );
+    renderHealth(s.health);
     $("version").textContent = String(s.version);
     $("hash").textContent = s.state_hash;
     $("updated").textContent = s.updated_at ? new Date(s.updated_at).toLocaleTimeString() : "–";
     const clipStatus = s.video_status && s.video_status !== "none" ? ` · clip: ${s.video_status}` : "";
     $("avatar-status").textContent = `avatar: ${s.avatar_status}${clipStatus}`;
     showAvatar(s.image_url, s.video_url);
+  }
+
+  // Health metrics as of this version (brain/health.py): days oldest first, "–" unknown.
+  function renderHealth(health) {
+    const h = health || {};
+    const known = (value) => (value === null || value === undefined ? "–" : String(value));
+    const days = (values, unit) =>
+      values && values.length ? values.map((v) => `${v}${unit}`).join(" → ") : "–";
+    $("health-fatigue").textContent = known(h.fatigue_score);
+    const score = h.stress_score === null || h.stress_score === undefined ? "" : ` (${h.stress_score})`;
+    $("health-stress").textContent = h.stress_level ? `${h.stress_level}${score}` : "–";
+    $("health-sleep").textContent = days(h.sleep_hours, " h");
+    $("health-hrv").textContent = days(h.hrv_trend, " ms");
+    $("health-budget").textContent = known(h.energy_budget);
+    $("health").dataset.known = health ? "yes" : "no";
   }
 
   // The clip when there is one, else the still. An animated WebP or GIF plays in the <img>;

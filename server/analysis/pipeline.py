@@ -12,12 +12,16 @@ from the store. An analysis
    persona and the previous state for hysteresis — before any frame;
 3. brings the window up to date from the store: all of it when cold (or filled under
    another erase epoch), else the frames since the oldest one announced;
-4. reads the baseline (14 days of frames before the window, cached per user for an hour);
+4. reads the baseline (14 days of frames before the window, cached per user for an hour)
+   and the same days as daily aggregates (:mod:`brain.health`);
 5. asks the analyst — the rules, or Claude behind :class:`~brain.analyst.guard.GuardedAnalyst`
-   which falls back to the rules on timeout, error, open circuit or spent budget;
+   which falls back to the rules on timeout, error, open circuit or spent budget — and adds
+   the user's health metrics (fatigue, stress, sleep, HRV trend) to its assessment;
 6. hands the assessment to the reactor (:mod:`server.analysis.reactor`), which commits only a
-   change of state, mood or energy band — never from an empty window (unless forced), never
-   after an erase (the epoch), and with owners only while the lease is still this node's.
+   change of state, mood or energy band (or of the days the health metrics come from) —
+   never from an empty window (unless forced), never after an erase (the epoch), and with
+   owners only while the lease is still this node's; the commit's history event records
+   the model that decided and what it cost (:func:`provenance_of`).
 
 **Analysis time.** A user's analysis runs at the time of the newest frame in their window,
 capped at the clock: a live phone's newest frame is seconds old, so that is "now"; a phone
@@ -32,7 +36,7 @@ import logging
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from redis.exceptions import RedisError
@@ -40,14 +44,17 @@ from redis.exceptions import RedisError
 from brain.analyst.base import AnalysisRequest, Analyst, build_request
 from brain.analyst.guard import Decision, FallbackReason, GuardedAnalyst
 from brain.features import Baseline, compute_baseline
+from brain.health import DayAggregate, compute_health, daily_aggregates, settled
 from brain.model import Assessment, Frame, State
 from brain.window import DEFAULT_MAX_USERS, Window, Windows
+from server import provenance
 from server.analysis.analysts import build_analyst
 from server.analysis.owners import EraseAnnouncer, Lease, RedisOwners
-from server.analysis.reactor import react
+from server.analysis.reactor import CAUSE, react
 from server.analysis.scheduler import Scheduler, Sleep
 from server.metrics import Metrics
 from server.protocol import DEFAULT_MAX_FUTURE_MS
+from server.provenance import Provenance, summarize_features
 from server.services import PartKey, Services
 from server.state import StateService
 from server.store.base import Store, UserState
@@ -79,6 +86,15 @@ class Analysed:
 
 
 AnalysedListener = Callable[[Analysed], None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Days:
+    """A user's stored days as last read: the baseline, the daily aggregates, and when."""
+
+    baseline: Baseline | None
+    days: tuple[DayAggregate, ...]
+    at_s: float
 
 
 class Pipeline:
@@ -121,7 +137,7 @@ class Pipeline:
         )
         self.listeners: list[AnalysedListener] = []
         """Called after each analysis (tests and benchmarks wait on these)."""
-        self._baselines: OrderedDict[str, tuple[Baseline | None, float]] = OrderedDict()
+        self._baselines: OrderedDict[str, _Days] = OrderedDict()
         self._max_users = max_users
         self._erasures: Counter[str] = Counter()
         """Erases of each user this node heard of; work queued or begun before one is void."""
@@ -303,25 +319,28 @@ class Pipeline:
         at = self._time_of(window, None, clock_ms)
         window.evict(now_ms=at)
         frames = window.frames
+        baseline, days = await self._baseline(user_id, at - window.span_ms, clock_ms)
         request = build_request(
             user_id,
             frames,
             now_ms=at,
             profile=current.profile,
-            baseline=await self._baseline(user_id, at - window.span_ms, clock_ms),
+            baseline=baseline,
             previous=_state_or_none(current.state),
         )
-        decision = await self._decide(request, force=force)
+        decision = with_health(await self._decide(request, force=force), days, request)
         committed = None
         if (frames or force) and await self._still_owner(user_id, lease):
-            committed = await react(
-                self.state,
-                user_id,
-                decision.assessment,
-                force=force,
-                valid=lambda: self._erasures[user_id] == erasures,
-                epoch=current.epoch,
-            )
+            # The history's event of this commit records who decided and what it cost.
+            with provenance.attach(provenance_of(request, decision), cause=CAUSE):
+                committed = await react(
+                    self.state,
+                    user_id,
+                    decision.assessment,
+                    force=force,
+                    valid=lambda: self._erasures[user_id] == erasures,
+                    epoch=current.epoch,
+                )
         self.metrics.analyses.labels(decision.assessment.source.value).inc()
         done = Analysed(
             user_id,
@@ -379,21 +398,49 @@ class Pipeline:
             return await self.analyst.decide(request, force=force)
         return Decision(await self.analyst.assess(request))
 
-    async def _baseline(self, user_id: str, before_ms: int, clock_ms: int) -> Baseline | None:
-        """The user's baseline from the 14 days before ``before_ms`` (cached for an hour)."""
+    async def _baseline(
+        self, user_id: str, before_ms: int, clock_ms: int
+    ) -> tuple[Baseline | None, tuple[DayAggregate, ...]]:
+        """The user's baseline from the 14 days before ``before_ms``, and the same frames
+        as one aggregate per day (:func:`brain.health.daily_aggregates`), cached for an
+        hour: both move over days, not minutes."""
         now_s = clock_ms / 1000
         cached = self._baselines.get(user_id)
-        if cached is not None and now_s - cached[1] < BASELINE_TTL_S:
+        if cached is not None and now_s - cached.at_s < BASELINE_TTL_S:
             self._baselines.move_to_end(user_id)
-            return cached[0]
+            return cached.baseline, cached.days
         start = before_ms - BASELINE_DAYS * 86_400_000
         frames = await self.store.frames_between(user_id, start, before_ms, now_ms=clock_ms)
         baseline = compute_baseline(frames) if len(frames) >= MIN_BASELINE_FRAMES else None
-        self._baselines[user_id] = (baseline, now_s)
+        # Days in UTC: a profile carries no time zone yet (docs/health.md).
+        days = tuple(settled(daily_aggregates(frames), before_ms))
+        self._baselines[user_id] = _Days(baseline, days, now_s)
         self._baselines.move_to_end(user_id)
         while len(self._baselines) > self._max_users:
             self._baselines.popitem(last=False)
-        return baseline
+        return baseline, days
+
+
+def with_health(
+    decision: Decision, days: Sequence[DayAggregate], request: AnalysisRequest
+) -> Decision:
+    """``decision`` with its assessment's health metrics: the stored ``days`` and the
+    window's features (:func:`brain.health.compute_health`). They describe the user, not
+    the decision, so the rules and Claude decide without them."""
+    health = compute_health(days, request.features)
+    return replace(decision, assessment=replace(decision.assessment, health=health))
+
+
+def provenance_of(request: AnalysisRequest, decision: Decision) -> Provenance:
+    """How ``decision`` was reached, as the history keeps it: the model that decided
+    (``rules`` or the Claude model id), its calls' cost, the features it saw, and why the
+    rules answered instead (the fallback reason, when they did)."""
+    return Provenance(
+        model=decision.model,
+        cost_usd=decision.cost_usd,
+        features=summarize_features(request.features),
+        fallback=None if decision.fallback is None else decision.fallback.value,
+    )
 
 
 def _state_or_none(value: str) -> State | None:

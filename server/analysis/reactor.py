@@ -13,7 +13,12 @@ stays calm; but the numbers a reasoning quotes move with every frame, and a vers
 analysis (every second for a streaming phone) would churn versions. The evidence can only
 step up as frames arrive (twice per situation at most) or back when a window thins out, so
 this cannot churn. When it commits, it writes the whole assessment (state, mood, energy,
-reasoning, actions, source).
+reasoning, actions, source) and its health metrics, when the analysis computed them.
+
+**Decision: when health metrics alone are worth a version.** When the days they come from
+say something else (:func:`brain.health.days_moved`: fatigue, sleep hours, HRV trend), which
+happens at most when the pipeline reads the stored days again (hourly). The window's
+stress moves with every frame: it rides along with a version made for another reason.
 
 :func:`react` runs that decision inside :meth:`~server.state.StateService.update`, which
 re-reads the state and decides again after a lost version race.
@@ -25,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from brain.coaching import evidence
+from brain.health import days_moved
 from brain.model import Assessment, EnergyBand
 from server.state import StateService
 from server.store.base import UserState
@@ -34,13 +40,14 @@ CAUSE = "analysis"
 
 
 def significant(current: UserState, assessment: Assessment) -> bool:
-    """Whether ``assessment`` differs from ``current`` in state, mood, energy band, or the
-    evidence its reasoning rests on."""
+    """Whether ``assessment`` differs from ``current`` in state, mood, energy band, the
+    evidence its reasoning rests on, or the days its health metrics come from."""
     return (
         current.state != assessment.state.value
         or current.mood != assessment.mood.value
         or EnergyBand.of(current.energy) is not assessment.band
         or evidence(current.reasoning) != evidence(assessment.reasoning)
+        or (assessment.health is not None and days_moved(current.health, assessment.health))
     )
 
 
@@ -50,7 +57,7 @@ def changes_for(
     """The fields to commit for ``assessment`` on top of ``current``, or ``None`` for none."""
     if not (force or significant(current, assessment)):
         return None
-    return {
+    changes: dict[str, Any] = {
         "state": assessment.state.value,
         "mood": assessment.mood.value,
         "energy": assessment.energy,
@@ -58,6 +65,9 @@ def changes_for(
         "actions": tuple(a.value for a in assessment.actions),
         "source": assessment.source.value,
     }
+    if assessment.health is not None:
+        changes["health"] = assessment.health
+    return changes
 
 
 async def react(

@@ -122,24 +122,34 @@ def seed_state(state: UserState) -> dict[str, Any]:
     """The state in seed 001's shape, plus every state field and the polling fields.
 
     ``pet_state`` is ``{mood, energy_budget, last_update}`` (ISO 8601, ``null`` before the
-    first commit). ``health_metrics.stress_level`` comes from the state; ``hrv_trend`` and
-    ``sleep_hours`` are ``null``: the server keeps no daily aggregates, and no frame field
-    measures sleep (docs/protocol.md).
+    first commit); ``energy_budget`` is the day's budget of the health metrics when known,
+    else the state's ``energy``. ``health_metrics`` is the seed's ``{hrv_trend,
+    sleep_hours, stress_level}`` from the state's health metrics (the last three days,
+    oldest first; ``null`` while none are known); a ``stress_level`` the metrics do not
+    know comes from the state (docs/protocol.md).
     """
     fields = state_fields(state)
+    health = state.health
+    seeds: dict[str, Any] = {"hrv_trend": None, "sleep_hours": None, "stress_level": None}
+    budget = state.energy
+    if health is not None:
+        seeds = {
+            "hrv_trend": list(health.hrv_trend) or None,
+            "sleep_hours": list(health.sleep_hours) or None,
+            "stress_level": health.stress_level,
+        }
+        budget = health.energy_budget if health.energy_budget is not None else budget
+    if seeds["stress_level"] is None:
+        seeds["stress_level"] = STRESS_LEVELS.get(state.state, "low")
     return {
         **{name: fields[name] for name in SNAPSHOT_FIELDS},
         **old_state(state),
         "pet_state": {
             "mood": state.mood,
-            "energy_budget": state.energy,
+            "energy_budget": budget,
             "last_update": _iso(state.updated_at),
         },
-        "health_metrics": {
-            "hrv_trend": None,
-            "sleep_hours": None,
-            "stress_level": STRESS_LEVELS.get(state.state, "low"),
-        },
+        "health_metrics": seeds,
     }
 
 

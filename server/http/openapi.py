@@ -216,8 +216,16 @@ def _legacy_paths() -> dict[str, Any]:
                     ),
                     "health_metrics": object_schema(
                         {
-                            "hrv_trend": {"type": "null", "description": "not kept (see docs)"},
-                            "sleep_hours": {"type": "null", "description": "not measured"},
+                            "hrv_trend": {
+                                "type": ["array", "null"],
+                                "items": {"type": "number"},
+                                "description": "daily mean RMSSD (ms), last 3 days, oldest first",
+                            },
+                            "sleep_hours": {
+                                "type": ["array", "null"],
+                                "items": {"type": "number"},
+                                "description": "hours asleep, last 3 nights, oldest first",
+                            },
                             "stress_level": choice(sorted({*STRESS_LEVELS.values(), "low"})),
                         }
                     ),

@@ -120,7 +120,8 @@ def components() -> dict[str, Any]:
         {"index": {"type": "integer"}, "field": {"type": "string"}, "reason": {"type": "string"}},
         required=["index", "field", "reason"],
     )
-    visible = tuple(f for f in USER_STATE_FIELDS if f.visible)
+    # Health metrics are the analysis' to compute: the demo route does not write them.
+    visible = tuple(f for f in USER_STATE_FIELDS if f.visible and f.name != "health")
     demo_fields = {f.name: dict(f.schema) for f in visible}
     demo_fields["actions"] = {"type": "array", "items": choice(Action)}
     demo_fields["reasoning"] = {"type": "string", "maxLength": 500}

@@ -35,6 +35,7 @@ from websockets.http11 import Request
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
+from brain.tiers import Limit
 from server.auth import Principal, bearer, origin_allowed, verify
 from server.errors import Forbidden, FramesNotDurable, StoreError
 from server.protocol import Delta, Disconnect, Disconnects, FrameBatch, text_frame
@@ -125,9 +126,14 @@ def _first(values: list[str] | None) -> str | None:
 
 
 def session_limits(services: Services) -> SessionLimits:
-    """The per-connection limits of the settings."""
+    """The per-connection limits of the settings, raised to the user's tier's rate."""
     settings = services.settings
-    return SessionLimits(settings.rate_per_s, settings.rate_burst, settings.max_frame_age_s * 1000)
+    return SessionLimits(
+        settings.rate_per_s,
+        settings.rate_burst,
+        settings.max_frame_age_s * 1000,
+        tiers=services.state.tier_book,
+    )
 
 
 class Connection(asyncio.Protocol):
@@ -287,6 +293,12 @@ class Connection(asyncio.Protocol):
         self._registry.tasks.add(task)
         task.add_done_callback(self._registry.tasks.discard)
 
+    def _count_limit(self, limit: Limit) -> None:
+        """Count a tier limit this connection went over (its user's tier, a fixed set)."""
+        tier = self.session.rate_tier()
+        if tier is not None and self.services.cost is not None:
+            self.services.cost.limited(tier, limit)
+
     def _close(self, disconnect: Disconnect, text: str | None = None) -> None:
         """Close with ``disconnect`` (after ``text``); drop the socket if the peer does not
         answer within :data:`CLOSE_TIMEOUT_S`."""
@@ -384,6 +396,8 @@ class Connection(asyncio.Protocol):
             data=data, first=first, fin=frame.fin, now=self.services.clock()
         )
         if verdict is not None:
+            if verdict.disconnect is Disconnects.RATE_LIMIT:
+                self._count_limit(Limit.WS_RATE)
             self._close(verdict.disconnect, verdict.text)
             return
         if not data:

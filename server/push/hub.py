@@ -11,6 +11,9 @@ broker did not take is re-published as the user's current state once it can be, 
 the broker reconnects every user with local interest gets the current state as a delta to
 its local peers and watches. The current state comes from :meth:`Hub.read_current_with`
 (the state service sits above the hub).
+
+Every message a peer takes is counted per user in :attr:`Hub.pushed` (messages and frame
+bytes, in memory); the cost meter takes the sums when it flushes (:mod:`server.cost`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Protocol
 
 import orjson
@@ -53,6 +57,46 @@ class Peer(Protocol):
         ``delta`` is its parsed form (``None`` for other messages) and ``frame`` the same
         text as a complete WebSocket frame, built once for all peers.
         """
+
+
+@dataclass(frozen=True, slots=True)
+class Pushed:
+    """What this node pushed to one user's local peers since it was last asked: messages
+    (one per peer that took it) and their WebSocket frame bytes."""
+
+    messages: int
+    bytes: int
+
+
+class PushCounts:
+    """Messages and bytes pushed per user, summed in memory until :meth:`take` (the cost
+    meter's flush, every few seconds): counting a push is two additions, never a store
+    write. Holds only users pushed to since the last :meth:`take`, so it is bounded by the
+    users with local peers."""
+
+    __slots__ = ("_counts",)
+
+    def __init__(self) -> None:
+        self._counts: dict[str, list[int]] = {}
+
+    def add(self, user_id: str, messages: int, frame_bytes: int) -> None:
+        """Count ``messages`` pushes of a ``frame_bytes``-byte frame to ``user_id``'s peers."""
+        if messages <= 0:
+            return
+        counts = self._counts.get(user_id)
+        if counts is None:
+            counts = self._counts[user_id] = [0, 0]
+        counts[0] += messages
+        counts[1] += messages * frame_bytes
+
+    def take(self) -> dict[str, Pushed]:
+        """What was pushed per user since the last call; starts counting afresh."""
+        counts, self._counts = self._counts, {}
+        return {user_id: Pushed(m, b) for user_id, (m, b) in counts.items()}
+
+    def forget(self, user_id: str) -> None:
+        """Drop what was counted for ``user_id`` (after an erase: nothing is billed to it)."""
+        self._counts.pop(user_id, None)
 
 
 class Watch:
@@ -106,6 +150,8 @@ class Hub:
             repair,
         )
         self._chores: set[asyncio.Task[None]] = set()
+        self.pushed = PushCounts()
+        """Messages and bytes pushed per user, for the cost meter (:mod:`server.cost`)."""
         metrics.track_broker(broker.health)
 
     async def start(self) -> None:
@@ -262,7 +308,8 @@ class Hub:
     def _offer(
         self, user_id: str, peers: Iterable[Peer], text: str, delta: Delta | None, frame: bytes
     ) -> int:
-        """Offer to each peer; a peer that raises is dropped. How many took it."""
+        """Offer to each peer; a peer that raises is dropped. How many took it (each one
+        counts as a push of ``frame``'s bytes)."""
         taken = 0
         for peer in tuple(peers):  # a copy: dropping a peer changes the set
             try:
@@ -271,6 +318,7 @@ class Hub:
                 self._drop_peer(user_id, peer, exc)
             else:
                 taken += 1
+        self.pushed.add(user_id, taken, len(frame))
         return taken
 
     def _drop_peer(self, user_id: str, peer: Peer, exc: Exception) -> None:

@@ -17,11 +17,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from brain.tiers import Tier
 from server import protocol as wire
 from server.auth import DeviceKind, Principal
 from server.protocol import Delta, Disconnect, Disconnects, FrameBatch, FrameLimits, ProtocolError
 from server.push.policy import Pacer
 from server.ratelimit import TokenBucket
+from server.tiers import TierBook
 
 MAX_ERRORS: Final = 10
 """Protocol errors a connection may make; the next one closes it (1008)."""
@@ -31,6 +33,8 @@ MAX_FRAGMENTS: Final = 64
 MAX_MESSAGE_S: Final = 10.0
 """Seconds from a message's first fragment to its last; longer: 1008 (a message cannot be
 used to hold a socket and its buffered fragments open)."""
+RATE_CHECK_S: Final = 30.0
+"""How often a connection looks up its user's tier again (a tier set while it is open)."""
 SERVICE_MAX_AGE_MS: Final = 400 * 24 * 3600 * 1000
 """Service tokens may write old frames (history seeding); devices are held to the setting."""
 
@@ -87,11 +91,28 @@ Action = Reply | Close | Store | Join | RecordSeen | SettleCommand
 
 @dataclass(frozen=True, slots=True)
 class SessionLimits:
-    """What one connection may send: a token bucket over every frame, and the frame age."""
+    """What one connection may send: a token bucket over every frame, and the frame age.
+
+    ``rate_per_s`` and ``rate_burst`` (``COMPANION_RATE_PER_S`` / ``_BURST``) limit the
+    connections of the default tier's users and of service tokens (which are not users).
+    With ``tiers`` (the node's tier book), a device of a user of another tier gets that
+    tier's :attr:`~brain.tiers.Tier.ws_rate_per_s` and ``ws_rate_burst``, never less than
+    the default's (:meth:`rate_of`).
+    """
 
     rate_per_s: float
     rate_burst: int
     max_frame_age_ms: int
+    tiers: TierBook | None = None
+
+    def rate_of(self, principal: Principal) -> tuple[float, int]:
+        """The rate and burst of ``principal``'s connection."""
+        if self.tiers is None or principal.device is DeviceKind.SERVICE:
+            return self.rate_per_s, self.rate_burst
+        tier = self.tiers.of(principal.user_id)
+        if tier is self.tiers.tiers.default:
+            return self.rate_per_s, self.rate_burst
+        return max(self.rate_per_s, tier.ws_rate_per_s), max(self.rate_burst, tier.ws_rate_burst)
 
 
 class Session:
@@ -102,7 +123,9 @@ class Session:
         "_errors",
         "_fragments",
         "_frame_limits",
+        "_limits",
         "_message_started",
+        "_rate_checked",
         "pacer",
         "principal",
         "subscriptions",
@@ -111,7 +134,10 @@ class Session:
 
     def __init__(self, principal: Principal, limits: SessionLimits, now: float) -> None:
         self.principal = principal
-        self._bucket = TokenBucket(limits.rate_per_s, limits.rate_burst, now)
+        self._limits = limits
+        rate, burst = limits.rate_of(principal)
+        self._bucket = TokenBucket(rate, burst, now)
+        self._rate_checked = now
         service = principal.device is DeviceKind.SERVICE
         max_age = SERVICE_MAX_AGE_MS if service else limits.max_frame_age_ms
         self._frame_limits = FrameLimits(max_age_ms=max_age)
@@ -139,6 +165,8 @@ class Session:
         (``data``: a text, binary or continuation frame; ``first``: a text or binary one,
         which starts a message). Fragments are limited in number and in time per message.
         """
+        if now - self._rate_checked >= RATE_CHECK_S:
+            self.check_rate(now)
         if not self._bucket.take(now):
             error = wire.encode_error("rate_limited", "too many frames")
             return Close(Disconnects.RATE_LIMIT, error)
@@ -154,6 +182,22 @@ class Session:
         if fin:
             self._fragments = 0
         return None
+
+    def rate_tier(self) -> Tier | None:
+        """The tier whose WebSocket rate this connection is held to (``None``: a service
+        token, or a node without tiers): the ``tier`` label of a ``ws_rate`` limit."""
+        tiers = self._limits.tiers
+        if tiers is None or self.principal.device is DeviceKind.SERVICE:
+            return None
+        return tiers.of(self.principal.user_id)
+
+    def check_rate(self, now: float) -> None:
+        """Limit at the rate of the user's tier as the node knows it now (it learns the
+        tier when the user's state is read: at ``hello``, or when the tier is set)."""
+        self._rate_checked = now
+        rate, burst = self._limits.rate_of(self.principal)
+        if (rate, burst) != (self._bucket.rate, self._bucket.burst):
+            self._bucket.retune(rate, burst)
 
     def message_deadline(self) -> float | None:
         """When the message being received in fragments must be complete (``None``: none is)."""
@@ -229,6 +273,8 @@ class Session:
         version, else a ``snapshot`` of ``fields`` (:data:`server.protocol.SNAPSHOT_FIELDS`)."""
         version: int = fields["version"]
         self.versions[user_id] = max(self.versions.get(user_id, -1), version)
+        if user_id == self.principal.user_id:
+            self.check_rate(self._rate_checked)  # the state read taught the node the tier
         if since is not None and since == version:
             return wire.encode_uptodate(version, fields["state_hash"])
         return wire.encode_snapshot(fields)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Final, Protocol
 
 from brain.hashing import state_hash
+from brain.health import HealthMetrics
 from brain.model import VISIBLE_FIELDS, AvatarStatus, Frame, Profile
 from server.provenance import Provenance
 
@@ -54,6 +55,8 @@ class UserState:
     avatar_status: str = AvatarStatus.NONE.value
     video_url: str | None = None
     video_status: str = AvatarStatus.NONE.value
+    health: HealthMetrics | None = None
+    """The health metrics as of this version (:mod:`brain.health`); ``None``: none yet."""
     profile: Profile = field(default_factory=Profile)
     updated_at: int = 0
     epoch: int = 0
@@ -64,6 +67,7 @@ class UserState:
         """The fields a device displays (the ones the state hash covers)."""
         visible = {name: getattr(self, name) for name in VISIBLE_FIELDS}
         visible["actions"] = list(self.actions)
+        visible["health"] = None if self.health is None else self.health.to_dict()
         return visible
 
     def rehashed(self) -> UserState:

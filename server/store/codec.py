@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from brain.health import HealthMetrics
 from brain.model import SNAPSHOT_FIELDS, AvatarStatus, CoachStyle, CoachTone, Env, Frame, Profile
 from server.store.base import SERVICE_COSTS, Usage, UserState
 
@@ -95,6 +96,7 @@ def state_fields(state: UserState) -> dict[str, Any]:
     (``actions`` a list): what a snapshot and ``GET /v1/users/{id}/state`` carry."""
     data = {name: getattr(state, name) for name in SNAPSHOT_FIELDS}
     data["actions"] = list(state.actions)
+    data["health"] = None if state.health is None else state.health.to_dict()
     return data
 
 
@@ -108,18 +110,23 @@ _ABSENT: dict[str, Any] = {
     "image_url": None,
     "video_url": None,
     "video_status": AvatarStatus.NONE.value,
+    "health": None,
 }
 """Fields a record may lack, and what they mean then (rows from before clips have neither
-video field; a state without an image has no ``image_url``)."""
+video field, rows from before health metrics no ``health``; a state without an image has no
+``image_url``)."""
 
 
 def state_from_dict(data: dict[str, Any]) -> UserState:
-    """The state :func:`state_to_dict` made ``data`` from; raises :class:`KeyError`."""
+    """The state :func:`state_to_dict` made ``data`` from; raises :class:`KeyError`, and
+    :class:`ValueError` for health metrics out of shape."""
     values: dict[str, Any] = {}
     for name in SNAPSHOT_FIELDS:
         value = data.get(name, _ABSENT[name]) if name in _ABSENT else data[name]
         if name == "actions":
             values[name] = tuple(str(action) for action in value or ())
+        elif name == "health":
+            values[name] = None if value is None else HealthMetrics.from_dict(value)
         elif value is None:
             values[name] = None
         else:

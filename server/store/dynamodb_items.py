@@ -11,6 +11,8 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+import orjson
+
 from server.store import codec
 from server.store.base import SERVICE_COSTS, AvatarCacheEntry, Usage, UserState
 
@@ -58,14 +60,22 @@ def state_item(state: UserState) -> Item:
     """The ``user_state`` item of a state (:func:`codec.state_to_dict`, attribute by
     attribute); fields that are ``None`` (``image_url``) are left out."""
     data = codec.state_to_dict(state)
+    health = data.pop("health")
     item = {name: _attribute(value) for name, value in data.items() if value is not None}
+    if health is not None:
+        # One JSON string: the metrics hold decimals and nulls, which a map of the store's
+        # attributes does not, and they are only ever read whole.
+        item["health"] = {"S": orjson.dumps(health).decode()}
     item["epoch"] = {"N": str(state.epoch)}
     return item
 
 
 def state_of(item: dict[str, Any]) -> UserState:
     """The state a ``user_state`` item holds."""
-    return codec.state_from_dict({name: _plain(value) for name, value in item.items()})
+    data = {name: _plain(value) for name, value in item.items()}
+    if isinstance(data.get("health"), str):
+        data["health"] = orjson.loads(data["health"])
+    return codec.state_from_dict(data)
 
 
 def epoch_of(item: dict[str, Any]) -> int:

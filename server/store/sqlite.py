@@ -73,6 +73,7 @@ CREATE TABLE IF NOT EXISTS user_state (
     avatar_status TEXT NOT NULL,
     video_url TEXT,
     video_status TEXT NOT NULL DEFAULT 'none',
+    health TEXT,
     profile TEXT NOT NULL,
     updated_at INTEGER NOT NULL,
     epoch INTEGER NOT NULL DEFAULT 0,
@@ -129,7 +130,8 @@ version or later (an event of an erased user is not written)."""
 
 _STATE_COLUMNS = (
     "user_id, version, state_hash, state, mood, energy, reasoning, actions, source,"
-    " image_url, avatar_status, video_url, video_status, profile, updated_at, epoch, erased"
+    " image_url, avatar_status, video_url, video_status, health, profile, updated_at, epoch,"
+    " erased"
 )
 
 _ADDED_STATE_COLUMNS = (
@@ -137,6 +139,7 @@ _ADDED_STATE_COLUMNS = (
     ("video_status", "TEXT NOT NULL DEFAULT 'none'"),
     ("epoch", "INTEGER NOT NULL DEFAULT 0"),
     ("erased", "INTEGER NOT NULL DEFAULT 0"),
+    ("health", "TEXT"),
 )
 """Columns added to ``user_state`` after its first release: :meth:`SQLiteStore.open` adds
 them to a file made before them (``CREATE TABLE IF NOT EXISTS`` leaves an old table as it is)."""
@@ -627,6 +630,8 @@ def _state_to_row(state: UserState, *, erased: bool = False) -> tuple[Any, ...]:
     data = codec.state_to_dict(state)
     data["actions"] = orjson.dumps(data["actions"]).decode()
     data["profile"] = orjson.dumps(data["profile"]).decode()
+    if data["health"] is not None:
+        data["health"] = orjson.dumps(data["health"]).decode()
     data["epoch"] = state.epoch
     data["erased"] = 1 if erased else 0
     return tuple(data[name] for name in _STATE_NAMES)
@@ -637,6 +642,8 @@ def _state_from_row(row: sqlite3.Row) -> UserState:
     del data["erased"]
     data["actions"] = orjson.loads(data["actions"])
     data["profile"] = orjson.loads(data["profile"])
+    if data["health"] is not None:
+        data["health"] = orjson.loads(data["health"])
     return codec.state_from_dict(data)
 
 

@@ -418,6 +418,24 @@ async def test_a_repeat_input_is_served_from_the_cache(
     assert api.calls == 2
 
 
+async def test_a_decision_names_the_model_and_what_its_calls_cost(
+    guard: GuardedAnalyst, api: FakeAnthropicApi, ledger: MemoryLedger
+) -> None:
+    """An answer: the model the API named and its cost; the same answer from the cache: the
+    model, nothing spent; an invalid answer: the rules decided, but its call was billed."""
+    api.answer(LLM_ANSWER)
+    answered = await guard.decide(request())
+    cached = await guard.decide(request(user="ben"))
+    billed = ledger.days[("ana", "2023-11-15")].cost_usd
+    api.answer({"state": "bored"})
+    invalid = await guard.decide(request(profile=KIND))
+    assert answered.model.startswith(MODEL)
+    assert answered.cost_usd == pytest.approx(billed) and billed > 0
+    assert (cached.model, cached.cost_usd) == (guard.primary.model, 0.0)
+    assert (invalid.model, invalid.fallback) == ("rules", FallbackReason.INVALID)
+    assert invalid.cost_usd > 0
+
+
 async def test_a_cached_answer_expires_after_its_ttl(
     claude: ClaudeAnalyst, api: FakeAnthropicApi, clock: ManualClock
 ) -> None:

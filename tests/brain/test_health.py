@@ -14,6 +14,7 @@ from brain.health import (
     daily_aggregates,
     energy_budget,
     fatigue_score,
+    settled,
     stress_level,
     stress_score,
 )
@@ -152,3 +153,14 @@ def test_fatigue_terms_each_move_the_score() -> None:
     assert fatigue_score(low_hrv) == 45
     assert fatigue_score(short) == 35
     assert fatigue_score(strained) == 20
+
+
+def test_the_day_still_going_on_keeps_its_night_but_not_its_hrv() -> None:
+    """At 09:00 the night is over (its sleep counts) but the day's mean HRV is only its
+    night's: left out until the day ends."""
+    days = daily_aggregates(a_night(bed_hour=23, wake_hour=7))
+    today = settled(days, DAY0 + 9 * HOUR)
+    assert today[-1].sleep_hours == days[-1].sleep_hours is not None
+    assert (today[-1].hrv, today[-1].resting_hr) == (None, None)
+    assert days[-1].hrv is not None
+    assert settled(days, DAY0 + 36 * HOUR) == days  # the next day: it has ended

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,10 @@ import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
-from tests.conftest import LiveServer, auth, token
+from brain.scenarios import history
+from server.analysis.pipeline import pipeline_stage
+from server.settings import Settings
+from tests.conftest import LiveServer, auth, start_server, token
 
 pytestmark = pytest.mark.browser
 
@@ -173,3 +178,37 @@ async def test_debug_files_are_served_with_types_and_no_cache(live_server: LiveS
             "/debug/static/x.js",
         ):
             assert (await http.get(bad)).status_code == 404, bad
+
+
+async def test_page_shows_the_health_metrics_the_analysis_computed(
+    settings: Settings, browser: Browser
+) -> None:
+    """Two weeks of burnout in the store, then the stress button: the real pipeline's
+    health metrics (fatigue, stress, sleep, HRV trend, day budget) appear on the page."""
+    now = int(time.time() * 1000)
+    stored = history("burnout", end_ms=now - 20 * 60_000)
+    fast = replace(settings, debounce_ms=1)
+    async with start_server(fast, stages=[pipeline_stage]) as live:
+        await live.services.store.put_frames([("alice", f) for f in stored])
+        page = await open_page(browser, live.url, "alice")
+        await expect(page.locator("#status")).to_have_text("open")
+        await expect(page.locator("#health-fatigue")).to_have_text("\u2013")  # unknown yet
+
+        await page.click("#inject-stress")
+        await expect(page.locator("#health")).to_have_attribute("data-known", "yes")
+        state = await live.services.state.current("alice")
+        health = state.health
+        assert health is not None and len(health.hrv_trend) == len(health.sleep_hours) == 3
+        await expect(page.locator("#health-fatigue")).to_have_text(str(health.fatigue_score))
+        await expect(page.locator("#health-hrv")).to_have_text(
+            " → ".join(f"{v:g} ms" for v in health.hrv_trend)
+        )
+        await expect(page.locator("#health-sleep")).to_have_text(
+            " → ".join(f"{v:g} h" for v in health.sleep_hours)
+        )
+        await expect(page.locator("#health-budget")).to_have_text(str(health.energy_budget))
+        await expect(page.locator("#health-stress")).to_contain_text(str(health.stress_level))
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "debug-page-health.png"), full_page=True)
+        assert page.errors == []  # type: ignore[attr-defined]

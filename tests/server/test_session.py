@@ -111,6 +111,7 @@ def test_hello_joins_the_own_user_and_answers_a_snapshot_or_uptodate() -> None:
         "avatar_status": "none",
         "video_url": None,
         "video_status": "none",
+        "health": None,
         "reasoning": "",
         "actions": [],
         "source": "rules",
