@@ -93,8 +93,9 @@ class Outgoing:
         self._frames_of = frames_of
         self._ids: collections.deque[int] = collections.deque()
         self._arrived: dict[int, float] = {}
-        self._due_through = 0
-        """Every held id up to this one is due now (flushed, spiked, or sent before)."""
+        self._due_through = -1
+        """Every held id up to this one is due now (flushed, spiked, or sent before); ids
+        are the journal's, from 0 up."""
         self._reference: Frame | None = None
         self.spikes = 0
 
