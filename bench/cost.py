@@ -7,12 +7,13 @@ A day of frames (sleep, a walking commute, work with two stress spells, lunch, t
 home, a run, the evening, sleep: :data:`DAY`, made by :mod:`brain.scenarios` at 1 Hz) is
 replayed through a real server started in this process on 127.0.0.1 (the app of
 ``companion serve``: embedded media, rules analyst, local avatar renderer and its cache;
-rate limit lifted, debounce 1 ms: see :func:`_settings`), by one phone over the WebSocket that
-sends the uploads the phone bridge would send (``--upload-every bridge``, the default: the
-bridge's own rule, :mod:`clients.bridge.uploads`, applied to the frames as they arrive at
-1 Hz; or a fixed number of seconds of frames per ``frames`` message) and waits for each
-ack, while one watch holds a socket and counts the bytes pushed to it. ``--speed`` replays
-at that multiple of real time (0: as fast as the acks come back).
+rate limit lifted, debounce 1 ms, old frames taken: see :func:`_settings`), by one phone
+over the WebSocket that sends the uploads the phone bridge would send (``--upload-every
+bridge``, the default: the bridge's own rule, :mod:`clients.bridge.uploads`, applied to
+the frames as they arrive at 1 Hz; or a fixed number of seconds of frames per ``frames``
+message) and waits for each ack, while one watch holds a socket and counts the bytes
+pushed to it. ``--speed`` replays at that multiple of real time (0: as fast as the acks
+come back).
 
 What is counted, and how:
 
@@ -316,6 +317,7 @@ async def replay(
                             for outcome in ("hit", "miss")
                         },
                         "avatar_clips": _metric(metrics, "companion_avatar_clips_total", "ok"),
+                        "analyses": _metric(metrics, "companion_analyses_total", None),
                         **probe(),
                     }
                 )
@@ -362,7 +364,7 @@ def _metric(text: str, name: str, label: str | None) -> float:
 async def run_sqlite(days: Sequence[Uploads], args: argparse.Namespace) -> dict[str, Any]:
     """The days on the embedded SQLite store: bytes stored, pushed, generated."""
     with tempfile.TemporaryDirectory(prefix="cost-sqlite-") as data_dir:
-        settings = _settings(pathlib.Path(data_dir))
+        settings = _settings(pathlib.Path(data_dir), len(days))
         store = SQLiteStore(settings.sqlite_path)
         result = await replay(settings, store, days, args)
         result.update(_sqlite_sizes(settings.sqlite_path))
@@ -391,7 +393,7 @@ async def run_dynamodb(
     """The days on DynamoDB Local: request units by table, bytes stored by table."""
     prefix = f"cost{int(time.time())}-"
     with tempfile.TemporaryDirectory(prefix="cost-dynamodb-") as data_dir:
-        settings = _settings(pathlib.Path(data_dir))
+        settings = _settings(pathlib.Path(data_dir), len(days))
         store = DynamoDBStore(table_prefix=prefix, region="us-east-1", endpoint_url=endpoint)
         await store.open()
         await store.create_tables()
@@ -448,10 +450,21 @@ def _old_item_bytes(frame: Frame) -> int:
     )
 
 
-def _settings(data_dir: pathlib.Path) -> Settings:
+def _settings(data_dir: pathlib.Path, days: int) -> Settings:
     # A day replayed in seconds sends far more than 20 messages a second on one socket:
-    # the per-connection rate limit is lifted (it bills nothing; everything else is default).
-    return Settings(data_dir=data_dir, secret=SECRET, port=0, log_level="warning", rate_per_s=1e6)
+    # the per-connection rate limit is lifted, the analysis debounce is 1 ms (each upload
+    # is analysed on its own as far as the analyses keep up, as in real time, instead of
+    # one analysis a second of replay), and frames are taken as old as the first replayed
+    # day (none of them bills anything; everything else is default).
+    return Settings(
+        data_dir=data_dir,
+        secret=SECRET,
+        port=0,
+        log_level="warning",
+        rate_per_s=1e6,
+        debounce_ms=1,
+        max_frame_age_s=max(7, days + 1) * 86_400,
+    )
 
 
 @asynccontextmanager
@@ -548,6 +561,8 @@ def main() -> None:
     )
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/cost.md")
     args = parser.parse_args()
+    if not 1 <= args.days <= 28:
+        parser.error("--days must be 1..28 (frames are kept 30 days)")
     if args.upload_every != "bridge" and not (
         args.upload_every.isdigit() and 1 <= int(args.upload_every) <= MAX_FRAMES_PER_MESSAGE
     ):

@@ -163,8 +163,9 @@ def _store_section(run: dict[str, Any], data: dict[str, Any]) -> list[str]:
         f"### {run['store']}",
         "",
         f"- replay: {run['replay_s']} s for {run['uploads']} uploads ({days} days);"
-        f" the last day pushed {pushed.get('bytes', 0):,} bytes to one watch in"
-        f" {pushed.get('delta', 0)} deltas ({changes} changes of state)",
+        f" the last day {day.get('analyses', 0):g} analyses, and {pushed.get('bytes', 0):,}"
+        f" bytes pushed to one watch in {pushed.get('delta', 0)} deltas ({changes} changes"
+        " of state)",
         f"- avatar images {run['media_bytes']:,} bytes in all (embedded media: 0 S3"
         " requests); day by day:",
         *_avatar_lines(run),
