@@ -254,11 +254,15 @@ def _tier_section(data: dict[str, Any]) -> list[str]:
             f"| {tier} | {store_month:.4f} | {llm:.4f} | {images_month:.4f}"
             f" | {egress_month:.6f} | **{total:.4f}** |"
         )
+    first = day_of(any_run, 0) if any_run else {"avatar_generations": 0}
+    warm_up = avatar_dollars(first["avatar_generations"], first.get("avatar_clips", 0))
     lines += [
         "",
-        "Images and clips: this user's last day alone, times 30 (a cache entry serves every"
-        " user whose avatar prompt is the same, so with many users the generations per user"
-        " tend to 0).",
+        "Images and clips: this user's last day (warm cache) times 30. The first day's"
+        f" generations (cold cache: {first['avatar_generations']:g} images and"
+        f" {first.get('avatar_clips', 0):g} clips, ${warm_up:.2f}) are paid once per"
+        " deployment and shared by every user whose avatar prompt is the same, so they are"
+        " not a monthly cost of one user.",
         "",
     ]
     return lines
