@@ -574,6 +574,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         if not args.token:
             raise ValueError("--token is required: companion token USER --device phone")
+        if args.linger < 0:
+            raise ValueError(f"--linger must be >= 0 seconds, got {args.linger:g}")
         server = servers(args.server)
         source = _source(args)
         journal_path = Path(args.journal) if args.journal else _default_journal(user_of(args.token))
