@@ -7,10 +7,13 @@ A day of frames (sleep, a walking commute, work with two stress spells, lunch, t
 home, a run, the evening, sleep: :data:`DAY`, made by :mod:`brain.scenarios` at 1 Hz) is
 replayed through a real server started in this process on 127.0.0.1 (the app of
 ``companion serve``: embedded media, rules analyst, local avatar renderer and its cache;
-rate limit lifted, debounce 1 ms: see :func:`_settings`), by one phone over the WebSocket that
-uploads ``--upload-every`` seconds of frames per ``frames`` message and waits for each ack,
-while one watch holds a socket and counts the bytes pushed to it. ``--speed`` replays at
-that multiple of real time (0: as fast as the acks come back).
+rate limit lifted, debounce 1 ms, old frames taken: see :func:`_settings`), by one phone
+over the WebSocket that sends the uploads the phone bridge would send (``--upload-every
+bridge``, the default: the bridge's own rule, :mod:`clients.bridge.uploads`, applied to
+the frames as they arrive at 1 Hz; or a fixed number of seconds of frames per ``frames``
+message) and waits for each ack, while one watch holds a socket and counts the bytes
+pushed to it. ``--speed`` replays at that multiple of real time (0: as fast as the acks
+come back).
 
 What is counted, and how:
 
@@ -27,7 +30,9 @@ What is counted, and how:
   every window to Claude (today's server with ``COMPANION_ANALYST=anthropic``), then
   through :func:`brain.analyst.trigger.should_trigger`. Tokens as the fake reports them
   (about four bytes of request JSON a token, prompt caching by the API's rules).
-- Avatar generations and state changes: from the server's own metrics and deltas.
+- Avatar generations, cache hits and clips, and state changes: from the server's own
+  metrics (``companion_avatar_generations_total``, ``companion_avatar_cache_total``,
+  ``companion_avatar_clips_total``) and the deltas the watch receives, day by day.
 
 Prices are :data:`PRICES` (one dated table). Writes ``bench/results/cost.{json,md}`` and
 ``docs/cost.md`` (the page around the table is :data:`bench.cost_report.PAGE`).
@@ -62,9 +67,10 @@ from bench.harness import REPO_ROOT, free_port, write_results
 from brain import scenarios
 from brain.model import Frame
 from brain.prices import PRICES
+from clients.bridge.uploads import Outgoing, UploadPolicy
 from server.app import create_app
 from server.auth import DeviceKind, issue
-from server.protocol import MAX_FRAMES_PER_MESSAGE
+from server.protocol import MAX_FRAMES_PER_MESSAGE, frame_to_wire
 from server.runner import uvicorn_config
 from server.settings import Settings
 from server.store import codec, schema
@@ -95,6 +101,9 @@ DAY: tuple[tuple[str, int], ...] = (
 )
 """The scripted day: (scenario, minutes), 24 hours from midnight UTC."""
 
+BRIDGE_BATCH = 100
+"""Frames per message at most: the bridge's default ``--batch``."""
+
 _WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"})
 _READS = frozenset({"GetItem", "Query", "Scan", "BatchGetItem"})
 
@@ -110,6 +119,44 @@ def day_frames(start_ms: int, hours: float) -> list[Frame]:
         at += minutes * 60_000
     end = start_ms + int(hours * 3_600_000)
     return [frame for frame in frames if frame.ts < end]
+
+
+Upload = list[Frame]
+
+
+@dataclass(frozen=True, slots=True)
+class Uploads:
+    """One day's frames as the phone sends them: the messages, and how many of them a
+    spike sent early (the bridge's rule only)."""
+
+    messages: list[Upload]
+    spikes: int = 0
+
+
+def bridge_uploads(frames: Sequence[Frame], policy: UploadPolicy | None = None) -> Uploads:
+    """The uploads the phone bridge sends for ``frames`` arriving live, each at its own
+    ``ts``: its rule (:class:`clients.bridge.uploads.Outgoing`) applied frame by frame."""
+    wire = {i: frame_to_wire(frame) for i, frame in enumerate(frames)}
+    held = Outgoing(policy or UploadPolicy(), wire.get)
+    messages: list[Upload] = []
+
+    def send_due(now: float) -> None:
+        while batch := held.take(BRIDGE_BATCH, now):
+            messages.append([frames[i] for i, _ in batch])
+
+    for i, frame in enumerate(frames):
+        now = frame.ts / 1000
+        send_due(now)  # a linger that ran out before this frame arrived
+        held.add(i, wire[i], now)
+        send_due(now)
+    held.flush()  # the end of the day's replay: nothing more comes
+    send_due(math.inf)
+    return Uploads(messages, held.spikes)
+
+
+def fixed_uploads(frames: Sequence[Frame], seconds: int) -> Uploads:
+    """``frames`` cut into uploads of ``seconds`` frames each (1 Hz)."""
+    return Uploads([list(frames[i : i + seconds]) for i in range(0, len(frames), seconds)])
 
 
 @dataclass
@@ -222,19 +269,19 @@ Probe = Callable[[], dict[str, Any]]
 async def replay(
     settings: Settings,
     store: Store,
-    days: Sequence[Sequence[Frame]],
+    days: Sequence[Uploads],
     args: argparse.Namespace,
     probe: Probe = dict,
 ) -> dict[str, Any]:
-    """Replay ``days`` of frames through a server on ``store``, one day after the other.
+    """Replay ``days`` of uploads through a server on ``store``, one day after the other.
 
     Returns the counters as they stood at the end of each day (``snapshots``): pushed
-    messages and bytes, avatar generations and cache outcomes, and ``probe()``.
+    messages and bytes, avatar generations, cache outcomes and clips, and ``probe()``.
     """
     now_s = int(time.time())
     phone = issue(SECRET, USER, DeviceKind.PHONE, ttl_s=86_400, now_s=now_s)
     watch = issue(SECRET, USER, DeviceKind.WATCH, ttl_s=86_400, now_s=now_s)
-    per_message = min(args.upload_every, MAX_FRAMES_PER_MESSAGE)
+    first_ts = days[0].messages[0][0].ts
     pushed: Counter[str] = Counter()
     stop = asyncio.Event()
     snapshots = []
@@ -250,12 +297,12 @@ async def replay(
             httpx.AsyncClient(base_url=f"http://{address}", timeout=10) as http,
         ):
             await ws.send(orjson.dumps({"op": "hello", "client": "cost-phone"}).decode())
-            for frames in days:
-                for first in range(0, len(frames), per_message):
-                    if args.speed > 0:  # send upload `seq` when its last frame would exist
-                        due = started + (seq + 1) * args.upload_every / args.speed
+            for uploads in days:
+                for batch in uploads.messages:
+                    if args.speed > 0:  # send an upload when its last frame would exist
+                        due = started + (batch[-1].ts - first_ts + 1000) / 1000 / args.speed
                         await asyncio.sleep(max(0.0, due - time.monotonic()))
-                    await _upload(ws, seq, frames[first : first + per_message])
+                    await _upload(ws, seq, batch)
                     seq += 1
                 await _settle(http)
                 metrics = (await http.get("/metrics")).text
@@ -269,6 +316,8 @@ async def replay(
                             outcome: _metric(metrics, "companion_avatar_cache_total", outcome)
                             for outcome in ("hit", "miss")
                         },
+                        "avatar_clips": _metric(metrics, "companion_avatar_clips_total", "ok"),
+                        "analyses": _metric(metrics, "companion_analyses_total", None),
                         **probe(),
                     }
                 )
@@ -312,10 +361,10 @@ def _metric(text: str, name: str, label: str | None) -> float:
     return total
 
 
-async def run_sqlite(days: Sequence[Sequence[Frame]], args: argparse.Namespace) -> dict[str, Any]:
+async def run_sqlite(days: Sequence[Uploads], args: argparse.Namespace) -> dict[str, Any]:
     """The days on the embedded SQLite store: bytes stored, pushed, generated."""
     with tempfile.TemporaryDirectory(prefix="cost-sqlite-") as data_dir:
-        settings = _settings(pathlib.Path(data_dir))
+        settings = _settings(pathlib.Path(data_dir), len(days))
         store = SQLiteStore(settings.sqlite_path)
         result = await replay(settings, store, days, args)
         result.update(_sqlite_sizes(settings.sqlite_path))
@@ -339,12 +388,12 @@ def _dir_bytes(path: pathlib.Path) -> int:
 
 
 async def run_dynamodb(
-    days: Sequence[Sequence[Frame]], args: argparse.Namespace, endpoint: str
+    days: Sequence[Uploads], args: argparse.Namespace, endpoint: str
 ) -> dict[str, Any]:
     """The days on DynamoDB Local: request units by table, bytes stored by table."""
     prefix = f"cost{int(time.time())}-"
     with tempfile.TemporaryDirectory(prefix="cost-dynamodb-") as data_dir:
-        settings = _settings(pathlib.Path(data_dir))
+        settings = _settings(pathlib.Path(data_dir), len(days))
         store = DynamoDBStore(table_prefix=prefix, region="us-east-1", endpoint_url=endpoint)
         await store.open()
         await store.create_tables()
@@ -401,10 +450,21 @@ def _old_item_bytes(frame: Frame) -> int:
     )
 
 
-def _settings(data_dir: pathlib.Path) -> Settings:
+def _settings(data_dir: pathlib.Path, days: int) -> Settings:
     # A day replayed in seconds sends far more than 20 messages a second on one socket:
-    # the per-connection rate limit is lifted (it bills nothing; everything else is default).
-    return Settings(data_dir=data_dir, secret=SECRET, port=0, log_level="warning", rate_per_s=1e6)
+    # the per-connection rate limit is lifted, the analysis debounce is 1 ms (each upload
+    # is analysed on its own as far as the analyses keep up, as in real time, instead of
+    # one analysis a second of replay), and frames are taken as old as the first replayed
+    # day (none of them bills anything; everything else is default).
+    return Settings(
+        data_dir=data_dir,
+        secret=SECRET,
+        port=0,
+        log_level="warning",
+        rate_per_s=1e6,
+        debounce_ms=1,
+        max_frame_age_s=max(7, days + 1) * 86_400,
+    )
 
 
 @asynccontextmanager
@@ -446,9 +506,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         os.environ.setdefault(name, value)
     # The days end at yesterday's midnight (UTC): the server takes frames up to 7 days old.
     first_day = (int(time.time()) // 86_400 - args.days) * 86_400_000
-    days = [day_frames(first_day + d * 86_400_000, args.hours) for d in range(args.days)]
-    frames = days[-1]
-    print(f"{args.days} x {len(frames)} frames", file=sys.stderr, flush=True)
+    frame_days = [day_frames(first_day + d * 86_400_000, args.hours) for d in range(args.days)]
+    frames = frame_days[-1]
+    if args.upload_every == "bridge":
+        days = [bridge_uploads(day) for day in frame_days]
+    else:
+        days = [fixed_uploads(day, int(args.upload_every)) for day in frame_days]
+    print(
+        f"{args.days} x {len(frames)} frames in {len(days[-1].messages)} uploads a day",
+        file=sys.stderr,
+        flush=True,
+    )
     runs = []
     if "sqlite" in args.stores:
         runs.append(await run_sqlite(days, args))
@@ -457,13 +525,15 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         async with dynamodb_local() as endpoint:
             runs.append(await run_dynamodb(days, args, endpoint))
         print(f"dynamodb: {runs[-1]['replay_s']} s", file=sys.stderr, flush=True)
-    llm = await llm_day(frames, upload_every_s=args.upload_every)
+    llm = await llm_day(frames, upload_ends=[batch[-1].ts + 1 for batch in days[-1].messages])
     return {
         "hours": args.hours,
         "days": args.days,
         "frames": len(frames),
         "old_item_bytes": round(sum(_old_item_bytes(f) for f in frames) / len(frames)),
         "upload_every_s": args.upload_every,
+        "uploads_per_day": len(days[-1].messages),
+        "spike_uploads_per_day": days[-1].spikes,
         "speed": args.speed,
         "prices": PRICES,
         "runs": runs,
@@ -481,15 +551,22 @@ def main() -> None:
         "--days", type=int, default=2, help="days replayed (the last is reported: warm caches)"
     )
     parser.add_argument(
-        "--upload-every", type=int, default=60, help="seconds of 1 Hz frames per upload"
+        "--upload-every",
+        default="bridge",
+        help="seconds of 1 Hz frames per upload, or 'bridge' (default): as the phone bridge"
+        " sends them (a minute per upload, earlier on a spike)",
     )
     parser.add_argument(
         "--speed", type=float, default=0.0, help="x real time (0: as fast as acks come)"
     )
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/cost.md")
     args = parser.parse_args()
-    if not 1 <= args.upload_every <= MAX_FRAMES_PER_MESSAGE:
-        parser.error(f"--upload-every must be 1..{MAX_FRAMES_PER_MESSAGE}")
+    if not 1 <= args.days <= 28:
+        parser.error("--days must be 1..28 (frames are kept 30 days)")
+    if args.upload_every != "bridge" and not (
+        args.upload_every.isdigit() and 1 <= int(args.upload_every) <= MAX_FRAMES_PER_MESSAGE
+    ):
+        parser.error(f"--upload-every must be 'bridge' or 1..{MAX_FRAMES_PER_MESSAGE}")
     data = asyncio.run(main_async(args))
     markdown = render(data)
     print(markdown)

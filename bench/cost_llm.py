@@ -1,8 +1,9 @@
 """The LLM side of bench.cost: a day's windows through brain, against the local fake API.
 
-Each upload ends a window (the last 15 minutes of frames); the window goes through
-:class:`~brain.analyst.guard.GuardedAnalyst` with the real ``anthropic`` SDK pointed at
-:class:`tests.fakes.anthropic_api.FakeAnthropicApi`, on a simulated clock. The fake answers
+Each upload ends a window (the last 15 minutes of frames up to the upload's last frame);
+the window goes through :class:`~brain.analyst.guard.GuardedAnalyst` with the real
+``anthropic`` SDK pointed at :class:`tests.fakes.anthropic_api.FakeAnthropicApi`, on a
+simulated clock. The fake answers
 what the rules would (so the day's states are the rules' states, whoever answers). A
 reactor as the pipeline's (a new version on a change of state, mood or energy band) keeps
 the user's current state and counts the changes of state.
@@ -10,8 +11,9 @@ the user's current state and counts the changes of state.
 Modes: ``every_window`` is today's server with ``COMPANION_ANALYST=anthropic`` (every
 analysis may reach Claude, within the daily budget); ``free`` and ``premium`` put
 :func:`brain.analyst.trigger.should_trigger` in front with each tier's caps;
-``free_cacheable`` is ``free`` with the fake caching prefixes from 256 tokens, to show what
-prompt caching does once the static prefix is long enough (Haiku 4.5 needs 4,096).
+``free_cacheable`` is ``free`` with the fake (and the analyst's cache marks) caching
+prefixes from 256 tokens, to show what prompt caching does once the static prefix is long
+enough (Haiku 4.5 needs 4,096: in the other modes no mark is sent).
 """
 
 from __future__ import annotations
@@ -58,8 +60,9 @@ class _Ledger:
         return self
 
 
-async def llm_day(frames: Sequence[Frame], *, upload_every_s: int) -> dict[str, Any]:
-    """Calls, tokens and dollars of the day's windows in each mode (see the module doc)."""
+async def llm_day(frames: Sequence[Frame], *, upload_ends: Sequence[int]) -> dict[str, Any]:
+    """Calls, tokens and dollars of the day's windows in each mode (see the module doc);
+    one window ends at each of ``upload_ends`` (ms, ascending)."""
     results: dict[str, Any] = {}
     with FakeAnthropicApi() as api:
         for mode in ("every_window", "free", "premium", "free_cacheable"):
@@ -69,28 +72,35 @@ async def llm_day(frames: Sequence[Frame], *, upload_every_s: int) -> dict[str, 
             tier = "premium" if mode == "premium" else "free"
             caps, budget = TIERS[tier]
             gate = None if mode == "every_window" else TriggerGate(caps)
-            results[mode] = await _one_day(api, frames, upload_every_s, gate, budget)
+            results[mode] = await _one_day(
+                api, frames, upload_ends, gate, budget, api.cache_minimum_tokens
+            )
     return results
 
 
 async def _one_day(
     api: FakeAnthropicApi,
     frames: Sequence[Frame],
-    upload_every_s: int,
+    upload_ends: Sequence[int],
     gate: TriggerGate | None,
     budget: DailyBudget,
+    cache_minimum_tokens: int | None,
 ) -> dict[str, Any]:
     stamps = [frame.ts for frame in frames]
     now = [stamps[0] / 1000]
-    claude = ClaudeAnalyst.direct(model=MODEL, api_key="test", base_url=api.base_url)
+    claude = ClaudeAnalyst.direct(
+        model=MODEL,
+        api_key="test",
+        base_url=api.base_url,
+        cache_minimum_tokens=cache_minimum_tokens,  # None: the model's (4,096 for Haiku 4.5)
+    )
     guard = GuardedAnalyst(claude, ledger=_Ledger(), clock=lambda: now[0], gate=gate, budget=budget)
     profile = Profile()
     current: tuple[State, str, EnergyBand] | None = None
     changes = windows = 0
     outcomes: Counter[str] = Counter()
     try:
-        step_ms = upload_every_s * 1000
-        for end in range(stamps[0] + step_ms, stamps[-1] + step_ms + 1, step_ms):
+        for end in upload_ends:
             now[0] = end / 1000
             window = frames[
                 bisect.bisect_left(stamps, end - WINDOW_MS) : bisect.bisect_left(stamps, end)

@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from bench.harness import REPO_ROOT
-from brain.prices import PRICES
+from brain.prices import CLIP_SECONDS, PRICES
 
 DAYS = 30
 FRAME_ITEM_OVERHEAD = 100
@@ -72,9 +72,8 @@ def llm_month(mode: dict[str, Any]) -> float:
 def render(data: dict[str, Any]) -> str:
     """The Markdown report of one run of bench.cost."""
     lines = [
-        f"Replayed {data['frames']:,} frames ({data['hours']:g} h at 1 Hz), uploaded"
-        f" {data['upload_every_s']} s of frames per message; prices as of"
-        f" {PRICES['as_of']} ({PRICES['source']}).",
+        f"Replayed {data['frames']:,} frames ({data['hours']:g} h at 1 Hz) a day, {data['days']}"
+        f" days, in {_cadence(data)}; prices as of {PRICES['as_of']} ({PRICES['source']}).",
         "",
     ]
     for run in data["runs"]:
@@ -84,22 +83,92 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _cadence(data: dict[str, Any]) -> str:
+    if data["upload_every_s"] == "bridge":
+        return (
+            f"the phone bridge's uploads ({data['uploads_per_day']:,} a day: one a minute,"
+            f" {data['spike_uploads_per_day']} sent early by a spike)"
+        )
+    return f"uploads of {data['upload_every_s']} s of frames ({data['uploads_per_day']:,} a day)"
+
+
+def avatar_days(run: dict[str, Any]) -> list[dict[str, float]]:
+    """Each replayed day's changes of state, avatar cache hits and misses, generations and
+    clips (the server's own counters, as differences between days)."""
+    out = []
+    for index in range(len(run["snapshots"])):
+        day = day_of(run, index)
+        out.append(
+            {
+                "changes": day["pushed"].get("state_changes", 0),
+                "deltas": day["pushed"].get("delta", 0),
+                "hits": day["avatar_cache"]["hit"],
+                "misses": day["avatar_cache"]["miss"],
+                "generations": day["avatar_generations"],
+                "clips": day.get("avatar_clips", 0),
+            }
+        )
+    return out
+
+
+def avatar_dollars(generations: float, clips: float) -> float:
+    """Dollars of avatar images and clips generated (a cache hit costs nothing)."""
+    clip = PRICES["clip_per_second"] * CLIP_SECONDS
+    return generations * PRICES["image_per_generation"] + clips * clip
+
+
+def _ratio(part: float, whole: float) -> str:
+    return f"{part / whole:.2f}" if whole else "n/a"
+
+
+def _avatar_lines(run: dict[str, Any]) -> list[str]:
+    days = avatar_days(run)
+    last = days[-1]
+    total = {key: sum(day[key] for day in days) for key in last}
+    warm = days[1:] or days
+    warm_total = {key: sum(day[key] for day in warm) for key in last}
+    lines = [
+        "",
+        "| day | changes of state | deltas | cache hits | generations | clips"
+        " | generations per change | $ images + clips |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for number, day in enumerate(days, 1):
+        lines.append(
+            f"| {number} | {day['changes']:g} | {day['deltas']:g} | {day['hits']:g}"
+            f" | {day['generations']:g} | {day['clips']:g}"
+            f" | {_ratio(day['generations'], day['changes'])}"
+            f" | {avatar_dollars(day['generations'], day['clips']):.3f} |"
+        )
+    lines += [
+        "",
+        f"Avatar generations per change of state: **{_ratio(last['generations'], last['changes'])}"
+        f"** on the last day, {_ratio(warm_total['generations'], warm_total['changes'])} over"
+        f" the days after the first (warm cache), {_ratio(total['generations'], total['changes'])}"
+        f" over all {len(days)} days ({total['generations']:g} generations, {total['hits']:g}"
+        f" cache hits, for {total['changes']:g} changes of state);"
+        f" images ${PRICES['image_per_generation']} each, clips"
+        f" ${PRICES['clip_per_second'] * CLIP_SECONDS:.2f} each ({CLIP_SECONDS} s).",
+        "",
+    ]
+    return lines
+
+
 def _store_section(run: dict[str, Any], data: dict[str, Any]) -> list[str]:
-    day, cold = day_of(run), day_of(run, 0)
+    day = day_of(run)
     days, frames = data["days"], data["frames"]
     pushed = day["pushed"]
     changes = pushed.get("state_changes", 0)
-    generations = day["avatar_generations"]
-    per_change = f"{generations / changes:.2f}" if changes else "n/a"
     lines = [
         f"### {run['store']}",
         "",
         f"- replay: {run['replay_s']} s for {run['uploads']} uploads ({days} days);"
-        f" the last day pushed {pushed.get('bytes', 0):,} bytes to one watch in"
-        f" {pushed.get('delta', 0)} deltas ({changes} changes of state)",
-        f"- avatar generations: {generations:g} on the last day ({per_change} per change of"
-        f" state), {cold['avatar_generations']:g} on the first (cold cache); images"
-        f" {run['media_bytes']:,} bytes in all (embedded media: 0 S3 requests)",
+        f" the last day {day.get('analyses', 0):g} analyses, and {pushed.get('bytes', 0):,}"
+        f" bytes pushed to one watch in {pushed.get('delta', 0)} deltas ({changes} changes"
+        " of state)",
+        f"- avatar images {run['media_bytes']:,} bytes in all (embedded media: 0 S3"
+        " requests); day by day:",
+        *_avatar_lines(run),
     ]
     if run["store"] == "sqlite":
         lines.append(
@@ -165,7 +234,7 @@ def _tier_section(data: dict[str, Any]) -> list[str]:
     lines = [
         "### $/user-month by tier (DynamoDB store, embedded media, S3 $0)",
         "",
-        "| tier | DynamoDB | LLM | images | pushed bytes | total |",
+        "| tier | DynamoDB | LLM | images and clips | pushed bytes | total |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     store_month = 0.0
@@ -175,7 +244,7 @@ def _tier_section(data: dict[str, Any]) -> list[str]:
             for table in day_of(dynamo)["wru"]
         )
     day = day_of(any_run) if any_run else {"avatar_generations": 0, "pushed": {}}
-    images_month = per_month(day["avatar_generations"]) * PRICES["image_per_generation"]
+    images_month = per_month(avatar_dollars(day["avatar_generations"], day.get("avatar_clips", 0)))
     egress = per_month(day["pushed"].get("bytes", 0))
     egress_month = egress / 1e9 * PRICES["egress_per_gb"]
     for tier in ("free", "premium"):
@@ -185,10 +254,15 @@ def _tier_section(data: dict[str, Any]) -> list[str]:
             f"| {tier} | {store_month:.4f} | {llm:.4f} | {images_month:.4f}"
             f" | {egress_month:.6f} | **{total:.4f}** |"
         )
+    first = day_of(any_run, 0) if any_run else {"avatar_generations": 0}
+    warm_up = avatar_dollars(first["avatar_generations"], first.get("avatar_clips", 0))
     lines += [
         "",
-        "Images: this user's last day alone (a cache entry serves every user whose avatar"
-        " prompt is the same, so with many users the generations per user tend to 0).",
+        "Images and clips: this user's last day (warm cache) times 30. The first day's"
+        f" generations (cold cache: {first['avatar_generations']:g} images and"
+        f" {first.get('avatar_clips', 0):g} clips, ${warm_up:.2f}) are paid once per"
+        " deployment and shared by every user whose avatar prompt is the same, so they are"
+        " not a monthly cost of one user.",
         "",
     ]
     return lines

@@ -31,9 +31,11 @@ PRICES: Final[dict[str, Any]] = {
 }
 """Prices in US dollars, as of ``as_of``."""
 
-FRAMES_PER_WRITE_UNIT: Final = 20
-"""Frames one DynamoDB write unit holds in the packed layout (issue 19's target), used to
-estimate the storage writes of frames live; bench.cost measures the real figure."""
+FRAMES_PER_WRITE_UNIT: Final = 60
+"""Frames one DynamoDB write unit holds in the packed layout when the phone sends a minute
+per upload at 1 Hz (the bridge's cadence; bench.cost measures 59.7 on the scripted day,
+spikes included), used to estimate the storage writes of frames live. A client that
+uploads frame by frame costs up to 60 times more; the estimate does not see it."""
 
 PUSH_BYTES: Final = 400
 """Bytes one pushed delta or snapshot costs in egress (frame, headers and TLS overhead)."""

@@ -7,10 +7,12 @@ features, trend and baseline as compact JSON, and ``tool_choice`` forces the
 tool input is validated again here (:func:`parse_assessment`): a model may still answer
 outside the schema, and nothing outside the enums may reach a device.
 
-The tool schema, the instructions and the persona are marked for Anthropic's prompt cache
-(``cache_control``); the answer's cache writes and reads are reported apart. The API caches a
-prefix only from a model's minimum length (4,096 tokens for Haiku 4.5, 1,024 to 2,048 for
-others): below it the marks cost nothing and the counts stay 0 (see ``docs/cost.md``).
+The tool schema, the instructions and the persona end Anthropic's prompt-cache breakpoints
+(``cache_control``), each kept only when the prefix it ends reaches the model's minimum
+(:func:`~brain.analyst.pricing.cache_minimum_of`: 4,096 tokens for Haiku 4.5, 1,024 to 4,096
+for others; :func:`cache_marks`): a shorter prefix is never cached, so its mark would be
+noise. Today's static prefix (~500 tokens) reaches no model's minimum, so no mark is sent
+(see ``docs/cost.md``). The answer's cache writes and reads are reported apart.
 
 The SDK's own retries are off (``max_retries=0``): :class:`~brain.analyst.guard.GuardedAnalyst`
 owns retries, timeouts and the circuit, so one policy decides how hard to try.
@@ -19,7 +21,8 @@ owns retries, timeouts and the circuit, so one policy decides how hard to try.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
 from typing import Any, TypeVar, cast
 
@@ -30,7 +33,8 @@ from anthropic.types import Message, TextBlockParam, ToolParam
 
 from brain.analyst.base import AnalysisRequest, Answer
 from brain.analyst.errors import AnalystTimeout, AnalystUnavailable, AnswerInvalid
-from brain.analyst.persona import system_blocks
+from brain.analyst.persona import SystemBlock, system_blocks
+from brain.analyst.pricing import cache_minimum_of
 from brain.coaching import MAX_REASONING
 from brain.model import Action, Assessment, Mood, Source, State
 
@@ -70,6 +74,10 @@ TOOL: ToolParam = {
 }
 """The tool the model must call; its enums are the values of the :mod:`brain.model` enums."""
 
+CHARS_PER_TOKEN = 3.0
+"""A generous estimate (English and JSON run 3.5 to 4 characters a token): a prefix near a
+model's minimum is marked rather than missed (a useless mark costs nothing)."""
+
 _RETRYABLE_STATUS = frozenset({408, 409, 429})
 _E = TypeVar("_E", bound=StrEnum)
 
@@ -87,10 +95,15 @@ class ClaudeAnalyst:
         *,
         model: str = DEFAULT_MODEL,
         max_tokens: int = 512,
+        cache_minimum_tokens: int | None = None,
     ) -> None:
         self._client = client
         self._model = model
         self.max_tokens = max_tokens
+        self.cache_minimum_tokens = (
+            cache_minimum_of(model) if cache_minimum_tokens is None else cache_minimum_tokens
+        )
+        """The shortest prefix the model caches (``None``: the model's, from the docs)."""
 
     @classmethod
     def direct(
@@ -101,13 +114,16 @@ class ClaudeAnalyst:
         base_url: str | None = None,
         timeout_s: float = 30.0,
         max_tokens: int = 512,
+        cache_minimum_tokens: int | None = None,
     ) -> ClaudeAnalyst:
         """Claude through the Anthropic API; ``None`` arguments fall back to the SDK's
-        ``ANTHROPIC_API_KEY`` and ``ANTHROPIC_BASE_URL``."""
+        ``ANTHROPIC_API_KEY`` and ``ANTHROPIC_BASE_URL`` (and the model's cache minimum)."""
         client = AsyncAnthropic(
             api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=0
         )
-        return cls(client, model=model, max_tokens=max_tokens)
+        return cls(
+            client, model=model, max_tokens=max_tokens, cache_minimum_tokens=cache_minimum_tokens
+        )
 
     @classmethod
     def bedrock(
@@ -148,13 +164,14 @@ class ClaudeAnalyst:
         :class:`~brain.analyst.errors.AnalystTimeout`) when the call fails, and
         :class:`~brain.analyst.errors.AnswerInvalid` when the answer is not a valid assessment.
         """
+        tools, system = cache_marks([TOOL], system_blocks(request), self.cache_minimum_tokens)
         try:
             message = await self._client.messages.create(
                 model=self._model,
                 max_tokens=self.max_tokens,
-                system=cast(list[TextBlockParam], system_blocks(request)),
+                system=cast(list[TextBlockParam], system),
                 messages=[{"role": "user", "content": user_message(request)}],
-                tools=[TOOL],
+                tools=tools,
                 tool_choice={"type": "tool", "name": TOOL_NAME},
             )
         except anthropic.APITimeoutError as exc:
@@ -170,6 +187,33 @@ class ClaudeAnalyst:
         except anthropic.APIResponseValidationError as exc:
             raise AnswerInvalid(f"{self._model} sent a malformed response: {exc}") from exc
         return _answer(message)
+
+
+def cache_marks(
+    tools: Sequence[ToolParam], system: Sequence[SystemBlock], minimum_tokens: int
+) -> tuple[list[ToolParam], list[SystemBlock]]:
+    """``tools`` and ``system`` with a ``cache_control`` mark kept only where the prefix it
+    ends (tools, then system blocks, in the API's order) reaches ``minimum_tokens``, by the
+    estimate of :data:`CHARS_PER_TOKEN`."""
+    chars = 0
+
+    def keep(block: Mapping[str, Any], text: str) -> bool:
+        nonlocal chars
+        chars += len(text)
+        return "cache_control" in block and math.ceil(chars / CHARS_PER_TOKEN) >= minimum_tokens
+
+    out_tools: list[ToolParam] = []
+    for tool in tools:
+        bare = cast(ToolParam, {k: v for k, v in tool.items() if k != "cache_control"})
+        marked = keep(tool, orjson.dumps(bare).decode())
+        out_tools.append(tool if marked else bare)
+    out_system: list[SystemBlock] = []
+    for block in system:
+        if keep(block, block["text"]):
+            out_system.append(block)
+        else:
+            out_system.append({"type": "text", "text": block["text"]})
+    return out_tools, out_system
 
 
 def user_message(request: AnalysisRequest) -> str:

@@ -7,7 +7,8 @@ contains, so dated ids (``claude-haiku-4-5-20251001``) and Bedrock ids
 priced like the most expensive family: a budget should err towards stopping early.
 
 Prompt caching is priced as Anthropic publishes it for the 5-minute cache: writing a prefix
-to the cache costs 1.25 times the input price, reading it back 0.1 times.
+to the cache costs 1.25 times the input price, reading it back 0.1 times. A prefix shorter
+than the model's minimum (:data:`CACHE_MINIMUM_TOKENS`) is not cached at all.
 """
 
 from __future__ import annotations
@@ -65,7 +66,38 @@ UNKNOWN = Price(15.0, 75.0)
 """The price assumed for a model not in :data:`PRICES`."""
 
 
+CACHE_MINIMUM_TOKENS: Mapping[str, int] = {
+    "claude-opus-4-6": 4096,
+    "claude-opus-4-5": 4096,
+    "claude-opus-4-1": 1024,
+    "claude-opus-4": 1024,
+    "claude-sonnet-4-6": 1024,
+    "claude-sonnet-4-5": 1024,
+    "claude-sonnet-4": 1024,
+    "claude-3-7-sonnet": 1024,
+    "claude-haiku-4-5": 4096,
+    "claude-3-5-haiku": 2048,
+    "claude-3-haiku": 2048,
+}
+"""The shortest prefix Anthropic's prompt cache keeps, in tokens, by model family (the
+prompt-caching page of the API docs, as of 2026-12-01; see docs/cost.md). A shorter prefix
+marked with ``cache_control`` is billed as plain input, silently."""
+
+UNKNOWN_CACHE_MINIMUM = 0
+"""The minimum assumed for a model not in :data:`CACHE_MINIMUM_TOKENS`: mark every
+breakpoint (a mark the API cannot use costs nothing; a missed one costs the saving)."""
+
+
 def price_of(model: str, prices: Mapping[str, Price] = PRICES) -> Price:
     """The price of the longest family in ``prices`` that ``model`` contains, else ``UNKNOWN``."""
     families = [family for family in prices if family in model]
     return prices[max(families, key=len)] if families else UNKNOWN
+
+
+def cache_minimum_of(model: str) -> int:
+    """The shortest cacheable prefix of ``model`` in tokens (longest family name it contains;
+    :data:`UNKNOWN_CACHE_MINIMUM` for another model)."""
+    families = [family for family in CACHE_MINIMUM_TOKENS if family in model]
+    if not families:
+        return UNKNOWN_CACHE_MINIMUM
+    return CACHE_MINIMUM_TOKENS[max(families, key=len)]

@@ -10,6 +10,12 @@ the server acks the batch, so neither a server crash nor a bridge crash loses a 
 after a reconnect or a restart, whatever is unacked goes again (the server keeps one item
 per frame key, so a resend is harmless).
 
+It sends a minute's frames together (:mod:`clients.bridge.uploads`): the server stores a
+device's minute as one item and a write is billed by the item's size, so one upload a
+minute costs 1/60 of a frame-by-frame stream. A frame waits at most ``linger_s`` (70 s);
+a spike, :meth:`Bridge.flush` (SIGUSR1: the app goes to the background) or the end of
+the source sends at once; ``--linger 0`` streams every frame as it comes.
+
 It keeps the user's state (:mod:`clients.bridge.phonestate`): ``hello`` carries ``since`` = its
 version, so a reconnect where nothing changed costs one ``uptodate``; a delta applies only
 on its ``base``, otherwise the bridge asks for a snapshot. Each change is relayed to the
@@ -54,6 +60,7 @@ from brain.scenarios import KINDS
 from clients.bridge.journal import Journal, JournalError, write_atomically
 from clients.bridge.phonestate import Applied, PhoneState
 from clients.bridge.sources import FileSource, FrameSource, ScenarioSource, StdinSource
+from clients.bridge.uploads import LIVE, Outgoing, UploadPolicy
 from clients.bridge.watchlink import NullLink, TcpWatchLink, WatchLink
 from clients.connect.access import Endpoints, TokenError, add_server_flags, servers, user_of
 from clients.connect.failover import RECONNECT, Failover
@@ -93,6 +100,7 @@ class Bridge:
         link: WatchLink | None = None,
         state_path: Path | None = None,
         batch_size: int = 100,
+        uploads: UploadPolicy | None = None,
         max_in_flight: int = 8,
         exit_when_done: bool = False,
         backoff: Backoff | None = None,
@@ -138,7 +146,8 @@ class Bridge:
             start=int(rand() * len(all_servers)),
         )
         self._connector = connector
-        self._unsent: collections.deque[int] = collections.deque()
+        self.uploads = uploads or UploadPolicy()
+        self._unsent = Outgoing(self.uploads, journal.frame)
         self._in_flight: dict[int, list[int]] = {}
         self._seq = 0
         self._highest_sent = 0
@@ -191,12 +200,21 @@ class Bridge:
                 self._room.clear()
                 await self._room.wait()  # backpressure: wait for acks
             ids = self.journal.append(frames, cursor)
-            self._unsent.extend(ids)
+            now = self._clock()
+            for frame_id, frame in zip(ids, frames, strict=True):
+                self._unsent.add(frame_id, frame, now)
             self.stats["frames_read"] += len(ids)
             self._wake.set()
         self._source_done = True
+        self.flush()  # nothing more to wait for
         log.info("source drained; %d frames still to be acked", len(self.journal))
         self._check_done()
+
+    def flush(self) -> None:
+        """Send every held frame now, whatever its minute (the app goes to the background,
+        the source ended)."""
+        self._unsent.flush()
+        self._wake.set()
 
     def _check_done(self) -> None:
         if self.exit_when_done and self._source_done and not len(self.journal):
@@ -254,9 +272,10 @@ class Bridge:
     async def _session(self, ws: ClientConnection, server: Endpoints) -> tuple[int | None, bool]:
         """Serve one connection until it closes: (close code, whether the server answered)."""
         self._in_flight.clear()
-        self._unsent = collections.deque(i for i, _ in self.journal.pending())
-        self.stats["frames_resent"] += sum(1 for i in self._unsent if i <= self._highest_sent)
-        log.info("connected to %s; %d unacked frames to send", server.http, len(self._unsent))
+        pending = [i for i, _ in self.journal.pending()]
+        self._unsent.restart(pending)
+        self.stats["frames_resent"] += sum(1 for i in pending if i <= self._highest_sent)
+        log.info("connected to %s; %d unacked frames to send", server.http, len(pending))
         answered = False
         sender: asyncio.Task[None] | None = None
         try:
@@ -293,23 +312,22 @@ class Bridge:
     async def _send_loop(self, ws: ClientConnection) -> None:
         while True:
             self._wake.clear()
-            if not self._unsent or len(self._in_flight) >= self.max_in_flight:
+            if len(self._in_flight) >= self.max_in_flight:
                 await self._wake.wait()
                 continue
-            ids: list[int] = []
-            frames: list[dict[str, Any]] = []
-            while self._unsent and len(ids) < self.batch_size:
-                frame_id = self._unsent.popleft()
-                if (frame := self.journal.frame(frame_id)) is not None:
-                    ids.append(frame_id)
-                    frames.append(frame)
+            batch = self._unsent.take(self.batch_size, self._clock())
+            if not batch:
+                await self._wait_for_due()
+                continue
+            ids = [frame_id for frame_id, _ in batch]
+            frames = [frame for _, frame in batch]
             while ids:
                 self._seq += 1
                 text = orjson.dumps({"op": "frames", "seq": self._seq, "frames": frames}).decode()
                 if len(text) <= MAX_MESSAGE_BYTES or len(ids) == 1:
                     break
                 half = len(ids) // 2  # too big for one message: send half, keep the rest
-                self._unsent.extendleft(reversed(ids[half:]))
+                self._unsent.put_back(ids[half:])
                 ids, frames = ids[:half], frames[:half]
             if not ids:
                 continue
@@ -318,6 +336,20 @@ class Bridge:
             await ws.send(text)
             self.stats["batches_sent"] += 1
             self.stats["frames_sent"] += len(ids)
+            log.debug("sent seq %d: %d frames", self._seq, len(ids))
+
+    async def _wait_for_due(self) -> None:
+        """Until something may be sent: a wake (new frames, an ack, a flush) or the
+        held frames' linger deadline."""
+        deadline = self._unsent.deadline()
+        if deadline is None:
+            await self._wake.wait()
+            return
+        try:
+            async with asyncio.timeout(max(0.0, deadline - self._clock())):
+                await self._wake.wait()
+        except TimeoutError:
+            pass  # the first held frame has waited long enough: take() sends it now
 
     # -- server messages ------------------------------------------------------------------
 
@@ -360,7 +392,7 @@ class Bridge:
     def _on_error(self, message: dict[str, Any]) -> None:
         text = str(message.get("message", ""))
         if (match := _NOT_STORED.search(text)) and (ids := self._in_flight.pop(int(match[1]), [])):
-            self._unsent.extendleft(reversed(ids))  # not durable there: send them again
+            self._unsent.put_back(ids)  # not durable there: send them again
             self._wake.set()
         log.warning("server error %s: %s", message.get("code"), text)
 
@@ -499,6 +531,13 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--watch-host", default="127.0.0.1")
     parser.add_argument("--batch", type=int, default=100, help="frames per message (max 500)")
     parser.add_argument(
+        "--linger",
+        type=float,
+        default=UploadPolicy().linger_s,
+        help="longest a frame waits to go with the rest of its minute (s, 0: send at once;"
+        " default %(default)g; SIGUSR1 sends what is held now)",
+    )
+    parser.add_argument(
         "--max-backoff",
         type=float,
         default=RECONNECT.cap,
@@ -535,6 +574,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         if not args.token:
             raise ValueError("--token is required: companion token USER --device phone")
+        if args.linger < 0:
+            raise ValueError(f"--linger must be >= 0 seconds, got {args.linger:g}")
         server = servers(args.server)
         source = _source(args)
         journal_path = Path(args.journal) if args.journal else _default_journal(user_of(args.token))
@@ -559,6 +600,7 @@ def main(args: argparse.Namespace) -> int:
         link=link,
         state_path=journal_path.with_name(journal_path.name + ".state.json"),
         batch_size=args.batch,
+        uploads=UploadPolicy(linger_s=args.linger) if args.linger > 0 else LIVE,
         exit_when_done=args.exit_when_done,
         backoff=replace(RECONNECT, cap=max(args.max_backoff, RECONNECT.base)),
         phone_device=args.phone_device,
@@ -569,6 +611,8 @@ def main(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, bridge.stop)
+        # What a phone app does when it goes to the background: send what it holds.
+        loop.add_signal_handler(signal.SIGUSR1, bridge.flush)
         return await bridge.run()
 
     try:

@@ -154,6 +154,7 @@ class Story:
                         "bridge", "bridge", "--server", self.target.server.http,
                         "--token", phone, "--source", "stdin",
                         "--journal", f"{tmp}/bridge.journal",
+                        "--linger", "0",  # a time-lapse: each frame is minutes of the story
                         "--watch-port", port.rsplit(":", 1)[1], "--exit-when-done",
                         stdin=True,
                     )

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
+import orjson
 import pytest
 from anthropic import AsyncAnthropicBedrock
 
@@ -27,10 +29,16 @@ from brain.analyst import (
     UsageLedger,
     build_request,
 )
-from brain.analyst.claude import BEDROCK_REGION, TOOL_NAME, ClaudeAnalyst
+from brain.analyst.claude import (
+    BEDROCK_REGION,
+    CHARS_PER_TOKEN,
+    TOOL_NAME,
+    ClaudeAnalyst,
+    cache_marks,
+)
 from brain.analyst.guard import RETRY
 from brain.analyst.persona import persona
-from brain.analyst.pricing import price_of
+from brain.analyst.pricing import cache_minimum_of, price_of
 from brain.backoff import Backoff
 from brain.features import compute_baseline
 from brain.model import (
@@ -556,9 +564,10 @@ def test_the_usage_ledger_protocol_matches_the_stores_methods() -> None:
 # --- prompt caching -------------------------------------------------------------------------
 
 
-async def test_tool_instructions_and_persona_are_marked_for_the_prompt_cache(
-    guard: GuardedAnalyst, api: FakeAnthropicApi
+async def test_tool_instructions_and_persona_are_marked_when_their_prefix_is_long_enough(
+    guard: GuardedAnalyst, claude: ClaudeAnalyst, api: FakeAnthropicApi
 ) -> None:
+    claude.cache_minimum_tokens = 100  # a model that caches from 100 tokens
     await guard.decide(request("hike"))
 
     body = api.requests[0].body
@@ -569,10 +578,52 @@ async def test_tool_instructions_and_persona_are_marked_for_the_prompt_cache(
     assert body["system"][2]["text"].startswith("Environment:")
 
 
+async def test_no_cache_mark_is_sent_when_the_prefix_is_under_the_models_minimum(
+    guard: GuardedAnalyst, api: FakeAnthropicApi
+) -> None:
+    """Haiku 4.5 caches prefixes from 4,096 tokens; this prompt's static part is ~500."""
+    await guard.decide(request("hike"))
+
+    body = api.requests[0].body
+    assert all("cache_control" not in tool for tool in body["tools"])
+    assert all("cache_control" not in block for block in body["system"])
+    assert body["system"][1]["text"] == persona(STRICT)
+
+
+def test_only_the_marks_whose_prefix_reaches_the_minimum_are_kept() -> None:
+    tool: Any = {"name": "t", "input_schema": {}, "cache_control": {"type": "ephemeral"}}
+    tool_chars = len(orjson.dumps({"name": "t", "input_schema": {}}))
+    mark: Any = {"type": "ephemeral"}
+    system: list[Any] = [
+        {"type": "text", "text": "a" * 300, "cache_control": mark},
+        {"type": "text", "text": "b" * 300, "cache_control": mark},
+        {"type": "text", "text": "c" * 300},
+    ]
+    minimum = math.ceil((tool_chars + 600) / CHARS_PER_TOKEN)  # reached at the second block
+
+    tools, blocks = cache_marks([tool], system, minimum)
+
+    assert "cache_control" not in tools[0] and tools[0]["name"] == "t"
+    assert ["cache_control" in block for block in blocks] == [False, True, False]
+    assert [block["text"] for block in blocks] == [block["text"] for block in system]
+    assert cache_marks([tool], system, 0) == ([tool], system)
+
+
+def test_the_cache_minimum_is_the_models_as_documented() -> None:
+    assert cache_minimum_of("claude-haiku-4-5") == 4096
+    assert cache_minimum_of("eu.anthropic.claude-haiku-4-5-20251001-v1:0") == 4096
+    assert cache_minimum_of("claude-sonnet-4-5-20250929") == 1024
+    assert cache_minimum_of("claude-opus-4-1-20250805") == 1024
+    assert cache_minimum_of("claude-opus-4-5-20251101") == 4096
+    assert cache_minimum_of("claude-3-5-haiku-20241022") == 2048
+    assert cache_minimum_of("some-future-model") == 0  # unknown: every mark is kept
+
+
 async def test_a_cached_prefix_is_written_once_read_after_and_billed_apart(
-    guard: GuardedAnalyst, api: FakeAnthropicApi, ledger: MemoryLedger
+    guard: GuardedAnalyst, claude: ClaudeAnalyst, api: FakeAnthropicApi, ledger: MemoryLedger
 ) -> None:
     api.cache_minimum_tokens = 100  # the fake's prefix here is ~600 tokens
+    claude.cache_minimum_tokens = 100
     await guard.decide(request("exercise", user="ana"))
     await guard.decide(request("stress", user="ben"))  # same persona: same cached prefix
 

@@ -37,8 +37,8 @@ def test_a_negative_cost_is_refused() -> None:
 def test_estimates_follow_the_dated_price_table() -> None:
     assert images_cost(2) == pytest.approx(2 * PRICES["image_per_generation"])
     assert clips_cost(1) > images_cost(1)
-    # A day at 1 Hz (86,400 frames) packed 20 to a write unit: 4,320 units.
-    assert frames_cost(86_400) == pytest.approx(4_320 * PRICES["dynamodb_wru_per_million"] / 1e6)
+    # A day at 1 Hz (86,400 frames) sent a minute per upload, 60 to a write unit: 1,440 units.
+    assert frames_cost(86_400) == pytest.approx(1_440 * PRICES["dynamodb_wru_per_million"] / 1e6)
     assert frames_cost(1) > 0
     assert pushes_cost(1_000) == pytest.approx(1_000 * 400 * PRICES["egress_per_gb"] / 1e9)
     assert PRICES["as_of"]
