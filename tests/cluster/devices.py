@@ -16,6 +16,7 @@ server takes re-sent frames idempotently).
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,12 +25,14 @@ import orjson
 
 from brain.backoff import Backoff
 from brain.model import Frame
-from clients.connect.wsclient import WSClient, open_ws
+from clients.connect.wsclient import HandshakeFailed, WSClient, open_ws
 from server.protocol import frame_to_wire
 
 RECONNECT = Backoff(attempts=None, base=0.05, cap=1.0)
 """How a dropped device comes back: quickly, and never gives up (the test's deadline ends
 the wait)."""
+RANDOM = random.Random()
+"""Jitter of the waits after a refusal (not cryptographic)."""
 CONNECTING_AT_ONCE = 200
 """Handshakes in flight at once when a fleet connects."""
 
@@ -56,8 +59,12 @@ class Device:
     version: int = 0
     latencies: list[float] = field(default_factory=list)
     """Seconds from commit to arrival of each delta that moved this device on."""
+    moves: list[tuple[int, float]] = field(default_factory=list)
+    """(version, epoch seconds it arrived) of each snapshot or delta that moved it on."""
     acked: list[Frame] = field(default_factory=list)
     reconnects: int = 0
+    back_at: float = 0.0
+    """When (epoch seconds) the last reconnect succeeded."""
     errors: list[str] = field(default_factory=list)
     """The codes of ``error`` messages the server sent."""
     _conn: WSClient | None = None
@@ -127,7 +134,9 @@ class Device:
         message = orjson.loads(data)
         op = message.get("op")
         if op == "snapshot":
-            self.version = max(self.version, int(message["version"]))
+            if int(message["version"]) > self.version:
+                self.version = int(message["version"])
+                self.moves.append((self.version, arrived))
         elif op == "delta":
             version = int(message["version"])
             base = int(message.get("base", version - 1))
@@ -135,6 +144,7 @@ class Device:
                 return
             if base <= self.version:
                 self.version = version
+                self.moves.append((version, arrived))
                 self.latencies.append(max(0.0, arrived - float(message["t"]) / 1000))
             else:  # a gap: what came in between is in a snapshot
                 self._hello()
@@ -154,17 +164,34 @@ class Device:
         self._reconnecting = asyncio.get_running_loop().create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
+        await self.connect_until(float("inf"), switch=True)
+        self.reconnects += 1
+        self.back_at = time.time()
+
+    async def connect_until(self, deadline: float, *, switch: bool = False) -> None:
+        """Connect, retrying under :data:`RECONNECT` until ``time.monotonic()`` passes
+        ``deadline`` (then raises TimeoutError). A node that is full (503, 429) is asked
+        again after its ``Retry-After``; one that refuses or drops the connection is left
+        for the next node when ``switch``."""
         retry = 0
         while not self._stopping:
-            await RECONNECT.wait(retry)
-            retry += 1
             try:
                 await self.connect(connect_s=2.0)
-            except Exception:  # refused, reset, timed out, 503: try the next node
-                self.home += 1
+                return
+            except HandshakeFailed as refused:
+                failure: Exception = refused
+                pause = refused.retry_after if refused.status in (429, 503) else None
+            except (OSError, TimeoutError) as lost:
+                failure, pause = lost, None
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.user}'s {self.kind} could not connect") from failure
+            if pause is not None:  # the node's hint, jittered: the refused do not return as one
+                await asyncio.sleep(min(pause, 5) * (0.5 + RANDOM.random()))
                 continue
-            self.reconnects += 1
-            return
+            if switch:
+                self.home += 1
+            await RECONNECT.wait(retry)
+            retry += 1
 
 
 class Fleet:
@@ -173,15 +200,16 @@ class Fleet:
     def __init__(self, devices: Sequence[Device]) -> None:
         self.devices = list(devices)
 
-    async def connect(self) -> float:
-        """Connect every device, :data:`CONNECTING_AT_ONCE` handshakes at a time; the
-        seconds it took. Raises the first connection failure."""
+    async def connect(self, within: float = 120.0) -> float:
+        """Connect every device, :data:`CONNECTING_AT_ONCE` handshakes at a time (a node
+        that is full is asked again after its ``Retry-After``); the seconds it took. Raises
+        TimeoutError for a device that could not connect within ``within`` seconds."""
         started = time.monotonic()
         gate = asyncio.Semaphore(CONNECTING_AT_ONCE)
 
         async def one(device: Device) -> None:
             async with gate:
-                await device.connect()
+                await device.connect_until(started + within)
 
         await asyncio.gather(*(one(d) for d in self.devices))
         return time.monotonic() - started
@@ -192,6 +220,20 @@ class Fleet:
 
     def latencies(self) -> list[float]:
         return [s for d in self.devices for s in d.latencies]
+
+    def reached(self, latest: Mapping[str, int]) -> float | None:
+        """When (epoch seconds) the last device got its user's ``latest[user]`` version or a
+        later one; ``None`` while some device is still behind."""
+        last = 0.0
+        for device in self.devices:
+            target = latest.get(device.user, 0)
+            if target == 0:
+                continue
+            when = next((t for v, t in device.moves if v >= target), None)
+            if when is None:
+                return None
+            last = max(last, when)
+        return last
 
     async def close(self) -> None:
         await asyncio.gather(*(d.close() for d in self.devices))
