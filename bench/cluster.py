@@ -169,15 +169,18 @@ def percentile(samples: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def converge(workers: Workers, latest: dict[str, int], since: float) -> dict[str, Any]:
-    """Seconds from ``since`` (epoch) until every device held ``latest``, and until the
-    last dropped device was back."""
+async def converge(
+    workers: Workers, latest: dict[str, int], since: float, committed: float
+) -> dict[str, Any]:
+    """Seconds from ``since`` (epoch) until the last commit answered (at ``committed``),
+    until every device held ``latest``, and until the last dropped device was back."""
     answers = await workers.ask("reached", latest)
     behind = sum(a[2] for a in answers)
     whens = [a[0] for a in answers]
     converged = None if behind or None in whens else max(0.0, max(whens) - since)
     backs = [a[1] for a in answers if a[1] > since]
     return {
+        "committed_s": round(max(0.0, committed - since), 2),
         "converged_s": None if converged is None else round(converged, 2),
         "devices_behind": behind,
         "reconnected_s": round(max(backs) - since, 2) if backs else None,
@@ -227,7 +230,8 @@ async def measure(
         ) as http:
             pushed = users[: args.commits]
             latest = await commit_paced(http, pushed, 10, args.rate)
-            result["push_converged"] = await converge(workers, latest, time.time())
+            now = time.time()
+            result["push_converged"] = await converge(workers, latest, now, now)
             answers = await workers.ask("latencies")
             same = [s for a in answers for s in a[0]]
             cross = [s for a in answers for s in a[1]]
@@ -245,7 +249,7 @@ async def measure(
             killed_at = time.time()
             await cluster.kill(cluster.nodes[KILLED_NODE])
             latest = await commit_paced(http, fault_users, 20, None)
-            result["sigkill"] = await converge(workers, latest, killed_at)
+            result["sigkill"] = await converge(workers, latest, killed_at, time.time())
 
             await redis.stop()
             committing = asyncio.create_task(commit_paced(http, fault_users, 30, None))
@@ -253,7 +257,7 @@ async def measure(
             await redis.start()
             back_at = time.time()
             latest = await committing
-            result["redis_restart"] = await converge(workers, latest, back_at)
+            result["redis_restart"] = await converge(workers, latest, back_at, time.time())
 
             dynamodb.pause()
             try:
@@ -263,7 +267,7 @@ async def measure(
                 dynamodb.resume()
             resumed_at = time.time()
             latest = await committing
-            result["dynamodb_pause"] = await converge(workers, latest, resumed_at)
+            result["dynamodb_pause"] = await converge(workers, latest, resumed_at, time.time())
     finally:
         await workers.stop()
     return result
@@ -282,7 +286,18 @@ def table(result: dict[str, Any], args: argparse.Namespace) -> str:
         f"{push['same_node_p99_ms']} ms |",
         f"| push, cross node: p50 / p99 / max | {push['cross_node_p50_ms']} / "
         f"{push['cross_node_p99_ms']} / {push['cross_node_max_ms']} ms |",
-        f"| ({push['commits']:,} commits at {push['rate']}/s, {push['samples']:,} deltas) | |",
+        f"| ({push['commits']:,} commits at {push['rate']:g}/s; {push['samples']:,} deltas,"
+        " the avatar saga's versions included) | |",
+    ]
+    lines += [
+        "",
+        f"{args.fault_commits:,} users get a new version through node {COMMIT_NODE} during each "
+        "failure. Seconds from the failure's end (the kill; Redis answering again; DynamoDB "
+        "resumed):",
+        "",
+        "| failure | last commit answered | every device on the newest version"
+        " | dropped devices back |",
+        "|---|---|---|---|",
     ]
     for key, name in (
         ("sigkill", f"node {KILLED_NODE} SIGKILL"),
@@ -290,16 +305,13 @@ def table(result: dict[str, Any], args: argparse.Namespace) -> str:
         ("dynamodb_pause", f"DynamoDB pause ({args.outage:g} s)"),
     ):
         row = result[key]
-        converged = "not within limit" if row["converged_s"] is None else f"{row['converged_s']} s"
-        back = (
-            ""
-            if row["reconnected_s"] is None
-            else f"; dropped devices back in {row['reconnected_s']} s"
+        converged = (
+            f"**{row['converged_s']} s**"
+            if row["converged_s"] is not None
+            else f"not within {CONVERGE_LIMIT_S:g} s ({row['devices_behind']} behind)"
         )
-        lines.append(
-            f"| {name}: every device on the newest version ({args.fault_commits:,} users "
-            f"committed during it) | {converged}{back} |"
-        )
+        back = "—" if row["reconnected_s"] is None else f"{row['reconnected_s']} s"
+        lines.append(f"| {name} | {row['committed_s']} s | {converged} | {back} |")
     return "\n".join(lines)
 
 
