@@ -102,7 +102,7 @@ async def commit_all(cluster: Cluster, names: list[str], energy: int) -> None:
         async def one(user: str) -> None:
             answer = await http.post(
                 f"/v1/demo/users/{user}/state",
-                json={"energy": energy, "force": True},
+                json={"reasoning": f"commit {energy}", "force": True},  # no avatar saga
                 headers=auth(user, "service"),
                 timeout=30,
             )
