@@ -8,7 +8,8 @@ snapshot (``hello`` with ``since``). Each delta's push latency (arrival minus th
 commit time ``t``, one clock on loopback) is kept. A watch also sends frames and keeps the
 ones acked (acks come once frames are durable).
 
-A dropped connection is reopened under :mod:`brain.backoff` to the next node that accepts,
+A dropped connection is reopened under :mod:`brain.backoff` to a node that accepts (tried
+at random, as a load balancer spreads them),
 with ``hello`` since the device's version, and the unacked batches are sent again (the
 server takes re-sent frames idempotently).
 """
@@ -188,8 +189,8 @@ class Device:
             if pause is not None:  # the node's hint, jittered: the refused do not return as one
                 await asyncio.sleep(min(pause, 5) * (0.5 + RANDOM.random()))
                 continue
-            if switch:
-                self.home += 1
+            if switch and len(self.urls) > 1:  # another node, as a load balancer would pick
+                self.home = (self.home + RANDOM.randrange(1, len(self.urls))) % len(self.urls)
             await RECONNECT.wait(retry)
             retry += 1
 
