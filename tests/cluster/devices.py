@@ -177,7 +177,9 @@ class Device:
         retry = 0
         while not self._stopping:
             try:
-                await self.connect(connect_s=2.0)
+                await self.connect(
+                    connect_s=5.0
+                )  # a loaded node answers slowly; a dead one refuses at once
                 return
             except HandshakeFailed as refused:
                 failure: Exception = refused
