@@ -173,13 +173,12 @@ class Device:
         """Connect, retrying under :data:`RECONNECT` until ``time.monotonic()`` passes
         ``deadline`` (then raises TimeoutError). A node that is full (503, 429) is asked
         again after its ``Retry-After``; one that refuses or drops the connection is left
-        for the next node when ``switch``."""
+        for another node, picked at random, when ``switch``."""
         retry = 0
         while not self._stopping:
             try:
-                await self.connect(
-                    connect_s=5.0
-                )  # a loaded node answers slowly; a dead one refuses at once
+                # 5 s: a loaded node answers slowly; a dead one refuses at once.
+                await self.connect(connect_s=5.0)
                 return
             except HandshakeFailed as refused:
                 failure: Exception = refused
