@@ -108,7 +108,7 @@ class Cluster:
             total += (await node.metrics()).get("companion_analyses_total", 0.0)
         return total
 
-    async def settle(self, at_least: float, within: float = 30.0) -> float:
+    async def settle(self, at_least: float, within: float = 60.0) -> float:
         """Wait until the live nodes finished ``at_least`` analyses in all and none is
         pending or running, twice in a row a debounce apart (a notice still on its way
         would start a debounce in between); return the count. Polls /metrics under a
