@@ -7,6 +7,7 @@ are RFC 9457 problem details.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Final
 
 from starlette.requests import Request
@@ -183,7 +184,8 @@ async def delete_user(request: Request) -> Response:
     # Devices of the user, on every node, learn of the erase as any change: the blank state,
     # a version on (docs/protocol.md, "Erase"). Never raises: a broker that does not take it
     # now re-publishes the current state when it is back.
+    # Its time is the erase's (the blank state itself carries none), so push latency holds.
     blank = await services.state.current_delta(user_id)
     if blank is not None:
-        await services.hub.publish_delta(blank)
+        await services.hub.publish_delta(replace(blank, t=float(services.now_ms())))
     return json({"user_id": user_id, "deleted": deleted})

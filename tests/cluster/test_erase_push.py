@@ -9,6 +9,7 @@ that comes back later with the erased version gets the blank snapshot, never ``u
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
@@ -57,6 +58,7 @@ async def test_an_erase_on_one_node_pushes_the_blank_state_to_devices_on_another
                 )
                 assert committed.status_code == 200, committed.text
                 before = [await next_message(phone, "delta")]
+                erasing = time.time() * 1000
                 erased = await http.delete(f"/v1/users/{user}", headers=auth(user))
                 assert erased.status_code == 200, erased.text
             # The avatar saga of the commit may have pushed a version before the erase.
@@ -71,5 +73,6 @@ async def test_an_erase_on_one_node_pushes_the_blank_state_to_devices_on_another
 
     assert (delta["version"], delta["base"]) == (last + 1, last)
     assert delta["changes"] == orjson.loads(orjson.dumps(blank.visible()))
+    assert erasing - 1000 <= delta["t"] <= erasing + 60_000  # the erase's time, in ms
     assert (snapshot["version"], snapshot["state_hash"]) == (last + 1, blank.state_hash)
     assert (on_b["version"], on_b["state_hash"]) == (last + 1, blank.state_hash)
