@@ -13,7 +13,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -26,7 +25,7 @@ from brain.model import Frame
 from server.analysis.pipeline import pipeline_stage
 from server.analysis.retention import retention_stage
 from server.avatar.stage import MEDIA, avatar_stage, serve_media
-from server.broker.base import Broker
+from server.broker.base import Broker, safe_url
 from server.cost import CostMeter
 from server.errors import CompanionError
 from server.history import history_stage
@@ -183,16 +182,6 @@ class CompanionApp(Starlette):
                 await websocket_endpoint(WebSocket(scope, receive, send))
                 return
         await super().__call__(scope, receive, send)
-
-
-def safe_url(url: str) -> str:
-    """``url`` without its user and password (a ``rediss://:secret@host`` broker URL)."""
-    parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 async def run_isolated(

@@ -26,6 +26,7 @@ from typing import Final
 import uvicorn
 
 from server.app import create_app
+from server.broker.base import safe_url
 from server.protocol import MAX_MESSAGE_BYTES
 from server.push.transport import EdgeProtocol
 from server.settings import Settings
@@ -161,7 +162,8 @@ def serve(settings: Settings) -> int:
         return EXIT_CANNOT_LISTEN
     base = settings.base_url
     print(
-        f"companion: serving on {base} (store={settings.store}, broker={settings.broker}, "
+        f"companion: serving on {base} (store={settings.store}, "
+        f"broker={safe_url(settings.broker)}, "
         f"data={settings.data_dir})\n"
         f"  token:     companion token alice --device phone\n"
         f"  websocket: {base.replace('http', 'ws', 1)}/v1/ws  (Authorization: Bearer <token>)\n"

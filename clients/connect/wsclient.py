@@ -107,7 +107,7 @@ class WSClient(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        was_open = self.opened.done() and self.opened.exception() is None
+        was_open = self._handshake_succeeded()
         if not self.opened.done():
             self.opened.set_exception(exc or HandshakeFailed(0, "connection closed"))
             self.opened.exception()  # retrieved: open_ws reports it, nobody else must
@@ -121,7 +121,7 @@ class WSClient(asyncio.Protocol):
 
     @property
     def is_open(self) -> bool:
-        return self.opened.done() and self.opened.exception() is None and not self._closed
+        return self._handshake_succeeded() and not self._closed
 
     def send_text(self, data: bytes) -> None:
         """Send one text message (``data`` is UTF-8); silently dropped once closing."""
@@ -150,6 +150,12 @@ class WSClient(asyncio.Protocol):
             self._transport.abort()
 
     # -- internals ---------------------------------------------------------------------
+
+    def _handshake_succeeded(self) -> bool:
+        # ``opened`` is cancelled when open_ws timed out waiting on it; a cancelled
+        # future's exception() raises CancelledError.
+        opened = self.opened
+        return opened.done() and not opened.cancelled() and opened.exception() is None
 
     def _handshake_done(self, response: Response) -> None:
         if self.opened.done():

@@ -16,9 +16,39 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 log = logging.getLogger(__name__)
+
+SECRET_QUERY_NAMES: Final = frozenset({"password", "pass", "secret", "token", "auth"})
+"""Query parameters of a broker URL that carry a credential (redis-py reads ``password``)."""
+
+
+def safe_url(url: str) -> str:
+    """``url`` as it may be logged or printed: the user and password replaced by ``***``
+    (``rediss://:secret@host`` → ``rediss://***@host``), and so are the values of query
+    parameters that carry a credential (``?password=…``). A URL that cannot be parsed is
+    replaced whole (it may hold anything). Never raises."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = parts.port
+    except ValueError:
+        return "<unparsable URL>"
+    if ":" in host:  # an IPv6 literal keeps its brackets
+        host = f"[{host}]"
+    netloc = parts.netloc
+    if parts.username is not None or parts.password is not None:
+        netloc = "***@" + host + (f":{port}" if port is not None else "")
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        if any(name.lower() in SECRET_QUERY_NAMES for name, _ in pairs):
+            hidden = [(n, "***" if n.lower() in SECRET_QUERY_NAMES else v) for n, v in pairs]
+            query = urlencode(hidden, safe="*")
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
 
 Handler = Callable[[str, bytes], None]
 """Called with (user_id, payload) for each message of a subscribed user, in order."""

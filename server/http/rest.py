@@ -7,6 +7,7 @@ are RFC 9457 problem details.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Final
 
 from starlette.requests import Request
@@ -165,7 +166,8 @@ async def export_user(request: Request) -> Response:
 
 async def delete_user(request: Request) -> Response:
     """``DELETE /v1/users/{id}``: erase the user's frames, state, usage and decision
-    history (GDPR erasure); phone or service tokens only."""
+    history (GDPR erasure), and push the blank state that follows to the user's devices;
+    phone or service tokens only."""
     user_id = request.path_params["user_id"]
     authorize(request, user_id, DATA_OWNERS)
     services = services_of(request)
@@ -179,4 +181,11 @@ async def delete_user(request: Request) -> Response:
     deleted += await services.store.delete_history(user_id)
     for forget in services.erase_hooks:
         forget(user_id)
+    # Devices of the user, on every node, learn of the erase as any change: the blank state,
+    # a version on (docs/protocol.md, "Erase"). Never raises: a broker that does not take it
+    # now re-publishes the current state when it is back.
+    # Its time is the erase's (the blank state itself carries none), so push latency holds.
+    blank = await services.state.current_delta(user_id)
+    if blank is not None:
+        await services.hub.publish_delta(replace(blank, t=float(services.now_ms())))
     return json({"user_id": user_id, "deleted": deleted})

@@ -11,9 +11,10 @@ never overwrites.
 
 Erase rule: :meth:`Store.delete_user` deletes the user's data and leaves a
 :class:`Tombstone`: the user's **erase epoch** (how many times the user was erased) goes up
-by one, and the version the erased state had is kept, so that versions keep growing across
-an erase (a device that saw version 7 before takes version 8 after it as news, never a
-replay). Every state read carries the epoch (:attr:`UserState.epoch`) and every state write
+by one, and the blank state it leaves is one version on from the erased one, so that
+versions keep growing across an erase (a device that saw version 7 before takes the blank
+version 8 as news, and version 9 after it, never a replay; erasing a tombstone again keeps
+its version). Every state read carries the epoch (:attr:`UserState.epoch`) and every state write
 is also conditional on it, in the same conditional write, so work that read the user before
 an erase (an analysis, an avatar saga, a retry, on any node) can never write the user again:
 its write meets another epoch and raises :class:`~server.errors.VersionConflict`.

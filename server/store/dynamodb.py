@@ -46,6 +46,10 @@ from server.store.dynamodb_hops import DynamoDBHops
 from server.store.dynamodb_requests import BatchTable, call, items_of_pages, write_batch
 from server.store.dynamodb_sagas import DynamoDBSagas
 
+ERASE_ATTEMPTS = 5
+"""How often an erase tries to replace a state that keeps changing under it (each try is
+two conditional writes; commits racing an erase are rare, and refused after it)."""
+
 if TYPE_CHECKING:
     from types_aiobotocore_dynamodb.client import DynamoDBClient
     from types_aiobotocore_dynamodb.type_defs import WriteRequestTypeDef
@@ -439,24 +443,54 @@ class DynamoDBStore(DynamoDBSagas, DynamoDBHops):
 
     async def _tombstone(self, user_id: str) -> int:
         """Turn the user's state item into a tombstone of the next erase epoch; 1 if it held
-        a live state. Last, so that a reader who sees the new epoch finds no frames. One
-        UpdateItem (not a read then a put): ADD raises the epoch atomically, whoever erases
-        at once."""
+        a live state. Last, so that a reader who sees the new epoch finds no frames.
+
+        A live state's tombstone is one version on (the blank state is news to devices that
+        saw the erased one); a tombstone's keeps its version. Each is one UpdateItem
+        conditional on what it replaces (not a read then a put): ADD raises the epoch
+        atomically, whoever erases at once, and a lost race tries the other form.
+        """
+        for _ in range(ERASE_ATTEMPTS):
+            try:
+                await self._update_tombstone(user_id, live=True)
+                return 1
+            except ClientError:
+                pass  # no live state (now): a tombstone or nothing
+            try:
+                await self._update_tombstone(user_id, live=False)
+                return 0
+            except ClientError:
+                pass  # a state was committed in between: erase it as a live one
+        raise StoreError(f"could not erase the state of user {user_id!r}: it kept changing")
+
+    async def _update_tombstone(self, user_id: str, *, live: bool) -> None:
+        """One tombstone UpdateItem: of a live state (``live``: version + 1), or of a
+        tombstone or no item (version kept). Raises ``ClientError``
+        (ConditionalCheckFailedException) when the item is not of that kind."""
         tombstone = items.state_item(UserState.initial(user_id))
         fields = [name for name in tombstone if name not in ("user_id", "epoch", "version")]
         names = {f"#f{i}": name for i, name in enumerate(fields)}
         values: dict[str, Any] = {f":f{i}": tombstone[name] for i, name in enumerate(fields)}
         assignments = ", ".join(f"#f{i} = :f{i}" for i in range(len(fields)))
+        if live:
+            version = "#version = #version + :one"
+            condition = (
+                "attribute_exists(#version) AND (attribute_not_exists(#erased) OR #erased = :false)"
+            )
+        else:
+            version = "#version = if_not_exists(#version, :zero)"
+            condition = "attribute_not_exists(#version) OR #erased = :true"
         client = self.client
-        response = await call(
+        await call(
             "UpdateItem user_state tombstone",
             lambda: client.update_item(
                 TableName=self._state_table,
                 Key={"user_id": {"S": user_id}},
                 UpdateExpression=(
-                    f"SET {assignments}, #version = if_not_exists(#version, :zero),"
-                    " #erased = :true ADD #epoch :one REMOVE #image, #video"
+                    f"SET {assignments}, {version}, #erased = :true ADD #epoch :one"
+                    " REMOVE #image, #video"
                 ),
+                ConditionExpression=condition,
                 ExpressionAttributeNames={
                     **names,
                     "#version": "version",
@@ -467,17 +501,15 @@ class DynamoDBStore(DynamoDBSagas, DynamoDBHops):
                 },
                 ExpressionAttributeValues={
                     **values,
-                    ":zero": {"N": "0"},
-                    ":true": {"BOOL": True},
                     ":one": {"N": "1"},
+                    ":true": {"BOOL": True},
+                    **({":false": {"BOOL": False}} if live else {":zero": {"N": "0"}}),
                 },
-                ReturnValues="ALL_OLD",
             ),
             self._retry,
             idempotent=False,
+            passthrough=frozenset({"ConditionalCheckFailedException"}),
         )
-        old = response.get("Attributes")
-        return 1 if old and not items.is_tombstone(old) else 0
 
     async def _delete_items(
         self, table: BatchTable, user_id: str, keys: list[dict[str, Any]]

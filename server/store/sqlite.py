@@ -502,7 +502,8 @@ class SQLiteStore(SQLiteSagas, SQLiteHops):
 
     async def delete_user(self, user_id: str) -> int:
         """Delete the user's frames, usage, saga and dead letters, and replace their state by
-        a tombstone of the next erase epoch (keeping the version), in one transaction; return
+        a tombstone of the next erase epoch (one version on from a live state, so the blank
+        state is news; a tombstone's version kept), in one transaction; return
         the count (frames counted one by one, not by bucket; a live state counts one)."""
         deleted = 0
         async with self._transaction() as writer:
@@ -520,6 +521,8 @@ class SQLiteStore(SQLiteSagas, SQLiteHops):
                 )
             )
             version, epoch, erased = (int(v) for v in found[0]) if found else (0, 0, 1)
+            # A live state's blank successor is news to devices that saw it: one version on.
+            version += 0 if erased else 1
             tombstone = replace(UserState.initial(user_id), version=version, epoch=epoch + 1)
             await writer.execute(_UPSERT, _state_to_row(tombstone, erased=True))
         return deleted + (0 if erased else 1)

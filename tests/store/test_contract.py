@@ -399,18 +399,20 @@ async def test_delete_user_erases_that_user_only(store: Store) -> None:
 # --- erase epochs (a tombstone makes an erase final) ---------------------------------------
 
 
-async def test_erase_leaves_a_tombstone_of_the_next_epoch_at_the_erased_version(
+async def test_erase_leaves_a_tombstone_of_the_next_epoch_one_version_on(
     store: Store,
 ) -> None:
+    """The blank state of an erased user is a version of its own (devices take it as news);
+    erasing a tombstone again keeps its version."""
     await _fill(store, "alice")  # version 1
     assert await store.tombstone("alice") == Tombstone()
 
     await store.delete_user("alice")
 
-    assert await store.tombstone("alice") == Tombstone(version=1, epoch=1)
+    assert await store.tombstone("alice") == Tombstone(version=2, epoch=1)
     assert await store.get_state("alice") is None
     await store.delete_user("alice")
-    assert await store.tombstone("alice") == Tombstone(version=1, epoch=2)
+    assert await store.tombstone("alice") == Tombstone(version=2, epoch=2)
     assert await store.tombstone("bob") == Tombstone()
 
 
@@ -435,19 +437,19 @@ async def test_a_write_read_before_an_erase_conflicts_after_it(store: Store) -> 
     assert await store.users_with_avatar_status("none") == []
 
 
-async def test_a_write_of_the_new_epoch_goes_on_from_the_erased_version(store: Store) -> None:
-    await _fill(store, "alice")  # version 1
+async def test_a_write_of_the_new_epoch_goes_on_from_the_tombstone_version(store: Store) -> None:
+    await _fill(store, "alice")  # version 1, erased at version 2
     await store.delete_user("alice")
-    fresh = replace(committed("alice", 2, mood="tired"), epoch=1)
+    fresh = replace(committed("alice", 3, mood="tired"), epoch=1)
 
-    await store.put_state(fresh, expected_version=1)
-    await store.put_state(replace(fresh, version=3, mood="happy"), expected_version=2)
+    await store.put_state(fresh, expected_version=2)
+    await store.put_state(replace(fresh, version=4, mood="happy"), expected_version=3)
 
-    assert await store.get_state("alice") == replace(fresh, version=3, mood="happy")
+    assert await store.get_state("alice") == replace(fresh, version=4, mood="happy")
     assert await store.tombstone("alice") == Tombstone()  # a state again, not a tombstone
     assert await store.users_with_avatar_status("none") == ["alice"]
     with pytest.raises(VersionConflict):  # the old epoch stays refused
-        await store.put_state(committed("alice", 4), expected_version=3)
+        await store.put_state(committed("alice", 5), expected_version=4)
 
 
 async def test_a_user_erased_before_any_state_starts_at_version_one(store: Store) -> None:
