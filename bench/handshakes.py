@@ -1,0 +1,276 @@
+"""Handshake rate: how many devices a server lets in per second, against the raw anchor.
+
+    python -m bench.handshakes                          # 4,000 connections, 2 client processes
+    python -m bench.handshakes --connections 8000 --servers companion,raw --processes 2
+
+For each server a fresh process is started (``companion serve`` with admission control
+off, so what is measured is the handshake and not the admit rate; and the raw
+``websockets`` server of :mod:`bench.raw_server`, the anchor). ``--processes`` client
+processes then open ``--connections`` connections between them, at most ``--concurrency``
+in flight per process, as fast as the server takes them, and keep them open. What a
+connection must get through:
+
+- **companion**: TCP accept, HTTP upgrade, token (JWT) check, then ``hello`` and the
+  ``snapshot`` answer (a state read and its encoding): a device is *in* when its snapshot
+  arrived; every device is its own user;
+- **raw**: TCP accept and the HTTP upgrade (it has no token and no ``hello``).
+
+Two rounds per server: **first** (every token new to the server) and **again** (all
+connections cut, then reopened with the same tokens: a reconnect storm's case). The rate of
+a round is its connections / (last one in - first one started); the server's CPU per
+connection is read from ``/proc``. Writes ``bench/results/handshakes.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import sys
+import time
+from typing import Any
+
+import uvloop
+
+from bench.harness import SECRET, ServerProcess, cpu_seconds, free_port, write_results
+from clients.connect.wsclient import HandshakeFailed, WSClient, open_ws
+from clients.load.loadtest import raise_fd_limit
+from clients.load.plan import Tokens, source_address
+from clients.load.stats import markdown_table
+
+ROUNDS = ("first", "again")
+ROUND_LIMIT_S = 120.0
+"""The longest one round may take before the run gives up."""
+HELLO = b'{"op":"hello","client":"bench"}'
+
+
+def start(dialect: str) -> ServerProcess:
+    if dialect == "companion":
+        # Admission control off: the handshake itself is measured, not the admit rate.
+        env = {"COMPANION_ADMIT_RATE": "1000000", "COMPANION_ADMIT_BURST": "1000000"}
+        return ServerProcess.companion(env=env)
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.raw_server", "--port", str(port)]
+    return ServerProcess(argv, port=port, name=dialect)
+
+
+class Opener:
+    """The connections of one client process: opened ``concurrency`` at a time."""
+
+    def __init__(self, dialect: str, url: str, share: range, concurrency: int) -> None:
+        self.dialect = dialect
+        self.ws_url = url.replace("http://", "ws://") + (
+            "/v1/ws" if dialect == "companion" else "/"
+        )
+        self.share = share
+        self.concurrency = concurrency
+        tokens = Tokens(SECRET)
+        self.tokens = (
+            {i: tokens.sign(f"hs-{i}", "watch") for i in share} if dialect == "companion" else {}
+        )
+        self.conns: list[WSClient] = []
+        self.failed = 0
+
+    async def round(self) -> tuple[float, float, int]:
+        """Open every connection of the share; (first start, last in, failures), epoch s."""
+        queue = list(self.share)
+        queue.reverse()
+        started = time.time()
+        last = started
+        self.failed = 0
+
+        async def one(index: int) -> None:
+            nonlocal last
+            headers = {"Authorization": f"Bearer {self.tokens[index]}"} if self.tokens else {}
+            arrived: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            def on_text(conn: WSClient, data: bytes, now: float) -> None:
+                if not arrived.done():
+                    arrived.set_result(None)
+
+            try:
+                async with asyncio.timeout(30):
+                    conn = await open_ws(
+                        self.ws_url,
+                        headers,
+                        on_text,
+                        lambda c, code: None,
+                        local_addr=source_address(index, "127.0.0.1"),
+                    )
+                    self.conns.append(conn)
+                    if self.dialect == "companion":
+                        conn.send_text(HELLO)
+                        await arrived
+            except (OSError, TimeoutError, HandshakeFailed):
+                self.failed += 1
+                return
+            last = max(last, time.time())
+
+        async def lane() -> None:
+            while queue:
+                await one(queue.pop())
+
+        await asyncio.gather(*(lane() for _ in range(self.concurrency)))
+        return started, last, self.failed
+
+    async def cut(self) -> None:
+        """Drop every connection (abort) and wait until they are gone."""
+        conns, self.conns = self.conns, []
+        for conn in conns:
+            conn.abort()
+        if conns:
+            await asyncio.wait([c.closed for c in conns], timeout=10)
+
+
+async def one_server(
+    dialect: str, connections: int, processes: int, concurrency: int
+) -> dict[str, Any]:
+    context = multiprocessing.get_context("spawn")
+    with start(dialect) as server:
+        # Warm-up: a few connections, so the first round does not pay for imports.
+        warm = Opener(dialect, server.url, range(connections, connections + 20), 4)
+        await warm.round()
+        await warm.cut()
+        out = context.Queue()
+        gos = [context.Event() for _ in ROUNDS]
+        workers = []
+        for i in range(processes):
+            share = range(i, connections, processes)
+            proc = context.Process(
+                target=_round_worker,
+                args=(dialect, server.url, share, concurrency, out, gos),
+                daemon=True,
+            )
+            proc.start()
+            workers.append(proc)
+        for _ in workers:  # each says it is ready (tokens signed)
+            await _next(out, "ready")
+        result: dict[str, Any] = {"server": dialect}
+        for name, go in zip(ROUNDS, gos, strict=True):
+            loadavg = os.getloadavg()
+            cpu0 = cpu_seconds(server.pid)
+            go.set()
+            reports, cuts = [], 0
+            cpu = 0.0
+            while len(reports) < len(workers) or cuts < len(workers):
+                kind, value = await asyncio.to_thread(out.get, True, ROUND_LIMIT_S)
+                if kind == "round":
+                    reports.append(value)
+                    if len(reports) == len(workers):
+                        cpu = cpu_seconds(server.pid) - cpu0
+                else:
+                    cuts += 1
+            first = min(r[0] for r in reports)
+            last = max(r[1] for r in reports)
+            failed = sum(r[2] for r in reports)
+            ok = connections - failed
+            took = last - first
+            result[name] = {
+                "connections": ok,
+                "failed": failed,
+                "seconds": round(took, 3),
+                "per_s": round(ok / took, 1) if took > 0 else 0.0,
+                "server_cpu_s": round(cpu, 3),
+                "server_cpu_us_per_conn": round(cpu * 1e6 / max(ok, 1), 1),
+                "loadavg": loadavg,
+            }
+        for proc in workers:
+            proc.join(30)
+    return result
+
+
+async def _next(out: Any, kind: str) -> Any:
+    """The next report of a client process, which must be of ``kind``."""
+    got, value = await asyncio.to_thread(out.get, True, ROUND_LIMIT_S)
+    if got != kind:
+        raise RuntimeError(f"expected a {kind!r} report from a client process, got {got!r}")
+    return value
+
+
+def _round_worker(
+    dialect: str, url: str, share: range, concurrency: int, out: Any, gos: list[Any]
+) -> None:
+    raise_fd_limit()
+
+    async def main() -> None:
+        opener = Opener(dialect, url, share, concurrency)
+        out.put(("ready", None))
+        for go in gos:
+            await asyncio.to_thread(go.wait)
+            out.put(("round", await opener.round()))
+            await opener.cut()
+            out.put(("cut", None))
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
+
+
+def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    rows = []
+    raw = {r: next((x[r]["per_s"] for x in results if x["server"] == "raw"), None) for r in ROUNDS}
+    for result in results:
+        for name in ROUNDS:
+            r = result[name]
+            ratio = raw[name]
+            rows.append(
+                [
+                    result["server"],
+                    name,
+                    f"{r['connections']:,}" + (f" ({r['failed']} failed)" if r["failed"] else ""),
+                    f"{r['seconds']:.2f} s",
+                    f"{r['per_s']:,.0f}",
+                    f"{r['per_s'] / ratio:.2f}x" if ratio else "-",
+                    f"{r['server_cpu_us_per_conn']:,.0f} µs",
+                    " ".join(f"{x:.2f}" for x in r["loadavg"]),
+                ]
+            )
+    headers = [
+        "server",
+        "round",
+        "connections",
+        "took",
+        "connections/s",
+        "vs raw",
+        "server CPU / conn",
+        "load average",
+    ]
+    return (
+        f"## Handshakes: {args.connections:,} connections, {args.processes} client processes, "
+        f"{args.concurrency} in flight each\n\n"
+        "companion: accept, upgrade, JWT, `hello` → `snapshot` (admission off); raw: accept "
+        "and upgrade. *again*: the same tokens reconnecting after a cut.\n\n"
+        + markdown_table(headers, rows)
+        + "\n"
+    )
+
+
+async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
+    raise_fd_limit()
+    results = []
+    for dialect in args.servers.split(","):
+        results.append(
+            await one_server(dialect, args.connections, args.processes, args.concurrency)
+        )
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--connections", type=int, default=4000)
+    parser.add_argument("--processes", type=int, default=2, help="client processes")
+    parser.add_argument("--concurrency", type=int, default=64, help="in flight per process")
+    parser.add_argument("--servers", default="companion,raw")
+    parser.add_argument("--output", default="handshakes", help="results file name")
+    args = parser.parse_args()
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        results = runner.run(measure(args))
+    markdown = render(results, args)
+    print(markdown)
+    print(write_results(args.output, {"runs": results, "args": vars(args)}, markdown))
+
+
+if __name__ == "__main__":
+    main()
