@@ -3,8 +3,10 @@ that stayed connected keep getting pushes.
 
     python -m bench.storm                       # 19,000 storm devices, 200 steady, 2 workers
     python -m bench.storm --devices 5000 --admit-rate 1500 --admit-burst 50
+    python -m bench.storm --output storm-1500-50 --admit-rate 1500 --admit-burst 50
 
-Starts ``companion serve`` (SQLite, memory broker) with the admission settings given, opens
+Starts ``companion serve`` (SQLite, memory broker) with the admission settings given (by
+default the server's own defaults), opens
 ``--steady`` watches in this process and ``--devices`` watches spread over ``--workers``
 worker processes (each a :class:`clients.load.devices.Fleet`, one user per watch, each
 saying ``hello``). Once all are connected, state changes are committed for the steady
@@ -17,13 +19,15 @@ server's ``Retry-After`` plus up to 1 s of jitter — and is back when its snaps
 Reported: the time from the cut until every device is back, the ``503``s the server
 answered, the push latency (commit → watch) of the steady devices during the storm, and the
 server's peak RSS (sampled every 100 ms). The file-descriptor limit bounds N: the server
-holds N + M sockets and a few files in one process. Writes ``bench/results/storm.{json,md}``.
+holds N + M sockets and a few files in one process. Writes ``bench/results/storm.{json,md}``
+(``--output NAME``: ``NAME.{json,md}``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import multiprocessing
 import os
 import queue
@@ -39,6 +43,7 @@ from clients.load.driver import StateDriver
 from clients.load.loadtest import raise_fd_limit
 from clients.load.plan import LoadPlan, Tokens
 from clients.load.stats import RunStats, fmt_ms, markdown_table
+from server.settings import Settings
 
 FD_HEADROOM = 200
 """File descriptors the server needs besides its sockets (store, logs, listening socket)."""
@@ -251,14 +256,16 @@ def main() -> None:
         "--baseline-s", type=float, default=3.0, help="seconds of pushes before the storm"
     )
     parser.add_argument("--ramp", type=float, default=1500.0, help="connects/s before the storm")
-    parser.add_argument("--admit-rate", type=float, default=1500.0)
-    parser.add_argument("--admit-burst", type=int, default=50)
+    defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
+    parser.add_argument("--admit-rate", type=float, default=defaults["admit_rate"])
+    parser.add_argument("--admit-burst", type=int, default=defaults["admit_burst"])
+    parser.add_argument("--output", default="storm", help="results file name")
     args = parser.parse_args()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         result = runner.run(measure(args))
     markdown = render(result)
     print(markdown)
-    print(write_results("storm", result, markdown))
+    print(write_results(args.output, result, markdown))
 
 
 if __name__ == "__main__":
