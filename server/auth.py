@@ -16,6 +16,7 @@ cached or not.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -216,10 +217,12 @@ def origin_allowed(origin: str | None, own: Iterable[str], allowed: Iterable[str
     return "*" in allowed or origin in allowed or origin in (o.rstrip("/").lower() for o in own)
 
 
+@functools.lru_cache(maxsize=64)
 def own_origins(public_url: str, local: tuple[str, int] | None) -> tuple[str, ...]:
     """The origins of the server itself: its public URL if one is configured, else the
     address the client connected to (``local``: the socket's own host and port, never a
-    header), and for a loopback address also ``localhost`` on that port."""
+    header), and for a loopback address also ``localhost`` on that port. Remembered: a node
+    listens on a few addresses, and every handshake asks."""
     if public_url:
         parts = urlsplit(public_url)
         return (f"{parts.scheme}://{parts.netloc}",)

@@ -102,7 +102,8 @@ def authenticate(request: Request, services: Services, own: tuple[str, ...]) -> 
     neither the server's public URL nor allowed, a ``user_id`` the token may not touch.
     """
     settings = services.settings
-    query = parse_qs(urlsplit(request.path).query)
+    # Devices send their token in a header and no query: parsing one is for browsers.
+    query = parse_qs(urlsplit(request.path).query) if "?" in request.path else {}
     token = bearer(request.headers.get("Authorization")) or _first(query.get("token"))
     principal = verify(
         token, settings.secret, now_s=int(services.clock()), cache=_token_cache(services)
