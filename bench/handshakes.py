@@ -2,6 +2,7 @@
 
     python -m bench.handshakes                          # 4,000 connections, 2 client processes
     python -m bench.handshakes --connections 8000 --servers companion,raw --processes 2
+    git archive eb414e2 | tar -x -C /tmp/base && python -m bench.handshakes --base /tmp/base
 
 For each server a fresh process is started (``companion serve`` with admission control
 off, so what is measured is the handshake and not the admit rate; and the raw
@@ -18,7 +19,9 @@ connection must get through:
 Two rounds per server: **first** (every token new to the server) and **again** (all
 connections cut, then reopened with the same tokens: a reconnect storm's case). The rate of
 a round is its connections / (last one in - first one started); the server's CPU per
-connection is read from ``/proc``. Writes ``bench/results/handshakes.{json,md}``.
+connection is read from ``/proc`` (user + system, its threads included). With ``--base DIR``
+the companion server of another source tree is measured in the same run (an A/B of a
+change). Writes ``bench/results/handshakes.{json,md}``.
 """
 
 from __future__ import annotations
@@ -45,11 +48,22 @@ ROUND_LIMIT_S = 120.0
 HELLO = b'{"op":"hello","client":"bench"}'
 
 
-def start(dialect: str) -> ServerProcess:
+BASE = "companion@base"
+"""The companion server run from another source tree (``--base``): an A/B in the same run."""
+
+
+def start(dialect: str, base: str | None = None) -> ServerProcess:
+    # Admission control off: the handshake itself is measured, not the admit rate.
+    env = {"COMPANION_ADMIT_RATE": "1000000", "COMPANION_ADMIT_BURST": "1000000"}
     if dialect == "companion":
-        # Admission control off: the handshake itself is measured, not the admit rate.
-        env = {"COMPANION_ADMIT_RATE": "1000000", "COMPANION_ADMIT_BURST": "1000000"}
         return ServerProcess.companion(env=env)
+    if dialect == BASE:
+        assert base is not None
+        port = free_port()
+        # The other tree first on the path (``-m`` would put this one's first).
+        code = f"import sys; sys.path.insert(0, {base!r}); from server.cli import main; main()"
+        argv = [sys.executable, "-c", code, "serve", "--port", str(port)]
+        return ServerProcess(argv, port=port, health="/readyz", env=env, name="base")
     port = free_port()
     argv = [sys.executable, "-m", "bench.raw_server", "--port", str(port)]
     return ServerProcess(argv, port=port, name=dialect)
@@ -60,15 +74,12 @@ class Opener:
 
     def __init__(self, dialect: str, url: str, share: range, concurrency: int) -> None:
         self.dialect = dialect
-        self.ws_url = url.replace("http://", "ws://") + (
-            "/v1/ws" if dialect == "companion" else "/"
-        )
+        self.companion = dialect != "raw"
+        self.ws_url = url.replace("http://", "ws://") + ("/v1/ws" if self.companion else "/")
         self.share = share
         self.concurrency = concurrency
         tokens = Tokens(SECRET)
-        self.tokens = (
-            {i: tokens.sign(f"hs-{i}", "watch") for i in share} if dialect == "companion" else {}
-        )
+        self.tokens = {i: tokens.sign(f"hs-{i}", "watch") for i in share} if self.companion else {}
         self.conns: list[WSClient] = []
         self.failed = 0
 
@@ -99,7 +110,7 @@ class Opener:
                         local_addr=source_address(index, "127.0.0.1"),
                     )
                     self.conns.append(conn)
-                    if self.dialect == "companion":
+                    if self.companion:
                         conn.send_text(HELLO)
                         await arrived
             except (OSError, TimeoutError, HandshakeFailed):
@@ -124,10 +135,10 @@ class Opener:
 
 
 async def one_server(
-    dialect: str, connections: int, processes: int, concurrency: int
+    dialect: str, connections: int, processes: int, concurrency: int, base: str | None = None
 ) -> dict[str, Any]:
     context = multiprocessing.get_context("spawn")
-    with start(dialect) as server:
+    with start(dialect, base) as server:
         # Warm-up: a few connections, so the first round does not pay for imports.
         warm = Opener(dialect, server.url, range(connections, connections + 20), 4)
         await warm.round()
@@ -248,9 +259,12 @@ def render(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
 async def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     raise_fd_limit()
     results = []
-    for dialect in args.servers.split(","):
+    dialects = args.servers.split(",")
+    if args.base:
+        dialects.insert(1 if dialects[:1] == ["companion"] else 0, BASE)
+    for dialect in dialects:
         results.append(
-            await one_server(dialect, args.connections, args.processes, args.concurrency)
+            await one_server(dialect, args.connections, args.processes, args.concurrency, args.base)
         )
     return results
 
@@ -264,6 +278,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64, help="in flight per process")
     parser.add_argument("--servers", default="companion,raw")
     parser.add_argument("--output", default="handshakes", help="results file name")
+    parser.add_argument(
+        "--base",
+        help="another source tree (e.g. `git archive COMMIT | tar -x -C DIR`) whose companion "
+        "server is measured too, as companion@base",
+    )
     args = parser.parse_args()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         results = runner.run(measure(args))
