@@ -236,7 +236,9 @@ def render(result: dict[str, Any]) -> str:
         f"fd limit {result['fd_limit']:,} (asked for {result['devices_asked']:,} devices); "
         f"{result['workers']} client processes; load average at the cut {load}; server CPU "
         f"during the storm {result['server_cpu_s']:g} s "
-        f"({result['server_cpu_ms_per_device']:g} ms per device). Steady "
+        f"({result['server_cpu_ms_per_device']:g} ms per device; "
+        f"{result['server_cpu_s'] / max(result['back_s'], 0.001):.2f} of a core while it "
+        f"lasted). Steady "
         f"devices' push latency before the storm (quiet server): p50 {fmt_ms(quiet['p50'])} ms,"
         f" p99 {fmt_ms(quiet['p99'])} ms ({quiet['count']:,} pushes).\n\n"
         + markdown_table(headers, rows)
