@@ -1,6 +1,6 @@
 """Handshake rate: how many devices a server lets in per second, against the raw anchor.
 
-    python -m bench.handshakes                          # 4,000 connections, 2 client processes
+    python -m bench.handshakes        # 4,000 connections, 2 client processes, 256 in flight each
     python -m bench.handshakes --connections 8000 --servers companion,raw --processes 2
     git archive eb414e2 | tar -x -C /tmp/base && python -m bench.handshakes --base /tmp/base
 
@@ -313,7 +313,7 @@ def main() -> None:
     )
     parser.add_argument("--connections", type=int, default=4000)
     parser.add_argument("--processes", type=int, default=2, help="client processes")
-    parser.add_argument("--concurrency", type=int, default=64, help="in flight per process")
+    parser.add_argument("--concurrency", type=int, default=256, help="in flight per process")
     parser.add_argument("--servers", default="companion,raw")
     parser.add_argument("--again", type=int, default=3, help="reconnecting rounds")
     parser.add_argument("--output", default="handshakes", help="results file name")
