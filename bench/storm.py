@@ -105,6 +105,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "COMPANION_ADMIT_RATE": str(args.admit_rate),
         "COMPANION_ADMIT_BURST": str(args.admit_burst),
     }
+    if args.video is not None:
+        env["COMPANION_VIDEO"] = args.video
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
     go, done = context.Event(), context.Event()
@@ -185,6 +187,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "workers": args.workers,
         "admit_rate": args.admit_rate,
         "admit_burst": args.admit_burst,
+        "video": args.video or "default",
         "connected_before": connected,
         "cut": sum(r[1] for r in reports),
         "all_back": len(reports) == len(workers) and all(r[0] == "back" for r in reports),
@@ -234,7 +237,8 @@ def render(result: dict[str, Any]) -> str:
         f"## Reconnect storm: {result['devices']:,} devices at once, "
         f"{result['steady']} steady\n\n"
         f"fd limit {result['fd_limit']:,} (asked for {result['devices_asked']:,} devices); "
-        f"{result['workers']} client processes; load average at the cut {load}; server CPU "
+        f"{result['workers']} client processes; avatar clips {result['video']}; "
+        f"load average at the cut {load}; server CPU "
         f"during the storm {result['server_cpu_s']:g} s "
         f"({result['server_cpu_ms_per_device']:g} ms per device; "
         f"{result['server_cpu_s'] / max(result['back_s'], 0.001):.2f} of a core while it "
@@ -262,6 +266,12 @@ def main() -> None:
     parser.add_argument("--admit-rate", type=float, default=defaults["admit_rate"])
     parser.add_argument("--admit-burst", type=int, default=defaults["admit_burst"])
     parser.add_argument("--output", default="storm", help="results file name")
+    parser.add_argument(
+        "--video",
+        choices=["off", "local"],
+        help="COMPANION_VIDEO of the server (default: its own, local: every new avatar's "
+        "clip drawn with Pillow in a thread, beside the storm)",
+    )
     args = parser.parse_args()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         result = runner.run(measure(args))
