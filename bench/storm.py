@@ -3,8 +3,10 @@ that stayed connected keep getting pushes.
 
     python -m bench.storm                       # 19,000 storm devices, 200 steady, 2 workers
     python -m bench.storm --devices 5000 --admit-rate 1500 --admit-burst 50
+    python -m bench.storm --output storm-1500-50 --admit-rate 1500 --admit-burst 50
 
-Starts ``companion serve`` (SQLite, memory broker) with the admission settings given, opens
+Starts ``companion serve`` (SQLite, memory broker) with the admission settings given (by
+default the server's own defaults), opens
 ``--steady`` watches in this process and ``--devices`` watches spread over ``--workers``
 worker processes (each a :class:`clients.load.devices.Fleet`, one user per watch, each
 saying ``hello``). Once all are connected, state changes are committed for the steady
@@ -17,13 +19,15 @@ server's ``Retry-After`` plus up to 1 s of jitter — and is back when its snaps
 Reported: the time from the cut until every device is back, the ``503``s the server
 answered, the push latency (commit → watch) of the steady devices during the storm, and the
 server's peak RSS (sampled every 100 ms). The file-descriptor limit bounds N: the server
-holds N + M sockets and a few files in one process. Writes ``bench/results/storm.{json,md}``.
+holds N + M sockets and a few files in one process. Writes ``bench/results/storm.{json,md}``
+(``--output NAME``: ``NAME.{json,md}``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import multiprocessing
 import os
 import queue
@@ -39,6 +43,7 @@ from clients.load.driver import StateDriver
 from clients.load.loadtest import raise_fd_limit
 from clients.load.plan import LoadPlan, Tokens
 from clients.load.stats import RunStats, fmt_ms, markdown_table
+from server.settings import Settings
 
 FD_HEADROOM = 200
 """File descriptors the server needs besides its sockets (store, logs, listening socket)."""
@@ -100,6 +105,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "COMPANION_ADMIT_RATE": str(args.admit_rate),
         "COMPANION_ADMIT_BURST": str(args.admit_burst),
     }
+    if args.video is not None:
+        env["COMPANION_VIDEO"] = args.video
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
     go, done = context.Event(), context.Event()
@@ -180,6 +187,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "workers": args.workers,
         "admit_rate": args.admit_rate,
         "admit_burst": args.admit_burst,
+        "video": args.video or "default",
         "connected_before": connected,
         "cut": sum(r[1] for r in reports),
         "all_back": len(reports) == len(workers) and all(r[0] == "back" for r in reports),
@@ -229,9 +237,12 @@ def render(result: dict[str, Any]) -> str:
         f"## Reconnect storm: {result['devices']:,} devices at once, "
         f"{result['steady']} steady\n\n"
         f"fd limit {result['fd_limit']:,} (asked for {result['devices_asked']:,} devices); "
-        f"{result['workers']} client processes; load average at the cut {load}; server CPU "
+        f"{result['workers']} client processes; avatar clips {result['video']}; "
+        f"load average at the cut {load}; server CPU "
         f"during the storm {result['server_cpu_s']:g} s "
-        f"({result['server_cpu_ms_per_device']:g} ms per device). Steady "
+        f"({result['server_cpu_ms_per_device']:g} ms per device; "
+        f"{result['server_cpu_s'] / max(result['back_s'], 0.001):.2f} of a core while it "
+        f"lasted). Steady "
         f"devices' push latency before the storm (quiet server): p50 {fmt_ms(quiet['p50'])} ms,"
         f" p99 {fmt_ms(quiet['p99'])} ms ({quiet['count']:,} pushes).\n\n"
         + markdown_table(headers, rows)
@@ -251,14 +262,22 @@ def main() -> None:
         "--baseline-s", type=float, default=3.0, help="seconds of pushes before the storm"
     )
     parser.add_argument("--ramp", type=float, default=1500.0, help="connects/s before the storm")
-    parser.add_argument("--admit-rate", type=float, default=1500.0)
-    parser.add_argument("--admit-burst", type=int, default=50)
+    defaults = {f.name: f.default for f in dataclasses.fields(Settings)}
+    parser.add_argument("--admit-rate", type=float, default=defaults["admit_rate"])
+    parser.add_argument("--admit-burst", type=int, default=defaults["admit_burst"])
+    parser.add_argument("--output", default="storm", help="results file name")
+    parser.add_argument(
+        "--video",
+        choices=["off", "local"],
+        help="COMPANION_VIDEO of the server (default: its own, local: every new avatar's "
+        "clip drawn with Pillow in a thread, beside the storm)",
+    )
     args = parser.parse_args()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         result = runner.run(measure(args))
     markdown = render(result)
     print(markdown)
-    print(write_results("storm", result, markdown))
+    print(write_results(args.output, result, markdown))
 
 
 if __name__ == "__main__":

@@ -211,11 +211,11 @@ class Settings:
     admit_rate: float = setting(
         _positive_float,
         "WebSocket handshakes a node admits per second (token bucket); the excess is answered"
-        " 503 with a Retry-After hint before any token check.",
-        default=1500.0,
+        " 503 with a Retry-After appointment (kept for that device) before any token check.",
+        default=1800.0,
     )
     admit_burst: int = setting(
-        _positive_int, "Handshakes admitted at once before the admit rate applies.", default=50
+        _positive_int, "Handshakes admitted at once before the admit rate applies.", default=20
     )
     drain_s: float = setting(
         _drain_window,

@@ -36,7 +36,7 @@ from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
 from brain.tiers import Limit
-from server.auth import Principal, bearer, origin_allowed, verify
+from server.auth import Principal, TokenCache, bearer, origin_allowed, verify
 from server.errors import Forbidden, FramesNotDurable, StoreError
 from server.protocol import Delta, Disconnect, Disconnects, FrameBatch, text_frame
 from server.push import acks
@@ -57,7 +57,7 @@ from server.push.session import (
     SettleCommand,
     Store,
 )
-from server.services import Services
+from server.services import PartKey, Services
 from server.store.codec import state_fields
 
 __all__ = [
@@ -103,9 +103,12 @@ def authenticate(request: Request, services: Services, own: tuple[str, ...]) -> 
     neither the server's public URL nor allowed, a ``user_id`` the token may not touch.
     """
     settings = services.settings
-    query = parse_qs(urlsplit(request.path).query)
+    # Devices send their token in a header and no query: parsing one is for browsers.
+    query = parse_qs(urlsplit(request.path).query) if "?" in request.path else {}
     token = bearer(request.headers.get("Authorization")) or _first(query.get("token"))
-    principal = verify(token, settings.secret, now_s=int(services.clock()))
+    principal = verify(
+        token, settings.secret, now_s=int(services.clock()), cache=_token_cache(services)
+    )
     origin = request.headers.get("Origin")
     if not origin_allowed(origin, own, settings.allowed_origins):
         raise Forbidden("origin not allowed")
@@ -123,6 +126,20 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
 
 def _first(values: list[str] | None) -> str | None:
     return values[0] if values else None
+
+
+TOKENS: Final[PartKey[TokenCache]] = PartKey("tokens")
+"""Key of the node's cache of verified device tokens in ``Services.parts``."""
+
+
+def _token_cache(services: Services) -> TokenCache:
+    """The node's :class:`~server.auth.TokenCache`, made on first use (one per app): a
+    device that reconnects, as a whole fleet does after a cut, is not decoded again."""
+    found = services.parts.get(TOKENS)
+    if found is None:
+        found = TokenCache()
+        services.parts.add(TOKENS, found)
+    return found
 
 
 def session_limits(services: Services) -> SessionLimits:
@@ -490,11 +507,16 @@ class Connection(asyncio.Protocol):
             self._send(self.session.unavailable(join.user_id))
             return
         text = self.session.snapshot(join.user_id, state_fields(state), join.since)
-        self._unhold_into_outbox()  # the snapshot supersedes what it includes
-        if not self.outbox.put_snapshot(join.user_id, state.version, text):
-            self._close(Disconnects.SLOW_CONSUMER)
-            return
-        self._ensure_writer()
+        # Nothing waiting that the snapshot could supersede or must follow, and a socket
+        # that takes writes (a device saying hello, nearly always): written now, without an
+        # outbox or a writer task.
+        idle = self._writer is None and self._held is None and not self._outbox
+        if not (idle and self._write(text_frame(text.encode()))):
+            self._unhold_into_outbox()  # the snapshot supersedes what it includes
+            if not self.outbox.put_snapshot(join.user_id, state.version, text):
+                self._close(Disconnects.SLOW_CONSUMER)
+                return
+            self._ensure_writer()
         if (commands := await acks.pending_commands(self.services, state)) is not None:
             self._send(commands)  # at least once: every hello gets what is still pending
 

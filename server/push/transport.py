@@ -51,7 +51,7 @@ from server.auth import own_origins
 from server.errors import AuthError
 from server.problems import auth_problem
 from server.protocol import MAX_MESSAGE_BYTES
-from server.push.admission import ADMISSION_REFUSED, Admission
+from server.push.admission import ADMISSION_REFUSED, Admission, device_key
 from server.push.endpoint import Connection, Registry, authenticate, session_limits
 from server.push.session import Session
 from server.services import PartKey, Services
@@ -327,10 +327,12 @@ class EdgeProtocol(asyncio.Protocol):
         if services is None:
             self._refuse(HTTPStatus.SERVICE_UNAVAILABLE, "bad request")
             return
-        if known and (retry_after := _admission(services).admit(services.clock())) is not None:
+        admission = _admission(services) if known else None
+        key = device_key(head) if admission is not None else None
+        if admission is not None and (retry := admission.admit(services.clock(), key)) is not None:
             # Before anything costly (parsing the handshake, verifying the token, reading
             # the state): the point is to stay responsive while a fleet reconnects.
-            self._try_later(transport, retry_after)
+            self._try_later(transport, retry)
             return
         handshake = ServerProtocol(max_size=MAX_MESSAGE_BYTES, logger=FRAME_LOG)
         handshake.receive_data(head)

@@ -64,8 +64,8 @@ async def test_successive_refusals_are_given_later_appointments(
     async with start_server(settings_with(admit_rate=1.0, admit_burst=1)) as live:
         assert await handshake(live, auth("alice", "watch")) is None
         hints = []
-        for _ in range(4):
-            refused = await handshake(live, auth("alice", "watch"))
+        for user in ("bob", "carol", "dave", "erin"):  # four devices, four appointments
+            refused = await handshake(live, auth(user, "watch"))
             assert refused is not None and refused.status == 503
             hints.append(refused.retry_after)
         assert hints == sorted(hints)  # type: ignore[type-var]
