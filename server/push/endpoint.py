@@ -38,7 +38,7 @@ from websockets.server import ServerProtocol
 from server.auth import Principal, bearer, origin_allowed, verify
 from server.errors import Forbidden, FramesNotDurable, StoreError
 from server.protocol import Delta, Disconnect, Disconnects, FrameBatch, text_frame
-from server.push import acks
+from server.push import acks, penalty
 from server.push.admission import drain_window
 from server.push.outbox import Outbox
 from server.push.session import (
@@ -295,6 +295,7 @@ class Connection(asyncio.Protocol):
         self._closing = disconnect
         metrics = self.services.metrics
         metrics.closes.labels(disconnect.reason).inc()
+        penalty.report(self.services, self._transport.get_extra_info("peername"), disconnect.reason)
         if disconnect is Disconnects.SLOW_CONSUMER:
             metrics.slow_peer_closes.inc()
         self._pending = None
@@ -365,6 +366,8 @@ class Connection(asyncio.Protocol):
             code = ws.close_sent.code
             self._closing = _FAILED_BY_CODE.get(code, Disconnects.PROTOCOL_ERROR)
             self.services.metrics.closes.labels(self._closing.reason).inc()
+            peer = self._transport.get_extra_info("peername")
+            penalty.report(self.services, peer, self._closing.reason)
         return True
 
     def eof_received(self) -> bool | None:

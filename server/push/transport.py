@@ -16,6 +16,9 @@ and enforces what uvicorn does not:
   :data:`MAX_HEADERS` headers 431, and the connection is closed;
 - **upgrades**: only the first request of a connection may be a WebSocket upgrade, only over
   HTTP/1.1 (else 400);
+- **the penalty box**: a connection from an address that was closed for abuse again and
+  again is answered 503 with ``Retry-After`` in ``connection_made``, before a byte is read
+  (:mod:`server.push.penalty`); every abuse refusal here is reported to it;
 - **admission**: device upgrades beyond ``COMPANION_ADMIT_RATE`` a second are answered 503
   with ``Retry-After`` before the token is verified (:mod:`server.push.admission`).
 
@@ -50,7 +53,8 @@ from websockets.server import ServerProtocol
 from server.auth import own_origins
 from server.errors import AuthError
 from server.problems import auth_problem
-from server.protocol import MAX_MESSAGE_BYTES
+from server.protocol import MAX_MESSAGE_BYTES, MAX_RETRY_AFTER_S
+from server.push import penalty
 from server.push.admission import ADMISSION_REFUSED, Admission
 from server.push.endpoint import Connection, Registry, authenticate, session_limits
 from server.push.session import Session
@@ -136,6 +140,19 @@ class EdgeProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's are not subclasses of asyncio.Transport).
         self._transport = cast(asyncio.Transport, transport)
+        services = self._services()
+        if (
+            services is not None
+            and (wait := penalty.refusal(services, transport.get_extra_info("peername")))
+            is not None
+        ):
+            # The cheapest point: nothing is read or parsed, no timer is armed. The answer
+            # is one write of a prepared head (the Retry-After a well-meaning neighbour
+            # behind the same address honours); the request, if it arrived, is never read.
+            self._parser = None
+            self._transport.write(_PENALTY_HEADS.get(wait) or _penalty_head(wait))
+            self._transport.close()
+            return
         self._registry.connections.add(self)
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -287,9 +304,12 @@ class EdgeProtocol(asyncio.Protocol):
         transport.close()
 
     def _count(self, reason: str) -> None:
+        """Count a refusal for ``reason``; abuse is reported to the penalty box."""
         services = self._services()
         if services is not None:
             services.metrics.handshake_rejects.labels(reason).inc()
+            if reason in penalty.ABUSE_REASONS and self._transport is not None:
+                penalty.report(services, self._transport.get_extra_info("peername"), reason)
 
     def _services(self) -> Services | None:
         state = getattr(self._config.app, "state", None)
@@ -404,6 +424,18 @@ def _admission(services: Services) -> Admission:
     admission = Admission(settings.admit_rate, settings.admit_burst, services.clock())
     services.parts.add(ADMISSION, admission)
     return admission
+
+
+def _penalty_head(retry_after: int) -> bytes:
+    """The whole answer to a connection from a boxed address: 503, ``Retry-After``, no Date
+    (optional on a 5xx) so that it can be made once per value."""
+    return (
+        "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n"
+        f"Retry-After: {retry_after}\r\n\r\n"
+    ).encode()
+
+
+_PENALTY_HEADS: Final = {s: _penalty_head(s) for s in range(1, MAX_RETRY_AFTER_S + 1)}
 
 
 def _headers(body: bytes, content_type: str = "text/plain; charset=utf-8") -> Headers:
