@@ -295,7 +295,7 @@ class Connection(asyncio.Protocol):
         self._closing = disconnect
         metrics = self.services.metrics
         metrics.closes.labels(disconnect.reason).inc()
-        penalty.report(self.services, self._transport.get_extra_info("peername"), disconnect.reason)
+        penalty.report(self.services, self._transport, disconnect.reason)
         if disconnect is Disconnects.SLOW_CONSUMER:
             metrics.slow_peer_closes.inc()
         self._pending = None
@@ -366,8 +366,7 @@ class Connection(asyncio.Protocol):
             code = ws.close_sent.code
             self._closing = _FAILED_BY_CODE.get(code, Disconnects.PROTOCOL_ERROR)
             self.services.metrics.closes.labels(self._closing.reason).inc()
-            peer = self._transport.get_extra_info("peername")
-            penalty.report(self.services, peer, self._closing.reason)
+            penalty.report(self.services, self._transport, self._closing.reason)
         return True
 
     def eof_received(self) -> bool | None:

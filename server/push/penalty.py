@@ -26,6 +26,7 @@ node's box in its services and counts what it does in the node's metrics.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import socket
@@ -298,13 +299,13 @@ def refusal(services: Services, peername: object) -> int | None:
     return retry_after(remaining)
 
 
-def report(services: Services, peername: object, reason: str) -> None:
-    """Note that a connection from ``peername`` was closed (or refused) for ``reason``: a
-    strike if that is abuse (:data:`ABUSE_REASONS`), nothing otherwise."""
+def report(services: Services, transport: asyncio.BaseTransport, reason: str) -> None:
+    """Note that the connection on ``transport`` was closed (or refused) for ``reason``: a
+    strike against its peer's address if that is abuse (:data:`ABUSE_REASONS`)."""
     if reason not in ABUSE_REASONS:
         return
     box = box_of(services)
-    key = peer_key(peername)
+    key = peer_key(transport.get_extra_info("peername"))
     if box is None or key is None:
         return
     now = services.clock()

@@ -308,8 +308,8 @@ class EdgeProtocol(asyncio.Protocol):
         services = self._services()
         if services is not None:
             services.metrics.handshake_rejects.labels(reason).inc()
-            if reason in penalty.ABUSE_REASONS and self._transport is not None:
-                penalty.report(services, self._transport.get_extra_info("peername"), reason)
+            if self._transport is not None:
+                penalty.report(services, self._transport, reason)
 
     def _services(self) -> Services | None:
         state = getattr(self._config.app, "state", None)
