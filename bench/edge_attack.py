@@ -2,20 +2,24 @@
 
     python -m bench.edge_attack                                # 1,000 slowloris, 4 flooders
     python -m bench.edge_attack --slowloris 1000 --flooders 4 --changes 200 --rate 20
+    python -m bench.edge_attack --no-compare                   # without the box-off phase
 
-Starts ``companion serve`` (defaults: 10 s handshake timeout, rate limit 20/s burst 60) as
-a subprocess and subscribes one watch. Phase *quiet*: ``--changes`` state changes are
-committed through the demo route at ``--rate`` per second and each delta's latency is
-taken from its commit time ``t`` to its arrival. Phase *attack*: the same, while
-``--slowloris`` connections each send half a request line and wait (reconnecting when the
-server closes them), and ``--flooders`` WebSockets each send a text fragment followed by
-empty continuation frames as fast as they can (reconnecting at once when closed or
-refused: the worst case). Everything on loopback, but from different addresses, as on the
-internet: the subscriber (and the commits) from 127.0.0.1, flooder *i* from 127.0.0.(2+i),
-the slowloris connections spread over the :data:`SLOWLORIS_ADDRESSES` addresses after
-those (Linux routes all of 127.0.0.0/8 to the loopback interface), so the server's penalty
-box (``COMPANION_PENALTY_*``) can tell them apart. The attackers run in a process of
-their own. Writes ``bench/results/edge_attack.{json,md}``.
+Starts ``companion serve`` (defaults: 10 s handshake timeout, rate limit 20/s burst 60,
+the penalty box on) as a subprocess and subscribes one watch. Phase *quiet*: ``--changes``
+state changes are committed through the demo route at ``--rate`` per second; each delta's
+latency is taken from its commit time ``t`` to its arrival, and the server's CPU time is
+sampled. Phase *attack*: the same, while ``--slowloris`` connections each send half a
+request line and wait (reconnecting when the server closes them), and ``--flooders``
+WebSockets each send a text fragment followed by empty continuation frames as fast as they
+can (reconnecting at once when closed or refused: the worst case). Phase *attack, box off*:
+the same attack on a second server with ``COMPANION_PENALTY_S=0``.
+
+Everything runs on loopback, but from different addresses, as on the internet: the
+subscriber (and the commits) from 127.0.0.1, flooder *i* from 127.0.0.(2+i), the slowloris
+connections spread over the :data:`SLOWLORIS_ADDRESSES` addresses after those (Linux routes
+all of 127.0.0.0/8 to the loopback interface), so the server's penalty box
+(``COMPANION_PENALTY_*``) can tell them apart. The attackers run in a process of their
+own. Writes ``bench/results/edge_attack.{json,md}``.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ import uvloop
 import websockets
 from websockets.frames import Frame, Opcode
 
-from bench.harness import SECRET, ServerProcess, write_results
+from bench.harness import SECRET, ServerProcess, cpu_seconds, write_results
 from clients.load.plan import Tokens
 from clients.load.stats import fmt_ms, markdown_table
 
@@ -191,8 +195,11 @@ async def phase(server: ServerProcess, args: argparse.Namespace, attack: bool) -
             stdout=asyncio.subprocess.PIPE,
         )
         await asyncio.sleep(2.0)  # let the attack build up
+    cpu_before, wall_before = cpu_seconds(server.pid), time.perf_counter()
     await commits(server.url, tokens.sign("bench", "service"), args.changes, args.rate)
     await asyncio.sleep(0.5)  # the last deltas
+    server_cores = (cpu_seconds(server.pid) - cpu_before) / (time.perf_counter() - wall_before)
+    load = os.getloadavg()[0]
     if attackers is not None:
         assert attackers.stdin is not None
         attackers.stdin.close()  # the attackers stop at the end of their stdin
@@ -205,6 +212,8 @@ async def phase(server: ServerProcess, args: argparse.Namespace, attack: bool) -
         "p50_ms": round(percentile(latencies, 0.50), 2),
         "p99_ms": round(percentile(latencies, 0.99), 2),
         "max_ms": round(max(latencies, default=float("nan")), 2),
+        "server_cores": round(server_cores, 2),
+        "load": round(load, 2),
         **counts,
     }
 
@@ -243,10 +252,16 @@ async def main(args: argparse.Namespace) -> None:
         return
     with ServerProcess.companion() as server:
         rows = [await phase(server, args, attack=False), await phase(server, args, attack=True)]
+    if args.compare:
+        # The same attack on a server without the penalty box, in the same run: on a shared
+        # machine only figures taken minutes apart compare.
+        with ServerProcess.companion(env={"COMPANION_PENALTY_S": "0"}) as server:
+            rows.append({**await phase(server, args, attack=True), "phase": "attack, box off"})
     for row in rows:
         print(
-            f"{row['phase']:>6}: {row['deltas']} deltas, p50 {fmt_ms(row['p50_ms'])} "
-            f"p99 {fmt_ms(row['p99_ms'])} ms; slowloris opened {row['opened']}, "
+            f"{row['phase']:>15}: {row['deltas']} deltas, p50 {fmt_ms(row['p50_ms'])} "
+            f"p99 {fmt_ms(row['p99_ms'])} ms; server CPU {row['server_cores']} cores, load "
+            f"{row['load']}; slowloris opened {row['opened']}, "
             f"closed by the server {row['closed_by_server']}; flood connections "
             f"{row['flood_connections']}, frames {row['frames']}; refused {row['refused']}"
         )
@@ -256,6 +271,8 @@ async def main(args: argparse.Namespace) -> None:
         ("p50_ms", "p50 ms"),
         ("p99_ms", "p99 ms"),
         ("max_ms", "max ms"),
+        ("server_cores", "server CPU (cores)"),
+        ("load", "load average (1 min)"),
         ("opened", "slowloris opened"),
         ("closed_by_server", "closed by server"),
         ("flood_connections", "flood connections"),
@@ -275,5 +292,11 @@ if __name__ == "__main__":
     parser.add_argument("--flooders", type=int, default=4)
     parser.add_argument("--changes", type=int, default=200)
     parser.add_argument("--rate", type=float, default=20.0)
+    parser.add_argument(
+        "--no-compare",
+        dest="compare",
+        action="store_false",
+        help="skip the third phase (the attack on a server with COMPANION_PENALTY_S=0)",
+    )
     parser.add_argument("--attack-port", type=int, default=0, help=argparse.SUPPRESS)
     uvloop.run(main(parser.parse_args()))
