@@ -11,7 +11,8 @@ attackers (127.0.0.9 and up; Linux routes all of 127.0.0.0/8 to the loopback int
   box: the upgrade (token check included), a fragment flood, the server's close (a server
   with ``COMPANION_PENALTY_S=0``);
 - *refusal*: the same connection from an address in the penalty box (a server with
-  ``COMPANION_PENALTY_STRIKES=1``: one flood boxes the address for the whole run);
+  ``COMPANION_PENALTY_STRIKES=1``: one flood boxes the address for the whole run), held a
+  second and answered 503, :data:`REFUSAL_CONCURRENCY` at a time;
 - *slowloris*: a connection that sends half a request line and waits, held open (CPU to
   accept it, and resident memory per connection), then timed out by the server (408 and
   close, ``COMPANION_HANDSHAKE_TIMEOUT_S=3``; CPU per timeout).
@@ -43,6 +44,7 @@ FLOOD = (
 HALF_REQUEST = b"GET /v1/ws HTTP/1.1\r\nHost: x\r\n"
 HANDSHAKE_TIMEOUT_S = 3.0
 ATTACKERS = 10
+REFUSAL_CONCURRENCY = 500
 """Loopback source addresses the connections of one kind are spread over."""
 
 
@@ -118,8 +120,10 @@ async def refusals(args: argparse.Namespace, token: str) -> dict[str, Any]:
         for i in range(ATTACKERS):  # one flood from each address boxes it
             await flood_once(server.port, i, token)
         cpu = cpu_seconds(server.pid)
+        # Each refusal is held a second before its answer: many at a time, as attackers
+        # that come straight back are (within the server's MAX_HOLDING).
         answers = await bounded(
-            args.count, args.concurrency, lambda i: flood_once(server.port, i, token)
+            args.count, REFUSAL_CONCURRENCY, lambda i: flood_once(server.port, i, token)
         )
         return row("refusal (box on)", server, cpu, args.count, answers=answers)
 

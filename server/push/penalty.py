@@ -65,6 +65,12 @@ PENALTY_REFUSED: Final = "penalty"
 because its address is in the box."""
 MAX_ADDRESSES: Final = 10_000
 """Addresses kept in each of the two tables (suspects, boxed): about 2 MB at most."""
+REFUSAL_HOLD_S: Final = 1.0
+"""Longest time a refused connection is held, unread, before its 503: an attacker that comes
+straight back is slowed to one attempt per hold and connection, and a held socket costs no
+more than an idle one."""
+MAX_HOLDING: Final = 1000
+"""Refused connections held at once (a few MB at most); beyond, a refusal is answered at once."""
 SUMMARY_S: Final = 60.0
 """Seconds between two log lines of what the box did (never an address)."""
 
@@ -128,6 +134,7 @@ class PenaltyBox:
         "_since",
         "_suspects",
         "_times_boxed",
+        "holding",
         "policy",
     )
 
@@ -141,6 +148,8 @@ class PenaltyBox:
         self._refused = 0
         self._times_boxed = 0
         self._since = now
+        self.holding = 0
+        """Refused connections held now (the edge counts them: :data:`MAX_HOLDING`)."""
 
     def __len__(self) -> int:
         """Addresses the box remembers (suspects and boxed)."""
@@ -283,9 +292,9 @@ def box_of(services: Services) -> PenaltyBox | None:
     return box
 
 
-def refusal(services: Services, peername: object) -> int | None:
-    """The ``Retry-After`` seconds to refuse a new connection from ``peername`` with, or
-    ``None`` to serve it; counts a refusal."""
+def refusal(services: Services, peername: object) -> float | None:
+    """The seconds of penalty left if a new connection from ``peername`` is to be refused
+    (counted as a refusal), ``None`` to serve it."""
     box = box_of(services)
     key = peer_key(peername)
     if box is None or key is None:
@@ -296,7 +305,7 @@ def refusal(services: Services, peername: object) -> int | None:
         return None
     services.metrics.handshake_rejects.labels(PENALTY_REFUSED).inc()
     _summarise(box, now)
-    return retry_after(remaining)
+    return remaining
 
 
 def report(services: Services, transport: asyncio.BaseTransport, reason: str) -> None:

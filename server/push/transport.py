@@ -17,8 +17,9 @@ and enforces what uvicorn does not:
 - **upgrades**: only the first request of a connection may be a WebSocket upgrade, only over
   HTTP/1.1 (else 400);
 - **the penalty box**: a connection from an address that was closed for abuse again and
-  again is answered 503 with ``Retry-After`` in ``connection_made``, before a byte is read
-  (:mod:`server.push.penalty`); every abuse refusal here is reported to it;
+  again is refused from ``connection_made``, before a byte is read: held unread for up to
+  a second, then answered 503 with ``Retry-After`` (:mod:`server.push.penalty`); every
+  abuse refusal here is reported to the box;
 - **admission**: device upgrades beyond ``COMPANION_ADMIT_RATE`` a second are answered 503
   with ``Retry-After`` before the token is verified (:mod:`server.push.admission`).
 
@@ -102,6 +103,7 @@ class EdgeProtocol(asyncio.Protocol):
         "_head_bytes",
         "_head_read",
         "_headers",
+        "_holding",
         "_in_head",
         "_inner",
         "_parser",
@@ -135,6 +137,8 @@ class EdgeProtocol(asyncio.Protocol):
         self._target_bytes = 0
         self._headers = 0
         self._refusal: tuple[HTTPStatus, str] | None = None
+        self._holding: penalty.PenaltyBox | None = None
+        """The penalty box whose refused connection this is while it is held."""
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -142,17 +146,11 @@ class EdgeProtocol(asyncio.Protocol):
         # A stream transport (uvloop's are not subclasses of asyncio.Transport).
         self._transport = cast(asyncio.Transport, transport)
         services = self._services()
-        if (
-            services is not None
-            and (wait := penalty.refusal(services, transport.get_extra_info("peername")))
-            is not None
-        ):
-            # The cheapest point: nothing is read or parsed, no timer is armed. The answer
-            # is one write of a prepared head (the Retry-After a well-meaning neighbour
-            # behind the same address honours); the request, if it arrived, is never read.
+        peer = transport.get_extra_info("peername")
+        if services is not None and (left := penalty.refusal(services, peer)) is not None:
+            # The cheapest point: nothing is read or parsed.
             self._parser = None
-            self._transport.write(_PENALTY_HEADS.get(wait) or _penalty_head(wait))
-            self._transport.close()
+            self._hold_refusal(services, left)
             return
         self._registry.connections.add(self)
         sock = transport.get_extra_info("socket")
@@ -198,6 +196,7 @@ class EdgeProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
+        self._release_hold()
         self._registry.connections.discard(self)
         self._parser = None
         if self._inner is not None:
@@ -215,6 +214,49 @@ class EdgeProtocol(asyncio.Protocol):
         """Graceful server stop, before a request was handed on: just close."""
         if self._transport is not None:
             self._transport.close()
+
+    # -- the penalty box ------------------------------------------------------------------
+
+    def _hold_refusal(self, services: Services, left: float) -> None:
+        """Refuse a connection from a boxed address (``left``: seconds of its penalty left):
+        hold it unread for up to :data:`~server.push.penalty.REFUSAL_HOLD_S`, then answer.
+
+        An attacker that comes straight back after each refusal is slowed to one attempt
+        per hold and connection, where an immediate answer let it make thousands a second
+        (each an accept, a protocol object and a close); a held socket costs what an idle
+        one does. A neighbour behind the same address waits the hold, then is told when to
+        come back.
+        """
+        transport = self._transport
+        box = penalty.box_of(services)
+        assert transport is not None and box is not None
+        hold = min(penalty.REFUSAL_HOLD_S, left)
+        if box.holding >= penalty.MAX_HOLDING or hold <= 0:
+            self._answer_refusal(left)
+            return
+        box.holding += 1
+        self._holding = box
+        transport.pause_reading()
+        self._registry.connections.add(self)  # a graceful stop closes it at once
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(hold, self._answer_refusal, left - hold)
+
+    def _answer_refusal(self, left: float) -> None:
+        """``503`` with ``Retry-After`` (one write of a prepared head; the request, if it
+        arrived, is never read), then close."""
+        self._deadline = None
+        self._release_hold()
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        wait = penalty.retry_after(left)
+        transport.write(_PENALTY_HEADS.get(wait) or _penalty_head(wait))
+        transport.close()
+
+    def _release_hold(self) -> None:
+        if self._holding is not None:
+            self._holding.holding -= 1
+            self._holding = None
 
     # -- httptools callbacks ----------------------------------------------------------------
 
