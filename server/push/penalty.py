@@ -69,8 +69,9 @@ REFUSAL_HOLD_S: Final = 1.0
 """Longest time a refused connection is held, unread, before its 503: an attacker that comes
 straight back is slowed to one attempt per hold and connection, and a held socket costs no
 more than an idle one."""
-MAX_HOLDING: Final = 1000
-"""Refused connections held at once (a few MB at most); beyond, a refusal is answered at once."""
+MAX_HOLDING: Final = 4096
+"""Refused connections held at once (about 10 MB and as many file descriptors at most);
+beyond, a refusal is answered at once."""
 SUMMARY_S: Final = 60.0
 """Seconds between two log lines of what the box did (never an address)."""
 
