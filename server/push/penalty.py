@@ -7,9 +7,10 @@ check. :class:`PenaltyBox` remembers addresses that were closed for *abuse*
 (:data:`ABUSE_REASONS`: bad framing, a rate limit, too many fragments or protocol errors, a
 message or request head too big, a handshake that never finished, an invalid token). After
 ``strikes`` such closes within ``window_s`` an address is *boxed*: its new connections are
-refused in ``connection_made``, before a byte is parsed, for ``first_s``; each further
-round of ``strikes`` doubles the period, up to ``max_s``; an address that behaves falls one
-level per ``max_s`` without abuse and is forgotten at level 0.
+refused from ``connection_made``, before a byte is parsed, for ``first_s`` (the edge holds
+each refused socket unread for up to :data:`REFUSAL_HOLD_S`, then answers ``503``); each
+further round of ``strikes`` doubles the period, up to ``max_s``; an address that behaves
+falls one level per ``max_s`` without abuse and is forgotten at level 0.
 
 Shared addresses (carrier NAT: thousands of phones behind one IPv4 address) are why one
 abuse close is not enough: the box acts on a *rate* of abuse closes, its periods are short
@@ -20,8 +21,9 @@ all of it). Memory is bounded: at most :data:`MAX_ADDRESSES` suspects (addresses
 strikes) and as many boxed addresses, the oldest dropped first; suspects are dropped before
 any boxed address, so an attacker with many addresses cannot flush the box.
 
-Pure: time is passed in. The wiring at the end (:func:`refusal`, :func:`report`) finds a
-node's box in its services and counts what it does in the node's metrics.
+The box itself is pure: time is passed in. The wiring at the end (:func:`refusal`,
+:func:`report`) finds a node's box in its services and counts what it does in the node's
+metrics.
 """
 
 from __future__ import annotations
