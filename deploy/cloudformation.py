@@ -369,6 +369,9 @@ def compute() -> Json:
         ),
         "COMPANION_MEDIA": sub(f"s3://${{MediaBucket}}/{MEDIA_PREFIX}"),
         "COMPANION_PORT": str(CONTAINER_PORT),
+        # Behind the ALB every peer address is one of the balancer's: the penalty box would
+        # refuse the balancer, and with it every device, for one client's abuse.
+        "COMPANION_PENALTY_S": "0",
         "AWS_REGION": ref("AWS::Region"),
     }
     return {

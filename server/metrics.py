@@ -30,6 +30,7 @@ HANDSHAKE_REJECT_REASONS: Final = frozenset(
         "try later",
         "uri too long",
         "headers too large",
+        "penalty",
     }
 )
 """Why the edge refused a connection before it became a WebSocket (a fixed set)."""
@@ -149,6 +150,20 @@ class Metrics:
             "companion_outbox_drops",
             "Messages merged away (coalesced) or refused by a full outbox.",
             ["kind"],
+            registry=r,
+        )
+        self.penalties = FixedLabelCounter(
+            Counter(
+                "companion_penalties",
+                "Addresses put in the penalty box, by the abuse close that tipped them.",
+                ["reason"],
+                registry=r,
+            ),
+            HANDSHAKE_REJECT_REASONS | {d.reason for d in Disconnects.all()},
+        )
+        self.penalty_box_addresses = Gauge(
+            "companion_penalty_box_addresses",
+            "Addresses whose new connections are refused now (the penalty box).",
             registry=r,
         )
         self.slow_peer_closes = Counter(

@@ -217,6 +217,30 @@ class Settings:
     admit_burst: int = setting(
         _positive_int, "Handshakes admitted at once before the admit rate applies.", default=20
     )
+    penalty_s: float = setting(
+        _non_negative_float,
+        "Seconds an address is first refused new connections once it was closed for abuse"
+        " COMPANION_PENALTY_STRIKES times within COMPANION_PENALTY_WINDOW_S (fragment flood,"
+        " rate limit, oversize, bad framing, handshake timeout); doubles on each repeat up to"
+        " COMPANION_PENALTY_MAX_S. 0 turns the penalty box off.",
+        default=1.0,
+    )
+    penalty_max_s: float = setting(
+        _positive_float,
+        "Longest period an address is refused (the penalties' cap; one level is forgiven per"
+        " this many seconds without abuse).",
+        default=30.0,
+    )
+    penalty_strikes: int = setting(
+        _positive_int,
+        "Abuse closes from one address (IPv6: one /64) within COMPANION_PENALTY_WINDOW_S"
+        " before it is refused: high enough that one abuser behind a shared carrier address"
+        " does not lock its neighbours out for a slip.",
+        default=10,
+    )
+    penalty_window_s: float = setting(
+        _positive_float, "Seconds over which abuse closes are counted.", default=10.0
+    )
     drain_s: float = setting(
         _drain_window,
         "Longest window (0-8 s) over which a graceful stop spreads its clients' 1012 closes"

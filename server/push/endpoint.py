@@ -39,7 +39,7 @@ from brain.tiers import Limit
 from server.auth import Principal, TokenCache, bearer, origin_allowed, verify
 from server.errors import Forbidden, FramesNotDurable, StoreError
 from server.protocol import Delta, Disconnect, Disconnects, FrameBatch, text_frame
-from server.push import acks
+from server.push import acks, penalty
 from server.push.admission import drain_window
 from server.push.outbox import Outbox
 from server.push.session import (
@@ -324,6 +324,7 @@ class Connection(asyncio.Protocol):
         self._closing = disconnect
         metrics = self.services.metrics
         metrics.closes.labels(disconnect.reason).inc()
+        penalty.report(self.services, self._transport, disconnect.reason)
         if disconnect is Disconnects.SLOW_CONSUMER:
             metrics.slow_peer_closes.inc()
         self._pending = None
@@ -394,6 +395,7 @@ class Connection(asyncio.Protocol):
             code = ws.close_sent.code
             self._closing = _FAILED_BY_CODE.get(code, Disconnects.PROTOCOL_ERROR)
             self.services.metrics.closes.labels(self._closing.reason).inc()
+            penalty.report(self.services, self._transport, self._closing.reason)
         return True
 
     def eof_received(self) -> bool | None:

@@ -16,6 +16,10 @@ and enforces what uvicorn does not:
   :data:`MAX_HEADERS` headers 431, and the connection is closed;
 - **upgrades**: only the first request of a connection may be a WebSocket upgrade, only over
   HTTP/1.1 (else 400);
+- **the penalty box**: a connection from an address that was closed for abuse again and
+  again is refused from ``connection_made``, before a byte is read: held unread for up to
+  a second, then answered 503 with ``Retry-After`` (:mod:`server.push.penalty`); every
+  abuse refusal here is reported to the box;
 - **admission**: device upgrades beyond ``COMPANION_ADMIT_RATE`` a second are answered 503
   with ``Retry-After`` before the token is verified (:mod:`server.push.admission`).
 
@@ -35,6 +39,7 @@ import asyncio
 import email.utils
 import logging
 import socket
+import time
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final, cast
 from urllib.parse import urlsplit
@@ -50,7 +55,8 @@ from websockets.server import ServerProtocol
 from server.auth import own_origins
 from server.errors import AuthError
 from server.problems import auth_problem
-from server.protocol import MAX_MESSAGE_BYTES
+from server.protocol import MAX_MESSAGE_BYTES, MAX_RETRY_AFTER_S
+from server.push import penalty
 from server.push.admission import ADMISSION_REFUSED, Admission, device_key
 from server.push.endpoint import Connection, Registry, authenticate, session_limits
 from server.push.session import Session
@@ -97,6 +103,7 @@ class EdgeProtocol(asyncio.Protocol):
         "_head_bytes",
         "_head_read",
         "_headers",
+        "_holding",
         "_in_head",
         "_inner",
         "_parser",
@@ -130,12 +137,21 @@ class EdgeProtocol(asyncio.Protocol):
         self._target_bytes = 0
         self._headers = 0
         self._refusal: tuple[HTTPStatus, str] | None = None
+        self._holding: penalty.PenaltyBox | None = None
+        """The penalty box whose refused connection this is while it is held."""
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A stream transport (uvloop's are not subclasses of asyncio.Transport).
         self._transport = cast(asyncio.Transport, transport)
+        services = self._services()
+        peer = transport.get_extra_info("peername")
+        if services is not None and (left := penalty.refusal(services, peer)) is not None:
+            # The cheapest point: nothing is read or parsed.
+            self._parser = None
+            self._hold_refusal(services, left)
+            return
         self._registry.connections.add(self)
         sock = transport.get_extra_info("socket")
         if sock is not None:
@@ -180,6 +196,7 @@ class EdgeProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
+        self._release_hold()
         self._registry.connections.discard(self)
         self._parser = None
         if self._inner is not None:
@@ -197,6 +214,49 @@ class EdgeProtocol(asyncio.Protocol):
         """Graceful server stop, before a request was handed on: just close."""
         if self._transport is not None:
             self._transport.close()
+
+    # -- the penalty box ------------------------------------------------------------------
+
+    def _hold_refusal(self, services: Services, left: float) -> None:
+        """Refuse a connection from a boxed address (``left``: seconds of its penalty left):
+        hold it unread for up to :data:`~server.push.penalty.REFUSAL_HOLD_S`, then answer.
+
+        An attacker that comes straight back after each refusal is slowed to one attempt
+        per hold and connection, where an immediate answer let it make thousands a second
+        (each an accept, a protocol object and a close); a held socket costs what an idle
+        one does. A neighbour behind the same address waits the hold, then is told when to
+        come back.
+        """
+        transport = self._transport
+        box = penalty.box_of(services)
+        assert transport is not None and box is not None
+        hold = min(penalty.REFUSAL_HOLD_S, left)
+        if box.holding >= penalty.MAX_HOLDING or hold <= 0:
+            self._answer_refusal(left)
+            return
+        box.holding += 1
+        self._holding = box
+        transport.pause_reading()
+        self._registry.connections.add(self)  # a graceful stop closes it at once
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(hold, self._answer_refusal, left - hold)
+
+    def _answer_refusal(self, left: float) -> None:
+        """``503`` with ``Retry-After`` (one write of a prepared head; the request, if it
+        arrived, is never read), then close."""
+        self._deadline = None
+        self._release_hold()
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        wait = penalty.retry_after(left)
+        transport.write(_PENALTY_HEADS.get(wait) or _penalty_head(wait))
+        transport.close()
+
+    def _release_hold(self) -> None:
+        if self._holding is not None:
+            self._holding.holding -= 1
+            self._holding = None
 
     # -- httptools callbacks ----------------------------------------------------------------
 
@@ -287,9 +347,12 @@ class EdgeProtocol(asyncio.Protocol):
         transport.close()
 
     def _count(self, reason: str) -> None:
+        """Count a refusal for ``reason``; abuse is reported to the penalty box."""
         services = self._services()
         if services is not None:
             services.metrics.handshake_rejects.labels(reason).inc()
+            if self._transport is not None:
+                penalty.report(services, self._transport, reason)
 
     def _services(self) -> Services | None:
         state = getattr(self._config.app, "state", None)
@@ -408,10 +471,36 @@ def _admission(services: Services) -> Admission:
     return admission
 
 
+def _penalty_head(retry_after: int) -> bytes:
+    """The whole answer to a connection from a boxed address: 503, ``Retry-After``, no Date
+    (optional on a 5xx) so that it can be made once per value."""
+    return (
+        "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nContent-Length: 0\r\n"
+        f"Retry-After: {retry_after}\r\n\r\n"
+    ).encode()
+
+
+_PENALTY_HEADS: Final = {s: _penalty_head(s) for s in range(1, MAX_RETRY_AFTER_S + 1)}
+
+
+_date_cache: list[tuple[int, str]] = [(0, "")]
+
+
+def _date() -> str:
+    """The ``Date`` header of now, formatted once a second: a thousand slowloris sockets
+    time out in the same turn of the loop, and formatting it costs ~5 µs each time."""
+    now = int(time.time())
+    second, text = _date_cache[0]
+    if second != now:
+        text = email.utils.formatdate(now, usegmt=True)
+        _date_cache[0] = (now, text)
+    return text
+
+
 def _headers(body: bytes, content_type: str = "text/plain; charset=utf-8") -> Headers:
     return Headers(
         [
-            ("Date", email.utils.formatdate(usegmt=True)),
+            ("Date", _date()),
             ("Connection", "close"),
             ("Content-Length", str(len(body))),
             ("Content-Type", content_type),

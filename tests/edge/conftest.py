@@ -72,13 +72,16 @@ class Raw:
         self.protocol = ClientProtocol(parse_uri("ws://127.0.0.1/v1/ws"), state=OPEN)
 
     @classmethod
-    async def open(cls, live: LiveServer) -> Raw:
-        return await cls.open_url(live.url)
+    async def open(cls, live: LiveServer, source: str | None = None) -> Raw:
+        return await cls.open_url(live.url, source)
 
     @classmethod
-    async def open_url(cls, url: str) -> Raw:
+    async def open_url(cls, url: str, source: str | None = None) -> Raw:
+        """A connection to ``url``, from the loopback address ``source`` if given (Linux
+        routes all of 127.0.0.0/8 to the loopback interface: one address per peer)."""
         host, port = url.removeprefix("http://").split(":")
-        reader, writer = await asyncio.open_connection(host, int(port))
+        local = None if source is None else (source, 0)
+        reader, writer = await asyncio.open_connection(host, int(port), local_addr=local)
         return cls(reader, writer)
 
     async def send(self, data: bytes) -> None:
