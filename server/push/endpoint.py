@@ -78,6 +78,9 @@ READ_AFTER_CLOSE_BYTES: Final = 64 * 1024
 """Bytes a closing peer may still send (its close frame is a few) before it is dropped."""
 PAUSE_READING_AT: Final = 16
 """Messages waiting for the store or hub before the connection stops reading the socket."""
+JOIN_REREADS: Final = 3
+"""Reads again of a joining user's state when a newer delta went out during the read (the
+device is then told to say hello again rather than sent an older snapshot)."""
 
 _FAILED_BY_CODE: Final = {
     d.code: d for d in (Disconnects.PROTOCOL_ERROR, Disconnects.BAD_UTF8, Disconnects.TOO_BIG)
@@ -504,6 +507,17 @@ class Connection(asyncio.Protocol):
         await self.services.hub.join(join.user_id, self)
         try:
             state = await self.services.state.current(join.user_id)
+            # A delta published during the read went out already (the hub had us): a
+            # snapshot older than it would step the device back. The commit it came from
+            # is durable, so reading again returns it or a later one.
+            for _ in range(JOIN_REREADS):
+                if state.version >= self.session.versions.get(join.user_id, -1):
+                    break
+                state = await self.services.state.current(join.user_id)
+            else:
+                if state.version < self.session.versions.get(join.user_id, -1):
+                    self._send(self.session.unavailable(join.user_id))
+                    return
         except StoreError as exc:
             log.warning("state of %s not readable: %s", join.user_id, type(exc).__name__)
             self._send(self.session.unavailable(join.user_id))
