@@ -11,6 +11,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeAlias
 
+from brain.model import Profile
 from server.store import codec
 from server.store.base import SERVICE_COSTS, AvatarCacheEntry, Usage, UserState
 
@@ -61,6 +62,17 @@ def state_item(state: UserState) -> Item:
     item = {name: _attribute(value) for name, value in data.items() if value is not None}
     item["epoch"] = {"N": str(state.epoch)}
     return item
+
+
+def profile_attribute(profile: Profile) -> AttributeValueTypeDef:
+    """The ``profile`` attribute (a map) as :func:`state_item` writes it."""
+    return _attribute(codec.profile_to_dict(profile))
+
+
+def same_profile(item: dict[str, Any], profile: Profile) -> bool:
+    """Whether a live ``user_state`` item holds ``profile`` (however its map is spelled)."""
+    stored = item.get("profile")
+    return stored is not None and codec.profile_from_dict(_plain(stored)) == profile
 
 
 def state_of(item: dict[str, Any]) -> UserState:
