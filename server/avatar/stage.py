@@ -95,6 +95,7 @@ async def install_avatars(
         clip_usd=clips_cost(1) if settings.video == "veo" else 0.0,
     )
     services.state.listeners.append(saga.on_commit)
+    services.state.amenders.append(saga.fold)  # a cached image goes with its state's commit
     services.erase_hooks.append(saga.allowance.forget)
     # Last in, first out: the saga stops (running sagas finish or are cancelled) before the
     # generator, media store and store it uses are closed.
