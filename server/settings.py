@@ -286,7 +286,7 @@ class Settings:
     )
     state_cache_users: int = setting(
         _non_negative_int,
-        "Users whose current state a node keeps in memory (LRU, ~1.5 KiB each), so a commit"
+        "Users whose current state a node keeps in memory (LRU, ~0.9 KiB each), so a commit"
         " needs no read; 0 reads the store every time.",
         default=100_000,
     )
