@@ -204,6 +204,8 @@ class AvatarSaga:
         self._keeper: asyncio.Task[None] | None = None
         self._known: OrderedDict[str, AvatarCacheEntry] = OrderedDict()
         """Cache entries read or written lately, by cache hash (for :meth:`fold`)."""
+        self._prompts: dict[tuple[str, str, EnergyBand, str], tuple[str, str, AvatarSpec]] = {}
+        """Cache hash, prompt and spec by (state, mood, band, base avatar)."""
         self._folded: dict[str, int] = {}
         """The version of each user whose image :meth:`fold` added to a commit being written."""
         self._clips: ClipStep | None = None
@@ -238,11 +240,10 @@ class AvatarSaga:
         else ``None`` (the saga does it after the commit, reading the cache itself)."""
         if self._closed or not self._cache_reads or not starts_saga(previous, committed, cause):
             return None
-        spec = AvatarSpec.of(
-            committed.state, committed.mood, committed.energy, committed.profile.base_avatar
-        )
-        prompt = build_prompt(spec)
-        key = cache_hash(prompt, spec.base_avatar.value)
+        try:
+            key, prompt, spec = self._avatar_of(committed)
+        except ValueError:
+            return None  # not an avatar we can draw: the saga records why, as before
         entry = self._known.get(key)
         now_ms = int(self._clock() * 1000)
         if entry is None or not fresh(entry, self._tiers.tier_of(committed.profile), now_ms):
@@ -254,6 +255,22 @@ class AvatarSaga:
             self._folded.clear()
         self._folded[committed.user_id] = committed.version
         return {"image_url": entry.image_url, "avatar_status": AvatarStatus.READY.value, **clip}
+
+    def _avatar_of(self, user: UserState) -> tuple[str, str, AvatarSpec]:
+        """The cache hash, prompt and spec of ``user``'s avatar, remembered by what they
+        depend on (state, mood, energy band, base avatar): :meth:`fold` asks on every commit
+        that changes them, and building a prompt costs more than the rest of the fold.
+        Raises :class:`ValueError` for a value outside the avatar vocabulary."""
+        ident = (user.state, user.mood, EnergyBand.of(user.energy), user.profile.base_avatar)
+        known = self._prompts.get(ident)
+        if known is None:
+            spec = AvatarSpec.of(user.state, user.mood, user.energy, user.profile.base_avatar)
+            prompt = build_prompt(spec)
+            known = (cache_hash(prompt, spec.base_avatar.value), prompt, spec)
+            if len(self._prompts) >= KNOWN_ENTRIES:
+                self._prompts.clear()
+            self._prompts[ident] = known
+        return known
 
     def _know(self, entry: AvatarCacheEntry) -> None:
         """Remember a cache entry read or written (the least recent goes past the bound)."""
