@@ -195,3 +195,44 @@ def write_results(name: str, data: dict[str, Any], markdown: str) -> Path:
     path = RESULTS_DIR / f"{name}.md"
     path.write_text(header + markdown.rstrip() + "\n")
     return path
+
+
+COUNTED = (
+    "companion_state_commits_total",
+    "companion_state_reads_total",
+    "companion_state_conflicts_total",
+    "companion_avatar_cache_total",
+)
+"""The server's counters a benchmark reports at its end (commits, state reads by source,
+conflicts, avatar cache lookups), read from ``/metrics``."""
+
+
+def scrape(url: str) -> dict[str, float]:
+    """The :data:`COUNTED` counters from the server's ``/metrics`` (by name and label set);
+    empty when the server does not answer within 5 s."""
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name.split("{")[0] in COUNTED:
+            found[name] = found.get(name, 0.0) + float(value)
+    return found
+
+
+def load_average() -> str:
+    """The machine's 1, 5 and 15 minute load averages (a shared machine's figures vary)."""
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def counters_line(metrics: dict[str, float]) -> str:
+    """The scraped counters in one table cell: ``name{labels} value; …`` (short names)."""
+    if not metrics:
+        return "-"
+    return "; ".join(
+        f"{name.removeprefix('companion_').replace('_total', '')} {value:g}"
+        for name, value in sorted(metrics.items())
+    )

@@ -11,7 +11,10 @@ created first with ``companion tables create``), ``--phones`` phones connect and
 for ``--duration`` seconds. A frame counts as ingested when its batch is acked (the server
 acks only durable frames: SQLite commits with ``synchronous=FULL``). Reported: offered and
 acked frames/s, ack latency (batch sent → ack), the server's CPU share and the load
-generator's (all its ``--processes`` worker processes, default 2, and the parent).
+generator's (all its ``--processes`` worker processes, default 2, and the parent), the
+server's CPU per acked frame (the figure to compare on a shared machine, where the rates
+move with the neighbours' load), the load average at the end, and the server's commit,
+state-read and avatar-cache counters.
 Writes ``bench/results/ingest[-dynamodb].{json,md}``.
 """
 
@@ -26,7 +29,16 @@ from typing import Any
 
 import uvloop
 
-from bench.harness import REPO_ROOT, SECRET, ServerProcess, cpu_seconds, write_results
+from bench.harness import (
+    REPO_ROOT,
+    SECRET,
+    ServerProcess,
+    counters_line,
+    cpu_seconds,
+    load_average,
+    scrape,
+    write_results,
+)
 from clients.load.loadtest import run_plan
 from clients.load.plan import LoadPlan
 from clients.load.stats import fmt_ms, markdown_table
@@ -66,6 +78,7 @@ async def one(rate: float, args: argparse.Namespace, env: dict[str, str]) -> dic
         cpu0 = cpu_seconds(server.pid)
         report = await run_plan(plan)
         cpu = cpu_seconds(server.pid) - cpu0
+        metrics = scrape(server.url)
     counters = report["counters"]
     seconds = report["elapsed_s"] - report["ramp_s"]
     ack = report["latency_ms"]["ack"]
@@ -82,6 +95,11 @@ async def one(rate: float, args: argparse.Namespace, env: dict[str, str]) -> dic
         "server_cpu_share": round(cpu / report["elapsed_s"], 2),
         "generator_processes": args.processes,
         "generator_cpu_share": report["generator_cpu_share"],
+        "server_cpu_us_per_acked_frame": round(
+            cpu / max(counters.get("frames_acked", 0), 1) * 1e6, 1
+        ),
+        "server_metrics": metrics,
+        "load_average": load_average(),
     }
 
 
@@ -97,7 +115,9 @@ def render(rows: list[dict[str, Any]], store: str) -> str:
             fmt_ms(r["ack_ms"]["max"]),
             f"{r['server_cpu_share']:.2f}",
             f"{r['generator_cpu_share']:.2f}",
+            f"{r['server_cpu_us_per_acked_frame']:.1f}",
             sum(r["errors"].values()),
+            r["load_average"],
         ]
         for r in rows
     ]
@@ -111,12 +131,19 @@ def render(rows: list[dict[str, Any]], store: str) -> str:
         "ack max ms",
         "server CPU",
         "generator CPU",
+        "µs server CPU / acked frame",
         "errors",
+        "load avg at end",
     ]
+    counted = "\n".join(
+        f"- {r['offered_frames_per_s']:,.0f} offered: {counters_line(r['server_metrics'])}"
+        for r in rows
+    )
     return (
         f"## Ingest into {store} over the WebSocket\n\n"
         f"Each phone sends {MESSAGES_PER_S:g} `frames` messages/s; a frame counts once "
-        f"its batch is acked (durable).\n\n" + markdown_table(headers, table) + "\n"
+        f"its batch is acked (durable).\n\n" + markdown_table(headers, table) + "\n\n"
+        f"The server's counters at the end of each rate:\n\n{counted}\n"
     )
 
 

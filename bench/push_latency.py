@@ -11,7 +11,12 @@ are committed through the demo route at ``--rate`` per second, round-robin over 
 and every delta's latency is taken from its server commit time ``t`` to its arrival at the
 watch (one clock: all on loopback). The watches are spread over ``--processes`` load
 generator processes (default 2; the driver of the changes runs in the parent), and the
-server's and the generator's CPU are reported. Writes
+server's and the generator's CPU are reported, and the server's CPU per change: its CPU
+time from the moment every watch is connected to the end, divided by the changes committed
+(with the load average: on a shared machine that figure moves with the neighbours). The
+server's commit, state-read and avatar-cache counters are scraped from ``/metrics`` at the
+end. ``--devices`` and ``--changes-per-s`` are other names of ``--subscribers`` and
+``--rate``. Writes
 ``bench/results/push_latency[-SUFFIX].{json,md}``.
 """
 
@@ -28,8 +33,11 @@ import uvloop
 from bench.harness import (
     SECRET,
     ServerProcess,
+    counters_line,
     cpu_seconds,
+    load_average,
     rss_kib,
+    scrape,
     settle_memory,
     write_results,
 )
@@ -86,7 +94,10 @@ async def measure_processes(args: argparse.Namespace) -> dict[str, Any]:
         ramped: dict[str, float] = {}
 
         def on_ramped() -> None:
+            # The changes start now: the server's CPU from here on is what they cost.
             ramped["rss"] = rss_kib(server.pid)
+            ramped["cpu"] = cpu_seconds(server.pid)
+            ramped["at"] = time.perf_counter()
 
         plan = LoadPlan(
             server=server.url,
@@ -100,9 +111,14 @@ async def measure_processes(args: argparse.Namespace) -> dict[str, Any]:
         )
         cpu0 = cpu_seconds(server.pid)
         report = await run_plan(plan, on_ramped=on_ramped)
-        server_cpu = cpu_seconds(server.pid) - cpu0
+        cpu_end, ended = cpu_seconds(server.pid), time.perf_counter()
+        server_cpu = cpu_end - cpu0
         rss_end = rss_kib(server.pid)
+        metrics = scrape(server.url)
     stats = report["_stats"]
+    committed = stats.counters["changes"]
+    changes_cpu = cpu_end - ramped.get("cpu", cpu0)
+    changes_wall = ended - ramped.get("at", ended)
     opened = report["connections"]["opened"]
     after = int(ramped.get("rss", rss_end))
     memory = {
@@ -130,6 +146,12 @@ async def measure_processes(args: argparse.Namespace) -> dict[str, Any]:
         "generator_processes": args.processes,
         "generator_cpu_share": report["generator_cpu_share"],
         "server_cpu_share": round(server_cpu / report["elapsed_s"], 2),
+        "changes_cpu_s": round(changes_cpu, 2),
+        "changes_wall_s": round(changes_wall, 2),
+        "server_cores_during_changes": round(changes_cpu / max(changes_wall, 1e-9), 2),
+        "cpu_us_per_change": round(changes_cpu / max(committed, 1) * 1e6, 1),
+        "server_metrics": metrics,
+        "load_average": load_average(),
         "_stats": stats,
     }
 
@@ -199,6 +221,13 @@ def render(result: dict[str, Any]) -> str:
             ["memory per idle connection (KiB)", f"{m['kib_per_connection']:.1f}"],
             ["connections opened / s", m["open_rate_per_s"]],
             [
+                "server CPU per change, during the changes (µs)",
+                f"{result.get('cpu_us_per_change', '-')}"
+                f" ({result.get('server_cores_during_changes', '-')} cores)",
+            ],
+            ["server counters at the end", counters_line(result.get("server_metrics", {}))],
+            ["load average at the end", result.get("load_average", "-")],
+            [
                 "server CPU / load generator CPU (cores, whole run)",
                 f"{result.get('server_cpu_share', '-')} / {result.get('generator_cpu_share', '-')}"
                 f" ({result.get('generator_processes', 1)} generator processes)",
@@ -217,9 +246,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--subscribers", "--devices", dest="subscribers", type=int, default=1000)
     parser.add_argument("--changes", type=int, default=1000)
-    parser.add_argument("--rate", type=float, default=100.0, help="state changes per second")
+    parser.add_argument(
+        "--rate",
+        "--changes-per-s",
+        dest="rate",
+        type=float,
+        default=100.0,
+        help="state changes per second",
+    )
     parser.add_argument("--ramp", type=float, default=1000.0, help="connections per second")
     parser.add_argument("--suffix", default="", help="results file name suffix")
     parser.add_argument(

@@ -26,6 +26,7 @@ from server.analysis.pipeline import pipeline_stage
 from server.analysis.retention import retention_stage
 from server.avatar.stage import MEDIA, avatar_stage, serve_media
 from server.broker.base import Broker, safe_url
+from server.broker.memory import MemoryBroker
 from server.cost import CostMeter
 from server.errors import CompanionError
 from server.history import history_stage
@@ -103,7 +104,16 @@ def create_app(
             )
             ingestor.start()
             stack.push_async_callback(ingestor.close)
-            state = StateService(the_store, hub, metrics, clock, tiers=settings.tiers)
+            state = StateService(
+                the_store,
+                hub,
+                metrics,
+                clock,
+                tiers=settings.tiers,
+                cache_users=settings.state_cache_users,
+                # One node (the memory broker) is the only writer of its users' states.
+                exclusive=isinstance(the_broker, MemoryBroker),
+            )
             devices = DeviceBook(the_store, metrics, clock)
             stack.push_async_callback(devices.close)  # before the store closes
             commands = CommandDesk(the_store, metrics, clock)
@@ -120,7 +130,7 @@ def create_app(
                 devices=devices,
                 commands=commands,
             )
-            services.erase_hooks.append(devices.forget)
+            services.erase_hooks += [state.forget, devices.forget]
             services.cost = cost = CostMeter(metrics.registry, state.tier_book, clock=clock)
             cost.pushes = hub.pushed  # billed at each flush
             hooks.append(cost.frames_stored)

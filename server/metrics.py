@@ -124,6 +124,13 @@ class Metrics:
         self.commit_conflicts = Counter(
             "companion_state_conflicts", "Commits that lost a version race.", registry=r
         )
+        self.state_reads = Counter(
+            "companion_state_reads",
+            "Reads of a user's current state, by where they were answered: cache (the"
+            " process's current states) or store.",
+            ["source"],
+            registry=r,
+        )
         self.history_events = Counter(
             "companion_history_events",
             "Decision-history writes, by outcome: recorded, skipped (recorded already, or the"

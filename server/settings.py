@@ -47,6 +47,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"must be a whole number, zero or more, got {value}")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -306,6 +313,12 @@ class Settings:
         "With a Redis broker: lease of a node on a user's analysis (its owner); a dead"
         " owner's users move to another node within this time.",
         default=10_000,
+    )
+    state_cache_users: int = setting(
+        _non_negative_int,
+        "Users whose current state a node keeps in memory (LRU, ~0.9 KiB each), so a commit"
+        " needs no read; 0 reads the store every time.",
+        default=100_000,
     )
     avatar: str = setting(_choice("local", "gemini"), "Avatar generator.", default="local")
     gemini_model: str = setting(str, "Gemini image model id.", default="gemini-2.5-flash-image")

@@ -7,6 +7,20 @@ routes all go through it; :meth:`StateService.update` wraps it in the read-decid
 loop that re-reads after a lost race. Listeners hear every commit (the avatar saga starts
 from there).
 
+**Current state from memory.** The service keeps the current state of active users
+(:class:`~server.store.current.CurrentStates`, a bounded LRU): a commit decides on the kept
+state and writes conditionally on its version, erase epoch and profile, with no read round
+trip; a lost race drops the kept state, re-reads the store and decides again. When this
+process is the only writer of its users (``exclusive``: one node, the memory broker), reads
+are answered from memory too, and a decision to change nothing is final. In a cluster
+(another node may have committed since), reads go to the store, and a decision to change
+nothing made on a kept state is checked against the store before it counts; deltas heard
+from other nodes drop the kept state of their user, and the broker coming back drops all.
+
+**One write per change.** Before a commit is written, :attr:`StateService.amenders` may add
+fields to it (the avatar saga adds the image when the new state's avatar is a cache hit), so
+that the state and its image are one write and one delta.
+
 Once the store has the new version, the commit has happened: nothing after it turns it into
 an error for the caller. A delta the broker does not take is the hub's to repair (it
 re-publishes the current state, read through :meth:`StateService.current_delta`, when the
@@ -28,6 +42,7 @@ from server.metrics import Metrics
 from server.protocol import Delta
 from server.push.hub import Hub
 from server.store.base import Store, UserState
+from server.store.current import DEFAULT_MAX_USERS, CurrentStates
 from server.tiers import TierBook
 
 log = logging.getLogger(__name__)
@@ -40,6 +55,10 @@ CommitListener = Callable[[UserState, UserState, str], Awaitable[None]]
 
 Decide = Callable[[UserState], Mapping[str, Any] | None]
 """Given the current state, the changes to commit, or ``None`` for none."""
+
+Amend = Callable[[UserState, UserState, str], Mapping[str, Any] | None]
+"""Called with (previous, about to be committed, cause) before a commit is written: more
+visible fields to write in the same commit, or ``None``. Synchronous: it must not wait."""
 
 _WRITABLE = frozenset(VISIBLE_FIELDS)
 
@@ -55,29 +74,72 @@ class StateService:
         clock: Clock,
         *,
         tiers: Tiers = DEFAULT_TIERS,
+        cache_users: int = DEFAULT_MAX_USERS,
+        exclusive: bool = False,
     ) -> None:
         self._store = store
         self._hub = hub
         self._metrics = metrics
         self._clock = clock
+        self._exclusive = exclusive
         self.tier_book = TierBook(tiers)
         """The tier of each user whose state this node read or wrote lately."""
+        self.kept = CurrentStates(cache_users)
+        """The current state of active users (see the module docstring)."""
         self.listeners: list[CommitListener] = []
+        self.amenders: list[Amend] = []
         hub.read_current_with(self.current_delta)
+        hub.hear_deltas(self._heard, self.kept.clear)
+
+    def _heard(self, delta: Delta) -> None:
+        self.kept.heard(delta.user_id, delta.version)
+
+    def forget(self, user_id: str) -> None:
+        """Drop the kept state of ``user_id`` (an erase hook)."""
+        self.kept.drop(user_id)
 
     async def current(self, user_id: str) -> UserState:
         """The user's state: defaults at version 0 if nothing was committed yet, at the erased
         version after an erase; it carries the user's erase epoch, which every commit is
-        conditional on."""
+        conditional on. From memory when this process is the only writer and keeps it."""
+        if self._exclusive:
+            kept = self.kept.get(user_id)
+            if kept is not None:
+                self._metrics.state_reads.labels("cache").inc()
+                return kept
+        return await self._read(user_id)
+
+    async def _read(self, user_id: str) -> UserState:
+        """The user's state from the store, kept for the next commit."""
+        self._metrics.state_reads.labels("store").inc()
+        ticket = self.kept.ticket()
         state = await self._store.get_state(user_id)
         if state is not None:
             self.tier_book.learn(user_id, state.profile)
-            return state
-        initial = UserState.initial(user_id)
-        tombstone = await self._store.tombstone(user_id)
-        if tombstone.epoch:  # erased: versions go on from the erased one
-            return replace(initial, version=tombstone.version, epoch=tombstone.epoch)
-        return initial
+        else:
+            state = UserState.initial(user_id)
+            tombstone = await self._store.tombstone(user_id)
+            if tombstone.epoch:  # erased: versions go on from the erased one
+                state = replace(state, version=tombstone.version, epoch=tombstone.epoch)
+        self.kept.keep(state, ticket)
+        return state
+
+    async def _decided(
+        self, user_id: str, decide: Decide, epoch: int | None
+    ) -> tuple[UserState, Mapping[str, Any] | None]:
+        """The state to commit on and ``decide``'s changes on it: on the kept state when
+        there is one (a decision to change nothing counts only when this process is the
+        only writer: in a cluster the kept state may be behind), else on the store's."""
+        kept = self.kept.get(user_id)
+        if kept is not None and (epoch is None or kept.epoch == epoch):
+            changes = decide(kept)
+            if changes or self._exclusive:
+                self._metrics.state_reads.labels("cache").inc()
+                return kept, changes or None
+        current = await self._read(user_id)
+        if epoch is not None and current.epoch != epoch:
+            return current, None  # erased since the work began: it must not write the user
+        return current, decide(current)
 
     async def current_delta(self, user_id: str) -> Delta | None:
         """The current state as a delta from the version before it, carrying every visible
@@ -110,7 +172,11 @@ class StateService:
         unknown = set(changes) - _WRITABLE
         if unknown:
             raise ValueError(f"not state fields: {', '.join(sorted(unknown))}")
-        previous = await self.current(user_id)
+        previous = self.kept.get(user_id)
+        if previous is None or previous.version != expected_version:
+            previous = await self._read(user_id)  # the kept state may be behind the caller's
+        else:
+            self._metrics.state_reads.labels("cache").inc()
         if previous.version != expected_version:
             self._metrics.commit_conflicts.inc()
             raise VersionConflict(user_id, expected_version, previous.version)
@@ -127,12 +193,20 @@ class StateService:
             values["actions"] = tuple(values["actions"])
         committed = replace(
             previous, **values, version=previous.version + 1, updated_at=int(now * 1000)
-        ).rehashed()
+        )
+        for amend in self.amenders:
+            committed = self._amended(amend, previous, committed, cause)
+        committed = committed.rehashed()
+        ticket = self.kept.ticket()
         try:
-            await self._store.put_state(committed, previous.version)
+            await self._store.put_state(
+                committed, previous.version, expected_profile=previous.profile
+            )
         except VersionConflict:
             self._metrics.commit_conflicts.inc()
+            self.kept.drop(user_id)
             raise
+        self.kept.keep(committed, ticket)
         self._metrics.commits.labels(cause).inc()
         before, after = previous.visible(), committed.visible()
         diff = {name: after[name] for name in VISIBLE_FIELDS if after[name] != before[name]}
@@ -143,6 +217,21 @@ class StateService:
         )
         await self._tell_listeners(previous, committed, cause)
         return committed
+
+    def _amended(
+        self, amend: Amend, previous: UserState, committed: UserState, cause: str
+    ) -> UserState:
+        """``committed`` with what ``amend`` adds; an amender that fails adds nothing (the
+        commit goes on without it: its listener does the work the slower way)."""
+        try:
+            extra = amend(previous, committed, cause)
+            unknown = set(extra or ()) - _WRITABLE
+            if unknown:
+                raise ValueError(f"not state fields: {', '.join(sorted(unknown))}")
+            return replace(committed, **extra) if extra else committed
+        except Exception:
+            log.exception("commit amender failed for %s", committed.user_id)
+            return committed
 
     async def _tell_listeners(self, previous: UserState, committed: UserState, cause: str) -> None:
         """Each listener hears the commit; one that raises fails neither the commit nor them."""
@@ -175,10 +264,7 @@ class StateService:
         if every one of ``attempts`` lost its race.
         """
         for attempt in range(attempts):
-            current = await self.current(user_id)
-            if epoch is not None and current.epoch != epoch:
-                return None  # erased since the work began: it must not write the user again
-            changes = decide(current)
+            current, changes = await self._decided(user_id, decide, epoch)
             if not changes:
                 return None
             unknown = set(changes) - _WRITABLE
@@ -201,19 +287,25 @@ class StateService:
         """Store ``change`` of the user's current profile (read again on each lost race, so
         a persona and a tier set at once both stay); the version does not move. Raises
         :class:`VersionConflict` after ``attempts`` lost races."""
-        for _ in range(attempts):
-            current = await self.current(user_id)
+        for attempt in range(attempts):
+            kept = self.kept.get(user_id) if not attempt else None
+            current = kept if kept is not None else await self._read(user_id)
             updated = replace(current, profile=change(current.profile))
             if current.version == 0:
                 # A first write must create the row; it becomes version 1 so that the
                 # "no row" condition (expected 0) stays unambiguous.
                 updated = replace(updated, version=1, updated_at=int(self._clock() * 1000))
             updated = updated.rehashed()
+            ticket = self.kept.ticket()
             try:
-                await self._store.put_state(updated, current.version)
+                await self._store.put_state(
+                    updated, current.version, expected_profile=current.profile
+                )
             except VersionConflict:
                 self._metrics.commit_conflicts.inc()
+                self.kept.drop(user_id)
                 continue
+            self.kept.keep(updated, ticket)
             if updated.version != current.version:
                 # Devices track versions: tell them about version 1 even though nothing
                 # they display changed.

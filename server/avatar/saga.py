@@ -5,7 +5,11 @@ changes the user's state, mood or energy band (and was not the saga's own, ``cau
 it starts a saga for that user, as a task of its own so the commit path never waits:
 
 1. prompt from (state, mood, band, base avatar) → :func:`cache_hash`;
-2. cache hit → commit ``image_url`` + ``avatar_status=ready`` (a delta is pushed);
+2. cache hit → commit ``image_url`` + ``avatar_status=ready`` (a delta is pushed). When this
+   process knows the cache entry already (it read or wrote it lately) and nothing is left to
+   make (the clip is cached too, or there are no clips), :meth:`AvatarSaga.fold` adds the
+   image to the state's own commit (a :attr:`StateService.amenders` hook) and no saga
+   starts: one write and one delta for the change and its image;
 3. miss → commit ``avatar_status=generating``, generate (one generation per cache hash at a
    time, however many users need it; at most ``workers`` at once), store the phone PNG and the
    watch PNG (same key, ``-watch`` suffix) in the media store, write the cache entry, commit
@@ -44,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -79,6 +84,9 @@ PNG = "image/png"
 LIMITED = "limited"
 """The outcome of a saga past the tier's generations for the day (the image stays)."""
 WATCH_SUFFIX = "-watch"
+KNOWN_ENTRIES = 4096
+"""Avatar cache entries a process remembers for :meth:`AvatarSaga.fold` (one per prompt:
+each state, mood, energy band and base avatar, a few hundred in practice)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +202,12 @@ class AvatarSaga:
             store, owner=owner, lease_s=lease_s, clock=clock, max_attempts=max_attempts
         )
         self._keeper: asyncio.Task[None] | None = None
+        self._known: OrderedDict[str, AvatarCacheEntry] = OrderedDict()
+        """Cache entries read or written lately, by cache hash (for :meth:`fold`)."""
+        self._prompts: dict[tuple[str, str, EnergyBand, str], tuple[str, str, AvatarSpec]] = {}
+        """Cache hash, prompt and spec by (state, mood, band, base avatar)."""
+        self._folded: dict[str, int] = {}
+        """The version of each user whose image :meth:`fold` added to a commit being written."""
         self._clips: ClipStep | None = None
         if clips is not None:
             self._clips = ClipStep(
@@ -209,9 +223,61 @@ class AvatarSaga:
             )
 
     async def on_commit(self, previous: UserState, committed: UserState, cause: str) -> None:
-        """The :class:`StateService` listener: start a saga when the avatar must change."""
+        """The :class:`StateService` listener: start a saga when the avatar must change (and
+        :meth:`fold` did not commit its image with the change already)."""
+        if self._folded.pop(committed.user_id, None) == committed.version:
+            self._metrics.avatar_cache.labels("hit").inc()
+            return
         if starts_saga(previous, committed, cause):
             self.start(committed)
+
+    def fold(
+        self, previous: UserState, committed: UserState, cause: str
+    ) -> Mapping[str, Any] | None:
+        """The :class:`StateService` amender: the image fields of ``committed``'s avatar when
+        it needs a new one that this process knows is cached and fresh for the user's tier,
+        and nothing is left to make (the clip is cached, refused, or there are no clips);
+        else ``None`` (the saga does it after the commit, reading the cache itself)."""
+        if self._closed or not self._cache_reads or not starts_saga(previous, committed, cause):
+            return None
+        try:
+            key, prompt, spec = self._avatar_of(committed)
+        except ValueError:
+            return None  # not an avatar we can draw: the saga records why, as before
+        entry = self._known.get(key)
+        now_ms = int(self._clock() * 1000)
+        if entry is None or not fresh(entry, self._tiers.tier_of(committed.profile), now_ms):
+            return None
+        clip = self._clip_fields(ClipJob(key, prompt, spec, entry.image_url), entry.video_url)
+        if clip["video_status"] == AvatarStatus.GENERATING.value:
+            return None  # a clip to make: the saga's path, which makes it after the image
+        if len(self._folded) >= KNOWN_ENTRIES:  # writes that failed left theirs behind
+            self._folded.clear()
+        self._folded[committed.user_id] = committed.version
+        return {"image_url": entry.image_url, "avatar_status": AvatarStatus.READY.value, **clip}
+
+    def _avatar_of(self, user: UserState) -> tuple[str, str, AvatarSpec]:
+        """The cache hash, prompt and spec of ``user``'s avatar, remembered by what they
+        depend on (state, mood, energy band, base avatar): :meth:`fold` asks on every commit
+        that changes them, and building a prompt costs more than the rest of the fold.
+        Raises :class:`ValueError` for a value outside the avatar vocabulary."""
+        ident = (user.state, user.mood, EnergyBand.of(user.energy), user.profile.base_avatar)
+        known = self._prompts.get(ident)
+        if known is None:
+            spec = AvatarSpec.of(user.state, user.mood, user.energy, user.profile.base_avatar)
+            prompt = build_prompt(spec)
+            known = (cache_hash(prompt, spec.base_avatar.value), prompt, spec)
+            if len(self._prompts) >= KNOWN_ENTRIES:
+                self._prompts.clear()
+            self._prompts[ident] = known
+        return known
+
+    def _know(self, entry: AvatarCacheEntry) -> None:
+        """Remember a cache entry read or written (the least recent goes past the bound)."""
+        self._known[entry.cache_hash] = entry
+        self._known.move_to_end(entry.cache_hash)
+        while len(self._known) > KNOWN_ENTRIES:
+            self._known.popitem(last=False)
 
     def start(self, user: UserState) -> asyncio.Task[Outcome]:
         """Run the saga for ``user`` (its state as committed) in a task of its own."""
@@ -406,7 +472,12 @@ class AvatarSaga:
 
     async def _cached(self, key: str) -> AvatarCacheEntry | None:
         """The cache entry of ``key``; ``None`` when there is none or reads are off."""
-        return await self._store.get_avatar(key) if self._cache_reads else None
+        if not self._cache_reads:
+            return None
+        entry = await self._store.get_avatar(key)
+        if entry is not None:
+            self._know(entry)
+        return entry
 
     def _clip_wanted(self, job: ClipJob, outcome: Outcome) -> bool:
         """Whether the saga must still make the clip of ``job`` after its image commit."""
@@ -487,7 +558,9 @@ class AvatarSaga:
         finally:
             self._workers.release()
         created = int(self._clock() * 1000)
-        await self._store.put_avatar(AvatarCacheEntry(key, url, prompt, created))
+        entry = AvatarCacheEntry(key, url, prompt, created)
+        await self._store.put_avatar(entry)
+        self._know(entry)
         return Still(url, image.phone_png)
 
     async def _generate(self, prompt: str, spec: AvatarSpec) -> GeneratedImage:

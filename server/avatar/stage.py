@@ -135,6 +135,7 @@ async def install_avatars(
         cost=services.cost,
     )
     services.state.listeners.append(saga.on_commit)
+    services.state.amenders.append(saga.fold)  # a cached image goes with its state's commit
     services.erase_hooks.append(saga.allowance.forget)
     saga.keep()
     services.parts.add(MEDIA, media)

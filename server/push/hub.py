@@ -152,6 +152,8 @@ class Hub:
         self._chores: set[asyncio.Task[None]] = set()
         self.pushed = PushCounts()
         """Messages and bytes pushed per user, for the cost meter (:mod:`server.cost`)."""
+        self._heard: Callable[[Delta], None] = lambda _delta: None
+        self._back: Callable[[], None] = lambda: None
         metrics.track_broker(broker.health)
 
     async def start(self) -> None:
@@ -168,6 +170,12 @@ class Hub:
     def read_current_with(self, read: ReadCurrent) -> None:
         """Use ``read`` for the current state of a user whose devices need repairing."""
         self._repairs.read_current = read
+
+    def hear_deltas(self, heard: Callable[[Delta], None], back: Callable[[], None]) -> None:
+        """Call ``heard`` with every delta the broker brings (this node's own included) and
+        ``back`` when the broker reconnects (deltas may have been lost meanwhile): what keeps
+        the state service's kept states honest. Both must be quick and must not raise."""
+        self._heard, self._back = heard, back
 
     def broker_health(self) -> BrokerHealth:
         return self._broker.health()
@@ -285,6 +293,7 @@ class Hub:
             except ProtocolError:
                 log.warning("dropping malformed delta for %s", user_id)
                 return
+            self._heard(delta)
             # Commit -> handed to every local socket that could take it at once; a peer that
             # could not observes its own, later delivery (server.push.endpoint.Connection._drain).
             self._offer_delta(delta, payload, observe_latency=True)
@@ -340,6 +349,7 @@ class Hub:
     def _on_reconnect(self) -> None:
         """The broker is back: every user with local interest may have missed deltas."""
         log.debug("broker reconnected: resynchronising %d users by version", len(self._interest))
+        self._back()
         self._repairs.reconnected(self._interest)
 
     def _spawn(self, work: Awaitable[None]) -> None:

@@ -295,13 +295,19 @@ class Store(Protocol):
         """The tombstone of an erased user with no state since; ``Tombstone()`` for a user
         never erased. (For a user with a state, read :meth:`get_state`.)"""
 
-    async def put_state(self, state: UserState, expected_version: int) -> None:
+    async def put_state(
+        self, state: UserState, expected_version: int, *, expected_profile: Profile | None = None
+    ) -> None:
         """Write ``state`` if the stored version is ``expected_version`` (0: no row yet; a
         tombstone's version for an erased user) and the stored erase epoch is ``state.epoch``,
-        in one conditional write.
+        and, when ``expected_profile`` is given and a live state is stored, its profile is
+        ``expected_profile``; all in one conditional write.
 
         ``state.version`` is normally ``expected_version + 1``; a profile-only change keeps
-        the version. Raises :class:`~server.errors.VersionConflict` otherwise.
+        the version, which is why a writer that may hold an old profile (a cached state)
+        names the one it read: a profile changed meanwhile (by another node or process) is a
+        lost race too, never overwritten. Raises :class:`~server.errors.VersionConflict`
+        otherwise.
         """
 
     async def users_with_avatar_status(self, status: str, limit: int = 1000) -> list[str]:

@@ -26,7 +26,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from brain.backoff import Backoff
-from brain.model import Frame
+from brain.model import Frame, Profile
 from server.errors import StoreError, VersionConflict
 from server.store import codec, schema
 from server.store import dynamodb_history as history
@@ -208,17 +208,50 @@ class DynamoDBStore(DynamoDBSagas, DynamoDBHops):
             return Tombstone()
         return Tombstone(int(item["version"]["N"]), items.epoch_of(item))
 
-    async def put_state(self, state: UserState, expected_version: int) -> None:
-        """PutItem conditional on the stored version being ``expected_version`` (0: no item)
-        and the stored erase epoch being ``state.epoch``; the item it writes replaces a
-        tombstone (it has no ``erased`` attribute).
+    async def put_state(
+        self, state: UserState, expected_version: int, *, expected_profile: Profile | None = None
+    ) -> None:
+        """PutItem conditional on the stored version being ``expected_version`` (0: no item),
+        the stored erase epoch being ``state.epoch`` and (when given, on a live item) the
+        stored profile being ``expected_profile``; the item it writes replaces a tombstone
+        (it has no ``erased`` attribute).
 
         Raises :class:`~server.errors.VersionConflict` naming the version found (``None``
         when there is no item).
         """
+        profile = None if expected_profile is None else items.profile_attribute(expected_profile)
+        old = await self._put_state(state, expected_version, profile)
+        if old is None:
+            return
+        if (
+            expected_profile is not None
+            and expected_version
+            and "profile" in old
+            and not items.is_tombstone(old)
+            and int(old["version"]["N"]) == expected_version
+            and items.epoch_of(old) == state.epoch
+            and items.same_profile(old, expected_profile)
+        ):
+            # The same profile, spelled otherwise (an item from an older release): the
+            # condition names the stored map itself.
+            old = await self._put_state(state, expected_version, old["profile"])
+            if old is None:
+                return
+        found = None if not old else int(old["version"]["N"])
+        raise VersionConflict(state.user_id, expected_version, found)
+
+    async def _put_state(
+        self, state: UserState, expected_version: int, profile: Any
+    ) -> dict[str, Any] | None:
+        """One conditional PutItem (``profile``: the map the stored one must equal, or
+        ``None``); the item found when the condition failed (``{}``: none), else ``None``."""
         client = self.client
         # An item from before erase epochs has no epoch attribute: it is epoch 0.
         same_epoch = "(attribute_not_exists(#epoch) OR #epoch = :epoch)"
+        values: dict[str, Any] = {
+            ":expected": {"N": str(expected_version)},
+            ":epoch": {"N": str(state.epoch)},
+        }
         if expected_version == 0:
             # A row with version 0 (a tombstone of a user erased before any state, or a
             # profile saved before any state) also counts as "none yet", as in SQLite.
@@ -227,6 +260,11 @@ class DynamoDBStore(DynamoDBSagas, DynamoDBHops):
         else:
             condition = f"#version = :expected AND {same_epoch}"
             names = {"#version": "version", "#epoch": "epoch"}
+            if profile is not None:
+                # A tombstone has no profile: only a live item's is compared.
+                condition += " AND (attribute_exists(#erased) OR #profile = :profile)"
+                names |= {"#erased": "erased", "#profile": "profile"}
+                values[":profile"] = profile
         try:
             await call(
                 "PutItem user_state",
@@ -235,19 +273,16 @@ class DynamoDBStore(DynamoDBSagas, DynamoDBHops):
                     Item=items.state_item(state),
                     ConditionExpression=condition,
                     ExpressionAttributeNames=names,
-                    ExpressionAttributeValues={
-                        ":expected": {"N": str(expected_version)},
-                        ":epoch": {"N": str(state.epoch)},
-                    },
+                    ExpressionAttributeValues=values,
                     ReturnValuesOnConditionCheckFailure="ALL_OLD",
                 ),
                 self._retry,
                 passthrough=frozenset({"ConditionalCheckFailedException"}),
             )
         except ClientError as error:
-            old: Any = error.response.get("Item")
-            found = None if not old else int(old["version"]["N"])
-            raise VersionConflict(state.user_id, expected_version, found) from error
+            old: dict[str, Any] = error.response.get("Item") or {}  # type: ignore[assignment]
+            return old
+        return None
 
     async def users_with_avatar_status(self, status: str, limit: int = 1000) -> list[str]:
         """Up to ``limit`` ids of users whose ``avatar_status`` is ``status``.

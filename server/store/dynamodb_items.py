@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 import orjson
 
+from brain.model import Profile
 from server.store import codec
 from server.store.base import SERVICE_COSTS, AvatarCacheEntry, Usage, UserState
 
@@ -68,6 +69,17 @@ def state_item(state: UserState) -> Item:
         item["health"] = {"S": orjson.dumps(health).decode()}
     item["epoch"] = {"N": str(state.epoch)}
     return item
+
+
+def profile_attribute(profile: Profile) -> AttributeValueTypeDef:
+    """The ``profile`` attribute (a map) as :func:`state_item` writes it."""
+    return _attribute(codec.profile_to_dict(profile))
+
+
+def same_profile(item: dict[str, Any], profile: Profile) -> bool:
+    """Whether a live ``user_state`` item holds ``profile`` (however its map is spelled)."""
+    stored = item.get("profile")
+    return stored is not None and codec.profile_from_dict(_plain(stored)) == profile
 
 
 def state_of(item: dict[str, Any]) -> UserState:

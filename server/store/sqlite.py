@@ -39,7 +39,7 @@ from typing import Any
 import aiosqlite
 import orjson
 
-from brain.model import Frame
+from brain.model import Frame, Profile
 from server.errors import StoreError, VersionConflict
 from server.store import codec, history_codec
 from server.store import frame_buckets as buckets
@@ -159,6 +159,8 @@ _UPDATE_STATE = (
     f"UPDATE user_state SET {', '.join(f'{name} = ?' for name in _STATE_NAMES[1:])}"
     " WHERE user_id = ? AND version = ? AND epoch = ?"
 )
+_SAME_PROFILE = " AND (erased = 1 OR profile = ?)"
+"""The profile condition of a write that names the profile it read (a tombstone has none)."""
 
 
 @dataclass(slots=True)
@@ -169,6 +171,8 @@ class _StateWrite:
     user_id: str
     expected: int
     done: asyncio.Future[None]
+    profile: Profile | None = None
+    """The profile the writer read (``None``: no profile condition)."""
 
 
 class SQLiteStore(SQLiteSagas, SQLiteHops):
@@ -332,9 +336,12 @@ class SQLiteStore(SQLiteSagas, SQLiteHops):
         )
         return Tombstone(int(rows[0][0]), int(rows[0][1])) if rows else Tombstone()
 
-    async def put_state(self, state: UserState, expected_version: int) -> None:
+    async def put_state(
+        self, state: UserState, expected_version: int, *, expected_profile: Profile | None = None
+    ) -> None:
         """Write ``state`` if the stored version is ``expected_version`` (0: no row; a
-        tombstone's version after an erase) and the stored erase epoch is ``state.epoch``.
+        tombstone's version after an erase), the stored erase epoch is ``state.epoch`` and
+        (when given) the stored profile is ``expected_profile``.
 
         Writes that arrive while another group is being committed share the next
         transaction (one fsync for many users); each keeps its own version check, in
@@ -342,7 +349,9 @@ class SQLiteStore(SQLiteSagas, SQLiteHops):
         found, or :class:`~server.errors.StoreError`.
         """
         done = asyncio.get_running_loop().create_future()
-        write = _StateWrite(_state_to_row(state), state.user_id, expected_version, done)
+        write = _StateWrite(
+            _state_to_row(state), state.user_id, expected_version, done, expected_profile
+        )
         self._pending_states.append(write)
         if self._state_flush is None:
             self._state_flush = asyncio.create_task(self._flush_states(), name="sqlite-states")
@@ -374,23 +383,46 @@ class SQLiteStore(SQLiteSagas, SQLiteHops):
     async def _write_state(
         writer: aiosqlite.Connection, write: _StateWrite
     ) -> VersionConflict | None:
-        """One statement whose condition is the version and epoch check: the row is written
-        only if its version is still ``write.expected`` (no row, or a version-0 tombstone, for
-        0) and its erase epoch is the one the writer read."""
+        """One statement whose condition is the version, epoch and profile check: the row is
+        written only if its version is still ``write.expected`` (no row, or a version-0
+        tombstone, for 0), its erase epoch is the one the writer read and, when the writer
+        named one, its profile is the one it read."""
+        condition = (write.user_id, write.expected, write.row[-2])  # row[-2]: the epoch
         if write.expected == 0:
             cursor = await writer.execute(_INSERT_STATE, write.row)
         else:
-            epoch = write.row[-2]
-            cursor = await writer.execute(
-                _UPDATE_STATE, (*write.row[1:], write.user_id, write.expected, epoch)
-            )
+            if write.profile is None:
+                cursor = await writer.execute(_UPDATE_STATE, (*write.row[1:], *condition))
+            else:
+                profile = orjson.dumps(codec.profile_to_dict(write.profile)).decode()
+                cursor = await writer.execute(
+                    _UPDATE_STATE + _SAME_PROFILE, (*write.row[1:], *condition, profile)
+                )
         if cursor.rowcount == 1:
             return None
-        found = await writer.execute_fetchall(
-            "SELECT version FROM user_state WHERE user_id = ?", (write.user_id,)
+        found = list(
+            await writer.execute_fetchall(
+                "SELECT version, epoch, erased, profile FROM user_state WHERE user_id = ?",
+                (write.user_id,),
+            )
         )
-        shown = None if not found else int(next(iter(found))[0])
-        return VersionConflict(write.user_id, write.expected, shown)
+        if not found:
+            return VersionConflict(write.user_id, write.expected, None)
+        version, epoch, erased, stored_profile = found[0]
+        if (
+            write.profile is not None
+            and write.expected
+            and (int(version), int(epoch), int(erased)) == (write.expected, write.row[-2], 0)
+            and codec.profile_from_dict(orjson.loads(stored_profile)) == write.profile
+        ):
+            # The same profile, spelled otherwise (a row from an older release): compare
+            # with its own spelling, in this same transaction.
+            cursor = await writer.execute(
+                _UPDATE_STATE + _SAME_PROFILE, (*write.row[1:], *condition, stored_profile)
+            )
+            if cursor.rowcount == 1:
+                return None
+        return VersionConflict(write.user_id, write.expected, int(version))
 
     async def users_with_avatar_status(self, status: str, limit: int = 1000) -> list[str]:
         """Ids of up to ``limit`` users whose ``avatar_status`` is ``status``."""

@@ -92,13 +92,15 @@ class RacingStore:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def put_state(self, state: UserState, expected_version: int) -> None:
+    async def put_state(
+        self, state: UserState, expected_version: int, *, expected_profile: Any = None
+    ) -> None:
         if self.rival is not None:
             rival, self.rival = self.rival, None
             current = await self.inner.get_state(state.user_id) or UserState.initial(state.user_id)
             won = replace(current, **rival, version=current.version + 1).rehashed()
             await self.inner.put_state(won, current.version)
-        await self.inner.put_state(state, expected_version)
+        await self.inner.put_state(state, expected_version, expected_profile=expected_profile)
 
 
 @pytest.fixture

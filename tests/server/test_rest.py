@@ -65,10 +65,10 @@ async def test_etag_and_if_none_match_give_304(live_server: LiveServer) -> None:
 def watching(live: LiveServer) -> asyncio.Event:
     """An event set once a long-poll has started watching and read the current state."""
     hub = live.services.hub
-    store = live.services.store
+    state = live.services.state  # its read: from memory (the kept state) or the store
     event = asyncio.Event()
     original_watch = hub.watch
-    original_get = store.get_state
+    original_get = state.current
     inside = False
 
     @asynccontextmanager
@@ -81,14 +81,14 @@ def watching(live: LiveServer) -> asyncio.Event:
             finally:
                 inside = False
 
-    async def get_state(user_id: str) -> Any:
+    async def current(user_id: str) -> Any:
         result = await original_get(user_id)
         if inside:
             event.set()
         return result
 
     hub.watch = watch  # type: ignore[method-assign]
-    store.get_state = get_state  # type: ignore[method-assign]
+    state.current = current  # type: ignore[method-assign]
     return event
 
 

@@ -135,6 +135,7 @@ async def test_a_store_outage_is_503_problem_with_retry_after(
 ) -> None:
     async with live_server.http() as client:
         await commit(client, "alice", mood="happy")
+        live_server.services.state.forget("alice")  # not kept in memory: reads need the store
         await live_server.services.store.close()  # the store goes away under a running server
         answers = [
             await client.get("/v1/users/alice/state", headers=auth("alice")),
@@ -150,6 +151,20 @@ async def test_a_store_outage_is_503_problem_with_retry_after(
         assert response.headers["content-type"] == PROBLEM
         assert int(response.headers["retry-after"]) >= 1
         assert "store" in response.json()["detail"]
+    assert errors_in(server_log) == []
+
+
+async def test_a_state_kept_in_memory_is_served_through_a_store_outage(
+    live_server: LiveServer, server_log: list[logging.LogRecord]
+) -> None:
+    async with live_server.http() as client:
+        committed = await commit(client, "alice", mood="happy")
+        await live_server.services.store.close()  # one node: it is alice's only writer
+        state = await client.get("/v1/users/alice/state", headers=auth("alice"))
+        legacy = await client.get("/avatar/current-state/alice", headers=auth("alice", "watch"))
+    assert state.status_code == 200
+    assert (state.json()["version"], state.json()["mood"]) == (committed["version"], "happy")
+    assert legacy.status_code == 200 and legacy.json()["mood"] == "happy"
     assert errors_in(server_log) == []
 
 

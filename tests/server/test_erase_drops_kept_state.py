@@ -1,0 +1,24 @@
+"""An erase drops the user's state this node keeps in memory (the erase hook): reads after
+it see the tombstone's defaults, never the erased state."""
+
+from __future__ import annotations
+
+from tests.conftest import LiveServer, auth
+
+
+async def test_an_erase_drops_the_state_kept_in_memory(live_server: LiveServer) -> None:
+    service = auth("alice", "service")
+    async with live_server.http() as http:
+        posted = await http.post(
+            "/v1/demo/users/alice/state", json={"mood": "happy"}, headers=service
+        )
+        kept = await http.get("/v1/users/alice/state", headers=auth("alice"))
+        erased = await http.delete("/v1/users/alice", headers=auth("alice"))
+        after = await http.get("/v1/users/alice/state", headers=auth("alice"))
+    assert posted.status_code == 200 and kept.json()["mood"] == "happy"
+    assert erased.status_code == 200
+    assert after.status_code == 200
+    assert after.json()["mood"] == "content"  # the defaults, not the erased "happy"
+    assert after.json()["version"] == kept.json()["version"]  # versions go on from there
+    reads = live_server.app.state.metrics.state_reads
+    assert reads.labels("cache")._value.get() >= 1  # the first read was from memory
