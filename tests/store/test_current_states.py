@@ -237,7 +237,8 @@ async def test_an_erase_drops_the_kept_state(nodes: Any) -> None:
     node.state.forget("alice")  # the erase hook
     current = await node.state.current("alice")
 
-    assert (current.version, current.mood, current.epoch) == (1, "content", 1)
+    # the defaults at the erase's own version (one past the erased state's), a new epoch
+    assert (current.version, current.mood, current.epoch) == (2, "content", 1)
 
 
 # --- the bounded map itself (no store) ---------------------------------------------------
