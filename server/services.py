@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar, cast
 
 from brain.model import Frame
+from server.auth import TokenCache
 from server.cost import CostMeter
 from server.hops.desk import CommandDesk
 from server.hops.devices import DeviceBook
@@ -86,6 +87,9 @@ class Services:
     """What each device has shown (acks across hops)."""
     commands: CommandDesk = field(kw_only=True)
     """The commands of users' actions."""
+    tokens: TokenCache = field(default_factory=TokenCache)
+    """Verified tokens (device handshakes and REST alike): a token seen again, as every
+    reconnecting device's and every request of a REST client's is, is not decoded again."""
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)

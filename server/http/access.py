@@ -69,7 +69,9 @@ def authenticate(request: Request) -> Principal:
     """
     services = services_of(request)
     token = bearer(request.headers.get("authorization")) or request.query_params.get("token")
-    principal = verify(token, services.settings.secret, now_s=int(services.clock()))
+    principal = verify(
+        token, services.settings.secret, now_s=int(services.clock()), cache=services.tokens
+    )
     if principal.device is DeviceKind.SERVICE:
         # Operators' and the server's own tools (load driver, demo, scenario injector) need
         # throughput, and a leaked service token is a breach a rate limit would not contain.

@@ -36,7 +36,7 @@ from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
 
 from brain.tiers import Limit
-from server.auth import Principal, TokenCache, bearer, origin_allowed, verify
+from server.auth import Principal, bearer, origin_allowed, verify
 from server.errors import Forbidden, FramesNotDurable, StoreError
 from server.protocol import Delta, Disconnect, Disconnects, FrameBatch, text_frame
 from server.push import acks, penalty
@@ -57,7 +57,7 @@ from server.push.session import (
     SettleCommand,
     Store,
 )
-from server.services import PartKey, Services
+from server.services import Services
 from server.store.codec import state_fields
 
 __all__ = [
@@ -109,9 +109,7 @@ def authenticate(request: Request, services: Services, own: tuple[str, ...]) -> 
     # Devices send their token in a header and no query: parsing one is for browsers.
     query = parse_qs(urlsplit(request.path).query) if "?" in request.path else {}
     token = bearer(request.headers.get("Authorization")) or _first(query.get("token"))
-    principal = verify(
-        token, settings.secret, now_s=int(services.clock()), cache=_token_cache(services)
-    )
+    principal = verify(token, settings.secret, now_s=int(services.clock()), cache=services.tokens)
     origin = request.headers.get("Origin")
     if not origin_allowed(origin, own, settings.allowed_origins):
         raise Forbidden("origin not allowed")
@@ -129,20 +127,6 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
 
 def _first(values: list[str] | None) -> str | None:
     return values[0] if values else None
-
-
-TOKENS: Final[PartKey[TokenCache]] = PartKey("tokens")
-"""Key of the node's cache of verified device tokens in ``Services.parts``."""
-
-
-def _token_cache(services: Services) -> TokenCache:
-    """The node's :class:`~server.auth.TokenCache`, made on first use (one per app): a
-    device that reconnects, as a whole fleet does after a cut, is not decoded again."""
-    found = services.parts.get(TOKENS)
-    if found is None:
-        found = TokenCache()
-        services.parts.add(TOKENS, found)
-    return found
 
 
 def session_limits(services: Services) -> SessionLimits:
