@@ -25,7 +25,6 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Coroutine
 from typing import Any, Final, Protocol
 from urllib.parse import parse_qs, urlsplit
 
@@ -284,18 +283,8 @@ class Connection(asyncio.Protocol):
             self._registry.connections.discard(self)
             self.services.metrics.connections.labels(self.principal.device.value).dec()
         if self.session.subscriptions:
-            users, self.session.subscriptions = tuple(self.session.subscriptions), set()
-            self._spawn_background(self._leave(users))
-
-    async def _leave(self, users: tuple[str, ...]) -> None:
-        for user_id in users:
-            await self.services.hub.leave(user_id, self)
-
-    def _spawn_background(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run ``work`` as a server task: graceful shutdown waits for it."""
-        task = asyncio.get_running_loop().create_task(work)
-        self._registry.tasks.add(task)
-        task.add_done_callback(self._registry.tasks.discard)
+            users, self.session.subscriptions = self.session.subscriptions, set()
+            self.services.hub.drop(users, self)
 
     def _count_limit(self, limit: Limit) -> None:
         """Count a tier limit this connection went over (its user's tier, a fixed set)."""

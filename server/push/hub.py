@@ -150,6 +150,8 @@ class Hub:
             repair,
         )
         self._chores: set[asyncio.Task[None]] = set()
+        self._unsubscribe_soon: set[str] = set()
+        self._unsubscribing = False
         self.pushed = PushCounts()
         """Messages and bytes pushed per user, for the cost meter (:mod:`server.cost`)."""
         self._heard: Callable[[Delta], None] = lambda _delta: None
@@ -203,6 +205,38 @@ class Hub:
         if not peers:
             del self._peers[user_id]
         await self._less_interest(user_id)
+
+    def drop(self, user_ids: Iterable[str], peer: Peer) -> None:
+        """Stop delivering ``user_ids``' messages to ``peer`` now, without awaiting (a lost
+        socket): the users nobody here follows any more are unsubscribed from the broker
+        by one background chore, however many sockets were lost at once (a fleet cut
+        loses thousands in one turn of the event loop; a task each would stall it)."""
+        for user_id in user_ids:
+            peers = self._peers.get(user_id)
+            if peers is None or peer not in peers:
+                continue
+            peers.discard(peer)
+            if not peers:
+                del self._peers[user_id]
+            count = self._interest.get(user_id, 0) - 1
+            if count > 0:
+                self._interest[user_id] = count
+                continue
+            self._interest.pop(user_id, None)
+            self._unsubscribe_soon.add(user_id)
+        if self._unsubscribe_soon and not self._unsubscribing:
+            self._unsubscribing = True
+            self._spawn(self._unsubscribe_idle())
+
+    async def _unsubscribe_idle(self) -> None:
+        """Unsubscribe the users :meth:`drop` left unfollowed, unless followed again since."""
+        try:
+            while self._unsubscribe_soon:
+                user_id = self._unsubscribe_soon.pop()
+                if user_id not in self._interest:
+                    await self._broker.unsubscribe(user_id)
+        finally:
+            self._unsubscribing = False
 
     @asynccontextmanager
     async def watch(self, user_id: str) -> AsyncIterator[Watch]:
@@ -268,6 +302,7 @@ class Hub:
         count = self._interest.get(user_id, 0)
         self._interest[user_id] = count + 1
         if count == 0:
+            self._unsubscribe_soon.discard(user_id)  # followed again: keep it subscribed
             await self._broker.subscribe(user_id)
 
     async def _less_interest(self, user_id: str) -> None:
