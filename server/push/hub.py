@@ -198,13 +198,8 @@ class Hub:
 
     async def leave(self, user_id: str, peer: Peer) -> None:
         """Stop delivering to ``peer`` (no-op if it had not joined or was dropped)."""
-        peers = self._peers.get(user_id)
-        if peers is None or peer not in peers:
-            return
-        peers.discard(peer)
-        if not peers:
-            del self._peers[user_id]
-        await self._less_interest(user_id)
+        if self._remove(user_id, peer):
+            await self._less_interest(user_id)
 
     def drop(self, user_ids: Iterable[str], peer: Peer) -> None:
         """Stop delivering ``user_ids``' messages to ``peer`` now, without awaiting (a lost
@@ -212,18 +207,8 @@ class Hub:
         by one background chore, however many sockets were lost at once (a fleet cut
         loses thousands in one turn of the event loop; a task each would stall it)."""
         for user_id in user_ids:
-            peers = self._peers.get(user_id)
-            if peers is None or peer not in peers:
-                continue
-            peers.discard(peer)
-            if not peers:
-                del self._peers[user_id]
-            count = self._interest.get(user_id, 0) - 1
-            if count > 0:
-                self._interest[user_id] = count
-                continue
-            self._interest.pop(user_id, None)
-            self._unsubscribe_soon.add(user_id)
+            if self._remove(user_id, peer) and self._released(user_id):
+                self._unsubscribe_soon.add(user_id)
         if self._unsubscribe_soon and not self._unsubscribing:
             self._unsubscribing = True
             self._spawn(self._unsubscribe_idle())
@@ -306,12 +291,27 @@ class Hub:
             await self._broker.subscribe(user_id)
 
     async def _less_interest(self, user_id: str) -> None:
+        if self._released(user_id):
+            await self._broker.unsubscribe(user_id)
+
+    def _released(self, user_id: str) -> bool:
+        """Count one follower of ``user_id`` less; whether nobody here follows it now."""
         count = self._interest.get(user_id, 0) - 1
         if count > 0:
             self._interest[user_id] = count
-            return
+            return False
         self._interest.pop(user_id, None)
-        await self._broker.unsubscribe(user_id)
+        return True
+
+    def _remove(self, user_id: str, peer: Peer) -> bool:
+        """Take ``peer`` off ``user_id``'s peers; whether it was one."""
+        peers = self._peers.get(user_id)
+        if peers is None or peer not in peers:
+            return False
+        peers.discard(peer)
+        if not peers:
+            del self._peers[user_id]
+        return True
 
     # -- delivery --------------------------------------------------------------------------
 
@@ -371,13 +371,7 @@ class Hub:
             "dropping a peer of %s: taking a message raised %s", user_id, type(exc).__name__
         )
         self._metrics.peer_failures.inc()
-        peers = self._peers.get(user_id)
-        if peers is None or peer not in peers:
-            return
-        peers.discard(peer)
-        if not peers:
-            del self._peers[user_id]
-        self._spawn(self._less_interest(user_id))
+        self.drop((user_id,), peer)
 
     # -- repairs ---------------------------------------------------------------------------
 
