@@ -10,6 +10,15 @@ from server.analysis.pipeline import Analysed, Pipeline
 from server.protocol import frame_to_wire
 from tests.conftest import recv, send
 
+STRESSED = {
+    "state": "stressed",
+    "mood": "anxious",
+    "energy": 48,
+    "actions": ["breathing_session"],
+    "reasoning": "Your heart rate climbed to 104 bpm while you sat still. Breathe with me.",
+}
+"""What the fake Claude answers in the LLM pipeline tests: a stressed user."""
+
 
 class Gate:
     """Awaitables that wait until the test opens them (for sleeps and analyses)."""

@@ -4,36 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from dataclasses import replace
-
-import pytest
 
 from brain.scenarios import generate
 from server.analysis.pipeline import PIPELINE, Analysed, Pipeline, pipeline_stage
 from server.settings import Settings
 from tests.conftest import auth, recv_op, start_server
-from tests.fakes.anthropic_api import API_KEY, FakeAnthropicApi
-from tests.pipeline.helpers import analysed_through, send_frames
+from tests.fakes.anthropic_api import FakeAnthropicApi
+from tests.pipeline.helpers import STRESSED, analysed_through, send_frames
 
 MINUTE = 60_000
 MODEL = "claude-haiku-4-5"
 """Not the settings default: SDK 2.12 warns that claude-sonnet-4-5 is deprecated."""
-STRESSED = {
-    "state": "stressed",
-    "mood": "anxious",
-    "energy": 48,
-    "actions": ["breathing_session"],
-    "reasoning": "Your heart rate climbed to 104 bpm while you sat still. Breathe with me.",
-}
-
-
-@pytest.fixture
-def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAnthropicApi]:
-    with FakeAnthropicApi() as fake:
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.base_url)
-        monkeypatch.setenv("ANTHROPIC_API_KEY", API_KEY)
-        yield fake
 
 
 async def test_the_llm_answer_is_committed_and_the_persona_follows_the_profile(

@@ -4,37 +4,19 @@ through the real anthropic SDK against the local fake Messages API, or the rules
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
-
-import pytest
 
 from brain.scenarios import generate
 from server.analysis.pipeline import PIPELINE, Pipeline, pipeline_stage
 from server.history import history_stage
 from server.settings import Settings
 from tests.conftest import LiveServer, auth, start_server
-from tests.fakes.anthropic_api import API_KEY, FakeAnthropicApi
-from tests.pipeline.helpers import analysed_through, send_frames
+from tests.fakes.anthropic_api import FakeAnthropicApi
+from tests.pipeline.helpers import STRESSED, analysed_through, send_frames
 
 MINUTE = 60_000
 MODEL = "claude-haiku-4-5"
-STRESSED = {
-    "state": "stressed",
-    "mood": "anxious",
-    "energy": 48,
-    "actions": ["breathing_session"],
-    "reasoning": "Your heart rate climbed to 104 bpm while you sat still. Breathe with me.",
-}
-
-
-@pytest.fixture
-def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeAnthropicApi]:
-    with FakeAnthropicApi() as fake:
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", fake.base_url)
-        monkeypatch.setenv("ANTHROPIC_API_KEY", API_KEY)
-        yield fake
 
 
 async def _analysed_events(live: LiveServer, user: str) -> list[dict[str, Any]]:
