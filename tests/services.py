@@ -25,7 +25,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import IO
 
 import pytest
@@ -350,3 +350,17 @@ class DynamoDBProcess(ServiceProcess):
 
     def answers(self) -> bool:
         return _dynamodb_answers(self.endpoint)
+
+
+@pytest.fixture
+async def redis_process(tmp_path: pathlib.Path) -> AsyncIterator[RedisProcess]:
+    """A started redis-server for this test only (to stop, restart or pause), stopped at
+    its end."""
+    workdir = tmp_path / "redis"
+    workdir.mkdir()
+    redis = RedisProcess(free_port(), workdir)
+    await redis.start()
+    try:
+        yield redis
+    finally:
+        await redis.stop()

@@ -9,14 +9,11 @@ class is :class:`tests.services.RedisProcess`, shared with the cluster tests.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
-
-import pytest
+from collections.abc import Callable
 
 from brain.backoff import Backoff
 from server.broker.redis import RedisBroker
-from tests.services import RedisProcess, free_port, redis_server
+from tests.services import RedisProcess, redis_process, redis_server
 
 __all__ = ["RedisProcess", "eventually", "quick_broker", "redis_process", "redis_server"]
 
@@ -37,16 +34,3 @@ async def eventually(condition: Callable[[], bool], within: float = 10.0) -> Non
         # Polled: broker health and a process's state change without an event to wait on.
         while not condition():  # noqa: ASYNC110
             await asyncio.sleep(0.02)  # the poll interval of a deadline loop
-
-
-@pytest.fixture
-async def redis_process(tmp_path: Path) -> AsyncIterator[RedisProcess]:
-    """A started redis-server for this test only, stopped at its end."""
-    workdir = tmp_path / "redis"
-    workdir.mkdir()
-    redis = RedisProcess(free_port(), workdir)
-    await redis.start()
-    try:
-        yield redis
-    finally:
-        await redis.stop()

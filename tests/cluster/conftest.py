@@ -23,7 +23,7 @@ from tests.cluster.nodes import (
     stored_keys,
     upload,
 )
-from tests.services import dynamodb_local, redis_server  # noqa: F401  (fixtures)
+from tests.services import dynamodb_local, redis_process, redis_server  # noqa: F401  (fixtures)
 
 __all__ = ["LEASE_MS", "Cluster", "Node", "Watch", "eventually", "stored_keys", "upload"]
 

@@ -36,19 +36,6 @@ MIN = 60_000
 
 
 @pytest.fixture
-async def private_redis(tmp_path: Path) -> AsyncIterator[RedisProcess]:
-    """A redis-server of this test only, stopped at its end."""
-    workdir = tmp_path / "redis"
-    workdir.mkdir()
-    redis = RedisProcess(free_port(), workdir)
-    await redis.start()
-    try:
-        yield redis
-    finally:
-        await redis.stop()
-
-
-@pytest.fixture
 async def private_dynamodb(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[DynamoDBProcess]:
@@ -137,10 +124,10 @@ async def lost_frames(cluster: Cluster, watches: Mapping[str, Device]) -> dict[s
 
 
 async def test_a_redis_restart_loses_no_acked_frame_and_devices_converge(
-    cluster_on: ClusterOn, private_redis: RedisProcess, dynamodb_local: str
+    cluster_on: ClusterOn, redis_process: RedisProcess, dynamodb_local: str
 ) -> None:
     names = users("redis")
-    async with cluster_on(broker=private_redis.url, dynamodb=dynamodb_local) as cluster:
+    async with cluster_on(broker=redis_process.url, dynamodb=dynamodb_local) as cluster:
         fleet, watches = spread(cluster, names)
         await fleet.connect()
         try:
@@ -148,10 +135,10 @@ async def test_a_redis_restart_loses_no_acked_frame_and_devices_converge(
             await commit_all(cluster, names, energy=10)
             await converge(cluster, fleet, names, within=CONVERGE_S)
 
-            await private_redis.stop()
+            await redis_process.stop()
             await stream(watches, minute=5)  # acked: the store is up
             await commit_all(cluster, names, energy=20)  # deltas the broker cannot take
-            await private_redis.start()
+            await redis_process.start()
             took = await converge(cluster, fleet, names, within=CONVERGE_S)
             assert not any(d.reconnects for d in fleet.devices), "a node dropped devices"
             await stream(watches, minute=4)
