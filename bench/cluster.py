@@ -1,19 +1,23 @@
-"""Three nodes as one: cross-node push latency, and convergence after three kinds of failure.
+"""Nodes as one: cross-node push latency, and convergence after three kinds of failure.
 
     python -m bench.cluster                                  # 10,000 devices, 4 workers
     python -m bench.cluster --devices 2000 --processes 2     # a shared machine
+    python -m bench.cluster --nodes 2 --push-only            # the push phase on two nodes
 
-Three ``companion serve`` nodes share a private redis-server and a private DynamoDB Local
-(the cluster suite's machinery: ``tests/cluster/nodes.py``, ``tests/services.py``), all on
-loopback. Each user has two WebSocket devices on two different nodes (``--devices`` in all),
-held by ``--processes`` worker processes (:mod:`tests.cluster.devices`: lean sockets, no
-task per device). Every commit goes through node 0 (``POST /v1/demo/users/{id}/state``), so
-devices on nodes 1 and 2 are pushed across the broker.
+``--nodes`` (3 by default, at least 2) ``companion serve`` nodes share a private
+redis-server and a private DynamoDB Local (the cluster suite's machinery:
+``tests/cluster/nodes.py``, ``tests/services.py``), all on loopback. Each user has two
+WebSocket devices on two different nodes (``--devices`` in all), held by ``--processes``
+worker processes (:mod:`tests.cluster.devices`: lean sockets, no task per device). Every
+commit goes through node 0 (``POST /v1/demo/users/{id}/state``), so devices on the other
+nodes are pushed across the broker.
 
-1. **Push**: ``--commits`` commits over distinct users at ``--rate`` a second; each delta's
-   latency is arrival minus the server's commit time ``t`` (one clock), p50/p99 by whether
-   the device is on the committing node.
-2. **Node SIGKILL**: node 2 is killed; its devices reconnect to the others, and
+1. **Push**: after ``--warmup`` unmeasured commits of users with no device (DynamoDB
+   Local is a JVM: its first writes are slow), ``--commits`` commits over distinct users at
+   ``--rate`` a second; each delta's latency is arrival minus the server's commit time
+   ``t`` (one clock), p50/p99 by whether the device is on the committing node, beside the
+   commits' POST round trips.
+2. **Node SIGKILL**: the last node is killed; its devices reconnect to the others, and
    ``--fault-commits`` users get a new version at once through node 0.
 3. **Redis restart**: Redis stops, the same users get a new version (the broker cannot
    carry it), Redis starts again on its port.
@@ -22,8 +26,8 @@ devices on nodes 1 and 2 are pushed across the broker.
 
 For each failure: the seconds from the failure's end (the kill; Redis answering again; the
 resume) until every device holds its user's version committed during it, and until every
-dropped device was back. A markdown table is printed and written to
-``bench/results/cluster.md``.
+dropped device was back. ``--push-only`` stops after the push phase. A markdown table is
+printed and written to ``bench/results/cluster.md`` (``--output`` names another file).
 """
 
 from __future__ import annotations
@@ -52,7 +56,6 @@ from tests.conftest import token
 from tests.services import FAKE_AWS_ENV, DynamoDBProcess, RedisProcess, free_port
 
 COMMIT_NODE = 0
-KILLED_NODE = 2
 CONVERGE_LIMIT_S = 120.0
 """How long the bench waits for convergence before it reports a failure to converge."""
 
@@ -165,9 +168,14 @@ async def commit(http: httpx.AsyncClient, user: str, mark: int) -> int:
 
 
 async def commit_paced(
-    http: httpx.AsyncClient, users: Sequence[str], mark: int, rate: float | None
+    http: httpx.AsyncClient,
+    users: Sequence[str],
+    mark: int,
+    rate: float | None,
+    round_trips: list[float] | None = None,
 ) -> dict[str, int]:
-    """One commit per user, ``rate`` a second (``None``: all at once, 64 in flight)."""
+    """One commit per user, ``rate`` a second (``None``: all at once, 64 in flight); each
+    POST's round trip (seconds) is appended to ``round_trips`` when given."""
     gate = asyncio.Semaphore(64)
     started = time.monotonic()
 
@@ -175,7 +183,11 @@ async def commit_paced(
         if rate:
             await asyncio.sleep(max(0.0, started + index / rate - time.monotonic()))
         async with gate:
-            return user, await commit(http, user, mark)
+            sent = time.monotonic()
+            version = await commit(http, user, mark)
+            if round_trips is not None:
+                round_trips.append(time.monotonic() - sent)
+            return user, version
 
     return dict(await asyncio.gather(*(one(i, u) for i, u in enumerate(users))))
 
@@ -225,7 +237,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             settings = {"COMPANION_ADMIT_RATE": str(args.admit_rate)}
             async with running_cluster(
-                workdir, broker=redis.url, dynamodb=dynamodb.endpoint, settings=settings
+                workdir,
+                broker=redis.url,
+                dynamodb=dynamodb.endpoint,
+                nodes=args.nodes,
+                settings=settings,
             ) as cluster:
                 return await measure(args, cluster, redis, dynamodb, users, fault_users)
         finally:
@@ -243,7 +259,7 @@ async def measure(
     urls = [node.ws_url for node in cluster.nodes]
     devices: Share = []
     for i, user in enumerate(users):  # a user's two devices on two different nodes
-        devices += [(user, "phone", i % 3), (user, "watch", (i + 1) % 3)]
+        devices += [(user, "phone", i % args.nodes), (user, "watch", (i + 1) % args.nodes)]
     shares = [devices[k :: args.processes] for k in range(args.processes)]
     workers = Workers(shares, urls)
     result: dict[str, Any] = {"devices": len(devices), "users": len(users)}
@@ -253,8 +269,15 @@ async def measure(
         async with httpx.AsyncClient(
             base_url=cluster.nodes[COMMIT_NODE].url, limits=httpx.Limits(max_connections=64)
         ) as http:
+            if args.warmup:
+                # DynamoDB Local is a JVM: its first writes run cold. Users with no device
+                # take them, so no measured delta waits behind the JIT.
+                warm = [f"warm-{i}" for i in range(args.warmup)]
+                await commit_paced(http, warm, 1, args.rate)
+                say(f"{args.warmup:,} warm-up commits done")
             pushed = users[: args.commits]
-            latest = await commit_paced(http, pushed, 10, args.rate)
+            round_trips: list[float] = []
+            latest = await commit_paced(http, pushed, 10, args.rate, round_trips)
             now = time.time()
             result["push_converged"] = await converge(workers, latest, now, now)
             answers = await workers.ask("latencies")
@@ -269,11 +292,15 @@ async def measure(
                 "cross_node_p99_ms": round(percentile(cross, 0.99) * 1000, 1),
                 "cross_node_max_ms": round(max(cross, default=0.0) * 1000, 1),
                 "samples": len(same) + len(cross),
+                "commit_round_trip_p50_ms": round(percentile(round_trips, 0.5) * 1000, 1),
+                "commit_round_trip_p99_ms": round(percentile(round_trips, 0.99) * 1000, 1),
             }
 
             say(f"push: cross-node p99 {result['push']['cross_node_p99_ms']} ms")
+            if args.push_only:
+                return result
             killed_at = time.time()
-            await cluster.kill(cluster.nodes[KILLED_NODE])
+            await cluster.kill(cluster.nodes[-1])
             latest = await commit_paced(http, fault_users, 20, None)
             result["sigkill"] = await converge(workers, latest, killed_at, time.time())
 
@@ -305,7 +332,7 @@ def table(result: dict[str, Any], args: argparse.Namespace) -> str:
     push = result["push"]
     lines = [
         f"{result['devices']:,} WebSocket devices ({result['users']:,} users, two devices each "
-        f"on two of 3 nodes) over {args.processes} worker processes; all connected in "
+        f"on two of {args.nodes} nodes) over {args.processes} worker processes; all connected in "
         f"{result['connect_s']} s. Commits through node {COMMIT_NODE}.",
         "",
         "| measure | value |",
@@ -315,7 +342,11 @@ def table(result: dict[str, Any], args: argparse.Namespace) -> str:
         f"| push, cross node: p50 / p99 / max | {push['cross_node_p50_ms']} / "
         f"{push['cross_node_p99_ms']} / {push['cross_node_max_ms']} ms |",
         f"| ({push['commits']:,} commits at {push['rate']:g}/s; {push['samples']:,} deltas) | |",
+        f"| the commit's POST round trip (read, conditional write, publish): p50 / p99 | "
+        f"{push['commit_round_trip_p50_ms']} / {push['commit_round_trip_p99_ms']} ms |",
     ]
+    if args.push_only:
+        return "\n".join(lines)
     lines += [
         "",
         f"{args.fault_commits:,} users get a new version through node {COMMIT_NODE} during each "
@@ -327,7 +358,7 @@ def table(result: dict[str, Any], args: argparse.Namespace) -> str:
         "|---|---|---|---|",
     ]
     for key, name in (
-        ("sigkill", f"node {KILLED_NODE} SIGKILL"),
+        ("sigkill", f"node {args.nodes - 1} SIGKILL"),
         ("redis_restart", f"Redis restart ({args.outage:g} s down)"),
         ("dynamodb_pause", f"DynamoDB pause ({args.outage:g} s)"),
     ):
@@ -345,9 +376,15 @@ def table(result: dict[str, Any], args: argparse.Namespace) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=10_000, help="WebSocket devices in all")
+    parser.add_argument("--nodes", type=int, default=3, help="nodes of the cluster (at least 2)")
+    parser.add_argument("--push-only", action="store_true", help="stop after the push phase")
+    parser.add_argument("--output", default="cluster", help="results file name")
     parser.add_argument("--processes", type=int, default=4, help="worker processes for devices")
     parser.add_argument("--commits", type=int, default=2_000, help="commits of the push phase")
     parser.add_argument("--rate", type=float, default=200.0, help="commits a second (push)")
+    parser.add_argument(
+        "--warmup", type=int, default=500, help="unmeasured commits first (users with no device)"
+    )
     parser.add_argument(
         "--fault-commits", type=int, default=1_000, help="users committed during each failure"
     )
@@ -356,13 +393,15 @@ def main() -> None:
         "--admit-rate", type=float, default=1500.0, help="COMPANION_ADMIT_RATE of the nodes"
     )
     args = parser.parse_args()
+    if args.nodes < 2:
+        parser.error("--nodes: a cluster has at least 2 nodes")
     args.commits = min(args.commits, args.devices // 2)
     args.fault_commits = min(args.fault_commits, args.devices // 2)
     load = os.getloadavg()
     result = asyncio.run(run(args))
     result["loadavg_during"] = [load, os.getloadavg()]
     markdown = table(result, args)
-    path = write_results("cluster", result, markdown)
+    path = write_results(args.output, result, markdown)
     print(path.read_text())
 
 
