@@ -120,7 +120,12 @@ class StateService:
             state = UserState.initial(user_id)
             tombstone = await self._store.tombstone(user_id)
             if tombstone.epoch:  # erased: versions go on from the erased one
-                state = replace(state, version=tombstone.version, epoch=tombstone.epoch)
+                state = replace(
+                    state,
+                    version=tombstone.version,
+                    epoch=tombstone.epoch,
+                    updated_at=tombstone.erased_at,  # the blank state dates from the erase
+                )
         self.kept.keep(state, ticket)
         return state
 

@@ -7,7 +7,6 @@ are RFC 9457 problem details.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, Final
 
 from starlette.requests import Request
@@ -175,7 +174,7 @@ async def delete_user(request: Request) -> Response:
     # goes too.
     for forget in services.erase_hooks:
         forget(user_id)
-    deleted = await services.store.delete_user(user_id)
+    deleted = await services.store.delete_user(user_id, at_ms=services.now_ms())
     # After the state: a history write racing the erase finds no state and keeps nothing
     # (server.store.dynamodb_history), or lands before this and is deleted here.
     deleted += await services.store.delete_history(user_id)
@@ -184,8 +183,9 @@ async def delete_user(request: Request) -> Response:
     # Devices of the user, on every node, learn of the erase as any change: the blank state,
     # a version on (docs/protocol.md, "Erase"). Never raises: a broker that does not take it
     # now re-publishes the current state when it is back.
-    # Its time is the erase's (the blank state itself carries none), so push latency holds.
+    # Its time is the erase's: the tombstone keeps it, and the blank state dates from it
+    # (a re-publish after a broker outage too).
     blank = await services.state.current_delta(user_id)
     if blank is not None:
-        await services.hub.publish_delta(replace(blank, t=float(services.now_ms())))
+        await services.hub.publish_delta(blank)
     return json({"user_id": user_id, "deleted": deleted})

@@ -206,11 +206,13 @@ class HistoryQuery:
 
 @dataclass(frozen=True, slots=True)
 class Tombstone:
-    """What erases left of a user: the version the next state follows, and the erase epoch
-    (both 0 for a user never erased)."""
+    """What erases left of a user: the version the next state follows, the erase epoch
+    (both 0 for a user never erased) and when the last erase was (epoch ms; 0: never, or
+    a tombstone written before erases kept their time)."""
 
     version: int = 0
     epoch: int = 0
+    erased_at: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,11 +398,11 @@ class Store(Protocol):
     async def export_user(self, user_id: str, *, now_ms: int) -> dict[str, Any]:
         """Everything stored about a user, as JSON-ready data (``state``, ``frames``, ``usage``)."""
 
-    async def delete_user(self, user_id: str) -> int:
+    async def delete_user(self, user_id: str, *, at_ms: int | None = None) -> int:
         """Erase a user's frames, usage, saga and dead letters and state, then leave a
         tombstone of the next erase epoch (in this order, so a reader that sees the new epoch
-        finds no frames); return how many records were deleted (the tombstone is not
-        counted)."""
+        finds no frames), stamped with the erase time ``at_ms`` (epoch ms; ``None``: now);
+        return how many records were deleted (the tombstone is not counted)."""
 
     async def put_history(self, event: HistoryEvent) -> bool:
         """Record ``event`` unless an event of its (user, version) is recorded already or

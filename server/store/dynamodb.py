@@ -17,8 +17,10 @@ although the first try landed; the caller re-reads, finds its own state, and mov
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import AsyncExitStack, aclosing
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import aioboto3
@@ -193,11 +195,12 @@ class DynamoDBStore(DynamoDBSagas, DynamoDBHops):
             lambda: client.get_item(
                 TableName=self._state_table,
                 Key={"user_id": {"S": user_id}},
-                ProjectionExpression="#version, #epoch, #erased",
+                ProjectionExpression="#version, #epoch, #erased, #updated_at",
                 ExpressionAttributeNames={
                     "#version": "version",
                     "#epoch": "epoch",
                     "#erased": "erased",
+                    "#updated_at": "updated_at",
                 },
                 ConsistentRead=True,
             ),
@@ -206,7 +209,8 @@ class DynamoDBStore(DynamoDBSagas, DynamoDBHops):
         item = response.get("Item")
         if item is None or not items.is_tombstone(item):
             return Tombstone()
-        return Tombstone(int(item["version"]["N"]), items.epoch_of(item))
+        erased_at = int(item["updated_at"]["N"]) if "updated_at" in item else 0
+        return Tombstone(int(item["version"]["N"]), items.epoch_of(item), erased_at)
 
     async def put_state(
         self, state: UserState, expected_version: int, *, expected_profile: Profile | None = None
@@ -436,10 +440,10 @@ class DynamoDBStore(DynamoDBSagas, DynamoDBHops):
             [items.usage_of(user_id, item["day"]["S"], item) async for item in usage],
         )
 
-    async def delete_user(self, user_id: str) -> int:
+    async def delete_user(self, user_id: str, *, at_ms: int | None = None) -> int:
         """Delete the user's frames (expired ones too), usage, saga and dead letters, then
-        turn the state item into a tombstone of the next erase epoch (keeping its version);
-        return the count (a live state counts one).
+        turn the state item into a tombstone of the next erase epoch (keeping its version)
+        stamped ``at_ms`` (``None``: now); return the count (a live state counts one).
 
         Raises :class:`~server.errors.StoreError` when some items could not be deleted
         (calling again finishes the job: deletes are idempotent).
@@ -474,9 +478,10 @@ class DynamoDBStore(DynamoDBSagas, DynamoDBHops):
             self._retry,
         )
         deleted += 1 if saga.get("Attributes") else 0
-        return deleted + await self._tombstone(user_id)
+        erased_at = int(time.time() * 1000) if at_ms is None else at_ms
+        return deleted + await self._tombstone(user_id, erased_at)
 
-    async def _tombstone(self, user_id: str) -> int:
+    async def _tombstone(self, user_id: str, erased_at: int) -> int:
         """Turn the user's state item into a tombstone of the next erase epoch; 1 if it held
         a live state. Last, so that a reader who sees the new epoch finds no frames.
 
@@ -487,22 +492,22 @@ class DynamoDBStore(DynamoDBSagas, DynamoDBHops):
         """
         for _ in range(ERASE_ATTEMPTS):
             try:
-                await self._update_tombstone(user_id, live=True)
+                await self._update_tombstone(user_id, erased_at, live=True)
                 return 1
             except ClientError:
                 pass  # no live state (now): a tombstone or nothing
             try:
-                await self._update_tombstone(user_id, live=False)
+                await self._update_tombstone(user_id, erased_at, live=False)
                 return 0
             except ClientError:
                 pass  # a state was committed in between: erase it as a live one
         raise StoreError(f"could not erase the state of user {user_id!r}: it kept changing")
 
-    async def _update_tombstone(self, user_id: str, *, live: bool) -> None:
+    async def _update_tombstone(self, user_id: str, erased_at: int, *, live: bool) -> None:
         """One tombstone UpdateItem: of a live state (``live``: version + 1), or of a
         tombstone or no item (version kept). Raises ``ClientError``
         (ConditionalCheckFailedException) when the item is not of that kind."""
-        tombstone = items.state_item(UserState.initial(user_id))
+        tombstone = items.state_item(replace(UserState.initial(user_id), updated_at=erased_at))
         fields = [name for name in tombstone if name not in ("user_id", "epoch", "version")]
         names = {f"#f{i}": name for i, name in enumerate(fields)}
         values: dict[str, Any] = {f":f{i}": tombstone[name] for i, name in enumerate(fields)}

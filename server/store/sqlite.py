@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import pathlib
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
@@ -332,9 +333,10 @@ class SQLiteStore(SQLiteSagas, SQLiteHops):
     async def tombstone(self, user_id: str) -> Tombstone:
         """The user's tombstone (``Tombstone()`` when never erased)."""
         rows = await self._read(
-            "SELECT version, epoch FROM user_state WHERE user_id = ? AND erased = 1", (user_id,)
+            "SELECT version, epoch, updated_at FROM user_state WHERE user_id = ? AND erased = 1",
+            (user_id,),
         )
-        return Tombstone(int(rows[0][0]), int(rows[0][1])) if rows else Tombstone()
+        return Tombstone(*(int(v) for v in rows[0])) if rows else Tombstone()
 
     async def put_state(
         self, state: UserState, expected_version: int, *, expected_profile: Profile | None = None
@@ -532,11 +534,13 @@ class SQLiteStore(SQLiteSagas, SQLiteHops):
         usage = [_usage_of(row) for row in usage_rows]
         return codec.export_document(user_id, state, found, usage)
 
-    async def delete_user(self, user_id: str) -> int:
+    async def delete_user(self, user_id: str, *, at_ms: int | None = None) -> int:
         """Delete the user's frames, usage, saga and dead letters, and replace their state by
         a tombstone of the next erase epoch (one version on from a live state, so the blank
-        state is news; a tombstone's version kept), in one transaction; return
-        the count (frames counted one by one, not by bucket; a live state counts one)."""
+        state is news; a tombstone's version kept) stamped ``at_ms`` (``None``: now), in one
+        transaction; return the count (frames counted one by one, not by bucket; a live
+        state counts one)."""
+        erased_at = int(time.time() * 1000) if at_ms is None else at_ms
         deleted = 0
         async with self._transaction() as writer:
             self._open_buckets.forget_user(user_id)
@@ -555,7 +559,9 @@ class SQLiteStore(SQLiteSagas, SQLiteHops):
             version, epoch, erased = (int(v) for v in found[0]) if found else (0, 0, 1)
             # A live state's blank successor is news to devices that saw it: one version on.
             version += 0 if erased else 1
-            tombstone = replace(UserState.initial(user_id), version=version, epoch=epoch + 1)
+            tombstone = replace(
+                UserState.initial(user_id), version=version, epoch=epoch + 1, updated_at=erased_at
+            )
             await writer.execute(_UPSERT, _state_to_row(tombstone, erased=True))
         return deleted + (0 if erased else 1)
 

@@ -75,4 +75,5 @@ async def test_an_erase_on_one_node_pushes_the_blank_state_to_devices_on_another
     assert delta["changes"] == orjson.loads(orjson.dumps(blank.visible()))
     assert erasing - 1000 <= delta["t"] <= erasing + 60_000  # the erase's time, in ms
     assert (snapshot["version"], snapshot["state_hash"]) == (last + 1, blank.state_hash)
+    assert erasing - 1000 <= snapshot["updated_at"] <= erasing + 60_000  # not 0: the erase's
     assert (on_b["version"], on_b["state_hash"]) == (last + 1, blank.state_hash)

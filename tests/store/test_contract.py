@@ -407,20 +407,30 @@ async def test_erase_leaves_a_tombstone_of_the_next_epoch_one_version_on(
     await _fill(store, "alice")  # version 1
     assert await store.tombstone("alice") == Tombstone()
 
-    await store.delete_user("alice")
+    await store.delete_user("alice", at_ms=1_000)
 
-    assert await store.tombstone("alice") == Tombstone(version=2, epoch=1)
+    assert await store.tombstone("alice") == Tombstone(version=2, epoch=1, erased_at=1_000)
     assert await store.get_state("alice") is None
-    await store.delete_user("alice")
-    assert await store.tombstone("alice") == Tombstone(version=2, epoch=2)
+    await store.delete_user("alice", at_ms=2_000)
+    assert await store.tombstone("alice") == Tombstone(version=2, epoch=2, erased_at=2_000)
     assert await store.tombstone("bob") == Tombstone()
 
 
 async def test_erasing_a_user_never_seen_still_raises_the_epoch(store: Store) -> None:
-    assert await store.delete_user("ghost") == 0
+    assert await store.delete_user("ghost", at_ms=1_000) == 0
 
-    assert await store.tombstone("ghost") == Tombstone(version=0, epoch=1)
+    assert await store.tombstone("ghost") == Tombstone(version=0, epoch=1, erased_at=1_000)
     assert await store.get_state("ghost") is None
+
+
+async def test_an_erase_without_a_time_is_stamped_now(store: Store) -> None:
+    """The tombstone keeps when the erase was: the blank state that follows dates from it
+    (its delta's commit time, and a re-publish's, is the erase's, not 1970)."""
+    before = int(time.time() * 1000)
+    await store.delete_user("alice")
+    after = int(time.time() * 1000)
+
+    assert before <= (await store.tombstone("alice")).erased_at <= after
 
 
 async def test_a_write_read_before_an_erase_conflicts_after_it(store: Store) -> None:
