@@ -54,7 +54,11 @@ def build_broker(settings: Settings) -> Broker:
         return MemoryBroker()
     from server.broker.redis import RedisBroker
 
-    return RedisBroker(settings.broker)
+    return RedisBroker(
+        settings.broker,
+        heartbeat_s=settings.broker_heartbeat_s,
+        command_timeout_s=settings.broker_timeout_s,
+    )
 
 
 def build_generator(settings: Settings) -> ImageGenerator:

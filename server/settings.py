@@ -198,6 +198,18 @@ class Settings:
     broker: str = setting(
         _broker, "`memory` (one node) or a `redis://` URL (several nodes).", default="memory"
     )
+    broker_heartbeat_s: float = setting(
+        _positive_float,
+        "With a Redis broker: seconds between the subscriber's PINGs; three without an answer"
+        " and it reconnects (and the node resyncs its devices).",
+        default=1.0,
+    )
+    broker_timeout_s: float = setting(
+        _positive_float,
+        "With a Redis broker: seconds a connect or a command (subscribe, publish) may take before"
+        " it counts as failed (the analysis leases keep their own, from the lease time).",
+        default=2.0,
+    )
     allowed_origins: tuple[str, ...] = setting(
         _origins, "Comma-separated browser origins allowed besides the server's own.", default=()
     )

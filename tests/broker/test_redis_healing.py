@@ -15,6 +15,8 @@ import pytest
 from brain.backoff import Backoff
 from server.broker.redis import RedisBroker
 from server.errors import BrokerUnavailable
+from server.parts import build_broker
+from server.settings import load
 from tests.broker.conftest import RedisProcess, eventually
 
 Received = asyncio.Queue[tuple[str, bytes]]
@@ -224,3 +226,38 @@ async def test_an_idle_healthy_connection_is_kept_by_its_heartbeats(node: Node) 
     health = node.broker.health()
     assert health.connected and health.reconnects == 0
     assert health.last_heard_age_s is not None and health.last_heard_age_s < 0.3
+
+
+async def test_the_settings_set_the_heartbeat_and_the_command_deadline(
+    redis_process: RedisProcess,
+) -> None:
+    """COMPANION_BROKER_HEARTBEAT_S / _TIMEOUT_S reach the broker ``companion serve`` builds:
+    with 0.1 s heartbeats a hung Redis is noticed in a fraction of the default's 3 s, and a
+    publish gives up after 0.3 s instead of the default 2 s."""
+    settings = load(
+        {
+            "COMPANION_BROKER": redis_process.url,
+            "COMPANION_BROKER_HEARTBEAT_S": "0.1",
+            "COMPANION_BROKER_TIMEOUT_S": "0.3",
+        }
+    )
+    broker = build_broker(settings)
+    assert isinstance(broker, RedisBroker)
+    await broker.start(lambda user, payload: None)
+    try:
+        await eventually(lambda: broker.health().connected, within=5)
+        redis_process.pause()
+        try:
+            started = time.monotonic()
+            await eventually(lambda: not broker.health().connected, within=5)
+            noticed = time.monotonic() - started
+            started = time.monotonic()
+            with pytest.raises(BrokerUnavailable):
+                await broker.publish("alice", b"into the void")
+            gave_up = time.monotonic() - started
+        finally:
+            redis_process.resume()
+    finally:
+        await broker.close()
+    assert noticed < 2.0  # three silent 0.1 s heartbeats, not three of the default 1 s
+    assert gave_up < 1.5  # the 0.3 s command deadline, not the default 2 s
