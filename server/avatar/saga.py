@@ -10,9 +10,9 @@ it starts a saga for that user, as a task of its own so the commit path never wa
    make (the clip is cached too, or there are no clips), :meth:`AvatarSaga.fold` adds the
    image to the state's own commit (a :attr:`StateService.amenders` hook) and no saga
    starts: one write and one delta for the change and its image;
-3. miss → commit ``avatar_status=generating``, generate (one generation per cache hash at a
-   time, however many users need it; at most ``workers`` at once), store the phone PNG and the
-   watch PNG (same key, ``-watch`` suffix) in the media store, write the cache entry, commit
+3. miss → commit ``avatar_status=generating``, have the image made (:mod:`server.avatar.stills`:
+   one generation per cache hash at a time, however many users need it; at most ``workers``
+   at once; the phone and watch PNGs to the media store, then the cache entry), commit
    ``image_url`` + ``ready``;
 4. retryable :class:`GenerationError` → backoff with full jitter and retry; after the last try
    (or a non-retryable error, or a media/store error) commit ``avatar_status=failed`` and
@@ -23,7 +23,7 @@ it starts a saga for that user, as a task of its own so the commit path never wa
    commits ``video_url`` in a second delta; a failed clip never fails the image.
 
 ``cache_reads=False`` (``COMPANION_AVATAR_CACHE=off``, the rollback switch) skips every cache
-read, so each change generates anew; entries are still written.
+read (:class:`~server.avatar.stills.Stills`), so each change generates anew.
 
 The user's tier (:mod:`server.avatar.allowance`) bounds the generations per day and how old
 a cached image may be; past the day's generations the saga keeps a cached image, however
@@ -48,20 +48,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from brain.avatar import (
-    AvatarSpec,
-    ClipMaker,
-    GeneratedImage,
-    GenerationError,
-    ImageGenerator,
-    build_prompt,
-    cache_hash,
-)
+from brain.avatar import ClipMaker, ImageGenerator
 from brain.backoff import Backoff
 from brain.cost import Service
 from brain.model import AvatarStatus, EnergyBand
@@ -69,24 +60,23 @@ from brain.tiers import DEFAULT_TIERS, Limit, Tier, Tiers
 from server.avatar.allowance import AvatarAllowance, fresh
 from server.avatar.clips import ClipJob, ClipStep, clip_changes
 from server.avatar.durable import SagaLedger, reason_of
+from server.avatar.stills import Stills
 from server.cost import CostMeter
-from server.media.base import MediaStore, content_key
+from server.media.base import MediaStore
 from server.metrics import Metrics
 from server.state import Clock, Decide, StateService
-from server.store.base import AvatarCacheEntry, SagaRecord, Store, UserState
+from server.store.base import SagaRecord, Store, UserState
 
 log = logging.getLogger(__name__)
 
 CAUSE = "avatar"
 """The commit cause of the saga's own commits (which never start a saga)."""
 
-PNG = "image/png"
 LIMITED = "limited"
 """The outcome of a saga past the tier's generations for the day (the image stays)."""
-WATCH_SUFFIX = "-watch"
 KNOWN_ENTRIES = 4096
-"""Avatar cache entries a process remembers for :meth:`AvatarSaga.fold` (one per prompt:
-each state, mood, energy band and base avatar, a few hundred in practice)."""
+"""Commits whose image :meth:`AvatarSaga.fold` added and whose listener call is to come
+(a bound against writes that failed and left theirs behind)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,15 +95,6 @@ class Target:
 def starts_saga(previous: UserState, committed: UserState, cause: str) -> bool:
     """Whether a commit needs a new avatar: not the saga's own, and the target changed."""
     return cause != CAUSE and Target.of(previous) != Target.of(committed)
-
-
-def watch_key(phone_key: str) -> str:
-    """The media key of the watch-size image: the phone key with ``-watch`` before the
-    extension (``avatars/ab12.png`` → ``avatars/ab12-watch.png``)."""
-    stem, dot, extension = phone_key.rpartition(".")
-    if not dot or "/" in extension:
-        return phone_key + WATCH_SUFFIX
-    return f"{stem}{WATCH_SUFFIX}.{extension}"
 
 
 def conditional(target: Target, changes: Mapping[str, Any]) -> Decide:
@@ -144,16 +125,6 @@ class Outcome:
     video_url: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Still:
-    """A generation's result: the phone image URL, its PNG when this saga made it, and the
-    clip URL when another saga had already made and cached both."""
-
-    url: str
-    png: bytes | None = None
-    video_url: str | None = None
-
-
 class AvatarSaga:
     """Runs avatar sagas; see the module docstring. ``retry`` sleeps are injectable."""
 
@@ -179,20 +150,21 @@ class AvatarSaga:
         image_usd: float = 0.0,
         clip_usd: float = 0.0,
     ) -> None:
-        if workers < 1:
-            raise ValueError(f"workers must be at least 1, got {workers}")
+        self.stills = Stills(
+            store,
+            media,
+            generator,
+            metrics,
+            workers=workers,
+            retry=retry,
+            clock=clock,
+            cache_reads=cache_reads,
+        )
         self._state = state
-        self._store = store
-        self._media = media
-        self._generator = generator
         self._metrics = metrics
-        self._retry = retry if retry is not None else Backoff(attempts=4, base=1.0)
         self._clock = clock
-        self._workers = asyncio.Semaphore(workers)
-        self._inflight: dict[str, asyncio.Task[Still]] = {}
         self._tasks: set[asyncio.Task[Outcome]] = set()
         self._closed = False
-        self._cache_reads = cache_reads
         self._tiers = tiers
         self._cost = cost
         self._prices = {Service.IMAGES: image_usd, Service.CLIPS: clip_usd}
@@ -202,10 +174,6 @@ class AvatarSaga:
             store, owner=owner, lease_s=lease_s, clock=clock, max_attempts=max_attempts
         )
         self._keeper: asyncio.Task[None] | None = None
-        self._known: OrderedDict[str, AvatarCacheEntry] = OrderedDict()
-        """Cache entries read or written lately, by cache hash (for :meth:`fold`)."""
-        self._prompts: dict[tuple[str, str, EnergyBand, str], tuple[str, str, AvatarSpec]] = {}
-        """Cache hash, prompt and spec by (state, mood, band, base avatar)."""
         self._folded: dict[str, int] = {}
         """The version of each user whose image :meth:`fold` added to a commit being written."""
         self._clips: ClipStep | None = None
@@ -238,13 +206,14 @@ class AvatarSaga:
         it needs a new one that this process knows is cached and fresh for the user's tier,
         and nothing is left to make (the clip is cached, refused, or there are no clips);
         else ``None`` (the saga does it after the commit, reading the cache itself)."""
-        if self._closed or not self._cache_reads or not starts_saga(previous, committed, cause):
+        stills = self.stills
+        if self._closed or not stills.cache_reads or not starts_saga(previous, committed, cause):
             return None
         try:
-            key, prompt, spec = self._avatar_of(committed)
+            key, prompt, spec = stills.avatar_of(committed)
         except ValueError:
             return None  # not an avatar we can draw: the saga records why, as before
-        entry = self._known.get(key)
+        entry = stills.known(key)
         now_ms = int(self._clock() * 1000)
         if entry is None or not fresh(entry, self._tiers.tier_of(committed.profile), now_ms):
             return None
@@ -255,29 +224,6 @@ class AvatarSaga:
             self._folded.clear()
         self._folded[committed.user_id] = committed.version
         return {"image_url": entry.image_url, "avatar_status": AvatarStatus.READY.value, **clip}
-
-    def _avatar_of(self, user: UserState) -> tuple[str, str, AvatarSpec]:
-        """The cache hash, prompt and spec of ``user``'s avatar, remembered by what they
-        depend on (state, mood, energy band, base avatar): :meth:`fold` asks on every commit
-        that changes them, and building a prompt costs more than the rest of the fold.
-        Raises :class:`ValueError` for a value outside the avatar vocabulary."""
-        ident = (user.state, user.mood, EnergyBand.of(user.energy), user.profile.base_avatar)
-        known = self._prompts.get(ident)
-        if known is None:
-            spec = AvatarSpec.of(user.state, user.mood, user.energy, user.profile.base_avatar)
-            prompt = build_prompt(spec)
-            known = (cache_hash(prompt, spec.base_avatar.value), prompt, spec)
-            if len(self._prompts) >= KNOWN_ENTRIES:
-                self._prompts.clear()
-            self._prompts[ident] = known
-        return known
-
-    def _know(self, entry: AvatarCacheEntry) -> None:
-        """Remember a cache entry read or written (the least recent goes past the bound)."""
-        self._known[entry.cache_hash] = entry
-        self._known.move_to_end(entry.cache_hash)
-        while len(self._known) > KNOWN_ENTRIES:
-            self._known.popitem(last=False)
 
     def start(self, user: UserState) -> asyncio.Task[Outcome]:
         """Run the saga for ``user`` (its state as committed) in a task of its own."""
@@ -302,7 +248,7 @@ class AvatarSaga:
         if self._keeper is not None:
             self._keeper.cancel()
             await asyncio.gather(self._keeper, return_exceptions=True)
-        pending = set(self._tasks) | set(self._inflight.values())
+        pending: set[asyncio.Task[Any]] = set(self._tasks) | self.stills.in_flight()
         if pending:
             _, late = await asyncio.wait(pending, timeout=grace_s)
             for task in late:
@@ -359,10 +305,8 @@ class AvatarSaga:
         user_id, target = user.user_id, Target.of(user)
         held, key = record, ""
         try:
-            spec = AvatarSpec.of(user.state, user.mood, user.energy, user.profile.base_avatar)
-            prompt = build_prompt(spec)
-            key = cache_hash(prompt, spec.base_avatar.value)
-            entry = await self._cached(key)
+            key, prompt, spec = self.stills.avatar_of(user)
+            entry = await self.stills.cached(key)
             tier, now_ms = self._tiers.tier_of(user.profile), int(self._clock() * 1000)
             allowed = self.allowance.may_generate(user_id, tier, now_ms)
             if entry is not None and (fresh(entry, tier, now_ms) or not allowed):
@@ -376,7 +320,8 @@ class AvatarSaga:
                 await self._forget(held)
                 return outcome
             else:
-                self._metrics.avatar_cache.labels("miss" if self._cache_reads else "bypass").inc()
+                reads = self.stills.cache_reads
+                self._metrics.avatar_cache.labels("miss" if reads else "bypass").inc()
                 self.allowance.spend(user_id, now_ms)
                 self._bill(user_id, Service.IMAGES, tier)
                 if held is None:
@@ -387,7 +332,7 @@ class AvatarSaga:
                 )
                 # A stale entry (older than the tier's cache lifetime) must not come back.
                 newer_than = 0 if entry is None else entry.created_at + 1
-                still = await asyncio.shield(self._shared(key, prompt, spec, newer_than))
+                still = await asyncio.shield(self.stills.shared(key, prompt, spec, newer_than))
                 job = ClipJob(key, prompt, spec, still.url, still.png)
                 outcome = await self._ready(
                     user_id, target, job, still.video_url, cached=False, epoch=user.epoch
@@ -470,15 +415,6 @@ class AvatarSaga:
         except Exception as exc:
             log.warning("could not end the avatar saga record: %r", exc)
 
-    async def _cached(self, key: str) -> AvatarCacheEntry | None:
-        """The cache entry of ``key``; ``None`` when there is none or reads are off."""
-        if not self._cache_reads:
-            return None
-        entry = await self._store.get_avatar(key)
-        if entry is not None:
-            self._know(entry)
-        return entry
-
     def _clip_wanted(self, job: ClipJob, outcome: Outcome) -> bool:
         """Whether the saga must still make the clip of ``job`` after its image commit."""
         return (
@@ -524,60 +460,3 @@ class AvatarSaga:
             if Target.of(current) != target or current.epoch != epoch:
                 return Outcome(user_id, "stale", url, cached)
         return Outcome(user_id, AvatarStatus.READY.value, url, cached, video)
-
-    def _shared(
-        self, key: str, prompt: str, spec: AvatarSpec, newer_than: int = 0
-    ) -> asyncio.Task[Still]:
-        """The generation of ``key``: the one in flight, or a new one (which reuses a cache
-        entry made since the caller's miss, if created at ``newer_than`` ms or later)."""
-        task = self._inflight.get(key)
-        if task is None:
-            produce = self._produce(key, prompt, spec, newer_than)
-            task = asyncio.create_task(produce, name=f"avatar-{key[:12]}")
-            self._inflight[key] = task
-            task.add_done_callback(lambda _: self._inflight.pop(key, None))
-        return task
-
-    async def _produce(self, key: str, prompt: str, spec: AvatarSpec, newer_than: int) -> Still:
-        """Generate, store and cache the avatar of ``key``; the phone image URL and PNG."""
-        # A generation of this key may have finished between the caller's cache miss and
-        # now (it left the in-flight table when it did): look again before paying.
-        entry = await self._cached(key)
-        if entry is not None and entry.created_at >= newer_than:
-            return Still(entry.image_url, video_url=entry.video_url)
-        self._metrics.avatar_waiting.inc()
-        try:
-            await self._workers.acquire()
-        finally:
-            self._metrics.avatar_waiting.dec()
-        try:
-            image = await self._generate(prompt, spec)
-            phone_key = content_key(image.phone_png, PNG)
-            url = await self._media.put(phone_key, image.phone_png, PNG)
-            await self._media.put(watch_key(phone_key), image.watch_png, PNG)
-        finally:
-            self._workers.release()
-        created = int(self._clock() * 1000)
-        entry = AvatarCacheEntry(key, url, prompt, created)
-        await self._store.put_avatar(entry)
-        self._know(entry)
-        return Still(url, image.phone_png)
-
-    async def _generate(self, prompt: str, spec: AvatarSpec) -> GeneratedImage:
-        """One generation with retries of retryable errors; raises the last error."""
-        attempt = 0
-        while True:
-            started = time.perf_counter()
-            try:
-                image = await self._generator.generate(prompt, spec)
-            except GenerationError as exc:
-                self._metrics.avatar_generations.labels("error").inc()
-                if not exc.retryable or not self._retry.may_retry(attempt):
-                    raise
-                log.info("avatar generation failed (%r), retry %d", exc, attempt + 1)
-                await self._retry.wait(attempt)
-                attempt += 1
-                continue
-            self._metrics.avatar_generation_seconds.observe(time.perf_counter() - started)
-            self._metrics.avatar_generations.labels("ok").inc()
-            return image

@@ -12,8 +12,9 @@ import pytest
 from PIL import Image
 
 from brain.model import Profile
-from server.avatar.saga import Target, conditional, starts_saga, watch_key
+from server.avatar.saga import Target, conditional, starts_saga
 from server.avatar.stage import avatar_stage
+from server.avatar.stills import watch_key
 from server.cli import main
 from server.settings import Settings
 from server.store.base import UserState
