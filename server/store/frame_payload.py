@@ -24,13 +24,13 @@ import itertools
 import math
 import operator
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import repeat
 from typing import Any
 
 import orjson
 
-from brain.model import TIME_ORDER, Env, Frame
+from brain.model import TIME_ORDER, Env, Frame, new_frame
 
 CHUNKED = 2
 """First byte of a chunked payload (a payload of the first layout starts with zlib's 0x78)."""
@@ -69,6 +69,9 @@ _READINGS = ("hr", "hrv", "steps", "spo2", "skin_temp", "resp_rate")
 """The frame fields stored as columns of their own (``ts``, ``seq`` and ``env`` are apart)."""
 
 _ENV_READINGS = ("altitude_m", "temp_c", "humidity_pct", "speed_mps", "weather")
+
+_READING_SET = frozenset(_READINGS)
+_ENV_SET = frozenset(_ENV_READINGS)
 
 
 def encode(start_ms: int, frames: Sequence[Frame]) -> bytes:
@@ -176,9 +179,13 @@ def _columns(start_ms: int, frames: Sequence[Frame]) -> dict[str, Any]:
 
 
 def _frames(device: str, start_ms: int, packed: dict[str, Any]) -> list[Frame]:
-    """The frames of packed columns (:func:`_columns`), in their stored order."""
+    """The frames of packed columns (:func:`_columns`), in their stored order.
+
+    Raises :class:`ValueError` on a column it does not know or one shorter than ``t``.
+    """
     columns = {name: _unpack_column(column) for name, column in packed.items()}
     offsets = columns.pop("t")
+    count = len(offsets)
     seqs = columns.pop("q", None)
     has_env = columns.pop("env", None)
     env_columns = [
@@ -186,23 +193,35 @@ def _frames(device: str, start_ms: int, packed: dict[str, Any]) -> list[Frame]:
         for name in list(columns)
         if name.startswith("env.")
     ]
-    readings = list(columns.items())
-    frames = []
-    for index, offset in enumerate(offsets):
-        env = None
-        if has_env is not None and has_env[index] is not None:
-            env = Env(**{n: c[index] for n, c in env_columns if c[index] is not None})
-        fields = {name: column[index] for name, column in readings if column[index] is not None}
-        frames.append(
-            Frame(
-                ts=start_ms + offset,
-                device=device,
-                seq=0 if seqs is None else seqs[index],
-                env=env,
-                **fields,
-            )
+    if not columns.keys() <= _READING_SET or not {n for n, _ in env_columns} <= _ENV_SET:
+        raise ValueError(f"not a frame bucket: unknown columns {sorted(packed)}")
+    everything = [*columns.values(), *(c for _, c in env_columns), seqs, has_env]
+    if any(column is not None and len(column) < count for column in everything):
+        raise ValueError("not a frame bucket: a column is cut short")
+    envs: Iterable[Env | None] = repeat(None)
+    if has_env is not None:
+        envs = [
+            None
+            if has_env[index] is None
+            else Env(**{n: c[index] for n, c in env_columns if c[index] is not None})
+            for index in range(count)
+        ]
+    nothing = repeat(None)
+    return list(
+        map(
+            new_frame,
+            [start_ms + offset for offset in offsets],
+            columns.get("hr", nothing),
+            columns.get("hrv", nothing),
+            columns.get("steps", nothing),
+            columns.get("spo2", nothing),
+            columns.get("skin_temp", nothing),
+            columns.get("resp_rate", nothing),
+            repeat(device),
+            repeat(0) if seqs is None else seqs,
+            envs,
         )
-    return frames
+    )
 
 
 _MAX_DECIMALS = 3
