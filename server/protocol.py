@@ -449,7 +449,7 @@ def _plain_frame(raw: object, oldest: int, newest: int, devices: set[str]) -> Fr
     the server's time per frame.
     ``devices`` holds the device names already matched during this batch.
     """
-    if type(raw) is not dict or not raw.keys() <= _FRAME_FIELDS:
+    if type(raw) is not dict or not _FRAME_FIELDS.issuperset(raw):
         return None
     get = raw.get
     ts = get("ts")
