@@ -263,9 +263,8 @@ def between(
     frames: Iterable[Frame], start_ms: int, end_ms: int, now_ms: int, days: int
 ) -> list[Frame]:
     """The ``frames`` with ``start_ms <= ts < end_ms`` still within retention at ``now_ms``."""
-    return [
-        frame
-        for frame in frames
-        if start_ms <= frame.ts < end_ms
-        and codec.expires_at(frame, days) >= now_ms // 1000  # within retention
-    ]
+    # Within retention: codec.expires_at(frame, days) >= now_ms // 1000, which for an
+    # integer ts is ts >= (now_ms // 1000 - days * SECONDS_PER_DAY) * 1000.
+    kept_from = (now_ms // 1000 - days * codec.SECONDS_PER_DAY) * 1000
+    low = max(start_ms, kept_from)
+    return [frame for frame in frames if low <= frame.ts < end_ms]
