@@ -435,7 +435,8 @@ _NO_ENV: Final = Env()
 _MAX_TS: Final = 2**53
 _MAX_SEQ: Final = 2**31 - 1
 _FLOAT_OR_INT: Final = (float, int)
-_HR, _HRV, _STEPS, _SPO2, _SKIN_TEMP, _RESP_RATE = _RANGES.values()
+_HR, _HRV, _STEPS = _RANGES["hr"], _RANGES["hrv"], _RANGES["steps"]
+_SPO2, _SKIN_TEMP, _RESP_RATE = _RANGES["spo2"], _RANGES["skin_temp"], _RANGES["resp_rate"]
 
 
 def _plain_frame(raw: object, oldest: int, newest: int, devices: set[str]) -> Frame | None:

@@ -201,7 +201,7 @@ def _distinct_in_time_order(new: Iterable[Frame]) -> list[Frame]:
     frames = list(new)
     times = list(map(_TS, frames))
     if not any(map(operator.ge, times, times[1:])):
-        return frames  # strictly later and later (a device streaming): nothing to sort or drop
+        return frames  # each later than the one before (a device streaming): nothing to do
     candidates: list[Frame] = []
     seen: set[FrameKey] = set()
     for frame in sorted(frames, key=TIME_ORDER):

@@ -71,6 +71,9 @@ _READINGS = ("hr", "hrv", "steps", "spo2", "skin_temp", "resp_rate")
 
 _ENV_READINGS = ("altitude_m", "temp_c", "humidity_pct", "speed_mps", "weather")
 
+_NOT_OURS = (zlib.error, orjson.JSONDecodeError, AttributeError, KeyError, TypeError, IndexError)
+"""What reading bytes we did not write may raise (reported as :class:`ValueError`)."""
+
 _READING_SET = frozenset(_READINGS)
 _ENV_SET = frozenset(_ENV_READINGS)
 _LAYOUT = ("t", "q", *_READINGS, "env", *(f"env.{name}" for name in _ENV_READINGS))
@@ -104,7 +107,7 @@ def compact(payload: bytes, start_ms: int, frames: Sequence[Frame]) -> bytes:
     """
     try:
         stored = [_unpacked(packed) for packed in _packed_chunks(payload)]
-    except (zlib.error, orjson.JSONDecodeError, KeyError, TypeError, IndexError) as error:
+    except _NOT_OURS as error:
         raise ValueError(f"not a frame bucket: {error}") from error
     merged = _in_time_order(_joined([*stored, _all_columns(start_ms, frames)]))
     return bytes((CHUNKED,)) + _chunk(_packed(merged))
@@ -136,7 +139,7 @@ def decode(device: str, start_ms: int, payload: bytes) -> list[Frame]:
             return _frames(device, start_ms, chunks[0])
         frames = [frame for packed in chunks for frame in _frames(device, start_ms, packed)]
         return sorted(frames, key=TIME_ORDER)
-    except (zlib.error, orjson.JSONDecodeError, KeyError, TypeError, IndexError) as error:
+    except _NOT_OURS as error:
         raise ValueError(f"not a frame bucket: {error}") from error
 
 

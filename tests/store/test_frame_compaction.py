@@ -80,6 +80,16 @@ def test_compacting_what_is_not_a_payload_raises_value_error(payload: bytes) -> 
         payloads.compact(payload, T0, sample(0, 2))
 
 
+def test_a_chunk_that_is_not_an_object_of_columns_raises_value_error() -> None:
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -13, 6, zdict=payloads._ZDICT)
+    chunk = compressor.compress(b"[1, 2]") + compressor.flush()
+    odd = bytes((payloads.CHUNKED, len(chunk))) + chunk
+    with pytest.raises(ValueError, match="not a frame bucket"):
+        payloads.decode("w1", T0, odd)
+    with pytest.raises(ValueError, match="not a frame bucket"):
+        payloads.compact(odd, T0, sample(0, 2))
+
+
 def test_a_payload_with_an_unknown_column_is_refused_as_decode_refuses_it() -> None:
     payload = payloads.encode(T0, sample(0, 3))
     compressor = zlib.compressobj(6, zlib.DEFLATED, -13, 6, zdict=payloads._ZDICT)
