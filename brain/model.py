@@ -138,6 +138,69 @@ TIME_ORDER = attrgetter("ts", "device", "seq")
 """Sort key for frames in memory: by time, then device and sequence number. The order of
 :attr:`Frame.key` by time, without formatting a string per frame (analyses sort thousands)."""
 
+# The slots' own setters: a frozen dataclass's ``__init__`` sets each field through
+# ``object.__setattr__`` by name, which costs twice as much as calling the slot directly,
+# and the ingest path builds tens of thousands of frames a second.
+_new_object = object.__new__
+(
+    _set_ts,
+    _set_hr,
+    _set_hrv,
+    _set_steps,
+    _set_spo2,
+    _set_skin_temp,
+    _set_resp_rate,
+    _set_device,
+    _set_seq,
+    _set_env,
+) = (
+    getattr(Frame, name).__set__
+    for name in (
+        "ts",
+        "hr",
+        "hrv",
+        "steps",
+        "spo2",
+        "skin_temp",
+        "resp_rate",
+        "device",
+        "seq",
+        "env",
+    )
+)
+
+
+def new_frame(
+    ts: int,
+    hr: float | None,
+    hrv: float | None,
+    steps: int | None,
+    spo2: float | None,
+    skin_temp: float | None,
+    resp_rate: float | None,
+    device: str,
+    seq: int,
+    env: Env | None,
+) -> Frame:
+    """The frame ``Frame(ts, hr, ..., env)`` of all ten fields in their order, built about
+    twice as fast: for code that builds frames in bulk (wire parsing, payload decoding).
+
+    The result is an ordinary :class:`Frame` (equal, hashed and printed alike); like the
+    dataclass's ``__init__``, it checks nothing.
+    """
+    frame: Frame = _new_object(Frame)
+    _set_ts(frame, ts)
+    _set_hr(frame, hr)
+    _set_hrv(frame, hrv)
+    _set_steps(frame, steps)
+    _set_spo2(frame, spo2)
+    _set_skin_temp(frame, skin_temp)
+    _set_resp_rate(frame, resp_rate)
+    _set_device(frame, device)
+    _set_seq(frame, seq)
+    _set_env(frame, env)
+    return frame
+
 
 @dataclass(frozen=True, slots=True)
 class Profile:

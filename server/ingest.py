@@ -30,7 +30,8 @@ OnCommitted = Callable[[Mapping[str, Sequence[Frame]]], Awaitable[None]]
 
 @dataclass(slots=True)
 class _Pending:
-    rows: list[FrameRow]
+    user_id: str
+    frames: tuple[Frame, ...]
     done: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -81,10 +82,10 @@ class Ingestor:
         if self._queued_rows >= self._max_pending:
             async with self._room:
                 await self._room.wait_for(lambda: self._queued_rows < self._max_pending)
-        pending = _Pending([(user_id, f) for f in frames])
+        pending = _Pending(user_id, tuple(frames))  # a copy of a list: the caller may reuse it
         started = time.perf_counter()
         self._queue.append(pending)
-        self._queued_rows += len(pending.rows)
+        self._queued_rows += len(frames)
         self._wakeup.set()
         await pending.done
         self._metrics.ack_latency.observe(time.perf_counter() - started)
@@ -100,10 +101,10 @@ class Ingestor:
     def _take(self) -> list[_Pending]:
         batch: list[_Pending] = []
         rows = 0
-        while self._queue and (not batch or rows + len(self._queue[0].rows) <= self._max_batch):
+        while self._queue and (not batch or rows + len(self._queue[0].frames) <= self._max_batch):
             pending = self._queue.pop(0)
             batch.append(pending)
-            rows += len(pending.rows)
+            rows += len(pending.frames)
         self._queued_rows -= rows
         if not self._queue:
             self._wakeup.clear()
@@ -123,7 +124,7 @@ class Ingestor:
             await self._write(batch)
 
     async def _write(self, batch: list[_Pending]) -> None:
-        rows = [row for pending in batch for row in pending.rows]
+        rows: list[FrameRow] = [(p.user_id, frame) for p in batch for frame in p.frames]
         started = time.perf_counter()
         failed: frozenset[int] = frozenset()
         error: StoreError | None = None
@@ -141,8 +142,8 @@ class Ingestor:
         committed: dict[str, list[Frame]] = {}
         offset = 0
         for pending in batch:
-            span = range(offset, offset + len(pending.rows))
-            offset += len(pending.rows)
+            span = range(offset, offset + len(pending.frames))
+            offset += len(pending.frames)
             cancelled = pending.done.cancelled()  # the submitter went away; rows still count
             if error is not None and any(i in failed for i in span):
                 # A submit is acked as a whole: if any of its rows failed, none is acked
@@ -153,8 +154,7 @@ class Ingestor:
                 continue
             if not cancelled:
                 pending.done.set_result(None)
-            for user_id, frame in pending.rows:
-                committed.setdefault(user_id, []).append(frame)
+            committed.setdefault(pending.user_id, []).extend(pending.frames)
         if error is not None:
             log.warning("%d of %d frames not durable: %s", len(failed), len(rows), error)
         if committed and self._on_committed is not None:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
@@ -63,6 +64,7 @@ log = logging.getLogger(__name__)
 
 _NOTHING_NEW = -1
 """No frames were announced for a user (``since`` is a time or ``None`` otherwise)."""
+_TS = operator.attrgetter("ts")
 
 BASELINE_DAYS = 14
 BASELINE_TTL_S = 3600.0
@@ -235,7 +237,7 @@ class Pipeline:
             if not frames:
                 continue
             window = self.windows.window(user_id, now_ms=clock_ms)
-            at = self._time_of(window, max(f.ts for f in frames), clock_ms)
+            at = self._time_of(window, max(map(_TS, frames)), clock_ms)
             window.add(frames, now_ms=at)
             self.schedule(user_id)
 

@@ -19,6 +19,7 @@ Everything here is pure; :func:`add` raises :class:`ValueError` on a payload it 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ from server.store import frame_payload as payloads
 
 BUCKET_MS = 60_000
 """Width of a bucket: one minute, 60 frames at 1 Hz."""
+
+_TS, _DEVICE = operator.attrgetter("ts"), operator.attrgetter("device")
 
 FrameKey = tuple[int, int]
 """A frame's identity inside a bucket (the device is the bucket's): ``(ts, seq)``."""
@@ -49,15 +52,17 @@ class PartInfo:
     @classmethod
     def of(cls, number: int, frames: Sequence[Frame]) -> PartInfo:
         """The info of part ``number`` holding ``frames`` (at least one)."""
-        return cls(number, len(frames), min(f.ts for f in frames), max(f.ts for f in frames))
+        times = list(map(_TS, frames))
+        return cls(number, len(frames), min(times), max(times))
 
     def plus(self, frames: Sequence[Frame]) -> PartInfo:
         """The info of this part once ``frames`` (new to it, at least one) are added."""
+        times = list(map(_TS, frames))
         return PartInfo(
             self.number,
             self.count + len(frames),
-            min(self.first_ts, *(f.ts for f in frames)),
-            max(self.last_ts, *(f.ts for f in frames)),
+            min(self.first_ts, *times),
+            max(self.last_ts, *times),
         )
 
     def may_hold(self, frame: Frame) -> bool:
@@ -137,8 +142,16 @@ def decode(device: str, start_ms: int, payload: bytes) -> list[Frame]:
     return payloads.decode(device, start_ms, payload)
 
 
-def _check(bucket: BucketId, frames: Iterable[Frame]) -> None:
+def _check(bucket: BucketId, frames: Sequence[Frame]) -> None:
     start = bucket.start_ms
+    times = list(map(_TS, frames))
+    if (
+        times
+        and start <= min(times)
+        and max(times) < start + BUCKET_MS
+        and set(map(_DEVICE, frames)) == {bucket.device}
+    ):
+        return
     for frame in frames:
         if frame.device != bucket.device or not start <= frame.ts < start + BUCKET_MS:
             raise ValueError(f"frame {frame.key} does not belong to bucket {bucket.sort_key(0)}")
@@ -155,13 +168,7 @@ def plan(
     :data:`PART_FRAMES`, then new parts. An empty result means nothing is new.
     Raises :class:`ValueError` on a frame of another bucket or a payload not ours.
     """
-    candidates: list[Frame] = []
-    seen: set[FrameKey] = set()
-    for frame in sorted(new, key=TIME_ORDER):
-        key = frame_key(frame)
-        if key not in seen:
-            seen.add(key)
-            candidates.append(frame)
+    candidates = _distinct_in_time_order(new)
     if not candidates:
         return {}
     _check(bucket, candidates)
@@ -172,7 +179,9 @@ def plan(
         if info.first_ts <= high and low <= info.last_ts and any(map(info.may_hold, candidates)):
             decoded = payloads.decode(bucket.device, bucket.start_ms, part.payload)
             stored_keys.update(map(frame_key, decoded))
-    fresh = [frame for frame in candidates if frame_key(frame) not in stored_keys]
+    fresh = candidates
+    if stored_keys:
+        fresh = [frame for frame in candidates if frame_key(frame) not in stored_keys]
     if not fresh:
         return {}
     last = max(stored) if stored else None
@@ -180,13 +189,27 @@ def plan(
         number, room = last, PART_FRAMES - stored[last].info.count
     else:
         number, room = (0 if last is None else last + 1), PART_FRAMES
-    gains: dict[int, list[Frame]] = {}
-    for frame in fresh:
-        if room == 0:
-            number, room = number + 1, PART_FRAMES
-        gains.setdefault(number, []).append(frame)
-        room -= 1
+    gains = {number: fresh[:room]}
+    for start in range(room, len(fresh), PART_FRAMES):
+        number += 1
+        gains[number] = fresh[start : start + PART_FRAMES]
     return gains
+
+
+def _distinct_in_time_order(new: Iterable[Frame]) -> list[Frame]:
+    """``new`` sorted by :data:`~brain.model.TIME_ORDER`, the first of each key kept."""
+    frames = list(new)
+    times = list(map(_TS, frames))
+    if not any(map(operator.ge, times, times[1:])):
+        return frames  # each later than the one before (a device streaming): nothing to do
+    candidates: list[Frame] = []
+    seen: set[FrameKey] = set()
+    for frame in sorted(frames, key=TIME_ORDER):
+        key = frame_key(frame)
+        if key not in seen:
+            seen.add(key)
+            candidates.append(frame)
+    return candidates
 
 
 def add(
@@ -207,9 +230,7 @@ def add(
         else:
             info = old.info.plus(frames)
             if old.chunks >= payloads.MAX_CHUNKS or info.count >= PART_FRAMES:
-                everything = payloads.decode(bucket.device, bucket.start_ms, old.payload)
-                whole = sorted([*everything, *frames], key=TIME_ORDER)
-                payload, chunks = payloads.encode(bucket.start_ms, whole), 1
+                payload, chunks = payloads.compact(old.payload, bucket.start_ms, frames), 1
             else:
                 payload = payloads.append(old.payload, bucket.start_ms, frames)
                 chunks = old.chunks + 1
@@ -220,19 +241,30 @@ def add(
 
 def group(rows: Iterable[tuple[int, str, Frame]]) -> dict[BucketId, list[tuple[int, Frame]]]:
     """Rows ``(index, user_id, frame)`` grouped by bucket, each keeping its row index."""
-    buckets: dict[BucketId, list[tuple[int, Frame]]] = {}
+    by_key: dict[tuple[str, str, int], list[tuple[int, Frame]]] = {}
+    # Rows come a message at a time: most are of the bucket of the row before them, which
+    # a comparison of user, device and ts finds without making the row's bucket key.
+    user = device = ""
+    start = end = 0
+    current: list[tuple[int, Frame]] = []
     for index, user_id, frame in rows:
-        buckets.setdefault(bucket_of(user_id, frame), []).append((index, frame))
-    return buckets
+        ts = frame.ts
+        if start <= ts < end and frame.device == device and user_id == user:
+            current.append((index, frame))
+            continue
+        user, device, start = user_id, frame.device, ts - ts % BUCKET_MS
+        end = start + BUCKET_MS
+        current = by_key.setdefault((user, device, start), [])
+        current.append((index, frame))
+    return {BucketId(*key): indexed for key, indexed in by_key.items()}
 
 
 def between(
     frames: Iterable[Frame], start_ms: int, end_ms: int, now_ms: int, days: int
 ) -> list[Frame]:
     """The ``frames`` with ``start_ms <= ts < end_ms`` still within retention at ``now_ms``."""
-    return [
-        frame
-        for frame in frames
-        if start_ms <= frame.ts < end_ms
-        and codec.expires_at(frame, days) >= now_ms // 1000  # within retention
-    ]
+    # Within retention: codec.expires_at(frame, days) >= now_ms // 1000, which for an
+    # integer ts is ts >= (now_ms // 1000 - days * SECONDS_PER_DAY) * 1000.
+    kept_from = (now_ms // 1000 - days * codec.SECONDS_PER_DAY) * 1000
+    low = max(start_ms, kept_from)
+    return [frame for frame in frames if low <= frame.ts < end_ms]

@@ -9,7 +9,8 @@ bytes, about 10 bytes a frame.
 
 Why chunks: a write that adds ten frames to a part of a hundred appends one chunk of ten
 (:func:`append`), instead of decoding and re-encoding the hundred; the store re-encodes a
-part as one chunk (:func:`encode`) only every :data:`MAX_CHUNKS` writes, which keeps the
+part as one chunk (:func:`compact`, column by column, the same bytes :func:`encode` makes of
+all its frames) only every :data:`MAX_CHUNKS` writes or once it is full, which keeps the
 stored bytes close to those of one chunk. :func:`decode` gives the frames of all chunks in
 time order, so a payload decodes to the same frames however its writes were split.
 
@@ -24,13 +25,13 @@ import itertools
 import math
 import operator
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import repeat
 from typing import Any
 
 import orjson
 
-from brain.model import TIME_ORDER, Env, Frame
+from brain.model import TIME_ORDER, Env, Frame, new_frame
 
 CHUNKED = 2
 """First byte of a chunked payload (a payload of the first layout starts with zlib's 0x78)."""
@@ -70,6 +71,17 @@ _READINGS = ("hr", "hrv", "steps", "spo2", "skin_temp", "resp_rate")
 
 _ENV_READINGS = ("altitude_m", "temp_c", "humidity_pct", "speed_mps", "weather")
 
+_NOT_OURS = (zlib.error, orjson.JSONDecodeError, AttributeError, KeyError, TypeError, IndexError)
+"""What reading bytes we did not write may raise (reported as :class:`ValueError`)."""
+
+_READING_SET = frozenset(_READINGS)
+_ENV_SET = frozenset(_ENV_READINGS)
+_LAYOUT = ("t", "q", *_READINGS, "env", *(f"env.{name}" for name in _ENV_READINGS))
+"""Every column a chunk may have, in the order a chunk stores them."""
+_LAYOUT_SET = frozenset(_LAYOUT)
+_TS, _SEQ, _ENV = operator.attrgetter("ts"), operator.attrgetter("seq"), operator.attrgetter("env")
+_READING_GETTERS = tuple((name, operator.attrgetter(name)) for name in _READINGS)
+
 
 def encode(start_ms: int, frames: Sequence[Frame]) -> bytes:
     """A payload of one chunk holding ``frames`` (of the bucket starting at ``start_ms``)."""
@@ -84,11 +96,30 @@ def append(payload: bytes, start_ms: int, frames: Sequence[Frame]) -> bytes:
     """
     if payload and payload[0] != CHUNKED:
         raise ValueError("a payload of the first layout cannot be appended to")
+    return (payload or bytes((CHUNKED,))) + _chunk(_columns(start_ms, frames))
+
+
+def compact(payload: bytes, start_ms: int, frames: Sequence[Frame]) -> bytes:
+    """A payload of one chunk holding the frames of ``payload`` and ``frames`` (new to it),
+    in time order: byte for byte what :func:`encode` makes of them, without building a
+    :class:`Frame` of each stored one (a full part is compacted on every write of a fast
+    device). Raises :class:`ValueError` when ``payload`` is not a payload of frames.
+    """
+    try:
+        stored = [_unpacked(packed) for packed in _packed_chunks(payload)]
+    except _NOT_OURS as error:
+        raise ValueError(f"not a frame bucket: {error}") from error
+    merged = _in_time_order(_joined([*stored, _all_columns(start_ms, frames)]))
+    return bytes((CHUNKED,)) + _chunk(_packed(merged))
+
+
+def _chunk(packed: dict[str, Any]) -> bytes:
+    """One chunk as stored: its varint length, then the packed columns' JSON, deflated."""
     compressor = zlib.compressobj(
         _ZLIB_LEVEL, zlib.DEFLATED, -_WINDOW_BITS, _MEMORY_LEVEL, zdict=_ZDICT
     )
-    chunk = compressor.compress(orjson.dumps(_columns(start_ms, frames))) + compressor.flush()
-    return (payload or bytes((CHUNKED,))) + _varint(len(chunk)) + chunk
+    chunk = compressor.compress(orjson.dumps(packed)) + compressor.flush()
+    return _varint(len(chunk)) + chunk
 
 
 def chunk_count(payload: bytes) -> int:
@@ -103,20 +134,28 @@ def decode(device: str, start_ms: int, payload: bytes) -> list[Frame]:
     """The frames packed into ``payload`` for ``device``'s bucket at ``start_ms``, in time
     order. Raises :class:`ValueError` when ``payload`` is not such a payload."""
     try:
-        if payload and payload[0] == CHUNKED:
-            frames = []
-            chunks = _chunks(payload)
-            for chunk in chunks:
-                decompressor = zlib.decompressobj(-15, zdict=_ZDICT)
-                columns = orjson.loads(decompressor.decompress(chunk) + decompressor.flush())
-                frames += _frames(device, start_ms, columns)
-            return sorted(frames, key=TIME_ORDER) if len(chunks) > 1 else frames
-        document = orjson.loads(zlib.decompress(payload))
-        if document["v"] != _FORMAT_1:
-            raise ValueError(f"unknown frame bucket format {document['v']!r}")
-        return _frames(device, start_ms, document["c"])
-    except (zlib.error, orjson.JSONDecodeError, KeyError, TypeError, IndexError) as error:
+        chunks = _packed_chunks(payload)
+        if len(chunks) == 1:
+            return _frames(device, start_ms, chunks[0])
+        frames = [frame for packed in chunks for frame in _frames(device, start_ms, packed)]
+        return sorted(frames, key=TIME_ORDER)
+    except _NOT_OURS as error:
         raise ValueError(f"not a frame bucket: {error}") from error
+
+
+def _packed_chunks(payload: bytes) -> list[Any]:
+    """The packed columns of each chunk of ``payload`` (of the first layout: its one
+    document). Raises :class:`ValueError`, :class:`zlib.error`, :class:`KeyError`..."""
+    if payload and payload[0] == CHUNKED:
+        found = []
+        for chunk in _chunks(payload):
+            decompressor = zlib.decompressobj(-15, zdict=_ZDICT)
+            found.append(orjson.loads(decompressor.decompress(chunk) + decompressor.flush()))
+        return found
+    document = orjson.loads(zlib.decompress(payload))
+    if document["v"] != _FORMAT_1:
+        raise ValueError(f"unknown frame bucket format {document['v']!r}")
+    return [document["c"]]
 
 
 def _varint(value: int) -> bytes:
@@ -157,28 +196,103 @@ def _columns(start_ms: int, frames: Sequence[Frame]) -> dict[str, Any]:
     sequence numbers (left out when all are 0), one column per reading present (``None``
     where a frame lacks it), ``env`` (``1`` where a frame has an environment) and
     ``env.<name>`` for its readings."""
-    columns: dict[str, list[Any]] = {"t": [frame.ts - start_ms for frame in frames]}
-    seqs = [frame.seq for frame in frames]
-    if any(seqs):
-        columns["q"] = seqs
-    for name in _READINGS:
-        values = [getattr(frame, name) for frame in frames]
-        if any(value is not None for value in values):
-            columns[name] = values
-    envs = [frame.env for frame in frames]
-    if any(env is not None for env in envs):
-        columns["env"] = [None if env is None else 1 for env in envs]
+    return _packed(_all_columns(start_ms, frames))
+
+
+def _all_columns(start_ms: int, frames: Sequence[Frame]) -> dict[str, list[Any]]:
+    """Every column of ``frames`` (:data:`_LAYOUT`), even those all ``None`` or 0; the
+    ``env.<name>`` columns only when a frame has an environment."""
+    columns: dict[str, list[Any]] = {
+        "t": [ts - start_ms for ts in map(_TS, frames)],
+        "q": list(map(_SEQ, frames)),
+    }
+    for name, value_of in _READING_GETTERS:
+        columns[name] = list(map(value_of, frames))
+    envs = list(map(_ENV, frames))
+    columns["env"] = [None if env is None else 1 for env in envs]
+    if envs.count(None) != len(envs):
         for name in _ENV_READINGS:
-            values = [None if env is None else getattr(env, name) for env in envs]
-            if any(value is not None for value in values):
-                columns[f"env.{name}"] = values
-    return {name: _pack_column(values) for name, values in columns.items()}
+            columns[f"env.{name}"] = [None if env is None else getattr(env, name) for env in envs]
+    return columns
+
+
+def _packed(columns: dict[str, list[Any]]) -> dict[str, Any]:
+    """The stored form of a chunk's columns (:func:`_all_columns`, in :data:`_LAYOUT` order):
+    ``q`` left out when all 0, a reading when all ``None``, ``env`` and its readings when
+    no frame has an environment; each column packed by :func:`_pack_column`."""
+    kept = {"t": columns["t"]}
+    if any(columns["q"]):
+        kept["q"] = columns["q"]
+    for name in _READINGS:
+        values = columns[name]
+        if values.count(None) != len(values):
+            kept[name] = values
+    envs = columns["env"]
+    if envs.count(None) != len(envs):
+        kept["env"] = envs
+        for name in _ENV_READINGS:
+            values = columns[f"env.{name}"]
+            if values.count(None) != len(values):
+                kept[f"env.{name}"] = values
+    return {name: _pack_column(values) for name, values in kept.items()}
+
+
+def _unpacked(packed: dict[str, Any]) -> dict[str, list[Any]]:
+    """The columns of one stored chunk, unpacked, cut to the length of ``t``.
+
+    Raises :class:`ValueError` on a column it does not know or one shorter than ``t``.
+    """
+    columns = {name: _unpack_column(column) for name, column in packed.items()}
+    count = len(columns["t"])
+    if not columns.keys() <= _LAYOUT_SET:
+        raise ValueError(f"not a frame bucket: unknown columns {sorted(packed)}")
+    if any(len(column) < count for column in columns.values()):
+        raise ValueError("not a frame bucket: a column is cut short")
+    return {name: column[:count] for name, column in columns.items()}
+
+
+def _joined(chunks: list[dict[str, list[Any]]]) -> dict[str, list[Any]]:
+    """The columns of several chunks one after the other, every column of :data:`_LAYOUT`
+    (0 or ``None`` where a chunk lacks it); an environment's readings only where ``env``
+    says there is one, as :func:`decode` reads them."""
+    counts = [len(chunk["t"]) for chunk in chunks]
+    joined: dict[str, list[Any]] = {}
+    for name in _LAYOUT:
+        fill = 0 if name == "q" else None
+        column: list[Any] = []
+        for chunk, count in zip(chunks, counts, strict=True):
+            found = chunk.get(name)
+            column += [fill] * count if found is None else found
+        joined[name] = column
+    envs = joined["env"] = [None if env is None else 1 for env in joined["env"]]
+    if envs.count(None) == len(envs):
+        return joined  # no environment at all: its readings are not stored
+    for name in _ENV_READINGS:
+        values = joined[f"env.{name}"]
+        joined[f"env.{name}"] = [
+            None if e is None else v for e, v in zip(envs, values, strict=True)
+        ]
+    return joined
+
+
+def _in_time_order(columns: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """``columns`` with their rows sorted by ``(t, q)`` (stable: what sorting their frames
+    by :data:`~brain.model.TIME_ORDER` does within one device's bucket)."""
+    keys = list(zip(columns["t"], columns["q"], strict=True))
+    if not any(map(operator.gt, keys, keys[1:])):
+        return columns
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    return {name: [column[i] for i in order] for name, column in columns.items()}
 
 
 def _frames(device: str, start_ms: int, packed: dict[str, Any]) -> list[Frame]:
-    """The frames of packed columns (:func:`_columns`), in their stored order."""
+    """The frames of packed columns (:func:`_columns`), in their stored order.
+
+    Raises :class:`ValueError` on a column it does not know or one shorter than ``t``.
+    """
     columns = {name: _unpack_column(column) for name, column in packed.items()}
     offsets = columns.pop("t")
+    count = len(offsets)
     seqs = columns.pop("q", None)
     has_env = columns.pop("env", None)
     env_columns = [
@@ -186,23 +300,35 @@ def _frames(device: str, start_ms: int, packed: dict[str, Any]) -> list[Frame]:
         for name in list(columns)
         if name.startswith("env.")
     ]
-    readings = list(columns.items())
-    frames = []
-    for index, offset in enumerate(offsets):
-        env = None
-        if has_env is not None and has_env[index] is not None:
-            env = Env(**{n: c[index] for n, c in env_columns if c[index] is not None})
-        fields = {name: column[index] for name, column in readings if column[index] is not None}
-        frames.append(
-            Frame(
-                ts=start_ms + offset,
-                device=device,
-                seq=0 if seqs is None else seqs[index],
-                env=env,
-                **fields,
-            )
+    if not columns.keys() <= _READING_SET or not {n for n, _ in env_columns} <= _ENV_SET:
+        raise ValueError(f"not a frame bucket: unknown columns {sorted(packed)}")
+    everything = [*columns.values(), *(c for _, c in env_columns), seqs, has_env]
+    if any(column is not None and len(column) < count for column in everything):
+        raise ValueError("not a frame bucket: a column is cut short")
+    envs: Iterable[Env | None] = repeat(None)
+    if has_env is not None:
+        envs = [
+            None
+            if has_env[index] is None
+            else Env(**{n: c[index] for n, c in env_columns if c[index] is not None})
+            for index in range(count)
+        ]
+    nothing = repeat(None)
+    return list(
+        map(
+            new_frame,
+            [start_ms + offset for offset in offsets],
+            columns.get("hr", nothing),
+            columns.get("hrv", nothing),
+            columns.get("steps", nothing),
+            columns.get("spo2", nothing),
+            columns.get("skin_temp", nothing),
+            columns.get("resp_rate", nothing),
+            repeat(device),
+            repeat(0) if seqs is None else seqs,
+            envs,
         )
-    return frames
+    )
 
 
 _MAX_DECIMALS = 3
@@ -233,7 +359,7 @@ def _pack_column(values: list[Any]) -> list[Any] | dict[str, Any]:
     ):
         for decimals in range(1, _MAX_DECIMALS + 1):
             scale = 10**decimals
-            scaled = [round(value * scale) for value in values]
+            scaled = list(map(round, map(operator.mul, values, repeat(scale))))
             exact = all(map(operator.eq, map(operator.truediv, scaled, repeat(scale)), values))
             # orjson writes integers of 64 bits; past 2**53 a scaled float is not exact anyway.
             if exact and max(map(abs, scaled)) < _EXACT_INTEGERS:

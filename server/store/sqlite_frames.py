@@ -14,6 +14,7 @@ a payload the store did not write.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -41,6 +42,8 @@ CREATE TABLE IF NOT EXISTS frame_buckets (
 """
 
 _COLUMNS = "user_id, start_ms, device, part, count, first_ts, last_ts, payload, expires_at"
+
+_TS = operator.attrgetter("ts")
 
 _READ_BUCKETS_AT_ONCE = 1_000
 """Buckets read by one SELECT (three bound values each, well under SQLite's limit)."""
@@ -132,7 +135,10 @@ def frames_of_rows(
         frame for device, start, payload in rows for frame in buckets.decode(device, start, payload)
     ]
     found = buckets.between(frames, start_ms, end_ms, now_ms, retention_days)
-    return sorted(found, key=TIME_ORDER)
+    times = list(map(_TS, found))
+    if any(map(operator.ge, times, times[1:])):
+        found.sort(key=TIME_ORDER)  # not in strictly rising time (more parts or devices)
+    return found
 
 
 async def migrate_frame_rows(writer: aiosqlite.Connection, retention_days: int) -> None:

@@ -165,3 +165,20 @@ async def test_an_hour_at_1_hz_takes_a_tenth_of_the_bytes_a_row_per_frame_took(
         (stored,) = db.execute("SELECT sum(length(payload)) FROM frame_buckets").fetchone()
     one_row_each = sum(len(codec.encode_frame(f)) + len(f.key) + 30 for f in frames)
     assert stored * 10 < one_row_each
+
+
+def test_between_keeps_the_range_and_each_frames_own_retention() -> None:
+    now_ms = T0 + 30 * 86_400_000 + 1_234
+    frames = [Frame(ts=T0 + d, hr=60.0) for d in range(-3_000, 3_000, 250)]
+    frames += [Frame(ts=now_ms - d, hr=60.0) for d in (0, 999, 1_000, 1_001, 5_000)]
+    for days in (30, 31):
+        for start, end in ((T0 - 2_000, T0 + 1_000), (T0 - 10**9, now_ms), (T0, T0)):
+            expected = [
+                frame
+                for frame in frames
+                if start <= frame.ts < end and codec.expires_at(frame, days) >= now_ms // 1000
+            ]
+            assert buckets.between(frames, start, end, now_ms, days) == expected
+    cut = (now_ms // 1000 - 30 * codec.SECONDS_PER_DAY) * 1000
+    kept = buckets.between(frames, T0 - 10**9, now_ms, now_ms, 30)
+    assert min(f.ts for f in kept) == min(f.ts for f in frames if f.ts >= cut)
