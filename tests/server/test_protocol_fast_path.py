@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from brain.model import Env, Frame, new_frame
 from server import protocol as wire
 from server.protocol import FrameLimits, Rejection
+from server.protocol import frames as frame_wire
 
 NOW = 1_750_000_000_000
 LIMITS = FrameLimits()
@@ -177,7 +178,7 @@ def test_frames_that_are_not_plain_dicts_still_parse_or_are_rejected_alike() -> 
 @given(plain_frames)
 def test_plain_frames_take_the_fast_path(raw: dict[str, Any]) -> None:
     oldest, newest = NOW - LIMITS.max_age_ms, NOW + LIMITS.max_future_ms
-    fast = wire._plain_frame(raw, oldest, newest, set())
+    fast = frame_wire._plain_frame(raw, oldest, newest, set())
     assert fast is not None
     assert fast == wire.parse_frame(raw, now_ms=NOW, limits=LIMITS)
 
