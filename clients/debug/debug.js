@@ -2,7 +2,7 @@
 //
 // The token comes from ?token= (a debug token of the user; the user is read from its
 // payload, the server verifies it). The socket reconnects under the clients' one reconnect
-// rule (server/protocol.py's Disconnects, clients/connect/failover.py's RECONNECT backoff;
+// rule (server/protocol/codes.py's Disconnects, clients/connect/failover.py's RECONNECT backoff;
 // tests/clients/test_reconnect_rule.py checks the copy below stays equal): soon after
 // 1001/1012/1013, full-jitter backoff up to 5 s otherwise, a stop on 4001/4003. A delta
 // applies only on the version it was made for; otherwise the page asks for a snapshot
@@ -19,7 +19,7 @@
   const MAX_LOG = 100;
   const PING_MS = 15000;
   const REFRESH_MS = 5000;
-  // The reconnect rule (a copy of server/protocol.py's table, checked by a test).
+  // The reconnect rule (a copy of server/protocol/codes.py's table, checked by a test).
   const STOP_CODES = { 4001: "token expired", 4003: "forbidden" };
   const SOON_CODES = [1001, 1012, 1013];
   const BACKOFF_BASE_MS = 500;
