@@ -44,6 +44,10 @@ from server.tiers import TierBook
 
 log = logging.getLogger(__name__)
 
+FLUSH_AT_ONCE: Final = 256
+"""User-days a flush writes concurrently (bounded: a DynamoDB ledger takes them through its
+connection pool)."""
+
 MAX_USERS: Final = 100_000
 FLUSH_EVERY_S: Final = 10.0
 """How often the service costs are written to the usage ledger: a few writes a minute per
@@ -158,12 +162,24 @@ class CostMeter:
             self.bill_pushes(self.pushes.take())
         pending, self._pending = self._pending, {}
         written = 0
-        for (user_id, day), costs in pending.items():
-            try:
-                await ledger.add_service_costs(user_id, day, costs)
-                written += 1
-            except Exception as exc:  # the store is down: keep the sums for the next flush
-                log.warning("cannot write service costs to the usage ledger: %r", exc)
+        items = list(pending.items())
+        # A slice at a time, concurrently: a store that groups writes (SQLite) commits a
+        # slice in a transaction or two, where one write after the other cost a
+        # transaction and an fsync per user-day (20,000 users: 2,000 a second).
+        for start in range(0, len(items), FLUSH_AT_ONCE):
+            some = items[start : start + FLUSH_AT_ONCE]
+            outcomes = await asyncio.gather(
+                *(ledger.add_service_costs(user_id, day, costs) for (user_id, day), costs in some),
+                return_exceptions=True,
+            )
+            for ((user_id, day), costs), outcome in zip(some, outcomes, strict=True):
+                if not isinstance(outcome, BaseException):
+                    written += 1
+                    continue
+                if not isinstance(outcome, Exception):
+                    raise outcome  # cancelled: not a store failure
+                # the store is down: keep the sums for the next flush
+                log.warning("cannot write service costs to the usage ledger: %r", outcome)
                 mine = self._pending.setdefault((user_id, day), {})
                 for field, usd in costs.items():
                     mine[field] = mine.get(field, 0.0) + usd

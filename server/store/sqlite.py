@@ -57,7 +57,7 @@ from server.store.base import (
     UserState,
 )
 from server.store.open_buckets import OpenBuckets
-from server.store.sqlite_commits import GroupCommits, HistoryWrite, Statements, StateWrite
+from server.store.sqlite_commits import GroupCommits, RowWrite, Statements, StateWrite
 from server.store.sqlite_hops import HOPS_SCHEMA, HOPS_TABLES, SQLiteHops
 from server.store.sqlite_sagas import SAGA_SCHEMA, SQLiteSagas
 
@@ -165,7 +165,7 @@ _UPDATE_STATE = (
 _SAME_PROFILE = " AND (erased = 1 OR profile = ?)"
 """The profile condition of a write that names the profile it read (a tombstone has none)."""
 _PROFILE_INDEX = _STATE_NAMES.index("profile")
-_GROUP_STATEMENTS = Statements(_INSERT_STATE, _UPDATE_STATE, _SAME_PROFILE, _INSERT_HISTORY)
+_GROUP_STATEMENTS = Statements(_INSERT_STATE, _UPDATE_STATE, _SAME_PROFILE)
 
 
 class SQLiteStore(SQLiteSagas, SQLiteHops):
@@ -423,19 +423,16 @@ class SQLiteStore(SQLiteSagas, SQLiteHops):
         return _usage_of(row)
 
     async def add_service_costs(self, user_id: str, day: str, costs: Mapping[str, float]) -> None:
-        """Add to the user's service costs of ``day`` in one statement."""
+        """Add to the user's service costs of ``day`` in one statement, in the commit path's
+        next group (:mod:`server.store.sqlite_commits`): a flush of many user-days at once
+        is a few transactions, not one each. Raises :class:`ValueError` for a cost that is
+        not a service's, and :class:`~server.errors.StoreError`."""
         unknown = set(costs) - set(SERVICE_COSTS)
         if unknown:
             raise ValueError(f"not a service cost: {sorted(unknown)}")
         values = [float(costs.get(name, 0.0)) for name in SERVICE_COSTS]
-        added = ", ".join(f"{name} = {name} + excluded.{name}" for name in SERVICE_COSTS)
-        async with self._transaction() as writer:
-            await writer.execute(
-                f"INSERT INTO usage (user_id, day, calls, input_tokens, output_tokens, cost_usd,"
-                f" {', '.join(SERVICE_COSTS)}) VALUES (?, ?, 0, 0, 0, 0, ?, ?, ?, ?)"
-                f" ON CONFLICT (user_id, day) DO UPDATE SET {added}",
-                (user_id, day, *values),
-            )
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        await self._commits.put_row(RowWrite(_ADD_SERVICE_COSTS, (user_id, day, *values), done))
 
     async def get_usage(self, user_id: str, day: str) -> Usage:
         """The user's usage on ``day``, zeros when there is none."""
@@ -500,7 +497,7 @@ class SQLiteStore(SQLiteSagas, SQLiteHops):
             event.version,
         )
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        return await self._commits.put_history(HistoryWrite(row, done))
+        return await self._commits.put_row(RowWrite(_INSERT_HISTORY, row, done))
 
     async def history(
         self, user_id: str, query: HistoryQuery, *, now_ms: int
@@ -540,6 +537,15 @@ _LLM_COLUMNS = (
     " cache_write_tokens, cache_read_tokens"
 )
 _USAGE_COLUMNS = _LLM_COLUMNS + ", " + ", ".join(SERVICE_COSTS)
+
+
+_ADD_SERVICE_COSTS = (
+    f"INSERT INTO usage (user_id, day, calls, input_tokens, output_tokens, cost_usd,"
+    f" {', '.join(SERVICE_COSTS)}) VALUES (?, ?, 0, 0, 0, 0, {', '.join('?' * len(SERVICE_COSTS))})"
+    " ON CONFLICT (user_id, day) DO UPDATE SET"
+    f" {', '.join(f'{name} = {name} + excluded.{name}' for name in SERVICE_COSTS)}"
+)
+"""Add a user-day's service costs (parameters: user, day, then one value per service)."""
 
 
 def _usage_of(row: sqlite3.Row) -> Usage:

@@ -1,4 +1,4 @@
-"""Group commits of state writes and history events, each group one call on its own thread.
+"""Group commits of the commit path's writes, each group one call on its own thread.
 
 The commit path writes a user's state (one conditional statement) and, right after, its
 history event (one conditional insert). Through aiosqlite every statement is a round trip
@@ -7,7 +7,8 @@ time at 1,000 changes/s. :class:`GroupCommits` instead owns one ``sqlite3`` conn
 single-thread executor (:meth:`asyncio.loop.run_in_executor`, a public API) and runs a whole
 group there as one call: ``BEGIN IMMEDIATE``, every pending state write (its conditional
 statement, and on a miss the read of what is stored, in the same transaction), every
-pending history event, ``COMMIT``. The event loop pays one hop per group, whatever its size.
+pending row write (history events; the cost meter's usage additions, thousands of
+user-days every ten seconds), ``COMMIT``. The event loop pays one hop per group, whatever its size.
 
 Groups: writes that arrive while a group is being committed wait for the next one, in
 arrival order, so a burst costs one transaction and one fsync. Durability is the store's:
@@ -53,10 +54,12 @@ class StateWrite:
 
 
 @dataclass(slots=True)
-class HistoryWrite:
-    """A history event's row waiting for the next group; ``done`` gets whether it was
-    inserted (``False``: its version was recorded already, or the user is gone)."""
+class RowWrite:
+    """One statement waiting for the next group (a history event, a usage addition);
+    ``done`` gets whether it changed a row (for a history event, ``False``: its version
+    was recorded already, or the user is gone)."""
 
+    sql: str
     row: Sequence[Any]
     done: asyncio.Future[bool]
 
@@ -71,14 +74,13 @@ class Statements:
     """A later write (parameters: the row without its key, then key, version, epoch)."""
     same_profile: str
     """Appended to ``update_state`` for a write with a profile condition (one more value)."""
-    insert_history: str
-    """One event (parameters: the event's row)."""
 
 
 class GroupCommits:
-    """The store's state writes and history events, committed in groups on one thread.
+    """The store's state writes and row writes (history events, usage additions), committed
+    in groups on one thread.
 
-    :meth:`open` before use; :meth:`put_state` and :meth:`put_history` raise
+    :meth:`open` before use; :meth:`put_state` and :meth:`put_row` raise
     :class:`~server.errors.StoreError` when the group fails or the writer is not open.
     """
 
@@ -89,7 +91,7 @@ class GroupCommits:
         self._executor: ThreadPoolExecutor | None = None
         self._connection: sqlite3.Connection | None = None
         self._states: list[StateWrite] = []
-        self._events: list[HistoryWrite] = []
+        self._rows: list[RowWrite] = []
         self._flush: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
@@ -123,10 +125,10 @@ class GroupCommits:
         self._start()
         await write.done
 
-    async def put_history(self, write: HistoryWrite) -> bool:
-        """Insert the event in the next group; whether it was inserted. Raises
-        :class:`StoreError`."""
-        self._events.append(write)
+    async def put_row(self, write: RowWrite) -> bool:
+        """Run ``write``'s statement in the next group (after its state writes); whether it
+        changed a row. Raises :class:`StoreError`."""
+        self._rows.append(write)
         self._start()
         return await write.done
 
@@ -137,20 +139,20 @@ class GroupCommits:
     async def _commit_groups(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            while self._states or self._events:
+            while self._states or self._rows:
                 states, self._states = self._states, []
-                events, self._events = self._events, []
+                rows, self._rows = self._rows, []
                 state_outcomes: Sequence[BaseException | None]
-                event_outcomes: list[bool | BaseException]
+                row_outcomes: list[bool | BaseException]
                 try:
                     connection, executor = self._connection, self._executor
                     if connection is None or executor is None:
                         raise StoreError(f"SQLite store {self._path} is not open")
                     async with self._lock:
-                        state_outcomes, inserted = await loop.run_in_executor(
-                            executor, _commit_group, connection, self._sql, states, events
+                        state_outcomes, changed = await loop.run_in_executor(
+                            executor, _commit_group, connection, self._sql, states, rows
                         )
-                    event_outcomes = list(inserted)
+                    row_outcomes = list(changed)
                 except (StoreError, sqlite3.Error) as error:
                     failure = (
                         error
@@ -158,11 +160,11 @@ class GroupCommits:
                         else StoreError(f"SQLite write failed: {error}")
                     )
                     state_outcomes = [failure] * len(states)
-                    event_outcomes = [failure] * len(events)
+                    row_outcomes = [failure] * len(rows)
                 for write, outcome in zip(states, state_outcomes, strict=True):
                     _settle(write.done, outcome)
-                for event, result in zip(events, event_outcomes, strict=True):
-                    _settle(event.done, result)
+                for row, result in zip(rows, row_outcomes, strict=True):
+                    _settle(row.done, result)
         finally:
             self._flush = None
 
@@ -197,23 +199,23 @@ def _commit_group(
     connection: sqlite3.Connection,
     sql: Statements,
     states: Sequence[StateWrite],
-    events: Sequence[HistoryWrite],
+    rows: Sequence[RowWrite],
 ) -> tuple[list[VersionConflict | None], list[bool]]:
-    """One transaction on the commit thread: the state writes in order, then the history
-    events; each state write's conflict (or ``None``) and each event's insertion. Raises
-    :class:`sqlite3.Error` (the transaction rolled back)."""
+    """One transaction on the commit thread: the state writes in order, then the row
+    writes; each state write's conflict (or ``None``) and whether each row write changed a
+    row. Raises :class:`sqlite3.Error` (the transaction rolled back)."""
     # IMMEDIATE takes the write lock now, not at the first write, so another process on
     # the same file fails here (busy) rather than mid-transaction.
     connection.execute("BEGIN IMMEDIATE")
     try:
         conflicts = [_write_state(connection, sql, write) for write in states]
-        inserted = [connection.execute(sql.insert_history, e.row).rowcount == 1 for e in events]
+        changed = [connection.execute(w.sql, w.row).rowcount == 1 for w in rows]
         connection.execute("COMMIT")
     except BaseException:
         if connection.in_transaction:
             connection.execute("ROLLBACK")
         raise
-    return conflicts, inserted
+    return conflicts, changed
 
 
 def _write_state(

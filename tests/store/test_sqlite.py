@@ -131,3 +131,21 @@ async def test_a_state_write_to_a_closed_store_raises_store_error(
     await store.close()
     with pytest.raises(StoreError):
         await store.put_state(replace(UserState.initial("u"), version=1).rehashed(), 0)
+
+
+async def test_concurrent_service_cost_additions_each_add_up(tmp_path: pathlib.Path) -> None:
+    """Many user-days added at once (a cost flush) share group commits; none is lost, and
+    two additions to one user-day in the same group both count."""
+    store = SQLiteStore(tmp_path / "store.sqlite3")
+    await store.open()
+    try:
+        day = "2026-12-01"
+        await asyncio.gather(
+            *(store.add_service_costs(f"u{i}", day, {"pushes_usd": 0.5}) for i in range(300)),
+            store.add_service_costs("u0", day, {"pushes_usd": 0.25, "images_usd": 1.0}),
+        )
+        assert (await store.get_usage("u299", "2026-12-01")).pushes_usd == 0.5
+        u0 = await store.get_usage("u0", "2026-12-01")
+        assert (u0.pushes_usd, u0.images_usd) == (0.75, 1.0)
+    finally:
+        await store.close()
