@@ -44,6 +44,9 @@ from server.tiers import TierBook
 
 log = logging.getLogger(__name__)
 
+BILL_AT_ONCE: Final = 500
+"""Users whose pushes a flush bills between two turns of the event loop (a few ms of work)."""
+
 FLUSH_AT_ONCE: Final = 256
 """User-days a flush writes concurrently (bounded: a DynamoDB ledger takes them through its
 connection pool)."""
@@ -128,30 +131,45 @@ class CostMeter:
         Raises :class:`ValueError` for negative dollars.
         """
         the_tier = self._book.of(user_id) if tier is None else self.tiers.of(tier)
-        day = utc_day(int(self._clock() * 1000))
+        updated = self._bill(user_id, utc_day(int(self._clock() * 1000)), service, usd, the_tier)
+        self.cost.labels(the_tier.name, service.value).inc(usd)
+        return updated
+
+    def _bill(
+        self, user_id: str, day: str, service: Service, usd: float, tier: Tier
+    ) -> CostPerUser:
+        """:meth:`add` without the dollars metric (its caller counts them)."""
         current = self._days.get(user_id)
         if current is None or current.day != day:
-            current = CostPerUser(user_id, day, the_tier.name)
-        updated = current.plus(service, usd, tier=the_tier.name)
+            current = CostPerUser(user_id, day, tier.name)
+        updated = current.plus(service, usd, tier=tier.name)
         self._days[user_id] = updated
         self._days.move_to_end(user_id)
         while len(self._days) > self._max_users:
             self._days.popitem(last=False)
-        self.cost.labels(the_tier.name, service.value).inc(usd)
         if service is not Service.LLM:  # the guard writes the LLM's share itself
             pending = self._pending.setdefault((user_id, day), {})
             field = f"{service.value}_usd"
             pending[field] = pending.get(field, 0.0) + usd
-        self._check(updated, the_tier)
+        self._check(updated, tier)
         return updated
 
     def bill_pushes(self, pushed: Mapping[str, Pushed]) -> None:
         """Bill each user the egress of what was pushed to their devices (and count the
-        bytes by tier): one addition per user, however many pushes."""
+        bytes by tier): one addition per user, however many pushes; the metrics once per
+        tier (20,000 users are billed in ~0.1 s, not 0.2)."""
+        day = utc_day(int(self._clock() * 1000))
+        usd_of: dict[str, float] = {}
+        bytes_of: dict[str, int] = {}
         for user_id, sums in pushed.items():
             usd = pushed_bytes_cost(sums.messages, sums.bytes)
-            tier = self.add(user_id, Service.PUSHES, usd).tier
-            self.pushed_bytes.labels(tier).inc(sums.bytes)
+            tier = self._book.of(user_id)
+            self._bill(user_id, day, Service.PUSHES, usd, tier)
+            usd_of[tier.name] = usd_of.get(tier.name, 0.0) + usd
+            bytes_of[tier.name] = bytes_of.get(tier.name, 0) + sums.bytes
+        for name, usd in usd_of.items():
+            self.cost.labels(name, Service.PUSHES.value).inc(usd)
+            self.pushed_bytes.labels(name).inc(bytes_of[name])
 
     async def flush(self, ledger: CostLedger) -> int:
         """Bill what the hub pushed since the last flush (:attr:`pushes`), then write the
@@ -159,7 +177,12 @@ class CostMeter:
         written. A user-day that fails stays pending (bounded to ``max_users``: beyond, the
         oldest are dropped with a warning)."""
         if self.pushes is not None:
-            self.bill_pushes(self.pushes.take())
+            pushed = list(self.pushes.take().items())
+            # A slice at a time, letting the event loop push between slices: billing
+            # 20,000 users at once held every delta back for ~0.1 s.
+            for start in range(0, len(pushed), BILL_AT_ONCE):
+                self.bill_pushes(dict(pushed[start : start + BILL_AT_ONCE]))
+                await asyncio.sleep(0)
         pending, self._pending = self._pending, {}
         written = 0
         items = list(pending.items())
