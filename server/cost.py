@@ -44,10 +44,10 @@ from server.tiers import TierBook
 
 log = logging.getLogger(__name__)
 
-BILL_AT_ONCE: Final = 500
+BILL_AT_ONCE: Final = 200
 """Users whose pushes a flush bills between two turns of the event loop (a few ms of work)."""
 
-FLUSH_AT_ONCE: Final = 256
+FLUSH_AT_ONCE: Final = 128
 """User-days a flush writes concurrently (bounded: a DynamoDB ledger takes them through its
 connection pool)."""
 
