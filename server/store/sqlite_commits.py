@@ -8,16 +8,19 @@ single-thread executor (:meth:`asyncio.loop.run_in_executor`, a public API) and 
 group there as one call: ``BEGIN IMMEDIATE``, every pending state write (its conditional
 statement, and on a miss the read of what is stored, in the same transaction), every
 pending row write (history events; the cost meter's usage additions, thousands of
-user-days every ten seconds), ``COMMIT``. The event loop pays one hop per group, whatever its size.
+user-days every ten seconds), ``COMMIT``. The event loop pays one hop per group, whatever
+its size.
 
 Groups: writes that arrive while a group is being committed wait for the next one, in
 arrival order, so a burst costs one transaction and one fsync. A row write waits up to
 :data:`ROW_WAIT_S` for a state write to ride with: a change's history event is written
 after its state (its recorder hears the commit), so without the wait every change would
-cost two groups. Durability is the store's:
-the connection runs ``synchronous=FULL`` on the WAL file, and a writer's future resolves
-only after the ``COMMIT`` (the fsync) returned. A group that fails (``sqlite3.Error``, or
-the store not open) fails each of its writes with :class:`~server.errors.StoreError`.
+cost two groups.
+
+Durability is the store's: the connection runs ``synchronous=FULL`` on the WAL file, and a
+writer's future resolves only after the ``COMMIT`` (the fsync) returned. A group that
+fails (``sqlite3.Error``, or the store not open) fails each of its writes with
+:class:`~server.errors.StoreError`.
 
 The store's other writes keep their aiosqlite connection; both take the store's one write
 lock around their transactions, so they never wait on each other inside SQLite.
@@ -121,10 +124,11 @@ class GroupCommits:
 
     async def close(self) -> None:
         """Commit what is pending, then close the connection and stop the thread."""
-        if self._rows:
-            self._start(rows_due=True)
-        if self._flush is not None:
-            await asyncio.shield(self._flush)
+        while self._flush is not None or self._rows:
+            if self._rows:  # rows left by the last group would wait for a timer: not now
+                self._start(rows_due=True)
+            if self._flush is not None:
+                await asyncio.shield(self._flush)
         connection, executor = self._connection, self._executor
         self._connection = self._executor = None
         if connection is not None and executor is not None:

@@ -149,3 +149,40 @@ async def test_concurrent_service_cost_additions_each_add_up(tmp_path: pathlib.P
         assert (u0.pushes_usd, u0.images_usd) == (0.75, 1.0)
     finally:
         await store.close()
+
+
+async def test_close_commits_row_writes_still_waiting_for_a_state_write(
+    tmp_path: pathlib.Path,
+) -> None:
+    """History events queued while a group is being committed, waiting to ride with a
+    state write, are committed by close(), not left to their timer."""
+    from dataclasses import replace
+
+    from server.store.base import HistoryEvent, HistoryQuery, UserState
+
+    store = SQLiteStore(tmp_path / "store.sqlite3")
+    await store.open()
+    await store.put_state(replace(UserState.initial("u"), version=3).rehashed(), 0)
+    event = HistoryEvent(
+        user_id="u", version=1, at=T0, cause="demo", source="manual",
+        state="calm", mood="content", energy=70, reasoning="close",
+    )  # fmt: skip
+    events = [replace(event, version=v) for v in (1, 2, 3)]
+    in_flight = asyncio.create_task(
+        store.put_state(replace(UserState.initial("u"), version=4).rehashed(), 3)
+    )
+    for _ in range(3):  # its group is on the commit thread now
+        await asyncio.sleep(0)
+    waiting = [asyncio.create_task(store.put_history(e)) for e in events]
+    await asyncio.sleep(0)  # queued behind that group, their 2 ms not yet up
+    await store.close()
+    await in_flight
+    assert [await w for w in waiting] == [True, True, True]
+
+    reopened = SQLiteStore(tmp_path / "store.sqlite3")
+    await reopened.open()
+    try:
+        found = await reopened.history("u", HistoryQuery(limit=5), now_ms=T0)
+        assert [e.version for e in found] == [3, 2, 1]
+    finally:
+        await reopened.close()
