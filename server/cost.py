@@ -29,6 +29,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from itertools import islice
 from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter
@@ -85,6 +86,10 @@ class CostMeter:
         self._days: OrderedDict[str, CostPerUser] = OrderedDict()
         self._pending: dict[tuple[str, str], dict[str, float]] = {}
         self._flagged: set[tuple[str, str]] = set()
+        self._unbilled: dict[str, Pushed] = {}
+        """Pushes a flush took and has not billed yet (it bills them a slice at a time)."""
+        self._unwritten: dict[tuple[str, str], dict[str, float]] = {}
+        """User-days a flush took and has not handed to the ledger yet."""
         self.cost = Counter(
             "companion_cost_usd",
             "Estimated US dollars spent, by tier and service (brain.prices, dated).",
@@ -177,20 +182,27 @@ class CostMeter:
         written. A user-day that fails stays pending (bounded to ``max_users``: beyond, the
         oldest are dropped with a warning)."""
         if self.pushes is not None:
-            pushed = list(self.pushes.take().items())
             # A slice at a time, letting the event loop push between slices: billing
-            # 20,000 users at once held every delta back for ~0.1 s.
-            for start in range(0, len(pushed), BILL_AT_ONCE):
-                self.bill_pushes(dict(pushed[start : start + BILL_AT_ONCE]))
-                await asyncio.sleep(0)
-        pending, self._pending = self._pending, {}
+            # 20,000 users at once held every delta back for ~0.2 s. What is not billed
+            # yet stays where an erase meanwhile can drop it (forget).
+            self._unbilled = self.pushes.take()
+            while self._unbilled:
+                now_billed = dict(islice(self._unbilled.items(), BILL_AT_ONCE))
+                for user_id in now_billed:
+                    del self._unbilled[user_id]
+                self.bill_pushes(now_billed)
+                if self._unbilled:
+                    await asyncio.sleep(0)
+        self._unwritten, self._pending = self._pending, {}
         written = 0
-        items = list(pending.items())
         # A slice at a time, concurrently: a store that groups writes (SQLite) commits a
         # slice in a transaction or two, where one write after the other cost a
-        # transaction and an fsync per user-day (20,000 users: 2,000 a second).
-        for start in range(0, len(items), FLUSH_AT_ONCE):
-            some = items[start : start + FLUSH_AT_ONCE]
+        # transaction and an fsync per user-day (20,000 users: 2,000 a second). What is
+        # not written yet stays where an erase meanwhile can drop it (forget).
+        while self._unwritten:
+            some = list(islice(self._unwritten.items(), FLUSH_AT_ONCE))
+            for key, _ in some:
+                del self._unwritten[key]
             outcomes = await asyncio.gather(
                 *(ledger.add_service_costs(user_id, day, costs) for (user_id, day), costs in some),
                 return_exceptions=True,
@@ -254,6 +266,8 @@ class CostMeter:
         self._days.pop(user_id, None)
         if self.pushes is not None:
             self.pushes.forget(user_id)
+        self._unbilled.pop(user_id, None)
+        self._unwritten = {k: v for k, v in self._unwritten.items() if k[0] != user_id}
         self._pending = {k: v for k, v in self._pending.items() if k[0] != user_id}
         self._flagged = {key for key in self._flagged if key[0] != user_id}
 

@@ -140,3 +140,41 @@ async def test_a_flush_bills_many_users_in_slices_with_the_loop_running_between(
         "companion_cost_usd_total", {"tier": tier, "service": "pushes"}
     )
     assert billed == pytest.approx(each * len(users))
+
+
+async def test_a_user_erased_during_a_flush_is_neither_billed_nor_written_after() -> None:
+    """An erase between the flush's slices drops the user's pushes not billed yet and the
+    user-days not written yet: nothing reaches the ledger for them after the erase."""
+    from prometheus_client import CollectorRegistry
+
+    from brain.tiers import DEFAULT_TIERS
+    from server.cost import BILL_AT_ONCE, CostMeter
+    from server.tiers import TierBook
+
+    meter = CostMeter(CollectorRegistry(), TierBook(DEFAULT_TIERS))
+    meter.pushes = PushCounts()
+    users = [f"u{i}" for i in range(3 * BILL_AT_ONCE)]
+    for user in users:
+        meter.pushes.add(user, 1, 100)
+    written: list[str] = []
+
+    class Ledger:
+        async def add_service_costs(self, user_id: str, day: str, costs: object) -> None:
+            if not written:
+                meter.forget(users[-2])  # erased while the ledger is being written
+            written.append(user_id)
+
+    async def erase_while_billing() -> None:
+        for _ in range(100_000):  # turns of the event loop, until the first slice is billed
+            if meter.today(users[0]).total_usd > 0:
+                meter.forget(users[-1])  # some users billed, this one not yet
+                return
+            await asyncio.sleep(0)
+
+    eraser = asyncio.create_task(erase_while_billing())
+    await asyncio.sleep(0)
+    await meter.flush(Ledger())
+    await eraser
+    assert users[-1] not in written and meter.today(users[-1]).total_usd == 0
+    assert users[-2] not in written
+    assert len(written) == len(users) - 2
