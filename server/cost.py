@@ -29,6 +29,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from itertools import islice
 from typing import Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter
@@ -43,6 +44,13 @@ from server.push.hub import PushCounts, Pushed
 from server.tiers import TierBook
 
 log = logging.getLogger(__name__)
+
+BILL_AT_ONCE: Final = 200
+"""Users whose pushes a flush bills between two turns of the event loop (a few ms of work)."""
+
+FLUSH_AT_ONCE: Final = 128
+"""User-days a flush writes concurrently (bounded: a DynamoDB ledger takes them through its
+connection pool)."""
 
 MAX_USERS: Final = 100_000
 FLUSH_EVERY_S: Final = 10.0
@@ -78,6 +86,10 @@ class CostMeter:
         self._days: OrderedDict[str, CostPerUser] = OrderedDict()
         self._pending: dict[tuple[str, str], dict[str, float]] = {}
         self._flagged: set[tuple[str, str]] = set()
+        self._unbilled: dict[str, Pushed] = {}
+        """Pushes a flush took and has not billed yet (it bills them a slice at a time)."""
+        self._unwritten: dict[tuple[str, str], dict[str, float]] = {}
+        """User-days a flush took and has not handed to the ledger yet."""
         self.cost = Counter(
             "companion_cost_usd",
             "Estimated US dollars spent, by tier and service (brain.prices, dated).",
@@ -124,30 +136,45 @@ class CostMeter:
         Raises :class:`ValueError` for negative dollars.
         """
         the_tier = self._book.of(user_id) if tier is None else self.tiers.of(tier)
-        day = utc_day(int(self._clock() * 1000))
+        updated = self._bill(user_id, utc_day(int(self._clock() * 1000)), service, usd, the_tier)
+        self.cost.labels(the_tier.name, service.value).inc(usd)
+        return updated
+
+    def _bill(
+        self, user_id: str, day: str, service: Service, usd: float, tier: Tier
+    ) -> CostPerUser:
+        """:meth:`add` without the dollars metric (its caller counts them)."""
         current = self._days.get(user_id)
         if current is None or current.day != day:
-            current = CostPerUser(user_id, day, the_tier.name)
-        updated = current.plus(service, usd, tier=the_tier.name)
+            current = CostPerUser(user_id, day, tier.name)
+        updated = current.plus(service, usd, tier=tier.name)
         self._days[user_id] = updated
         self._days.move_to_end(user_id)
         while len(self._days) > self._max_users:
             self._days.popitem(last=False)
-        self.cost.labels(the_tier.name, service.value).inc(usd)
         if service is not Service.LLM:  # the guard writes the LLM's share itself
             pending = self._pending.setdefault((user_id, day), {})
             field = f"{service.value}_usd"
             pending[field] = pending.get(field, 0.0) + usd
-        self._check(updated, the_tier)
+        self._check(updated, tier)
         return updated
 
     def bill_pushes(self, pushed: Mapping[str, Pushed]) -> None:
         """Bill each user the egress of what was pushed to their devices (and count the
-        bytes by tier): one addition per user, however many pushes."""
+        bytes by tier): one addition per user, however many pushes; the metrics once per
+        tier (20,000 users are billed in ~0.1 s, not 0.2)."""
+        day = utc_day(int(self._clock() * 1000))
+        usd_of: dict[str, float] = {}
+        bytes_of: dict[str, int] = {}
         for user_id, sums in pushed.items():
             usd = pushed_bytes_cost(sums.messages, sums.bytes)
-            tier = self.add(user_id, Service.PUSHES, usd).tier
-            self.pushed_bytes.labels(tier).inc(sums.bytes)
+            tier = self._book.of(user_id)
+            self._bill(user_id, day, Service.PUSHES, usd, tier)
+            usd_of[tier.name] = usd_of.get(tier.name, 0.0) + usd
+            bytes_of[tier.name] = bytes_of.get(tier.name, 0) + sums.bytes
+        for name, usd in usd_of.items():
+            self.cost.labels(name, Service.PUSHES.value).inc(usd)
+            self.pushed_bytes.labels(name).inc(bytes_of[name])
 
     async def flush(self, ledger: CostLedger) -> int:
         """Bill what the hub pushed since the last flush (:attr:`pushes`), then write the
@@ -155,15 +182,39 @@ class CostMeter:
         written. A user-day that fails stays pending (bounded to ``max_users``: beyond, the
         oldest are dropped with a warning)."""
         if self.pushes is not None:
-            self.bill_pushes(self.pushes.take())
-        pending, self._pending = self._pending, {}
+            # A slice at a time, letting the event loop push between slices: billing
+            # 20,000 users at once held every delta back for ~0.2 s. What is not billed
+            # yet stays where an erase meanwhile can drop it (forget).
+            self._unbilled = self.pushes.take()
+            while self._unbilled:
+                now_billed = dict(islice(self._unbilled.items(), BILL_AT_ONCE))
+                for user_id in now_billed:
+                    del self._unbilled[user_id]
+                self.bill_pushes(now_billed)
+                if self._unbilled:
+                    await asyncio.sleep(0)
+        self._unwritten, self._pending = self._pending, {}
         written = 0
-        for (user_id, day), costs in pending.items():
-            try:
-                await ledger.add_service_costs(user_id, day, costs)
-                written += 1
-            except Exception as exc:  # the store is down: keep the sums for the next flush
-                log.warning("cannot write service costs to the usage ledger: %r", exc)
+        # A slice at a time, concurrently: a store that groups writes (SQLite) commits a
+        # slice in a transaction or two, where one write after the other cost a
+        # transaction and an fsync per user-day (20,000 users: 2,000 a second). What is
+        # not written yet stays where an erase meanwhile can drop it (forget).
+        while self._unwritten:
+            some = list(islice(self._unwritten.items(), FLUSH_AT_ONCE))
+            for key, _ in some:
+                del self._unwritten[key]
+            outcomes = await asyncio.gather(
+                *(ledger.add_service_costs(user_id, day, costs) for (user_id, day), costs in some),
+                return_exceptions=True,
+            )
+            for ((user_id, day), costs), outcome in zip(some, outcomes, strict=True):
+                if not isinstance(outcome, BaseException):
+                    written += 1
+                    continue
+                if not isinstance(outcome, Exception):
+                    raise outcome  # cancelled: not a store failure
+                # the store is down: keep the sums for the next flush
+                log.warning("cannot write service costs to the usage ledger: %r", outcome)
                 mine = self._pending.setdefault((user_id, day), {})
                 for field, usd in costs.items():
                     mine[field] = mine.get(field, 0.0) + usd
@@ -215,6 +266,8 @@ class CostMeter:
         self._days.pop(user_id, None)
         if self.pushes is not None:
             self.pushes.forget(user_id)
+        self._unbilled.pop(user_id, None)
+        self._unwritten = {k: v for k, v in self._unwritten.items() if k[0] != user_id}
         self._pending = {k: v for k, v in self._pending.items() if k[0] != user_id}
         self._flagged = {key for key in self._flagged if key[0] != user_id}
 

@@ -8,10 +8,12 @@ the promise on exactly the machines (laptops, small VMs) the embedded store is f
 cost is one fsync per commit, which the caller amortises by batching frames:
 :meth:`SQLiteStore.put_frames` writes a whole batch in one transaction.
 
-Concurrency: two connections. Writes go through one writer connection, serialised by an
-:class:`asyncio.Lock`, each in its own ``BEGIN IMMEDIATE`` transaction, so one coroutine's
-rollback can never undo another's writes. Reads use a second connection, which in WAL mode
-sees only committed data and never waits for the writer.
+Concurrency: three connections. The commit path's writes (state rows and history events)
+are group-committed on a connection of their own, each group one call on its thread
+(:mod:`server.store.sqlite_commits`); every other write goes through the aiosqlite writer
+connection. Both take one :class:`asyncio.Lock` around each ``BEGIN IMMEDIATE``
+transaction, so one coroutine's rollback can never undo another's writes. Reads use a
+third connection, which in WAL mode sees only committed data and never waits for a writer.
 
 Frames are packed, one row per (user, device, minute) in ``frame_buckets`` (more parts
 when a device sends over :data:`~server.store.frame_buckets.PART_FRAMES` frames a minute;
@@ -34,14 +36,14 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 import aiosqlite
 import orjson
 
 from brain.model import Frame, Profile
-from server.errors import StoreError, VersionConflict
+from server.errors import StoreError
 from server.store import codec, history_codec
 from server.store import frame_buckets as buckets
 from server.store import sqlite_frames as frames
@@ -56,6 +58,7 @@ from server.store.base import (
     UserState,
 )
 from server.store.open_buckets import OpenBuckets
+from server.store.sqlite_commits import GroupCommits, RowWrite, Statements, StateWrite
 from server.store.sqlite_hops import HOPS_SCHEMA, HOPS_TABLES, SQLiteHops
 from server.store.sqlite_sagas import SAGA_SCHEMA, SQLiteSagas
 
@@ -162,18 +165,8 @@ _UPDATE_STATE = (
 )
 _SAME_PROFILE = " AND (erased = 1 OR profile = ?)"
 """The profile condition of a write that names the profile it read (a tombstone has none)."""
-
-
-@dataclass(slots=True)
-class _StateWrite:
-    """A conditional state write waiting for the next group commit."""
-
-    row: Sequence[Any]
-    user_id: str
-    expected: int
-    done: asyncio.Future[None]
-    profile: Profile | None = None
-    """The profile the writer read (``None``: no profile condition)."""
+_PROFILE_INDEX = _STATE_NAMES.index("profile")
+_GROUP_STATEMENTS = Statements(_INSERT_STATE, _UPDATE_STATE, _SAME_PROFILE)
 
 
 class SQLiteStore(SQLiteSagas, SQLiteHops):
@@ -198,12 +191,8 @@ class SQLiteStore(SQLiteSagas, SQLiteHops):
         self._reader: aiosqlite.Connection | None = None
         self._write_lock = asyncio.Lock()
         self._open_buckets = OpenBuckets()
-        # State writes waiting for the next group commit, and the task committing them.
-        self._pending_states: list[_StateWrite] = []
-        self._state_flush: asyncio.Task[None] | None = None
-        # History events waiting for the next group commit, and the task writing them.
-        self._pending_history: list[tuple[Sequence[Any], asyncio.Future[bool]]] = []
-        self._history_flush: asyncio.Task[None] | None = None
+        # State writes and history events: group-committed, each group one thread call.
+        self._commits = GroupCommits(path, self._write_lock, _GROUP_STATEMENTS)
 
     async def open(self) -> None:
         """Open (creating the file, directories and tables if needed). Idempotent."""
@@ -228,6 +217,8 @@ class SQLiteStore(SQLiteSagas, SQLiteHops):
                 reader = await aiosqlite.connect(self._path, isolation_level=None)
                 opened.push_async_callback(reader.close)
                 await reader.execute("PRAGMA busy_timeout=5000")
+                await self._commits.open()
+                opened.push_async_callback(self._commits.close)
                 opened.pop_all()
         except (OSError, sqlite3.Error) as error:
             raise StoreError(f"cannot open SQLite store {self._path}: {error}") from error
@@ -235,11 +226,9 @@ class SQLiteStore(SQLiteSagas, SQLiteHops):
         self._open_buckets.clear()  # the file may have been written while it was closed
 
     async def close(self) -> None:
-        """Close both connections (after pending state writes). Idempotent."""
-        if self._state_flush is not None:
-            await asyncio.shield(self._state_flush)
-        if self._history_flush is not None:
-            await asyncio.shield(self._history_flush)
+        """Close the connections (after pending state writes and history events).
+        Idempotent."""
+        await self._commits.close()
         writer, reader = self._writer, self._reader
         self._writer = self._reader = None
         for connection in (reader, writer):
@@ -350,81 +339,14 @@ class SQLiteStore(SQLiteSagas, SQLiteHops):
         arrival order. Raises :class:`~server.errors.VersionConflict` naming the version
         found, or :class:`~server.errors.StoreError`.
         """
-        done = asyncio.get_running_loop().create_future()
-        write = _StateWrite(
-            _state_to_row(state), state.user_id, expected_version, done, expected_profile
+        row = _state_to_row(state)
+        profile_json = None
+        if expected_profile is not None and expected_profile == state.profile:
+            profile_json = row[_PROFILE_INDEX]  # the condition spells it as the row does
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._commits.put_state(
+            StateWrite(row, state.user_id, expected_version, done, expected_profile, profile_json)
         )
-        self._pending_states.append(write)
-        if self._state_flush is None:
-            self._state_flush = asyncio.create_task(self._flush_states(), name="sqlite-states")
-        await done
-
-    async def _flush_states(self) -> None:
-        try:
-            while self._pending_states:
-                batch, self._pending_states = self._pending_states, []
-                outcomes: list[BaseException | None] = []
-                try:
-                    async with self._transaction() as writer:
-                        for write in batch:
-                            outcomes.append(await self._write_state(writer, write))
-                except (StoreError, sqlite3.Error) as error:
-                    failure = error if isinstance(error, StoreError) else StoreError(str(error))
-                    outcomes = [failure] * len(batch)
-                for write, outcome in zip(batch, outcomes, strict=True):
-                    if write.done.done():  # the caller went away
-                        continue
-                    if outcome is None:
-                        write.done.set_result(None)
-                    else:
-                        write.done.set_exception(outcome)
-        finally:
-            self._state_flush = None
-
-    @staticmethod
-    async def _write_state(
-        writer: aiosqlite.Connection, write: _StateWrite
-    ) -> VersionConflict | None:
-        """One statement whose condition is the version, epoch and profile check: the row is
-        written only if its version is still ``write.expected`` (no row, or a version-0
-        tombstone, for 0), its erase epoch is the one the writer read and, when the writer
-        named one, its profile is the one it read."""
-        condition = (write.user_id, write.expected, write.row[-2])  # row[-2]: the epoch
-        if write.expected == 0:
-            cursor = await writer.execute(_INSERT_STATE, write.row)
-        else:
-            if write.profile is None:
-                cursor = await writer.execute(_UPDATE_STATE, (*write.row[1:], *condition))
-            else:
-                profile = orjson.dumps(codec.profile_to_dict(write.profile)).decode()
-                cursor = await writer.execute(
-                    _UPDATE_STATE + _SAME_PROFILE, (*write.row[1:], *condition, profile)
-                )
-        if cursor.rowcount == 1:
-            return None
-        found = list(
-            await writer.execute_fetchall(
-                "SELECT version, epoch, erased, profile FROM user_state WHERE user_id = ?",
-                (write.user_id,),
-            )
-        )
-        if not found:
-            return VersionConflict(write.user_id, write.expected, None)
-        version, epoch, erased, stored_profile = found[0]
-        if (
-            write.profile is not None
-            and write.expected
-            and (int(version), int(epoch), int(erased)) == (write.expected, write.row[-2], 0)
-            and codec.profile_from_dict(orjson.loads(stored_profile)) == write.profile
-        ):
-            # The same profile, spelled otherwise (a row from an older release): compare
-            # with its own spelling, in this same transaction.
-            cursor = await writer.execute(
-                _UPDATE_STATE + _SAME_PROFILE, (*write.row[1:], *condition, stored_profile)
-            )
-            if cursor.rowcount == 1:
-                return None
-        return VersionConflict(write.user_id, write.expected, int(version))
 
     async def users_with_avatar_status(self, status: str, limit: int = 1000) -> list[str]:
         """Ids of up to ``limit`` users whose ``avatar_status`` is ``status``."""
@@ -503,19 +425,16 @@ class SQLiteStore(SQLiteSagas, SQLiteHops):
         return _usage_of(row)
 
     async def add_service_costs(self, user_id: str, day: str, costs: Mapping[str, float]) -> None:
-        """Add to the user's service costs of ``day`` in one statement."""
+        """Add to the user's service costs of ``day`` in one statement, in the commit path's
+        next group (:mod:`server.store.sqlite_commits`): a flush of many user-days at once
+        is a few transactions, not one each. Raises :class:`ValueError` for a cost that is
+        not a service's, and :class:`~server.errors.StoreError`."""
         unknown = set(costs) - set(SERVICE_COSTS)
         if unknown:
             raise ValueError(f"not a service cost: {sorted(unknown)}")
         values = [float(costs.get(name, 0.0)) for name in SERVICE_COSTS]
-        added = ", ".join(f"{name} = {name} + excluded.{name}" for name in SERVICE_COSTS)
-        async with self._transaction() as writer:
-            await writer.execute(
-                f"INSERT INTO usage (user_id, day, calls, input_tokens, output_tokens, cost_usd,"
-                f" {', '.join(SERVICE_COSTS)}) VALUES (?, ?, 0, 0, 0, 0, ?, ?, ?, ?)"
-                f" ON CONFLICT (user_id, day) DO UPDATE SET {added}",
-                (user_id, day, *values),
-            )
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        await self._commits.put_row(RowWrite(_ADD_SERVICE_COSTS, (user_id, day, *values), done))
 
     async def get_usage(self, user_id: str, day: str) -> Usage:
         """The user's usage on ``day``, zeros when there is none."""
@@ -584,33 +503,7 @@ class SQLiteStore(SQLiteSagas, SQLiteHops):
             event.version,
         )
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._pending_history.append((row, done))
-        if self._history_flush is None:
-            self._history_flush = asyncio.create_task(self._flush_history(), name="sqlite-history")
-        return await done
-
-    async def _flush_history(self) -> None:
-        try:
-            while self._pending_history:
-                batch, self._pending_history = self._pending_history, []
-                outcomes: list[bool | StoreError] = []
-                try:
-                    async with self._transaction() as writer:
-                        for row, _ in batch:
-                            cursor = await writer.execute(_INSERT_HISTORY, row)
-                            outcomes.append(cursor.rowcount == 1)
-                except (StoreError, sqlite3.Error) as error:
-                    failure = error if isinstance(error, StoreError) else StoreError(str(error))
-                    outcomes = [failure] * len(batch)
-                for (_, done), outcome in zip(batch, outcomes, strict=True):
-                    if done.done():  # the caller went away
-                        continue
-                    if isinstance(outcome, StoreError):
-                        done.set_exception(outcome)
-                    else:
-                        done.set_result(outcome)
-        finally:
-            self._history_flush = None
+        return await self._commits.put_row(RowWrite(_INSERT_HISTORY, row, done))
 
     async def history(
         self, user_id: str, query: HistoryQuery, *, now_ms: int
@@ -650,6 +543,15 @@ _LLM_COLUMNS = (
     " cache_write_tokens, cache_read_tokens"
 )
 _USAGE_COLUMNS = _LLM_COLUMNS + ", " + ", ".join(SERVICE_COSTS)
+
+
+_ADD_SERVICE_COSTS = (
+    f"INSERT INTO usage (user_id, day, calls, input_tokens, output_tokens, cost_usd,"
+    f" {', '.join(SERVICE_COSTS)}) VALUES (?, ?, 0, 0, 0, 0, {', '.join('?' * len(SERVICE_COSTS))})"
+    " ON CONFLICT (user_id, day) DO UPDATE SET"
+    f" {', '.join(f'{name} = {name} + excluded.{name}' for name in SERVICE_COSTS)}"
+)
+"""Add a user-day's service costs (parameters: user, day, then one value per service)."""
 
 
 def _usage_of(row: sqlite3.Row) -> Usage:

@@ -97,3 +97,84 @@ def test_a_pushed_frame_costs_its_bytes_and_the_transport_overhead() -> None:
     assert pushed_bytes_cost(0, 0) == 0
     assert pushed_bytes_cost(1, 200) > pushed_bytes_cost(0, 200) > 0
     assert pushed_bytes_cost(10, 2_000) == pytest.approx(10 * pushed_bytes_cost(1, 200))
+
+
+async def test_a_flush_bills_many_users_in_slices_with_the_loop_running_between() -> None:
+    """Billing thousands of users' pushes lets other work (pushes) run between slices, and
+    still bills every user once, the dollars metric summed per tier."""
+    from prometheus_client import CollectorRegistry
+
+    from brain.tiers import DEFAULT_TIERS
+    from server.cost import BILL_AT_ONCE, CostMeter
+    from server.tiers import TierBook
+
+    class Ledger:
+        async def add_service_costs(self, user_id: str, day: str, costs: object) -> None:
+            return None
+
+    registry = CollectorRegistry()
+    meter = CostMeter(registry, TierBook(DEFAULT_TIERS))
+    meter.pushes = PushCounts()
+    users = [f"u{i}" for i in range(3 * BILL_AT_ONCE)]
+    for user in users:
+        meter.pushes.add(user, 2, 300)
+    seen_between: list[bool] = []
+
+    async def watch() -> None:
+        while True:
+            first, last = meter.today(users[0]), meter.today(users[-1])
+            seen_between.append(first.total_usd > 0 and last.total_usd == 0)
+            await asyncio.sleep(0)
+
+    watcher = asyncio.create_task(watch())
+    await asyncio.sleep(0)
+    try:
+        assert await meter.flush(Ledger()) == len(users)
+    finally:
+        watcher.cancel()
+    assert any(seen_between)  # the loop ran while some users were billed and others not
+    each = pushed_bytes_cost(2, 600)
+    assert all(meter.today(u).total_usd == pytest.approx(each) for u in users)
+    tier = DEFAULT_TIERS.default.name
+    billed = registry.get_sample_value(
+        "companion_cost_usd_total", {"tier": tier, "service": "pushes"}
+    )
+    assert billed == pytest.approx(each * len(users))
+
+
+async def test_a_user_erased_during_a_flush_is_neither_billed_nor_written_after() -> None:
+    """An erase between the flush's slices drops the user's pushes not billed yet and the
+    user-days not written yet: nothing reaches the ledger for them after the erase."""
+    from prometheus_client import CollectorRegistry
+
+    from brain.tiers import DEFAULT_TIERS
+    from server.cost import BILL_AT_ONCE, CostMeter
+    from server.tiers import TierBook
+
+    meter = CostMeter(CollectorRegistry(), TierBook(DEFAULT_TIERS))
+    meter.pushes = PushCounts()
+    users = [f"u{i}" for i in range(3 * BILL_AT_ONCE)]
+    for user in users:
+        meter.pushes.add(user, 1, 100)
+    written: list[str] = []
+
+    class Ledger:
+        async def add_service_costs(self, user_id: str, day: str, costs: object) -> None:
+            if not written:
+                meter.forget(users[-2])  # erased while the ledger is being written
+            written.append(user_id)
+
+    async def erase_while_billing() -> None:
+        for _ in range(100_000):  # turns of the event loop, until the first slice is billed
+            if meter.today(users[0]).total_usd > 0:
+                meter.forget(users[-1])  # some users billed, this one not yet
+                return
+            await asyncio.sleep(0)
+
+    eraser = asyncio.create_task(erase_while_billing())
+    await asyncio.sleep(0)
+    await meter.flush(Ledger())
+    await eraser
+    assert users[-1] not in written and meter.today(users[-1]).total_usd == 0
+    assert users[-2] not in written
+    assert len(written) == len(users) - 2
