@@ -282,6 +282,9 @@ class Fleet:
         step_ms = 1000 / plan.frame_rate
         await asyncio.sleep(random.uniform(0, interval))
         frame_seq = 0
+        # Open loop: batches are due at fixed times (a slow server shows as ack latency,
+        # not as a quietly lower offered rate); a phone that fell behind skips ahead.
+        due = time.monotonic()
         while True:
             conn = device.conn
             if conn is not None and conn.is_open:
@@ -308,7 +311,11 @@ class Fleet:
                 conn.send_text(payload)
                 stats.count("batches_sent")
                 stats.count("frames_sent", plan.batch)
-            await asyncio.sleep(interval)
+            due += interval
+            now_mono = time.monotonic()
+            if due < now_mono - interval:
+                due = now_mono  # more than a batch late: do not burst to catch up
+            await asyncio.sleep(max(0.0, due - now_mono))
 
     # -- polling watches ---------------------------------------------------------------
 
