@@ -174,9 +174,12 @@ def serve(settings: Settings) -> int:
     # Every connection holds a few dozen objects; with the default thresholds, full
     # collections walk all of them several times a second under load and stall pushes
     # (benchmarks: p99 243 ms -> 54 ms at 2,000 subscribers). Freeze what start-up built
-    # and collect less often.
+    # and make full collections rare (the third threshold). The first two bound the pauses
+    # of the young collections: frames kept in analysis windows survive them, and a middle
+    # collection walks every survivor since the last one (at 80,000 frames/s: 170-200 ms
+    # with 50,000/20, 48-60 ms with 20,000/10; docs/benchmarks.md, "Ingest").
     gc.freeze()
-    gc.set_threshold(50_000, 20, 1000)
+    gc.set_threshold(20_000, 10, 1000)
     # uvicorn handles SIGINT/SIGTERM itself (graceful shutdown), then re-raises the signal
     # into the handler it found, which by default would kill the process with -15 after a
     # clean stop. This handler makes that re-raise a no-op, so a clean stop exits 0.
