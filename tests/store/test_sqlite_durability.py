@@ -34,12 +34,13 @@ asyncio.run(main())
 """
 
 
-async def test_frames_acked_before_a_kill_are_in_the_file(tmp_path: pathlib.Path) -> None:
-    path = tmp_path / "store.sqlite3"
+async def kill_after_ack(script: str, path: pathlib.Path) -> None:
+    """Run ``script`` on the store file ``path`` in a process of its own and SIGKILL it as
+    soon as it printed ``acked`` (no close, no checkpoint: only the WAL holds the writes)."""
     writer = await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
-        WRITER,
+        script,
         str(path),
         cwd=REPO_ROOT,
         stdin=asyncio.subprocess.PIPE,
@@ -50,10 +51,16 @@ async def test_frames_acked_before_a_kill_are_in_the_file(tmp_path: pathlib.Path
         line = await asyncio.wait_for(writer.stdout.readline(), timeout=30)
         assert line == b"acked\n"
     finally:
-        writer.send_signal(signal.SIGKILL)  # no close(), no checkpoint: only the WAL holds it
+        writer.send_signal(signal.SIGKILL)
         await writer.wait()
         assert writer.stdin is not None
         writer.stdin.close()
+    assert writer.returncode == -signal.SIGKILL
+
+
+async def test_frames_acked_before_a_kill_are_in_the_file(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    await kill_after_ack(WRITER, path)
 
     store = SQLiteStore(path)
     await store.open()
@@ -62,7 +69,6 @@ async def test_frames_acked_before_a_kill_are_in_the_file(tmp_path: pathlib.Path
     finally:
         await store.close()
     assert [f.ts for f in frames] == [T0 + i for i in range(500)]
-    assert writer.returncode == -signal.SIGKILL
 
 
 # The same for the commit path: a state write and its history event, acked (printed) once
@@ -101,24 +107,7 @@ async def test_states_and_history_acked_before_a_kill_are_in_the_file(
     from server.store.base import HistoryQuery
 
     path = tmp_path / "store.sqlite3"
-    writer = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        STATE_WRITER,
-        str(path),
-        cwd=REPO_ROOT,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert writer.stdout is not None
-        line = await asyncio.wait_for(writer.stdout.readline(), timeout=30)
-        assert line == b"acked\n"
-    finally:
-        writer.send_signal(signal.SIGKILL)  # no close(), no checkpoint: only the WAL holds it
-        await writer.wait()
-        assert writer.stdin is not None
-        writer.stdin.close()
+    await kill_after_ack(STATE_WRITER, path)
 
     store = SQLiteStore(path)
     await store.open()
