@@ -21,7 +21,12 @@ and enforces what uvicorn does not:
   a second, then answered 503 with ``Retry-After`` (:mod:`server.push.penalty`); every
   abuse refusal here is reported to the box;
 - **admission**: device upgrades beyond ``COMPANION_ADMIT_RATE`` a second are answered 503
-  with ``Retry-After`` before the token is verified (:mod:`server.push.admission`).
+  with ``Retry-After`` before the token is verified (:mod:`server.push.admission`);
+- **a slice at a time**: an upgrade is not answered in the I/O callback that read it but
+  queued and answered from a ``call_soon`` callback that works at most a couple of
+  milliseconds per turn of the loop (:mod:`server.push.admission_queue`), so a storm of
+  handshakes cannot hold the pushes of connected devices for a whole turn; with the queue
+  full, an upgrade is refused at once (503, an appointment).
 
 A plain HTTP request goes, with the bytes read so far, to uvicorn's ``httptools`` protocol
 (the class ``http="httptools"`` names, built with the three arguments uvicorn passes to any
@@ -58,6 +63,7 @@ from server.problems import auth_problem
 from server.protocol import MAX_MESSAGE_BYTES, MAX_RETRY_AFTER_S
 from server.push import penalty
 from server.push.admission import ADMISSION_REFUSED, Admission, device_key
+from server.push.admission_queue import handshake_queue
 from server.push.endpoint import Connection, Registry, authenticate, session_limits
 from server.push.session import Session
 from server.services import PartKey, Services
@@ -112,6 +118,7 @@ class EdgeProtocol(asyncio.Protocol):
         "_server_state",
         "_target_bytes",
         "_transport",
+        "_waiting",
     )
 
     def __init__(
@@ -139,6 +146,9 @@ class EdgeProtocol(asyncio.Protocol):
         self._refusal: tuple[HTTPStatus, str] | None = None
         self._holding: penalty.PenaltyBox | None = None
         """The penalty box whose refused connection this is while it is held."""
+        self._waiting: tuple[bytes, bytearray, bool] | None = None
+        """While the upgrade waits in the :class:`HandshakeQueue`: its request head, the
+        bytes read past it, and whether the path is a device socket's."""
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -164,6 +174,9 @@ class EdgeProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         parser = self._parser
         if parser is None:  # not tracking (a request httptools cannot parse): uvicorn answers
+            if self._waiting is not None:
+                self._read_while_waiting(data)
+                return
             self._forward(data)
             return
         if self._head is not None:
@@ -196,6 +209,7 @@ class EdgeProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
+        self._waiting = None  # skipped when its turn in the queue comes
         self._release_hold()
         self._registry.connections.discard(self)
         self._parser = None
@@ -281,6 +295,8 @@ class EdgeProtocol(asyncio.Protocol):
         self._head_read = True
 
     def on_message_complete(self) -> None:
+        if self._parser is not None and self._parser.should_upgrade():
+            return  # an upgrade keeps its deadline until it is answered, queued or not
         self._cancel_deadline()
         self._in_head = True  # what comes next is the head of the next request
         self._head_bytes = 0
@@ -363,7 +379,6 @@ class EdgeProtocol(asyncio.Protocol):
 
     def _upgrade(self, past_head: int) -> None:
         """The request head asks for an upgrade; ``past_head``: bytes read beyond it."""
-        self._cancel_deadline()
         parser, self._parser = self._parser, None
         if self._inner is not None or self._head is None or parser is None:
             self._refuse(HTTPStatus.BAD_REQUEST, "bad request")  # not the first request
@@ -377,11 +392,52 @@ class EdgeProtocol(asyncio.Protocol):
         if path in APP_WS_PATHS:
             # Not a device socket: uvicorn's HTTP protocol performs the upgrade for the app
             # (its ``ws`` setting), after the same deadline and size checks as any request.
+            self._cancel_deadline()
             self._head_read = True
             self._to_http(b"")
             return
         self._head = None
-        self._open_websocket(head[:cut], head[cut:], path in WS_PATHS)
+        self._queue_websocket(head[:cut], head[cut:], path in WS_PATHS)
+
+    def _queue_websocket(self, head: bytes, received: bytes, known: bool) -> None:
+        """Queue the upgrade for the node's handshake queue
+        (:mod:`server.push.admission_queue`), which answers it in a later turn of the loop
+        (:meth:`_answer_upgrade`); with the queue full, refuse it at once: ``503`` and an
+        appointment."""
+        services = self._services()
+        if services is None:
+            self._cancel_deadline()
+            self._open_websocket(head, received, known)
+            return
+        self._waiting = (head, bytearray(received), known)
+        if handshake_queue(services).offer(self._answer_upgrade):
+            return
+        self._waiting = None
+        self._cancel_deadline()
+        assert self._transport is not None
+        retry = _admission(services).defer(services.clock(), device_key(head)) if known else 1
+        self._try_later(self._transport, retry)
+
+    def _read_while_waiting(self, data: bytes) -> None:
+        """Keep what a queued upgrade's peer sends before its answer (a client may send its
+        first frames at once), up to a request head's worth."""
+        assert self._waiting is not None
+        received = self._waiting[1]
+        received += data
+        if len(received) > MAX_HEAD_BYTES:
+            self._waiting = None
+            self._refuse(HTTPStatus.BAD_REQUEST, "bad request")
+
+    def _answer_upgrade(self) -> None:
+        """The queue's turn for this upgrade: answer it, unless the connection was closed
+        (deadline, peer, graceful stop) while it waited."""
+        waiting, self._waiting = self._waiting, None
+        transport = self._transport
+        if waiting is None or transport is None or transport.is_closing():
+            return
+        self._cancel_deadline()
+        head, received, known = waiting
+        self._open_websocket(head, bytes(received), known)
 
     def _open_websocket(self, head: bytes, received: bytes, known: bool) -> None:
         transport = self._transport
@@ -443,12 +499,9 @@ class EdgeProtocol(asyncio.Protocol):
         connection.start(received)
 
     def _try_later(self, transport: asyncio.Transport, retry_after: int) -> None:
-        """Refuse a handshake that admission control did not admit: 503 and ``Retry-After``."""
-        status = HTTPStatus.SERVICE_UNAVAILABLE
-        body = b"try again later\n"
-        headers = _headers(body)
-        headers["Retry-After"] = str(retry_after)
-        transport.write(Response(status.value, status.phrase, headers, body).serialize())
+        """Refuse a handshake that admission control did not admit: 503 and ``Retry-After``
+        (one write of a prepared answer), then close."""
+        transport.write(_TRY_LATER.get(retry_after) or _try_later_answer(retry_after))
         self._count(ADMISSION_REFUSED)
         transport.close()
 
@@ -469,6 +522,20 @@ def _admission(services: Services) -> Admission:
     admission = Admission(settings.admit_rate, settings.admit_burst, services.clock())
     services.parts.add(ADMISSION, admission)
     return admission
+
+
+def _try_later_answer(retry_after: int) -> bytes:
+    """The whole answer to an upgrade admission control did not admit: 503, ``Retry-After``,
+    no Date (optional on a 5xx) so that it can be made once per value."""
+    body = b"try again later\n"
+    return (
+        "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
+        f"Content-Length: {len(body)}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Retry-After: {retry_after}\r\n\r\n"
+    ).encode() + body
+
+
+_TRY_LATER: Final = {s: _try_later_answer(s) for s in range(MAX_RETRY_AFTER_S + 1)}
 
 
 def _penalty_head(retry_after: int) -> bytes:
