@@ -45,6 +45,7 @@ import email.utils
 import logging
 import socket
 import time
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final, cast
 from urllib.parse import urlsplit
@@ -105,6 +106,7 @@ class EdgeProtocol(asyncio.Protocol):
         "_app_state",
         "_config",
         "_deadline",
+        "_fields",
         "_head",
         "_head_bytes",
         "_head_read",
@@ -116,6 +118,7 @@ class EdgeProtocol(asyncio.Protocol):
         "_refusal",
         "_registry",
         "_server_state",
+        "_target",
         "_target_bytes",
         "_transport",
         "_waiting",
@@ -146,9 +149,13 @@ class EdgeProtocol(asyncio.Protocol):
         self._refusal: tuple[HTTPStatus, str] | None = None
         self._holding: penalty.PenaltyBox | None = None
         """The penalty box whose refused connection this is while it is held."""
-        self._waiting: tuple[bytes, bytearray, bool] | None = None
-        """While the upgrade waits in the :class:`HandshakeQueue`: its request head, the
-        bytes read past it, and whether the path is a device socket's."""
+        self._target = bytearray()
+        self._fields: list[tuple[str, str]] = []
+        """The first request's target and header fields, as httptools reads them: an
+        upgrade's request is made of them, not parsed a second time."""
+        self._waiting: tuple[_Upgrade, bytearray] | None = None
+        """While the upgrade waits in the handshake queue: its request, and the bytes read
+        past it."""
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -279,6 +286,8 @@ class EdgeProtocol(asyncio.Protocol):
         self._arm_deadline()
 
     def on_url(self, url: bytes) -> None:
+        if self._head is not None:
+            self._target += url
         self._target_bytes += len(url)
         if self._target_bytes > MAX_TARGET_BYTES:
             self._refusal = (HTTPStatus.REQUEST_URI_TOO_LONG, "uri too long")
@@ -289,6 +298,11 @@ class EdgeProtocol(asyncio.Protocol):
         if self._headers > MAX_HEADERS or len(name) + len(value) > MAX_HEADER_LINE_BYTES:
             self._refusal = (HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "headers too large")
             raise ValueError("header fields too large")
+        if self._head is not None:
+            # As websockets decodes them (its own parser would have).
+            self._fields.append(
+                (name.decode("ascii", "surrogateescape"), value.decode("ascii", "surrogateescape"))
+            )
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -313,6 +327,7 @@ class EdgeProtocol(asyncio.Protocol):
             return  # the first head is not complete: it may still be an upgrade
         assert self._transport is not None and self._head is not None
         head, self._head = bytes(self._head), None
+        self._target, self._fields = bytearray(), []  # only an upgrade needs them
         inner = HttpToolsProtocol(
             config=self._config, server_state=self._server_state, app_state=self._app_state
         )
@@ -397,9 +412,15 @@ class EdgeProtocol(asyncio.Protocol):
             self._to_http(b"")
             return
         self._head = None
-        self._queue_websocket(head[:cut], head[cut:], path in WS_PATHS)
+        if parser.get_method() != b"GET" or _has_body(self._fields):
+            self._refuse(HTTPStatus.BAD_REQUEST, "bad request")  # what websockets refuses
+            return
+        request = Request(self._target.decode("ascii", "surrogateescape"), Headers(self._fields))
+        self._target, self._fields = bytearray(), []
+        upgrade = _Upgrade(head[:cut], request, path in WS_PATHS)
+        self._queue_websocket(upgrade, head[cut:])
 
-    def _queue_websocket(self, head: bytes, received: bytes, known: bool) -> None:
+    def _queue_websocket(self, upgrade: _Upgrade, received: bytes) -> None:
         """Queue the upgrade for the node's handshake queue
         (:mod:`server.push.admission_queue`), which answers it in a later turn of the loop
         (:meth:`_answer_upgrade`); with the queue full, refuse it at once: ``503`` and an
@@ -407,15 +428,18 @@ class EdgeProtocol(asyncio.Protocol):
         services = self._services()
         if services is None:
             self._cancel_deadline()
-            self._open_websocket(head, received, known)
+            self._open_websocket(upgrade, received)
             return
-        self._waiting = (head, bytearray(received), known)
+        self._waiting = (upgrade, bytearray(received))
         if handshake_queue(services).offer(self._answer_upgrade):
             return
         self._waiting = None
         self._cancel_deadline()
         assert self._transport is not None
-        retry = _admission(services).defer(services.clock(), device_key(head)) if known else 1
+        if upgrade.known:
+            retry = _admission(services).defer(services.clock(), device_key(upgrade.head))
+        else:
+            retry = 1
         self._try_later(self._transport, retry)
 
     def _read_while_waiting(self, data: bytes) -> None:
@@ -436,36 +460,31 @@ class EdgeProtocol(asyncio.Protocol):
         if waiting is None or transport is None or transport.is_closing():
             return
         self._cancel_deadline()
-        head, received, known = waiting
-        self._open_websocket(head, bytes(received), known)
+        upgrade, received = waiting
+        self._open_websocket(upgrade, bytes(received))
 
-    def _open_websocket(self, head: bytes, received: bytes, known: bool) -> None:
+    def _open_websocket(self, upgrade: _Upgrade, received: bytes) -> None:
         transport = self._transport
         services = self._services()
         assert transport is not None
         if services is None:
             self._refuse(HTTPStatus.SERVICE_UNAVAILABLE, "bad request")
             return
-        admission = _admission(services) if known else None
-        key = device_key(head) if admission is not None else None
+        admission = _admission(services) if upgrade.known else None
+        key = device_key(upgrade.head) if admission is not None else None
         if admission is not None and (retry := admission.admit(services.clock(), key)) is not None:
-            # Before anything costly (parsing the handshake, verifying the token, reading
-            # the state): the point is to stay responsive while a fleet reconnects.
+            # Before anything costly (verifying the token, reading the state): the point is
+            # to stay responsive while a fleet reconnects.
             self._try_later(transport, retry)
             return
-        handshake = ServerProtocol(max_size=MAX_MESSAGE_BYTES, logger=FRAME_LOG)
-        handshake.receive_data(head)
-        events = handshake.events_received()
-        request = events[0] if events else None
-        if not isinstance(request, Request):
-            # websockets refused the request itself (and may have queued a 414/431).
-            self._count("bad request")
-            _write(transport, handshake)
-            transport.close()
+        # One protocol for the handshake and the life of the connection, open from the
+        # start: its frame parser never holds the request, and ``accept`` makes the answer
+        # (written here, as ``send_response`` is for a protocol still connecting).
+        ws = ServerProtocol(state=OPEN, max_size=MAX_MESSAGE_BYTES, logger=FRAME_LOG)
+        if not upgrade.known:
+            self._answer(ws.reject(HTTPStatus.NOT_FOUND, "Not Found\n"), "not found")
             return
-        if not known:
-            self._reject(handshake, HTTPStatus.NOT_FOUND, "not found")
-            return
+        request = upgrade.request
         try:
             local = transport.get_extra_info("sockname")
             own = own_origins(services.settings.public_url, local if _is_inet(local) else None)
@@ -477,21 +496,13 @@ class EdgeProtocol(asyncio.Protocol):
             if "www-authenticate" in problem.headers:
                 headers["WWW-Authenticate"] = problem.headers["www-authenticate"]
             status = HTTPStatus(problem.status_code)
-            handshake.send_response(Response(status.value, status.phrase, headers, body))
-            self._count(type(exc).__name__)
-            _write(transport, handshake)
-            transport.close()
+            self._answer(Response(status.value, status.phrase, headers, body), type(exc).__name__)
             return
-        response = handshake.accept(request)
-        handshake.send_response(response)
-        _write(transport, handshake)
-        if handshake.state is not OPEN:
-            self._count("bad request")
-            transport.close()
+        response = ws.accept(request)
+        if response.status_code != HTTPStatus.SWITCHING_PROTOCOLS:
+            self._answer(response, "bad request")
             return
-        # A fresh protocol, already open, for the life of the connection: the handshake
-        # one keeps the request (headers and all) in its suspended parser.
-        ws = ServerProtocol(state=OPEN, max_size=MAX_MESSAGE_BYTES, logger=FRAME_LOG)
+        transport.write(response.serialize())
         session = Session(principal, session_limits(services), services.clock())
         connection = Connection(transport, ws, session, services, self._registry)
         self._registry.connections.discard(self)
@@ -505,12 +516,31 @@ class EdgeProtocol(asyncio.Protocol):
         self._count(ADMISSION_REFUSED)
         transport.close()
 
-    def _reject(self, handshake: ServerProtocol, status: HTTPStatus, reason: str) -> None:
+    def _answer(self, response: Response, reason: str) -> None:
+        """Refuse an upgrade with ``response``, count ``reason``, close."""
         assert self._transport is not None
-        handshake.send_response(handshake.reject(status, f"{status.phrase}\n"))
         self._count(reason)
-        _write(self._transport, handshake)
+        self._transport.write(response.serialize())
         self._transport.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Upgrade:
+    """A WebSocket upgrade request, read: its head (for admission's :func:`device_key`), the
+    request websockets checks, and whether its path is a device socket's."""
+
+    head: bytes
+    request: Request
+    known: bool
+
+
+def _has_body(fields: list[tuple[str, str]]) -> bool:
+    """Whether header ``fields`` announce a body (a handshake has none)."""
+    for name, value in fields:
+        lowered = name.lower()
+        if lowered == "transfer-encoding" or (lowered == "content-length" and value != "0"):
+            return True
+    return False
 
 
 def _admission(services: Services) -> Admission:
@@ -573,12 +603,6 @@ def _headers(body: bytes, content_type: str = "text/plain; charset=utf-8") -> He
             ("Content-Type", content_type),
         ]
     )
-
-
-def _write(transport: asyncio.Transport, protocol: ServerProtocol) -> None:
-    for chunk in protocol.data_to_send():
-        if chunk:
-            transport.write(chunk)
 
 
 def _target_path(head: bytes) -> str:
