@@ -96,17 +96,6 @@ class Admission:
             return math.floor(slot - now)
         if self._bucket.take(now):
             return None
-        return self._appoint(now, device)
-
-    def defer(self, now: float, device: int | None = None) -> int:
-        """The whole seconds of the ``Retry-After`` of a handshake the node cannot even
-        consider now (its queue of handshakes is full): the device's kept appointment if it
-        has one, else the next free one, kept for it; the bucket is not touched."""
-        if device is not None and (slot := self._appointments.get(device)) is not None:
-            return max(0, math.floor(slot - now))
-        return self._appoint(now, device)
-
-    def _appoint(self, now: float, device: int | None) -> int:
         # Appointments are one admit interval apart, from now or from the last one given.
         slot = max(self._next_slot, now) + 1.0 / self.rate
         slot = min(slot, now + MAX_RETRY_AFTER_S)

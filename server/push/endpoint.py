@@ -40,7 +40,6 @@ from server.errors import Forbidden, FramesNotDurable, StoreError
 from server.protocol import Delta, Disconnect, Disconnects, FrameBatch, text_frame
 from server.push import acks, penalty
 from server.push.admission import drain_window
-from server.push.admission_queue import handshake_queue
 from server.push.outbox import Outbox
 from server.push.session import (
     MAX_ERRORS,
@@ -376,19 +375,9 @@ class Connection(asyncio.Protocol):
         return True
 
     def eof_received(self) -> bool | None:
-        # A fleet cut at once sends thousands of EOFs in one turn of the loop: each is
-        # answered from the node's handshake queue, a slice of them per turn, so that the
-        # pushes to the devices still connected are not held behind all of them.
-        handshake_queue(self.services).offer(self._on_eof, bounded=False)
-        return True  # the transport stays open until then
-
-    def _on_eof(self) -> None:
-        """The peer ended the stream: websockets' close handshake, then close."""
-        if self._transport.is_closing():
-            return
         self._ws.receive_eof()
         self._flush()
-        self._transport.close()
+        return None
 
     def _on_frame(self, frame: Frame) -> None:
         opcode = frame.opcode

@@ -21,12 +21,7 @@ and enforces what uvicorn does not:
   a second, then answered 503 with ``Retry-After`` (:mod:`server.push.penalty`); every
   abuse refusal here is reported to the box;
 - **admission**: device upgrades beyond ``COMPANION_ADMIT_RATE`` a second are answered 503
-  with ``Retry-After`` before the token is verified (:mod:`server.push.admission`);
-- **a slice at a time**: an upgrade is not answered in the I/O callback that read it but
-  queued and answered from a ``call_soon`` callback that works at most a couple of
-  milliseconds per turn of the loop (:mod:`server.push.admission_queue`), so a storm of
-  handshakes cannot hold the pushes of connected devices for a whole turn; with the queue
-  full, an upgrade is refused at once (503, an appointment).
+  with ``Retry-After`` before the token is verified (:mod:`server.push.admission`).
 
 A plain HTTP request goes, with the bytes read so far, to uvicorn's ``httptools`` protocol
 (the class ``http="httptools"`` names, built with the three arguments uvicorn passes to any
@@ -64,7 +59,6 @@ from server.problems import auth_problem
 from server.protocol import MAX_MESSAGE_BYTES, MAX_RETRY_AFTER_S
 from server.push import penalty
 from server.push.admission import ADMISSION_REFUSED, Admission, device_key
-from server.push.admission_queue import handshake_queue
 from server.push.endpoint import Connection, Registry, authenticate, session_limits
 from server.push.session import Session
 from server.services import PartKey, Services
@@ -121,7 +115,6 @@ class EdgeProtocol(asyncio.Protocol):
         "_target",
         "_target_bytes",
         "_transport",
-        "_waiting",
     )
 
     def __init__(
@@ -153,9 +146,6 @@ class EdgeProtocol(asyncio.Protocol):
         self._fields: list[tuple[str, str]] = []
         """The first request's target and header fields, as httptools reads them: an
         upgrade's request is made of them, not parsed a second time."""
-        self._waiting: tuple[_Upgrade, bytearray] | None = None
-        """While the upgrade waits in the handshake queue: its request, and the bytes read
-        past it."""
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -181,9 +171,6 @@ class EdgeProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         parser = self._parser
         if parser is None:  # not tracking (a request httptools cannot parse): uvicorn answers
-            if self._waiting is not None:
-                self._read_while_waiting(data)
-                return
             self._forward(data)
             return
         if self._head is not None:
@@ -216,7 +203,6 @@ class EdgeProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_deadline()
-        self._waiting = None  # skipped when its turn in the queue comes
         self._release_hold()
         self._registry.connections.discard(self)
         self._parser = None
@@ -309,8 +295,6 @@ class EdgeProtocol(asyncio.Protocol):
         self._head_read = True
 
     def on_message_complete(self) -> None:
-        if self._parser is not None and self._parser.should_upgrade():
-            return  # an upgrade keeps its deadline until it is answered, queued or not
         self._cancel_deadline()
         self._in_head = True  # what comes next is the head of the next request
         self._head_bytes = 0
@@ -394,6 +378,7 @@ class EdgeProtocol(asyncio.Protocol):
 
     def _upgrade(self, past_head: int) -> None:
         """The request head asks for an upgrade; ``past_head``: bytes read beyond it."""
+        self._cancel_deadline()
         parser, self._parser = self._parser, None
         if self._inner is not None or self._head is None or parser is None:
             self._refuse(HTTPStatus.BAD_REQUEST, "bad request")  # not the first request
@@ -407,7 +392,6 @@ class EdgeProtocol(asyncio.Protocol):
         if path in APP_WS_PATHS:
             # Not a device socket: uvicorn's HTTP protocol performs the upgrade for the app
             # (its ``ws`` setting), after the same deadline and size checks as any request.
-            self._cancel_deadline()
             self._head_read = True
             self._to_http(b"")
             return
@@ -417,51 +401,7 @@ class EdgeProtocol(asyncio.Protocol):
             return
         request = Request(self._target.decode("ascii", "surrogateescape"), Headers(self._fields))
         self._target, self._fields = bytearray(), []
-        upgrade = _Upgrade(head[:cut], request, path in WS_PATHS)
-        self._queue_websocket(upgrade, head[cut:])
-
-    def _queue_websocket(self, upgrade: _Upgrade, received: bytes) -> None:
-        """Queue the upgrade for the node's handshake queue
-        (:mod:`server.push.admission_queue`), which answers it in a later turn of the loop
-        (:meth:`_answer_upgrade`); with the queue full, refuse it at once: ``503`` and an
-        appointment."""
-        services = self._services()
-        if services is None:
-            self._cancel_deadline()
-            self._open_websocket(upgrade, received)
-            return
-        self._waiting = (upgrade, bytearray(received))
-        if handshake_queue(services).offer(self._answer_upgrade):
-            return
-        self._waiting = None
-        self._cancel_deadline()
-        assert self._transport is not None
-        if upgrade.known:
-            retry = _admission(services).defer(services.clock(), device_key(upgrade.head))
-        else:
-            retry = 1
-        self._try_later(self._transport, retry)
-
-    def _read_while_waiting(self, data: bytes) -> None:
-        """Keep what a queued upgrade's peer sends before its answer (a client may send its
-        first frames at once), up to a request head's worth."""
-        assert self._waiting is not None
-        received = self._waiting[1]
-        received += data
-        if len(received) > MAX_HEAD_BYTES:
-            self._waiting = None
-            self._refuse(HTTPStatus.BAD_REQUEST, "bad request")
-
-    def _answer_upgrade(self) -> None:
-        """The queue's turn for this upgrade: answer it, unless the connection was closed
-        (deadline, peer, graceful stop) while it waited."""
-        waiting, self._waiting = self._waiting, None
-        transport = self._transport
-        if waiting is None or transport is None or transport.is_closing():
-            return
-        self._cancel_deadline()
-        upgrade, received = waiting
-        self._open_websocket(upgrade, bytes(received))
+        self._open_websocket(_Upgrade(head[:cut], request, path in WS_PATHS), head[cut:])
 
     def _open_websocket(self, upgrade: _Upgrade, received: bytes) -> None:
         transport = self._transport
