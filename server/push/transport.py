@@ -160,12 +160,6 @@ class EdgeProtocol(asyncio.Protocol):
             self._hold_refusal(services, left)
             return
         self._registry.connections.add(self)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-            except OSError:  # not a TCP socket: keep the default
-                pass
         self._arm_deadline()
 
     def data_received(self, data: bytes) -> None:
@@ -316,6 +310,7 @@ class EdgeProtocol(asyncio.Protocol):
             config=self._config, server_state=self._server_state, app_state=self._app_state
         )
         self._registry.connections.discard(self)  # uvicorn's protocol registers itself
+        _bound_send_buffer(self._transport)
         inner.connection_made(self._transport)
         self._inner = inner
         inner.data_received(head)
@@ -442,6 +437,9 @@ class EdgeProtocol(asyncio.Protocol):
         if response.status_code != HTTPStatus.SWITCHING_PROTOCOLS:
             self._answer(response, "bad request")
             return
+        # Bounded only now: a connection refused (most of a storm's) writes a few hundred bytes
+        # and is closed, and the system call and socket wrapper would be for nothing.
+        _bound_send_buffer(transport)
         transport.write(response.serialize())
         session = Session(principal, session_limits(services), services.clock())
         connection = Connection(transport, ws, session, services, self._registry)
@@ -472,6 +470,16 @@ class _Upgrade:
     head: bytes
     request: Request
     known: bool
+
+
+def _bound_send_buffer(transport: asyncio.Transport) -> None:
+    """Give the connection's socket the :data:`SEND_BUFFER_BYTES` kernel send buffer."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        except OSError:  # not a TCP socket: keep the default
+            pass
 
 
 def _has_body(fields: list[tuple[str, str]]) -> bool:
