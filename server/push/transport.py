@@ -49,6 +49,7 @@ import httptools
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from websockets.datastructures import Headers
+from websockets.exceptions import InvalidHeader
 from websockets.http11 import Request, Response
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
@@ -143,7 +144,7 @@ class EdgeProtocol(asyncio.Protocol):
         self._holding: penalty.PenaltyBox | None = None
         """The penalty box whose refused connection this is while it is held."""
         self._target = bytearray()
-        self._fields: list[tuple[str, str]] = []
+        self._fields: list[tuple[bytes, bytes]] = []
         """The first request's target and header fields, as httptools reads them: an
         upgrade's request is made of them, not parsed a second time."""
 
@@ -279,10 +280,7 @@ class EdgeProtocol(asyncio.Protocol):
             self._refusal = (HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "headers too large")
             raise ValueError("header fields too large")
         if self._head is not None:
-            # As websockets decodes them (its own parser would have).
-            self._fields.append(
-                (name.decode("ascii", "surrogateescape"), value.decode("ascii", "surrogateescape"))
-            )
+            self._fields.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -394,7 +392,11 @@ class EdgeProtocol(asyncio.Protocol):
         if parser.get_method() != b"GET" or _has_body(self._fields):
             self._refuse(HTTPStatus.BAD_REQUEST, "bad request")  # what websockets refuses
             return
-        request = Request(self._target.decode("ascii", "surrogateescape"), Headers(self._fields))
+        try:
+            request = _request(self._target, self._fields)
+        except (UnicodeDecodeError, InvalidHeader):
+            self._refuse(HTTPStatus.BAD_REQUEST, "bad request")  # as websockets' parser would
+            return
         self._target, self._fields = bytearray(), []
         self._open_websocket(_Upgrade(head[:cut], request, path in WS_PATHS), head[cut:])
 
@@ -482,13 +484,24 @@ def _bound_send_buffer(transport: asyncio.Transport) -> None:
             pass
 
 
-def _has_body(fields: list[tuple[str, str]]) -> bool:
+def _has_body(fields: list[tuple[bytes, bytes]]) -> bool:
     """Whether header ``fields`` announce a body (a handshake has none)."""
     for name, value in fields:
         lowered = name.lower()
-        if lowered == "transfer-encoding" or (lowered == "content-length" and value != "0"):
+        if lowered == b"transfer-encoding" or (lowered == b"content-length" and value != b"0"):
             return True
     return False
+
+
+def _request(target: bytearray, fields: list[tuple[bytes, bytes]]) -> Request:
+    """The handshake request of a request ``target`` and header ``fields`` as httptools read
+    them, decoded as websockets' own parser does (an ASCII target and names, values as
+    ISO-8859-1). Raises :class:`UnicodeDecodeError` for a target or name that is not ASCII,
+    :class:`~websockets.exceptions.InvalidHeader` for a value websockets refuses."""
+    headers = Headers()
+    for name, value in fields:
+        headers[name.decode("ascii")] = value.decode("iso-8859-1")
+    return Request(target.decode("ascii"), headers)
 
 
 def _admission(services: Services) -> Admission:

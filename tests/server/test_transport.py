@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -157,3 +158,31 @@ async def test_an_upgrade_that_is_not_a_bodiless_get_is_answered_400(
     ).encode()
     answer = await _answer_to(live_server, request)
     assert answer.startswith(b"HTTP/1.1 400"), answer[:40]
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ\xff=",
+        b"Sec-WebSocket-Key: \xff\xfe",
+        b"Origin: http://\xe9.example",
+    ],
+)
+async def test_an_upgrade_with_bytes_websockets_refuses_is_answered_400_without_an_error(
+    live_server: LiveServer, field: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    host = live_server.url.removeprefix("http://").encode()
+    lines = [
+        b"GET /v1/ws HTTP/1.1",
+        b"Host: " + host,
+        b"Upgrade: websocket",
+        b"Connection: Upgrade",
+        b"Sec-WebSocket-Version: 13",
+        b"Authorization: Bearer " + token("alice", "watch").encode(),
+        field,
+    ]
+    if not field.startswith(b"Sec-WebSocket-Key"):
+        lines.append(b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==")
+    answer = await _answer_to(live_server, b"\r\n".join(lines) + b"\r\n\r\n")
+    assert answer.startswith((b"HTTP/1.1 400", b"HTTP/1.1 403")), answer[:40]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
