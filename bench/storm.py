@@ -31,6 +31,7 @@ import dataclasses
 import multiprocessing
 import os
 import queue
+import subprocess
 import time
 import urllib.request
 from typing import Any
@@ -74,6 +75,19 @@ def _worker(plan: LoadPlan, share: range, out: Any, go: Any, done: Any) -> None:
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())
+
+
+def _profile(pid: int, output: str, seconds: int) -> subprocess.Popen[bytes]:
+    """Start ``py-spy`` on the server for the storm's first ``seconds`` (raw folded stacks
+    to ``output``; summarise with a flame-graph tool)."""
+    command = ["py-spy", "record", "--pid", str(pid), "--duration", str(seconds)]
+    command += ["--rate", "250"]
+    command += ["--format", "raw", "--output", output, "--nonblocking"]
+    return subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def _metric(url: str, sample: str) -> float:
@@ -160,6 +174,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         driving = asyncio.create_task(driver.run(window))
         loadavg = os.getloadavg()
         cpu_before = cpu_seconds(server.pid)
+        profiler = _profile(server.pid, args.profile, args.profile_s) if args.profile else None
         go.set()
         reports = []
         for _ in workers:
@@ -175,6 +190,8 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         peak = await rss_task
         refused = _metric(server.url, REFUSED) - refused_before
         await driving
+        if profiler is not None:
+            profiler.wait(30)
         done.set()
         for worker in workers:
             worker.join(30)
@@ -272,6 +289,10 @@ def main() -> None:
         help="COMPANION_VIDEO of the server (default: its own, local: every new avatar's "
         "clip drawn with Pillow in a thread, beside the storm)",
     )
+    parser.add_argument(
+        "--profile", metavar="PATH", help="py-spy the server from the cut into PATH"
+    )
+    parser.add_argument("--profile-s", type=int, default=8, help="seconds of --profile")
     args = parser.parse_args()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         result = runner.run(measure(args))

@@ -40,6 +40,7 @@ import email.utils
 import logging
 import socket
 import time
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Final, cast
 from urllib.parse import urlsplit
@@ -48,6 +49,7 @@ import httptools
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from websockets.datastructures import Headers
+from websockets.exceptions import InvalidHeader
 from websockets.http11 import Request, Response
 from websockets.protocol import OPEN
 from websockets.server import ServerProtocol
@@ -99,6 +101,7 @@ class EdgeProtocol(asyncio.Protocol):
         "_app_state",
         "_config",
         "_deadline",
+        "_fields",
         "_head",
         "_head_bytes",
         "_head_read",
@@ -110,6 +113,7 @@ class EdgeProtocol(asyncio.Protocol):
         "_refusal",
         "_registry",
         "_server_state",
+        "_target",
         "_target_bytes",
         "_transport",
     )
@@ -139,6 +143,10 @@ class EdgeProtocol(asyncio.Protocol):
         self._refusal: tuple[HTTPStatus, str] | None = None
         self._holding: penalty.PenaltyBox | None = None
         """The penalty box whose refused connection this is while it is held."""
+        self._target = bytearray()
+        self._fields: list[tuple[bytes, bytes]] = []
+        """The first request's target and header fields, as httptools reads them: an
+        upgrade's request is made of them, not parsed a second time."""
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -153,12 +161,6 @@ class EdgeProtocol(asyncio.Protocol):
             self._hold_refusal(services, left)
             return
         self._registry.connections.add(self)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-            except OSError:  # not a TCP socket: keep the default
-                pass
         self._arm_deadline()
 
     def data_received(self, data: bytes) -> None:
@@ -265,6 +267,8 @@ class EdgeProtocol(asyncio.Protocol):
         self._arm_deadline()
 
     def on_url(self, url: bytes) -> None:
+        if self._head is not None:
+            self._target += url
         self._target_bytes += len(url)
         if self._target_bytes > MAX_TARGET_BYTES:
             self._refusal = (HTTPStatus.REQUEST_URI_TOO_LONG, "uri too long")
@@ -275,6 +279,8 @@ class EdgeProtocol(asyncio.Protocol):
         if self._headers > MAX_HEADERS or len(name) + len(value) > MAX_HEADER_LINE_BYTES:
             self._refusal = (HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "headers too large")
             raise ValueError("header fields too large")
+        if self._head is not None:
+            self._fields.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -297,10 +303,12 @@ class EdgeProtocol(asyncio.Protocol):
             return  # the first head is not complete: it may still be an upgrade
         assert self._transport is not None and self._head is not None
         head, self._head = bytes(self._head), None
+        self._target, self._fields = bytearray(), []  # only an upgrade needs them
         inner = HttpToolsProtocol(
             config=self._config, server_state=self._server_state, app_state=self._app_state
         )
         self._registry.connections.discard(self)  # uvicorn's protocol registers itself
+        _bound_send_buffer(self._transport)
         inner.connection_made(self._transport)
         self._inner = inner
         inner.data_received(head)
@@ -381,35 +389,39 @@ class EdgeProtocol(asyncio.Protocol):
             self._to_http(b"")
             return
         self._head = None
-        self._open_websocket(head[:cut], head[cut:], path in WS_PATHS)
+        if parser.get_method() != b"GET" or _has_body(self._fields):
+            self._refuse(HTTPStatus.BAD_REQUEST, "bad request")  # what websockets refuses
+            return
+        try:
+            request = _request(self._target, self._fields)
+        except (UnicodeDecodeError, InvalidHeader):
+            self._refuse(HTTPStatus.BAD_REQUEST, "bad request")  # as websockets' parser would
+            return
+        self._target, self._fields = bytearray(), []
+        self._open_websocket(_Upgrade(head[:cut], request, path in WS_PATHS), head[cut:])
 
-    def _open_websocket(self, head: bytes, received: bytes, known: bool) -> None:
+    def _open_websocket(self, upgrade: _Upgrade, received: bytes) -> None:
         transport = self._transport
         services = self._services()
         assert transport is not None
         if services is None:
             self._refuse(HTTPStatus.SERVICE_UNAVAILABLE, "bad request")
             return
-        admission = _admission(services) if known else None
-        key = device_key(head) if admission is not None else None
+        admission = _admission(services) if upgrade.known else None
+        key = device_key(upgrade.head) if admission is not None else None
         if admission is not None and (retry := admission.admit(services.clock(), key)) is not None:
-            # Before anything costly (parsing the handshake, verifying the token, reading
-            # the state): the point is to stay responsive while a fleet reconnects.
+            # Before anything costly (verifying the token, reading the state): the point is
+            # to stay responsive while a fleet reconnects.
             self._try_later(transport, retry)
             return
-        handshake = ServerProtocol(max_size=MAX_MESSAGE_BYTES, logger=FRAME_LOG)
-        handshake.receive_data(head)
-        events = handshake.events_received()
-        request = events[0] if events else None
-        if not isinstance(request, Request):
-            # websockets refused the request itself (and may have queued a 414/431).
-            self._count("bad request")
-            _write(transport, handshake)
-            transport.close()
+        # One protocol for the handshake and the life of the connection, open from the
+        # start: its frame parser never holds the request, and ``accept`` makes the answer
+        # (written here, as ``send_response`` is for a protocol still connecting).
+        ws = ServerProtocol(state=OPEN, max_size=MAX_MESSAGE_BYTES, logger=FRAME_LOG)
+        if not upgrade.known:
+            self._answer(ws.reject(HTTPStatus.NOT_FOUND, "Not Found\n"), "not found")
             return
-        if not known:
-            self._reject(handshake, HTTPStatus.NOT_FOUND, "not found")
-            return
+        request = upgrade.request
         try:
             local = transport.get_extra_info("sockname")
             own = own_origins(services.settings.public_url, local if _is_inet(local) else None)
@@ -421,21 +433,16 @@ class EdgeProtocol(asyncio.Protocol):
             if "www-authenticate" in problem.headers:
                 headers["WWW-Authenticate"] = problem.headers["www-authenticate"]
             status = HTTPStatus(problem.status_code)
-            handshake.send_response(Response(status.value, status.phrase, headers, body))
-            self._count(type(exc).__name__)
-            _write(transport, handshake)
-            transport.close()
+            self._answer(Response(status.value, status.phrase, headers, body), type(exc).__name__)
             return
-        response = handshake.accept(request)
-        handshake.send_response(response)
-        _write(transport, handshake)
-        if handshake.state is not OPEN:
-            self._count("bad request")
-            transport.close()
+        response = ws.accept(request)
+        if response.status_code != HTTPStatus.SWITCHING_PROTOCOLS:
+            self._answer(response, "bad request")
             return
-        # A fresh protocol, already open, for the life of the connection: the handshake
-        # one keeps the request (headers and all) in its suspended parser.
-        ws = ServerProtocol(state=OPEN, max_size=MAX_MESSAGE_BYTES, logger=FRAME_LOG)
+        # Bounded only now: a connection refused (most of a storm's) writes a few hundred bytes
+        # and is closed, and the system call and socket wrapper would be for nothing.
+        _bound_send_buffer(transport)
+        transport.write(response.serialize())
         session = Session(principal, session_limits(services), services.clock())
         connection = Connection(transport, ws, session, services, self._registry)
         self._registry.connections.discard(self)
@@ -443,21 +450,58 @@ class EdgeProtocol(asyncio.Protocol):
         connection.start(received)
 
     def _try_later(self, transport: asyncio.Transport, retry_after: int) -> None:
-        """Refuse a handshake that admission control did not admit: 503 and ``Retry-After``."""
-        status = HTTPStatus.SERVICE_UNAVAILABLE
-        body = b"try again later\n"
-        headers = _headers(body)
-        headers["Retry-After"] = str(retry_after)
-        transport.write(Response(status.value, status.phrase, headers, body).serialize())
+        """Refuse a handshake that admission control did not admit: 503 and ``Retry-After``
+        (one write of a prepared answer), then close."""
+        transport.write(_TRY_LATER.get(retry_after) or _try_later_answer(retry_after))
         self._count(ADMISSION_REFUSED)
         transport.close()
 
-    def _reject(self, handshake: ServerProtocol, status: HTTPStatus, reason: str) -> None:
+    def _answer(self, response: Response, reason: str) -> None:
+        """Refuse an upgrade with ``response``, count ``reason``, close."""
         assert self._transport is not None
-        handshake.send_response(handshake.reject(status, f"{status.phrase}\n"))
         self._count(reason)
-        _write(self._transport, handshake)
+        self._transport.write(response.serialize())
         self._transport.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Upgrade:
+    """A WebSocket upgrade request, read: its head (for admission's :func:`device_key`), the
+    request websockets checks, and whether its path is a device socket's."""
+
+    head: bytes
+    request: Request
+    known: bool
+
+
+def _bound_send_buffer(transport: asyncio.Transport) -> None:
+    """Give the connection's socket the :data:`SEND_BUFFER_BYTES` kernel send buffer."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        except OSError:  # not a TCP socket: keep the default
+            pass
+
+
+def _has_body(fields: list[tuple[bytes, bytes]]) -> bool:
+    """Whether header ``fields`` announce a body (a handshake has none)."""
+    for name, value in fields:
+        lowered = name.lower()
+        if lowered == b"transfer-encoding" or (lowered == b"content-length" and value != b"0"):
+            return True
+    return False
+
+
+def _request(target: bytearray, fields: list[tuple[bytes, bytes]]) -> Request:
+    """The handshake request of a request ``target`` and header ``fields`` as httptools read
+    them, decoded as websockets' own parser does (an ASCII target and names, values as
+    ISO-8859-1). Raises :class:`UnicodeDecodeError` for a target or name that is not ASCII,
+    :class:`~websockets.exceptions.InvalidHeader` for a value websockets refuses."""
+    headers = Headers()
+    for name, value in fields:
+        headers[name.decode("ascii")] = value.decode("iso-8859-1")
+    return Request(target.decode("ascii"), headers)
 
 
 def _admission(services: Services) -> Admission:
@@ -469,6 +513,20 @@ def _admission(services: Services) -> Admission:
     admission = Admission(settings.admit_rate, settings.admit_burst, services.clock())
     services.parts.add(ADMISSION, admission)
     return admission
+
+
+def _try_later_answer(retry_after: int) -> bytes:
+    """The whole answer to an upgrade admission control did not admit: 503, ``Retry-After``,
+    no Date (optional on a 5xx) so that it can be made once per value."""
+    body = b"try again later\n"
+    return (
+        "HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
+        f"Content-Length: {len(body)}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Retry-After: {retry_after}\r\n\r\n"
+    ).encode() + body
+
+
+_TRY_LATER: Final = {s: _try_later_answer(s) for s in range(MAX_RETRY_AFTER_S + 1)}
 
 
 def _penalty_head(retry_after: int) -> bytes:
@@ -506,12 +564,6 @@ def _headers(body: bytes, content_type: str = "text/plain; charset=utf-8") -> He
             ("Content-Type", content_type),
         ]
     )
-
-
-def _write(transport: asyncio.Transport, protocol: ServerProtocol) -> None:
-    for chunk in protocol.data_to_send():
-        if chunk:
-            transport.write(chunk)
 
 
 def _target_path(head: bytes) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -114,3 +115,74 @@ async def test_device_sockets_are_served_by_our_connection_not_uvicorns(
         await ws.send(orjson.dumps({"op": "hello", "client": "t"}).decode())
         await recv_op(ws, "snapshot")
         connection_of(live_server, "alice")  # asserts the peer is our Connection
+
+
+async def test_the_handshake_and_the_connection_share_one_websockets_protocol(
+    live_server: LiveServer,
+) -> None:
+    """The request is made from what httptools read and answered by the protocol that then
+    serves the connection: what ``accept`` learnt (the Origin) is the connection's."""
+    origin = live_server.url
+    ws = await live_server.connect("alice", "watch", origin=origin)
+    try:
+        connection = connection_of(live_server, "alice")
+        assert connection._ws.origin == origin
+    finally:
+        await ws.close()
+
+
+async def _answer_to(live: LiveServer, request: bytes) -> bytes:
+    host, port = live.url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        async with asyncio.timeout(5):
+            return await reader.read()  # the server answers, then closes
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [("POST", ""), ("GET", "Content-Length: 5\r\n"), ("GET", "Transfer-Encoding: chunked\r\n")],
+)
+async def test_an_upgrade_that_is_not_a_bodiless_get_is_answered_400(
+    live_server: LiveServer, method: str, extra: str
+) -> None:
+    host = live_server.url.removeprefix("http://")
+    request = (
+        f"{method} /v1/ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        f"Sec-WebSocket-Version: 13\r\n{extra}"
+        f"Authorization: Bearer {token('alice', 'watch')}\r\n\r\n"
+    ).encode()
+    answer = await _answer_to(live_server, request)
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:40]
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ\xff=",
+        b"Sec-WebSocket-Key: \xff\xfe",
+        b"Origin: http://\xe9.example",
+    ],
+)
+async def test_an_upgrade_with_bytes_websockets_refuses_is_answered_400_without_an_error(
+    live_server: LiveServer, field: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    host = live_server.url.removeprefix("http://").encode()
+    lines = [
+        b"GET /v1/ws HTTP/1.1",
+        b"Host: " + host,
+        b"Upgrade: websocket",
+        b"Connection: Upgrade",
+        b"Sec-WebSocket-Version: 13",
+        b"Authorization: Bearer " + token("alice", "watch").encode(),
+        field,
+    ]
+    if not field.startswith(b"Sec-WebSocket-Key"):
+        lines.append(b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==")
+    answer = await _answer_to(live_server, b"\r\n".join(lines) + b"\r\n\r\n")
+    assert answer.startswith((b"HTTP/1.1 400", b"HTTP/1.1 403")), answer[:40]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
