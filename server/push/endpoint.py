@@ -375,7 +375,13 @@ class Connection(asyncio.Protocol):
         return True
 
     def eof_received(self) -> bool | None:
-        self._ws.receive_eof()
+        if self._ws.state is OPEN:
+            # The peer went away without a close frame (a dropped network, a killed app):
+            # nothing is left to say to it, so websockets' end-of-stream bookkeeping is
+            # skipped (a reconnect storm's cut brings thousands at once) and the transport
+            # closes itself (a false return).
+            return None
+        self._ws.receive_eof()  # after a close frame: websockets ends the stream its way
         self._flush()
         return None
 
