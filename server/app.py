@@ -32,9 +32,7 @@ from server.errors import CompanionError
 from server.history import history_stage
 from server.hops.desk import CommandDesk
 from server.hops.devices import DeviceBook
-from server.http import demo_routes as demo
-from server.http import devices_routes, legacy, rest
-from server.http import tier_routes as tiers
+from server.http import demo_routes as demo, devices_routes, legacy, rest, tier_routes as tiers
 from server.http.analyse_routes import post_analyse
 from server.http.debug_page import debug_routes
 from server.http.history import get_history

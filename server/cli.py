@@ -143,8 +143,11 @@ def _token(args: argparse.Namespace) -> int:
 
 def _tables_create(args: argparse.Namespace) -> int:
     """Create the DynamoDB tables, waiting up to ``--wait`` seconds for DynamoDB to listen."""
-    from botocore.exceptions import BotoCoreError, ClientError
-    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectionError as BotoConnectionError,
+    )
 
     from server.parts import build_store
 

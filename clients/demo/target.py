@@ -14,8 +14,7 @@ from typing import Any
 import httpx
 
 from brain.model import Frame
-from brain.scenarios import DEFAULT_EVERY_S, history
-from brain.scenarios import generate as generate_frames
+from brain.scenarios import DEFAULT_EVERY_S, generate as generate_frames, history
 from clients.connect.access import Endpoints
 from server.protocol import MAX_FRAMES_PER_MESSAGE, frame_to_wire
 

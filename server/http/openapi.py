@@ -17,8 +17,7 @@ from typing import Any
 from brain.avatar.prompt import Species
 from brain.model import CoachStyle, CoachTone
 from brain.scenarios import KINDS
-from server.http.devices_routes import DEVICE_PATTERN
-from server.http.devices_routes import openapi_paths as devices_paths
+from server.http.devices_routes import DEVICE_PATTERN, openapi_paths as devices_paths
 from server.http.legacy import STRESS_LEVELS
 from server.http.openapi_blocks import (
     PROBLEM_TYPE,

@@ -17,8 +17,12 @@ from server.auth import DeviceKind, Principal
 from server.errors import FramesNotDurable, StoreError
 from server.etag import none_match
 from server.history import HistoryReader
-from server.http.access import authorize, read_json, services_of
-from server.http.access import json as json  # re-exported: app.py answers with it
+from server.http.access import (
+    authorize,
+    json as json,  # re-exported: app.py answers with it
+    read_json,
+    services_of,
+)
 from server.http.devices_routes import exported, note_rest_seen, rest_device
 from server.problems import HTTPProblem
 from server.protocol import FrameLimits

@@ -36,8 +36,13 @@ from server.ops.membership import (
     MembershipUnavailable,
     build_membership,
 )
-from server.ops.node import NodeRecord, broker_connected, figures, read_registry
-from server.ops.node import resident_memory_bytes as rss
+from server.ops.node import (
+    NodeRecord,
+    broker_connected,
+    figures,
+    read_registry,
+    resident_memory_bytes as rss,
+)
 from server.ops.store_errors import count_store_errors
 from server.services import PartKey, Services
 

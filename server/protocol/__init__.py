@@ -26,105 +26,42 @@ from typing import Any, Final
 
 import orjson
 
-from brain.model import SNAPSHOT_FIELDS as SNAPSHOT_FIELDS
-from brain.model import Frame
+from brain.model import SNAPSHOT_FIELDS as SNAPSHOT_FIELDS, Frame
 from server.protocol.codes import (
     CLOSE_BAD_DATA as CLOSE_BAD_DATA,
-)
-from server.protocol.codes import (
     CLOSE_FORBIDDEN as CLOSE_FORBIDDEN,
-)
-from server.protocol.codes import (
     CLOSE_GOING_AWAY as CLOSE_GOING_AWAY,
-)
-from server.protocol.codes import (
     CLOSE_INTERNAL as CLOSE_INTERNAL,
-)
-from server.protocol.codes import (
     CLOSE_NORMAL as CLOSE_NORMAL,
-)
-from server.protocol.codes import (
     CLOSE_POLICY as CLOSE_POLICY,
-)
-from server.protocol.codes import (
     CLOSE_PROTOCOL_ERROR as CLOSE_PROTOCOL_ERROR,
-)
-from server.protocol.codes import (
     CLOSE_RESTART as CLOSE_RESTART,
-)
-from server.protocol.codes import (
     CLOSE_TOKEN_EXPIRED as CLOSE_TOKEN_EXPIRED,
-)
-from server.protocol.codes import (
     CLOSE_TOO_BIG as CLOSE_TOO_BIG,
-)
-from server.protocol.codes import (
     CLOSE_TRY_LATER as CLOSE_TRY_LATER,
-)
-from server.protocol.codes import (
     MAX_RETRY_AFTER_S as MAX_RETRY_AFTER_S,
-)
-from server.protocol.codes import (
     STOP_HTTP_STATUSES as STOP_HTTP_STATUSES,
-)
-from server.protocol.codes import (
     Disconnect as Disconnect,
-)
-from server.protocol.codes import (
     Disconnects as Disconnects,
-)
-from server.protocol.codes import (
     ErrorCode as ErrorCode,
-)
-from server.protocol.codes import (
     ProtocolError as ProtocolError,
-)
-from server.protocol.codes import (
     Reconnect as Reconnect,
-)
-from server.protocol.codes import (
     describe_close as describe_close,
-)
-from server.protocol.codes import (
     reconnect_after as reconnect_after,
-)
-from server.protocol.codes import (
     reconnect_after_refusal as reconnect_after_refusal,
-)
-from server.protocol.codes import (
     retry_after_s as retry_after_s,
 )
 from server.protocol.frames import (
     DEFAULT_MAX_AGE_MS as DEFAULT_MAX_AGE_MS,
-)
-from server.protocol.frames import (
     DEFAULT_MAX_FUTURE_MS as DEFAULT_MAX_FUTURE_MS,
-)
-from server.protocol.frames import (
     DEVICE_RE as DEVICE_RE,
-)
-from server.protocol.frames import (
     MAX_FRAMES_PER_MESSAGE as MAX_FRAMES_PER_MESSAGE,
-)
-from server.protocol.frames import (
     REJECTION_FIELDS as REJECTION_FIELDS,
-)
-from server.protocol.frames import (
     FrameLimits as FrameLimits,
-)
-from server.protocol.frames import (
     Rejection as Rejection,
-)
-from server.protocol.frames import (
     frame_json_schema as frame_json_schema,
-)
-from server.protocol.frames import (
     frame_to_wire as frame_to_wire,
-)
-from server.protocol.frames import (
     parse_frame as parse_frame,
-)
-from server.protocol.frames import (
     parse_frames as parse_frames,
 )
 

@@ -30,9 +30,7 @@ from botocore.exceptions import ClientError
 from brain.backoff import Backoff
 from brain.model import Frame, Profile
 from server.errors import StoreError, VersionConflict
-from server.store import codec, schema
-from server.store import dynamodb_history as history
-from server.store import dynamodb_items as items
+from server.store import codec, dynamodb_history as history, dynamodb_items as items, schema
 from server.store.base import (
     SERVICE_COSTS,
     AvatarCacheEntry,

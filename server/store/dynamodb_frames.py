@@ -35,9 +35,7 @@ from botocore.exceptions import ClientError
 from brain.backoff import Backoff
 from brain.model import TIME_ORDER, Frame
 from server.errors import FramesNotDurable, StoreError
-from server.store import codec
-from server.store import frame_buckets as buckets
-from server.store import frame_payload as payloads
+from server.store import codec, frame_buckets as buckets, frame_payload as payloads
 from server.store.base import FrameRow
 from server.store.dynamodb_requests import BATCH_CONCURRENCY, call
 from server.store.open_buckets import OPEN_BUCKETS, OpenBuckets

@@ -24,8 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from brain.model import TIME_ORDER, Frame
-from server.store import codec
-from server.store import frame_payload as payloads
+from server.store import codec, frame_payload as payloads
 
 BUCKET_MS = 60_000
 """Width of a bucket: one minute, 60 frames at 1 Hz."""

@@ -44,9 +44,7 @@ import orjson
 
 from brain.model import Frame, Profile
 from server.errors import StoreError
-from server.store import codec, history_codec
-from server.store import frame_buckets as buckets
-from server.store import sqlite_frames as frames
+from server.store import codec, frame_buckets as buckets, history_codec, sqlite_frames as frames
 from server.store.base import (
     SERVICE_COSTS,
     AvatarCacheEntry,

@@ -21,9 +21,7 @@ from typing import Any
 import aiosqlite
 
 from brain.model import TIME_ORDER, Frame
-from server.store import codec
-from server.store import frame_buckets as buckets
-from server.store import frame_payload as payloads
+from server.store import codec, frame_buckets as buckets, frame_payload as payloads
 from server.store.open_buckets import OpenBuckets
 
 SCHEMA = """

@@ -12,8 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import fields
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from brain.analyst.base import build_request
 from brain.features import Baseline, Features, compute_features, trend

@@ -8,13 +8,11 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import example, given, settings
-from hypothesis import strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from brain.model import Env, Frame, new_frame
 from server import protocol as wire
-from server.protocol import FrameLimits, Rejection
-from server.protocol import frames as frame_wire
+from server.protocol import FrameLimits, Rejection, frames as frame_wire
 
 NOW = 1_750_000_000_000
 LIMITS = FrameLimits()

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import time
 
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from brain.model import Env, Frame
 from server.store import frame_buckets as buckets

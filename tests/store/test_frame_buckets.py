@@ -12,8 +12,7 @@ import pytest
 
 from brain import scenarios
 from brain.model import Env, Frame
-from server.store import codec, frame_payload
-from server.store import frame_buckets as buckets
+from server.store import codec, frame_buckets as buckets, frame_payload
 from server.store.sqlite import SQLiteStore
 
 T0 = (int(time.time()) // 60) * 60_000

@@ -8,8 +8,7 @@ import zlib
 
 import orjson
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
 from brain.model import TIME_ORDER, Env, Frame
 from server.store import frame_payload as payloads
