@@ -477,3 +477,26 @@ async def test_random_bytes_before_and_after_the_upgrade_log_no_error(
             assert await raw.closed_within(HANDSHAKE_TIMEOUT_S + 3)
     await probe_is_quick(edge)
     assert_clean_log(server_log.records, edge.secrets)
+
+
+async def test_a_socket_ended_without_a_close_frame_is_closed_and_leaves_the_hub(
+    edge: Edge, server_log: pytest.LogCaptureFixture
+) -> None:
+    """A phone that vanishes (a killed app, a dropped network: a FIN and no close frame)
+    is closed by the server at once and unsubscribed; nothing is logged above INFO."""
+    hub = edge.live.services.hub
+    raw = await edge.attacker()
+    try:
+        await raw.send(text({"op": "hello", "client": "vanishing"}))
+        [snapshot] = await raw.messages(1)
+        assert snapshot["op"] == "snapshot"
+        assert len(hub.peers("alice")) == 1
+        raw.writer.write_eof()
+        assert await raw.closed_within(5.0)
+    finally:
+        raw.close()
+    async with asyncio.timeout(5.0):
+        while hub.peers("alice"):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)  # connection_lost runs on the server's next turns
+    await probe_is_quick(edge)
+    assert_clean_log(server_log.records, edge.secrets)
