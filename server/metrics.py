@@ -294,6 +294,14 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self.store_seconds = Histogram(
+            "companion_store_seconds",
+            "Time of one store call, by operation (failures and lost races included): a "
+            "commit's push latency holds its put_state.",
+            ["operation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.cluster_nodes = Gauge(
             "companion_cluster_nodes",
             "Nodes of the cluster as this node sees them (up: heartbeat alive; down: expired).",

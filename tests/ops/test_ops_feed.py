@@ -21,7 +21,7 @@ from server.auth import LEEWAY_S
 from server.errors import StoreError, VersionConflict
 from server.metrics import Metrics
 from server.ops.stage import OPS
-from server.ops.store_errors import count_store_errors
+from server.ops.store_errors import OPERATIONS, count_store_errors
 from server.settings import Settings
 from server.store.base import UserState
 from server.store.sqlite import SQLiteStore
@@ -212,3 +212,10 @@ async def test_store_errors_are_counted_by_operation_and_a_lost_race_is_not(
     }
     assert samples[("companion_store_errors_total", ("get_state",))] == 1.0
     assert samples[("companion_store_errors_total", ("put_state",))] == 0.0
+    # Every call is timed, the failed one and the lost race too; the labels are the fixed set.
+    assert samples[("companion_store_seconds_count", ("put_state",))] == 2.0
+    assert samples[("companion_store_seconds_count", ("get_state",))] == 1.0
+    timed = {
+        labels[0] for name, labels in samples if name == "companion_store_seconds_count" and labels
+    }
+    assert timed == set(OPERATIONS)
