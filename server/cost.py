@@ -194,7 +194,8 @@ class CostMeter:
                 if self._unbilled:
                     await asyncio.sleep(0)
         self._unwritten, self._pending = self._pending, {}
-        written = 0
+        written = failed = 0
+        last_error: BaseException | None = None
         # A slice at a time, concurrently: a store that groups writes (SQLite) commits a
         # slice in a transaction or two, where one write after the other cost a
         # transaction and an fsync per user-day (20,000 users: 2,000 a second). What is
@@ -214,13 +215,24 @@ class CostMeter:
                 if not isinstance(outcome, Exception):
                     raise outcome  # cancelled: not a store failure
                 # the store is down: keep the sums for the next flush
-                log.warning("cannot write service costs to the usage ledger: %r", outcome)
+                failed, last_error = failed + 1, outcome
                 mine = self._pending.setdefault((user_id, day), {})
                 for field, usd in costs.items():
                     mine[field] = mine.get(field, 0.0) + usd
+        if failed:  # one line a flush, however many user-days the store refused
+            log.warning(
+                "cannot write service costs of %d user-day(s) to the usage ledger: %r",
+                failed,
+                last_error,
+            )
+        dropped = 0
         while len(self._pending) > self._max_users:
             self._pending.pop(next(iter(self._pending)))
-            log.warning("service costs dropped: too many user-days waiting for the ledger")
+            dropped += 1
+        if dropped:
+            log.warning(
+                "service costs of %d user-day(s) dropped: too many waiting for the ledger", dropped
+            )
         return written
 
     async def keep_flushing(self, ledger: CostLedger, every_s: float = FLUSH_EVERY_S) -> None:
