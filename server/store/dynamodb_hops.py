@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 PURGE_AFTER_MS: Final = 30 * 24 * 3600 * 1000
 """How long a command's record outlives its expiry (the history the routes show)."""
 _CONDITION_FAILED: Final = frozenset({"ConditionalCheckFailedException"})
+_SETTLE_ROUNDS: Final = 3
+"""Rounds of the two conditional updates when the command turns up pending between them."""
 
 
 class _Table(Protocol):
@@ -106,48 +108,59 @@ class DynamoDBHops:
         self: _Table, user_id: str, command_id: str, outcome: str, *, device: str | None, at: int
     ) -> CommandRecord | None:
         """Settle a pending command once: a conditional UpdateItem that holds only while the
-        command has not expired, then one that records ``expired``; the command as it is
-        now, or ``None`` when there is no such command."""
+        command has not expired, or one that records ``expired`` only once it has; the
+        command as it is now, or ``None`` when there is no such command.
+
+        The two conditions are disjoint, so a command recorded between the two updates (a
+        commit listener's put racing a fast watch's answer) is never marked ``expired`` by
+        the second: the read after them finds it pending and the updates run once more."""
         client = self.client
         key: Item = {"user_id": {"S": user_id}, "command_id": {"S": command_id}}
         attempts = (
             (outcome, "outcome = :pending AND expires_at >= :at"),
-            (EXPIRED, "outcome = :pending"),
+            (EXPIRED, "outcome = :pending AND expires_at < :at"),
         )
-        for recorded, condition in attempts:
-            values: dict[str, AttributeValueTypeDef] = {
-                ":outcome": {"S": recorded},
-                ":at": {"N": str(at)},
-                ":pending": {"S": PENDING},
-                ":device": {"S": device} if device is not None else {"NULL": True},
-            }
-            try:
-                response = await call(
-                    "UpdateItem commands",
-                    functools.partial(
-                        client.update_item,
-                        TableName=self._commands.name,
-                        Key=key,
-                        UpdateExpression="SET outcome = :outcome, outcome_at = :at,"
-                        " device = :device",
-                        ConditionExpression=condition,
-                        ExpressionAttributeValues=values,
-                        ReturnValues="ALL_NEW",
-                    ),
-                    self._retry,
-                    idempotent=False,
-                    passthrough=_CONDITION_FAILED,
-                )
-            except ClientError:
-                continue  # expired, settled already, or no such command
-            return command_of(response["Attributes"])
-        found = await call(
-            "GetItem commands",
-            lambda: client.get_item(TableName=self._commands.name, Key=key, ConsistentRead=True),
-            self._retry,
-        )
-        item = found.get("Item")
-        return command_of(item) if item else None
+        current: CommandRecord | None = None
+        for _ in range(_SETTLE_ROUNDS):
+            for recorded, condition in attempts:
+                values: dict[str, AttributeValueTypeDef] = {
+                    ":outcome": {"S": recorded},
+                    ":at": {"N": str(at)},
+                    ":pending": {"S": PENDING},
+                    ":device": {"S": device} if device is not None else {"NULL": True},
+                }
+                try:
+                    response = await call(
+                        "UpdateItem commands",
+                        functools.partial(
+                            client.update_item,
+                            TableName=self._commands.name,
+                            Key=key,
+                            UpdateExpression="SET outcome = :outcome, outcome_at = :at,"
+                            " device = :device",
+                            ConditionExpression=condition,
+                            ExpressionAttributeValues=values,
+                            ReturnValues="ALL_NEW",
+                        ),
+                        self._retry,
+                        idempotent=False,
+                        passthrough=_CONDITION_FAILED,
+                    )
+                except ClientError:
+                    continue  # settled already, the other side of the expiry, or no command
+                return command_of(response["Attributes"])
+            found = await call(
+                "GetItem commands",
+                lambda: client.get_item(
+                    TableName=self._commands.name, Key=key, ConsistentRead=True
+                ),
+                self._retry,
+            )
+            item = found.get("Item")
+            current = command_of(item) if item else None
+            if current is None or current.outcome != PENDING:
+                return current
+        return current
 
     async def commands_of(self: _Table, user_id: str, limit: int = 100) -> list[CommandRecord]:
         """The user's newest ``limit`` commands, newest first (one Query; the table keeps a

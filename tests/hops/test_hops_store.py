@@ -6,6 +6,8 @@ import pathlib
 import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 
@@ -21,17 +23,9 @@ from server.store.sqlite import SQLiteStore
 T0 = int(time.time() * 1000)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("dynamodb", marks=pytest.mark.dynamodb)])
-async def store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
-        sqlite = SQLiteStore(tmp_path / "store.sqlite3")
-        await sqlite.open()
-        try:
-            yield sqlite
-        finally:
-            await sqlite.close()
-        return
-    endpoint: str = request.getfixturevalue("dynamodb_local")
+@asynccontextmanager
+async def fresh_dynamodb(endpoint: str) -> AsyncIterator[DynamoDBStore]:
+    """A DynamoDB store on fresh tables of DynamoDB Local, deleted at the end."""
     prefix = f"s{uuid.uuid4().hex[:12]}-"
     dynamodb = DynamoDBStore(
         table_prefix=prefix, region="us-east-1", endpoint_url=endpoint, retry=instant(Backoff())
@@ -43,6 +37,20 @@ async def store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Async
     finally:
         await schema.delete_tables(dynamodb.client, prefix)
         await dynamodb.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("dynamodb", marks=pytest.mark.dynamodb)])
+async def store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        sqlite = SQLiteStore(tmp_path / "store.sqlite3")
+        await sqlite.open()
+        try:
+            yield sqlite
+        finally:
+            await sqlite.close()
+        return
+    async with fresh_dynamodb(request.getfixturevalue("dynamodb_local")) as dynamodb:
+        yield dynamodb
 
 
 async def test_a_device_has_one_record_the_newest(store: Store) -> None:
@@ -88,6 +96,40 @@ async def test_an_answer_after_the_expiry_records_expired(store: Store) -> None:
     late = command.expires_at + 1
     settled = await store.settle_command("alice", command.command_id, "done", device="w", at=late)
     assert settled is not None and settled.outcome == "expired"
+
+
+@pytest.mark.dynamodb
+async def test_a_command_recorded_between_the_two_updates_takes_the_answer(
+    dynamodb_local: str,
+) -> None:
+    """A fast watch's answer racing the commit listener's put: the command turns up pending
+    after the first conditional update missed it. The answer is recorded, not ``expired``
+    (the second update's condition is the expiry itself, and the pair runs again)."""
+    (command,) = issue("alice", 2, ["rest"], T0)
+    async with fresh_dynamodb(dynamodb_local) as dynamodb:
+        client = dynamodb.client
+        update_item = client.update_item
+        calls = 0
+
+        async def put_after_first_update(**kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            try:
+                return await update_item(**kwargs)
+            finally:
+                if calls == 1:
+                    await dynamodb.put_commands([command])
+
+        client.update_item = put_after_first_update  # type: ignore[method-assign]
+        try:
+            settled = await dynamodb.settle_command(
+                "alice", command.command_id, "done", device="watch-1", at=T0 + 5
+            )
+        finally:
+            del client.update_item  # the class's method again
+    assert settled is not None
+    assert (settled.outcome, settled.device, settled.outcome_at) == ("done", "watch-1", T0 + 5)
+    assert calls == 3  # missed, missed (not expired), then recorded
 
 
 async def test_settling_an_unknown_command_finds_nothing(store: Store) -> None:
