@@ -116,6 +116,10 @@ def create_app(
             stack.push_async_callback(devices.close)  # before the store closes
             commands = CommandDesk(the_store, metrics, clock)
             state.listeners += [devices.on_commit, commands.on_commit]
+            # Once per delta offered to this node's peers, not once per peer.
+            hub.offer_with(
+                lambda delta: devices.heard(delta.user_id, delta.version), commands.commands_after
+            )
             services = Services(
                 settings,
                 the_store,

@@ -51,12 +51,30 @@ class Peer(Protocol):
     def wants_summaries(self) -> bool:
         """Whether this peer receives ``frames`` summaries (debug and service peers)."""
 
-    def offer(self, text: str, delta: Delta | None, frame: bytes) -> None:
-        """Send or queue ``text`` without blocking.
+    def offer(self, text: str, frame: bytes) -> None:
+        """Send or queue ``text``, a message that is not a delta (a frames summary), without
+        blocking; ``frame`` is the same text as a complete WebSocket frame, built once for
+        all peers."""
 
-        ``delta`` is its parsed form (``None`` for other messages) and ``frame`` the same
-        text as a complete WebSocket frame, built once for all peers.
+    def offer_delta(
+        self, delta: Delta, text: str, frame: bytes, follow: FollowUp | None, now: float
+    ) -> None:
+        """Send or queue ``delta`` (``text``, framed once as ``frame``) without blocking,
+        then ``follow`` if the peer took the delta. ``now``: the hub's clock at the offer.
+
+        Everything a delta needs once, whoever takes it (its follow-up, the time, the
+        devices' book), is done by the hub before the first peer: this is called once per
+        subscriber and is the whole per-delivery cost.
         """
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUp:
+    """A message that follows a delta to each peer that takes it (the commands the delta
+    issued), as text and as a complete frame."""
+
+    text: str
+    frame: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +174,8 @@ class Hub:
         """Messages and bytes pushed per user, for the cost meter (:mod:`server.cost`)."""
         self._heard: Callable[[Delta], None] = lambda _delta: None
         self._back: Callable[[], None] = lambda: None
+        self._offering: Callable[[Delta], None] = lambda _delta: None
+        self._follow_up: Callable[[Delta], str | None] = lambda _delta: None
         metrics.track_broker(broker.health)
 
     async def start(self) -> None:
@@ -178,6 +198,14 @@ class Hub:
         ``back`` when the broker reconnects (deltas may have been lost meanwhile): what keeps
         the state service's kept states honest. Both must be quick and must not raise."""
         self._heard, self._back = heard, back
+
+    def offer_with(
+        self, offering: Callable[[Delta], None], follow_up: Callable[[Delta], str | None]
+    ) -> None:
+        """Call ``offering`` once with each delta this node's peers are offered (before the
+        first), and send each peer that takes a delta ``follow_up(delta)`` right after it
+        (``None``: nothing). Both must be quick and must not raise."""
+        self._offering, self._follow_up = offering, follow_up
 
     def broker_health(self) -> BrokerHealth:
         return self._broker.health()
@@ -335,35 +363,46 @@ class Hub:
         elif op == "frames":
             readers = [peer for peer in self._peers.get(user_id, ()) if peer.wants_summaries]
             if readers:
-                self._offer(user_id, readers, payload.decode(), None, text_frame(payload))
+                self._offer(user_id, readers, payload.decode(), text_frame(payload))
 
     def _offer_delta(self, delta: Delta, payload: bytes, *, observe_latency: bool) -> None:
         """Tell local watches and peers about ``delta`` (``payload`` is its encoding)."""
-        for watch in self._watches.get(delta.user_id, ()):
+        user_id = delta.user_id
+        for watch in self._watches.get(user_id, ()):
             watch.see(delta.version)
-        peers = self._peers.get(delta.user_id)
+        peers = self._peers.get(user_id)
         if not peers:
             return
-        taken = self._offer(delta.user_id, peers, payload.decode(), delta, text_frame(payload))
-        self._metrics.deltas_pushed.inc(taken)
-        if observe_latency and taken:
-            self._metrics.push_latency.observe(max(0.0, self._clock() - delta.t / 1000))
-
-    def _offer(
-        self, user_id: str, peers: Iterable[Peer], text: str, delta: Delta | None, frame: bytes
-    ) -> int:
-        """Offer to each peer; a peer that raises is dropped. How many took it (each one
-        counts as a push of ``frame``'s bytes)."""
+        self._offering(delta)
+        follow = None
+        if (follow_text := self._follow_up(delta)) is not None:
+            follow = FollowUp(follow_text, text_frame(follow_text.encode()))
+        text, frame, now = payload.decode(), text_frame(payload), self._clock()
         taken = 0
         for peer in tuple(peers):  # a copy: dropping a peer changes the set
             try:
-                peer.offer(text, delta, frame)
+                peer.offer_delta(delta, text, frame, follow, now)
             except Exception as exc:
                 self._drop_peer(user_id, peer, exc)
             else:
                 taken += 1
         self.pushed.add(user_id, taken, len(frame))
-        return taken
+        self._metrics.deltas_pushed.inc(taken)
+        if observe_latency and taken:  # commit -> handed to the last local socket
+            self._metrics.push_latency.observe(max(0.0, self._clock() - delta.t / 1000))
+
+    def _offer(self, user_id: str, peers: Iterable[Peer], text: str, frame: bytes) -> None:
+        """Offer a message that is not a delta to each peer; a peer that raises is dropped.
+        Each that took it counts as a push of ``frame``'s bytes."""
+        taken = 0
+        for peer in tuple(peers):  # a copy: dropping a peer changes the set
+            try:
+                peer.offer(text, frame)
+            except Exception as exc:
+                self._drop_peer(user_id, peer, exc)
+            else:
+                taken += 1
+        self.pushed.add(user_id, taken, len(frame))
 
     def _drop_peer(self, user_id: str, peer: Peer, exc: Exception) -> None:
         """Forget a peer whose ``offer`` raised; the others, and the committer, go on."""

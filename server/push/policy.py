@@ -37,25 +37,34 @@ class Pacer:
     a ``hello`` (the device is awake when it asks).
     """
 
-    __slots__ = ("_last_wake", "policy")
+    __slots__ = ("_policy", "last_wake", "saver")
 
     def __init__(self, policy: DeliveryPolicy = NORMAL_DELIVERY) -> None:
-        self.policy = policy
-        self._last_wake = float("-inf")
+        self._policy = policy
+        self.saver = policy.power is Power.SAVER
+        """Whether the device is in saver mode (kept with the policy: read on every push)."""
+        self.last_wake = float("-inf")
+        """When a push last woke the device (set by :meth:`woke`, or directly on the fast
+        path of :meth:`server.push.endpoint.Connection.offer_delta`)."""
 
     @property
-    def saver(self) -> bool:
-        return self.policy.power is Power.SAVER
+    def policy(self) -> DeliveryPolicy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: DeliveryPolicy) -> None:
+        self._policy = policy
+        self.saver = policy.power is Power.SAVER
 
     def woke(self, now: float) -> None:
         """The device was woken (a push was written to it) at ``now``."""
-        self._last_wake = now
+        self.last_wake = now
 
     def next_wake(self) -> float:
         """The earliest time a delta that can wait may wake the device (``-inf``: any time)."""
         if not self.saver:
             return float("-inf")
-        return self._last_wake + self.policy.min_interval_s
+        return self.last_wake + self.policy.min_interval_s
 
     def hold_until(self, delta: Delta, now: float) -> float | None:
         """When to send ``delta``: ``None`` for now, else the time to hold it until."""

@@ -16,6 +16,7 @@ from brain.model import Frame
 from brain.scenarios import generate
 from server.analysis.pipeline import PIPELINE, Pipeline, pipeline_stage
 from server.protocol import Delta
+from server.push.hub import FollowUp
 from server.services import Services
 from server.settings import Settings
 from server.store.base import UserState
@@ -32,7 +33,13 @@ class BrokenPeer:
     def __init__(self) -> None:
         self.offers = 0
 
-    def offer(self, text: str, delta: Delta | None, frame: bytes) -> None:
+    def offer(self, text: str, frame: bytes) -> None:
+        self.offers += 1
+        raise RuntimeError("peer bug")
+
+    def offer_delta(
+        self, delta: Delta, text: str, frame: bytes, follow: FollowUp | None, now: float
+    ) -> None:
         self.offers += 1
         raise RuntimeError("peer bug")
 

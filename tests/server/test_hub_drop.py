@@ -12,7 +12,7 @@ import pytest
 from server.broker.memory import MemoryBroker
 from server.metrics import Metrics
 from server.protocol import Delta
-from server.push.hub import Hub
+from server.push.hub import FollowUp, Hub
 
 
 class CountingBroker(MemoryBroker):
@@ -36,7 +36,12 @@ class CountingBroker(MemoryBroker):
 class Phone:
     wants_summaries = False
 
-    def offer(self, text: str, delta: Delta | None, frame: bytes) -> None:
+    def offer(self, text: str, frame: bytes) -> None:
+        pass
+
+    def offer_delta(
+        self, delta: Delta, text: str, frame: bytes, follow: FollowUp | None, now: float
+    ) -> None:
         pass
 
 

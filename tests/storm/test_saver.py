@@ -8,7 +8,9 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection
 
-from tests.conftest import LiveServer, recv, send
+from server.settings import Settings
+from tests.conftest import LiveServer, recv, send, start_server
+from tests.hops.conftest import Clock
 from tests.server.conftest import commit
 
 USER = "alice"
@@ -124,3 +126,24 @@ async def test_a_new_hello_while_changes_are_held_gets_a_snapshot_and_no_stale_d
         # Nothing older follows: the next message is the answer to this ping.
         await send(watch, {"op": "ping", "t": 2})
         assert (await recv(watch))["op"] == "pong"
+
+
+async def test_a_push_counts_as_a_wake_up_for_a_policy_set_after_it(settings: Settings) -> None:
+    """A device is woken by a push in normal mode, then asks for saver mode: the interval
+    runs from that push, not from its hello (the push went by the direct write path, which
+    keeps the wake-up on the connection)."""
+    clock = Clock()
+    async with start_server(settings, clock=clock) as live:
+        watch = await live.connect(USER, "watch")  # hello: woken at the clock's start
+        async with watch, live.http() as client:
+            clock.offset = 700.0  # past the hello's interval of 600 s, not the push's
+            pushed = await commit(client, USER, energy=20)
+            assert (await recv(watch))["version"] == pushed["version"]
+            await send(watch, {"op": "policy", "power": "saver", "min_interval_s": 600})
+            assert (await recv(watch))["op"] == "policy"
+            await commit(client, USER, energy=21)  # can wait: 600 s from the push
+            urgent = await commit(client, USER, mood="tired")
+            message = await recv(watch)
+    assert message["version"] == urgent["version"]
+    assert message["base"] == pushed["version"]
+    assert message["changes"]["energy"] == 21  # held, then carried by the mood
