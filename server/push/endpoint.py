@@ -77,6 +77,11 @@ FEED_BYTES: Final = 4096
 """Bytes handed to websockets' parser at a time (see :meth:`Connection.data_received`)."""
 READ_AFTER_CLOSE_BYTES: Final = 64 * 1024
 """Bytes a closing peer may still send (its close frame is a few) before it is dropped."""
+CLOSING_FEED_BYTES: Final = 512
+"""Bytes parsed at a time once closing: small frames cost per frame, not per byte."""
+FRAMES_AFTER_CLOSE: Final = 128
+"""Frames a closing peer may still send before it is dropped: a flood of empty frames is
+cheap in bytes and dear to parse (64 KiB of them is ~11,000 frames)."""
 PAUSE_READING_AT: Final = 16
 """Messages waiting for the store or hub before the connection stops reading the socket."""
 JOIN_REREADS: Final = 3
@@ -150,6 +155,7 @@ class Connection(asyncio.Protocol):
         "_closing",
         "_direct",
         "_expiry",
+        "_frames_after_close",
         "_held",
         "_hold_timer",
         "_keepalive",
@@ -210,6 +216,7 @@ class Connection(asyncio.Protocol):
         only this class changes it, because every push reads it)."""
         self._reading_paused = False
         self._read_after_close = 0
+        self._frames_after_close = 0
         self._resumed: asyncio.Future[None] | None = None
         self._message: list[bytes] | None = None
         self._message_text = False
@@ -362,9 +369,13 @@ class Connection(asyncio.Protocol):
         self._last_rx = time.monotonic()
         # websockets parses all it is given at once; fed in slices, a flood of tiny frames
         # costs at most one slice beyond the frame that broke a limit.
-        for start in range(0, len(data), FEED_BYTES):
-            chunk = data[start : start + FEED_BYTES] if len(data) > FEED_BYTES else data
-            if self._closing is not None:
+        start, size = 0, len(data)
+        while start < size:
+            closing = self._closing is not None
+            step = CLOSING_FEED_BYTES if closing else FEED_BYTES
+            chunk = data if start == 0 and size <= step else data[start : start + step]
+            start += step
+            if closing:
                 # Closing: only the peer's close frame is still of interest. A peer that
                 # keeps sending instead is not parsed any longer than this.
                 self._read_after_close += len(chunk)
@@ -385,7 +396,14 @@ class Connection(asyncio.Protocol):
             # A close frame came in, or websockets failed the connection.
             self._open = self._direct = False
         self._flush()  # pongs, the echo of a close, the close of a bad frame
-        for event in ws.events_received():
+        events = ws.events_received()
+        if self._closing is not None:
+            self._frames_after_close += len(events)
+            if self._frames_after_close > FRAMES_AFTER_CLOSE:
+                self._transport.abort()
+                return False
+            return True
+        for event in events:
             if self._closing is not None:
                 break
             if isinstance(event, Frame):

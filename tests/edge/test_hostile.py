@@ -191,6 +191,24 @@ async def test_an_empty_continuation_flood_is_rate_limited_1008(
     assert_clean_log(server_log.records, edge.secrets)
 
 
+async def test_a_closing_peer_is_dropped_after_a_few_frames_not_64_kib_of_them(
+    edge: Edge, server_log: pytest.LogCaptureFixture
+) -> None:
+    raw = await edge.attacker()
+    try:
+        await raw.send(frame(Opcode.PING, b"p") * 100)  # over the burst: closed 1008
+        assert await raw.close_code() == 1008
+        # Far under the 64 KiB a closing peer may send, but more frames than it may: each
+        # costs a parse, so the socket is dropped now rather than at the close timeout.
+        flood = frame(Opcode.PING, b"") * (endpoint.FRAMES_AFTER_CLOSE + 64)
+        assert len(flood) < endpoint.READ_AFTER_CLOSE_BYTES // 8
+        await raw.send(flood)
+        assert await raw.closed_within(CLOSE_TIMEOUT_S / 2)
+    finally:
+        raw.close()
+    assert_clean_log(server_log.records, edge.secrets)
+
+
 async def test_a_ping_flood_is_rate_limited_1008(
     edge: Edge, server_log: pytest.LogCaptureFixture
 ) -> None:
