@@ -388,6 +388,7 @@ class Connection(asyncio.Protocol):
     def _feed(self, data: bytes) -> bool:
         """Parse ``data`` and act on its frames; ``False`` once the stream has ended."""
         ws = self._ws
+        closing = self._closing is not None
         try:
             ws.receive_data(data)
         except EOFError:  # data after the end of the stream: nothing to do with it
@@ -397,7 +398,7 @@ class Connection(asyncio.Protocol):
             self._open = self._direct = False
         self._flush()  # pongs, the echo of a close, the close of a bad frame
         events = ws.events_received()
-        if self._closing is not None:
+        if closing:  # only its close frame is of interest, and websockets handles that
             self._frames_after_close += len(events)
             if self._frames_after_close > FRAMES_AFTER_CLOSE:
                 self._transport.abort()
