@@ -107,7 +107,7 @@ def day_deltas(
 
 def deliver(deltas: list[Delta], policy: DeliveryPolicy) -> tuple[int, int]:
     """(wake-ups, bytes) of ``deltas`` to one device under ``policy``, the way
-    :meth:`server.push.endpoint.Connection.offer` paces them (simulated clock)."""
+    :meth:`server.push.delivery.Delivery.offer_delta` paces them (simulated clock)."""
     pacer = Pacer(policy)
     held = Outbox(64)
     due: float | None = None

@@ -358,7 +358,7 @@ class Hub:
                 return
             self._heard(delta)
             # Commit -> handed to every local socket that could take it at once; a peer that
-            # could not observes its own, later delivery (server.push.endpoint.Connection._drain).
+            # could not observes its own, later delivery (server.push.delivery.Delivery._drain).
             self._offer_delta(delta, payload, observe_latency=True)
         elif op == "frames":
             readers = [peer for peer in self._peers.get(user_id, ()) if peer.wants_summaries]

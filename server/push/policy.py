@@ -45,7 +45,7 @@ class Pacer:
         """Whether the device is in saver mode (kept with the policy: read on every push)."""
         self.last_wake = float("-inf")
         """When a push last woke the device (set by :meth:`woke`, or directly on the fast
-        path of :meth:`server.push.endpoint.Connection.offer_delta`)."""
+        path of :meth:`server.push.delivery.Delivery.offer_delta`)."""
 
     @property
     def policy(self) -> DeliveryPolicy:
