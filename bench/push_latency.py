@@ -106,6 +106,7 @@ async def measure_processes(args: argparse.Namespace) -> dict[str, Any]:
             ramp=args.ramp,
             duration=args.changes / args.rate,
             changes_per_s=args.rate,
+            max_in_flight=args.max_in_flight,
             prefix="pl-",
             processes=args.processes,
         )

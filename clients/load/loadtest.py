@@ -119,7 +119,12 @@ async def run_plan(
     stats = RunStats()
     driver = (
         StateDriver(
-            plan.server, tokens[(plan.driver_user, "service")], users, plan.changes_per_s, stats
+            plan.server,
+            tokens[(plan.driver_user, "service")],
+            users,
+            plan.changes_per_s,
+            stats,
+            max_in_flight=plan.max_in_flight,
         )
         if plan.changes_per_s
         else None
@@ -377,6 +382,12 @@ def add_parser(sub: Any) -> None:
         help="distinct users (default: one per device of the larger kind)",
     )
     p.add_argument("--changes-per-s", type=float, default=0.0, help="state changes per second")
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=256,
+        help="state changes outstanding at once; one due past it is skipped and counted",
+    )
     p.add_argument("--ramp", type=float, default=500.0, help="connections opened per second")
     p.add_argument("--duration", type=float, default=10.0, help="seconds after the ramp")
     p.add_argument("--processes", type=int, default=1, help="worker processes for devices")
@@ -401,6 +412,7 @@ def main(args: argparse.Namespace) -> int:
         longpoll_wait=args.longpoll_wait,
         users=args.users,
         changes_per_s=args.changes_per_s,
+        max_in_flight=args.max_in_flight,
         ramp=args.ramp,
         duration=args.duration,
         processes=args.processes,

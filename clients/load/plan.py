@@ -30,6 +30,7 @@ WATCH_MODES: tuple[WatchMode, ...] = ("ws", "poll", "longpoll", "legacy")
 MAX_DEVICES = 200_000
 MAX_DURATION_S = 3600.0
 MAX_CHANGES_PER_S = 20_000.0
+MAX_IN_FLIGHT = 65_536
 PORTS_PER_SOURCE = 25_000
 """Connections per loopback source address (Linux's default ephemeral range is ~28,000)."""
 TOKEN_TTL_S = 6 * 3600
@@ -55,6 +56,8 @@ class LoadPlan:
     longpoll_wait: float = 25.0
     users: int = 0
     changes_per_s: float = 0.0
+    max_in_flight: int = 256
+    """State changes outstanding at once: a change due past it is skipped and counted."""
     ramp: float = 500.0
     duration: float = 10.0
     processes: int = 1
@@ -109,6 +112,8 @@ class LoadPlan:
             raise PlanError("ramp, frame rate, batch and poll interval must be positive")
         if self.frame_rate / self.batch > 10:
             raise PlanError("more than 10 messages/s per phone trips the server's rate limit")
+        if not 1 <= self.max_in_flight <= MAX_IN_FLIGHT:
+            raise PlanError(f"max in flight must be in 1..{MAX_IN_FLIGHT}")
         if not 1 <= self.processes <= 64:
             raise PlanError("processes must be in 1..64")
         if self.secret is None and self.token_cmd is None:

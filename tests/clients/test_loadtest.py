@@ -116,6 +116,28 @@ async def test_two_worker_processes_merge_their_numbers_and_report_the_generator
     assert report["generator_cpu_s"] > 0  # the workers' CPU and this process's
 
 
+async def test_the_plans_in_flight_bound_reaches_the_driver_in_a_multi_process_run(
+    live_server: LiveServer,
+) -> None:
+    # One change outstanding at a time, due every 0.5 ms: a commit's round trip is longer,
+    # so changes fall due while one is out and are skipped (with the default 256, none is).
+    plan = LoadPlan(
+        server=live_server.url,
+        secret=SECRET,
+        watches=2,
+        changes_per_s=2000,
+        max_in_flight=1,
+        ramp=200,
+        duration=0.5,
+        processes=2,
+    )
+    report = await run_plan(plan)
+    counters = report["counters"]
+    assert report["errors"] == {}
+    assert counters["change_skipped"] > 0
+    assert counters["changes"] + counters["change_skipped"] == 1000
+
+
 async def test_cli_refuses_a_server_off_this_machine() -> None:
     code, out, err = await companion(
         "loadtest",
@@ -176,6 +198,8 @@ def test_plan_bounds_are_enforced() -> None:
         LoadPlan(secret=SECRET, watches=1, duration=10**6).validate()
     with pytest.raises(PlanError, match="secret"):
         LoadPlan(watches=1).validate()
+    with pytest.raises(PlanError, match="in flight"):
+        LoadPlan(secret=SECRET, watches=1, max_in_flight=0).validate()
 
 
 def test_devices_past_the_port_range_leave_from_other_loopback_addresses() -> None:
