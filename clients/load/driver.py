@@ -3,7 +3,10 @@
 There is no WebSocket for commits, so the driver POSTs ``/v1/demo/users/{id}/state``
 (``force: true``, so every request commits a new version) with a service token over a pool
 of keep-alive connections (:class:`clients.load.httppool.HTTPPool`, lean enough that the driver
-does not take the load generator's core at 1,000 requests/s). It is open-loop: change ``k``
+does not take the load generator's core at 1,000 requests/s). HTTP/1.1 has one request at a
+time per connection, so the pool grows with the rate (:func:`pool_size`): a change's round
+trip is a group commit's few milliseconds, and 16 connections at ~8 ms each cap the driver
+near 2,000 changes/s whatever the server could do. It is open-loop: change ``k``
 is due at ``start + k / rate`` whatever the server's speed, so a slow server shows up as
 latency, not as a lower load; when more than ``max_in_flight`` requests are outstanding the
 due change is skipped and counted (``change_skipped``) rather than queued without bound.
@@ -16,6 +19,7 @@ how long a change took to reach them.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
@@ -32,6 +36,15 @@ STATES = (
     ("resting", "tired"),
 )
 MAX_REMEMBERED = 100_000
+POOL_ROUND_TRIP_S = 0.03
+"""The round trip a change's connection is sized for (a few group commits' worth)."""
+MIN_POOL, MAX_POOL = 16, 256
+
+
+def pool_size(rate: float) -> int:
+    """Keep-alive connections for ``rate`` changes/s: enough that each may take
+    :data:`POOL_ROUND_TRIP_S` per change (Little's law), within ``MIN_POOL..MAX_POOL``."""
+    return max(MIN_POOL, min(MAX_POOL, math.ceil(rate * POOL_ROUND_TRIP_S)))
 
 
 class StateDriver:
@@ -46,7 +59,7 @@ class StateDriver:
         stats: RunStats,
         *,
         max_in_flight: int = 256,
-        connections: int = 16,
+        connections: int | None = None,
     ) -> None:
         if not users or rate <= 0:
             raise ValueError("the driver needs users and a positive rate")
@@ -63,7 +76,7 @@ class StateDriver:
         """``user:state_hash`` → its latest commit time (epoch ms), newest last, bounded."""
         self._http = HTTPPool(
             server,
-            size=connections,
+            size=connections or pool_size(rate),
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
         )
 

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import pytest
 
+from clients.load.driver import MAX_POOL, MIN_POOL, pool_size
 from clients.load.loadtest import run_plan
 from clients.load.plan import LoadPlan, PlanError, Tokens, check_loopback, source_address
 from clients.load.stats import Histogram, RunStats
@@ -221,3 +222,11 @@ def test_histogram_percentiles_are_within_one_percent_and_merge() -> None:
         assert abs(first.percentile(p) - exact) / exact <= 0.01
     stats = RunStats.from_dict(RunStats().to_dict())
     assert stats.histograms["push"].count == 0
+
+
+def test_the_drivers_pool_grows_with_the_rate_within_its_bounds() -> None:
+    # One request at a time per HTTP/1.1 connection, so a pool of n sustains n / round trip
+    # changes/s: at 2,000/s a change may take 20 ms or more (16 connections: 8 ms).
+    assert pool_size(10) == MIN_POOL
+    assert pool_size(2000) / 2000 >= 0.020
+    assert pool_size(10**6) == MAX_POOL
