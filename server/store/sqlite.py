@@ -40,11 +40,16 @@ from dataclasses import replace
 from typing import Any
 
 import aiosqlite
-import orjson
 
 from brain.model import Frame, Profile
 from server.errors import StoreError
-from server.store import codec, frame_buckets as buckets, history_codec, sqlite_frames as frames
+from server.store import (
+    codec,
+    frame_buckets as buckets,
+    history_codec,
+    sqlite_frames as frames,
+    sqlite_schema as schema,
+)
 from server.store.base import (
     SERVICE_COSTS,
     AvatarCacheEntry,
@@ -56,115 +61,12 @@ from server.store.base import (
     UserState,
 )
 from server.store.open_buckets import OpenBuckets
-from server.store.sqlite_commits import GroupCommits, RowWrite, Statements, StateWrite
+from server.store.sqlite_commits import GroupCommits, RowWrite, StateWrite
 from server.store.sqlite_hops import HOPS_SCHEMA, HOPS_TABLES, SQLiteHops
 from server.store.sqlite_sagas import SAGA_SCHEMA, SQLiteSagas
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS user_state (
-    user_id TEXT PRIMARY KEY,
-    version INTEGER NOT NULL,
-    state_hash TEXT NOT NULL,
-    state TEXT NOT NULL,
-    mood TEXT NOT NULL,
-    energy INTEGER NOT NULL,
-    reasoning TEXT NOT NULL,
-    actions TEXT NOT NULL,
-    source TEXT NOT NULL,
-    image_url TEXT,
-    avatar_status TEXT NOT NULL,
-    video_url TEXT,
-    video_status TEXT NOT NULL DEFAULT 'none',
-    health TEXT,
-    profile TEXT NOT NULL,
-    updated_at INTEGER NOT NULL,
-    epoch INTEGER NOT NULL DEFAULT 0,
-    erased INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS user_state_avatar_status ON user_state (avatar_status);
-CREATE TABLE IF NOT EXISTS avatar_cache (
-    cache_hash TEXT PRIMARY KEY,
-    image_url TEXT NOT NULL,
-    video_url TEXT,
-    prompt TEXT NOT NULL,
-    created_at INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS usage (
-    user_id TEXT NOT NULL,
-    day TEXT NOT NULL,
-    calls INTEGER NOT NULL,
-    input_tokens INTEGER NOT NULL,
-    output_tokens INTEGER NOT NULL,
-    cost_usd REAL NOT NULL,
-    cache_write_tokens INTEGER NOT NULL DEFAULT 0,
-    cache_read_tokens INTEGER NOT NULL DEFAULT 0,
-    images_usd REAL NOT NULL DEFAULT 0,
-    clips_usd REAL NOT NULL DEFAULT 0,
-    storage_usd REAL NOT NULL DEFAULT 0,
-    pushes_usd REAL NOT NULL DEFAULT 0,
-    PRIMARY KEY (user_id, day)
-);
-"""
-
 _END_OF_TIME = 10**13
 """An ``end_ms`` after every frame (13-digit epoch milliseconds reach the year 2286)."""
-
-_HISTORY_SCHEMA = """
-CREATE TABLE IF NOT EXISTS history (
-    user_id TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    at INTEGER NOT NULL,
-    payload BLOB NOT NULL,
-    expires_at INTEGER NOT NULL,
-    PRIMARY KEY (user_id, version)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS history_expires_at ON history (expires_at);
-"""
-"""The decision history: one row per committed version (:mod:`server.history`)."""
-
-_INSERT_HISTORY = (
-    "INSERT OR IGNORE INTO history (user_id, version, at, payload, expires_at)"
-    " SELECT ?, ?, ?, ?, ? WHERE EXISTS"
-    " (SELECT 1 FROM user_state WHERE user_id = ? AND version >= ? AND erased = 0)"
-)
-"""One event, inserted only when its (user, version) is new and the user's state is at that
-version or later (an event of an erased user is not written)."""
-
-_STATE_COLUMNS = (
-    "user_id, version, state_hash, state, mood, energy, reasoning, actions, source,"
-    " image_url, avatar_status, video_url, video_status, health, profile, updated_at, epoch,"
-    " erased"
-)
-
-_ADDED_STATE_COLUMNS = (
-    ("video_url", "TEXT"),
-    ("video_status", "TEXT NOT NULL DEFAULT 'none'"),
-    ("epoch", "INTEGER NOT NULL DEFAULT 0"),
-    ("erased", "INTEGER NOT NULL DEFAULT 0"),
-    ("health", "TEXT"),
-)
-"""Columns added to ``user_state`` after its first release: :meth:`SQLiteStore.open` adds
-them to a file made before them (``CREATE TABLE IF NOT EXISTS`` leaves an old table as it is)."""
-
-_STATE_NAMES = [name.strip() for name in _STATE_COLUMNS.split(",")]
-_UPSERT = (
-    f"INSERT INTO user_state ({_STATE_COLUMNS}) VALUES ({', '.join('?' * len(_STATE_NAMES))})"
-    " ON CONFLICT (user_id) DO UPDATE SET"
-    f" {', '.join(f'{name} = excluded.{name}' for name in _STATE_NAMES[1:])}"
-)
-_INSERT_STATE = (
-    _UPSERT + " WHERE user_state.erased = 1 AND user_state.version = 0"
-    " AND user_state.epoch = excluded.epoch"
-)
-"""The first write of a user: no row yet, or a version-0 tombstone of the same erase epoch."""
-_UPDATE_STATE = (
-    f"UPDATE user_state SET {', '.join(f'{name} = ?' for name in _STATE_NAMES[1:])}"
-    " WHERE user_id = ? AND version = ? AND epoch = ?"
-)
-_SAME_PROFILE = " AND (erased = 1 OR profile = ?)"
-"""The profile condition of a write that names the profile it read (a tombstone has none)."""
-_PROFILE_INDEX = _STATE_NAMES.index("profile")
-_GROUP_STATEMENTS = Statements(_INSERT_STATE, _UPDATE_STATE, _SAME_PROFILE)
 
 
 class SQLiteStore(SQLiteSagas, SQLiteHops):
@@ -190,7 +92,7 @@ class SQLiteStore(SQLiteSagas, SQLiteHops):
         self._write_lock = asyncio.Lock()
         self._open_buckets = OpenBuckets()
         # State writes and history events: group-committed, each group one thread call.
-        self._commits = GroupCommits(path, self._write_lock, _GROUP_STATEMENTS)
+        self._commits = GroupCommits(path, self._write_lock, schema.GROUP_STATEMENTS)
 
     async def open(self) -> None:
         """Open (creating the file, directories and tables if needed). Idempotent."""
@@ -205,13 +107,13 @@ class SQLiteStore(SQLiteSagas, SQLiteHops):
                 await writer.execute("PRAGMA journal_mode=WAL")
                 await writer.execute("PRAGMA synchronous=FULL")
                 await writer.execute("PRAGMA busy_timeout=5000")
-                await writer.executescript(frames.SCHEMA + _SCHEMA)
+                await writer.executescript(frames.SCHEMA + schema.SCHEMA)
                 await writer.executescript(SAGA_SCHEMA)
                 await frames.migrate_frame_rows(writer, self._retention_days)
-                await writer.executescript(_HISTORY_SCHEMA)
+                await writer.executescript(schema.HISTORY_SCHEMA)
                 await writer.executescript(HOPS_SCHEMA)
-                await _add_missing_columns(writer, "user_state", _ADDED_STATE_COLUMNS)
-                await _add_missing_columns(writer, "usage", _ADDED_USAGE_COLUMNS)
+                await schema.add_missing_columns(writer, "user_state", schema.ADDED_STATE_COLUMNS)
+                await schema.add_missing_columns(writer, "usage", schema.ADDED_USAGE_COLUMNS)
                 reader = await aiosqlite.connect(self._path, isolation_level=None)
                 opened.push_async_callback(reader.close)
                 await reader.execute("PRAGMA busy_timeout=5000")
@@ -312,10 +214,10 @@ class SQLiteStore(SQLiteSagas, SQLiteHops):
     async def get_state(self, user_id: str) -> UserState | None:
         """The user's state, or ``None`` when none was written (since the last erase)."""
         rows = await self._read(
-            f"SELECT {_STATE_COLUMNS} FROM user_state WHERE user_id = ? AND erased = 0",
+            f"SELECT {schema.STATE_COLUMNS} FROM user_state WHERE user_id = ? AND erased = 0",
             (user_id,),
         )
-        return _state_from_row(rows[0]) if rows else None
+        return schema.state_from_row(rows[0]) if rows else None
 
     async def tombstone(self, user_id: str) -> Tombstone:
         """The user's tombstone (``Tombstone()`` when never erased)."""
@@ -337,10 +239,10 @@ class SQLiteStore(SQLiteSagas, SQLiteHops):
         arrival order. Raises :class:`~server.errors.VersionConflict` naming the version
         found, or :class:`~server.errors.StoreError`.
         """
-        row = _state_to_row(state)
+        row = schema.state_to_row(state)
         profile_json = None
         if expected_profile is not None and expected_profile == state.profile:
-            profile_json = row[_PROFILE_INDEX]  # the condition spells it as the row does
+            profile_json = row[schema.PROFILE_INDEX]  # the condition spells it as the row does
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         await self._commits.put_state(
             StateWrite(row, state.user_id, expected_version, done, expected_profile, profile_json)
@@ -397,7 +299,7 @@ class SQLiteStore(SQLiteSagas, SQLiteHops):
         """Add to the user's usage of ``day`` in one statement; return the new totals."""
         async with self._transaction() as writer:
             async with writer.execute(
-                f"INSERT INTO usage ({_LLM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                f"INSERT INTO usage ({schema.LLM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (user_id, day) DO UPDATE SET"
                 " calls = calls + excluded.calls,"
                 " input_tokens = input_tokens + excluded.input_tokens,"
@@ -405,7 +307,7 @@ class SQLiteStore(SQLiteSagas, SQLiteHops):
                 " cost_usd = cost_usd + excluded.cost_usd,"
                 " cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,"
                 " cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens"
-                f" RETURNING {_USAGE_COLUMNS}",
+                f" RETURNING {schema.USAGE_COLUMNS}",
                 (
                     user_id,
                     day,
@@ -420,7 +322,7 @@ class SQLiteStore(SQLiteSagas, SQLiteHops):
                 row = await cursor.fetchone()
         if row is None:  # RETURNING always yields the row; this guards against a bad SQLite
             raise StoreError(f"usage of {user_id!r} on {day} was not returned")
-        return _usage_of(row)
+        return schema.usage_of(row)
 
     async def add_service_costs(self, user_id: str, day: str, costs: Mapping[str, float]) -> None:
         """Add to the user's service costs of ``day`` in one statement, in the commit path's
@@ -432,23 +334,26 @@ class SQLiteStore(SQLiteSagas, SQLiteHops):
             raise ValueError(f"not a service cost: {sorted(unknown)}")
         values = [float(costs.get(name, 0.0)) for name in SERVICE_COSTS]
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        await self._commits.put_row(RowWrite(_ADD_SERVICE_COSTS, (user_id, day, *values), done))
+        await self._commits.put_row(
+            RowWrite(schema.ADD_SERVICE_COSTS, (user_id, day, *values), done)
+        )
 
     async def get_usage(self, user_id: str, day: str) -> Usage:
         """The user's usage on ``day``, zeros when there is none."""
         rows = await self._read(
-            f"SELECT {_USAGE_COLUMNS} FROM usage WHERE user_id = ? AND day = ?", (user_id, day)
+            f"SELECT {schema.USAGE_COLUMNS} FROM usage WHERE user_id = ? AND day = ?",
+            (user_id, day),
         )
-        return _usage_of(rows[0]) if rows else Usage(user_id, day)
+        return schema.usage_of(rows[0]) if rows else Usage(user_id, day)
 
     async def export_user(self, user_id: str, *, now_ms: int) -> dict[str, Any]:
         """Everything stored about the user (unexpired frames), as JSON-ready data."""
         state = await self.get_state(user_id)
         found = await self.frames_between(user_id, 0, _END_OF_TIME, now_ms=now_ms)
         usage_rows = await self._read(
-            f"SELECT {_USAGE_COLUMNS} FROM usage WHERE user_id = ? ORDER BY day", (user_id,)
+            f"SELECT {schema.USAGE_COLUMNS} FROM usage WHERE user_id = ? ORDER BY day", (user_id,)
         )
-        usage = [_usage_of(row) for row in usage_rows]
+        usage = [schema.usage_of(row) for row in usage_rows]
         return codec.export_document(user_id, state, found, usage)
 
     async def delete_user(self, user_id: str, *, at_ms: int | None = None) -> int:
@@ -479,7 +384,7 @@ class SQLiteStore(SQLiteSagas, SQLiteHops):
             tombstone = replace(
                 UserState.initial(user_id), version=version, epoch=epoch + 1, updated_at=erased_at
             )
-            await writer.execute(_UPSERT, _state_to_row(tombstone, erased=True))
+            await writer.execute(schema.UPSERT, schema.state_to_row(tombstone, erased=True))
         return deleted + (0 if erased else 1)
 
     async def put_history(self, event: HistoryEvent) -> bool:
@@ -501,7 +406,7 @@ class SQLiteStore(SQLiteSagas, SQLiteHops):
             event.version,
         )
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        return await self._commits.put_row(RowWrite(_INSERT_HISTORY, row, done))
+        return await self._commits.put_row(RowWrite(schema.INSERT_HISTORY, row, done))
 
     async def history(
         self, user_id: str, query: HistoryQuery, *, now_ms: int
@@ -534,81 +439,3 @@ class SQLiteStore(SQLiteSagas, SQLiteHops):
                 "DELETE FROM history WHERE expires_at < ?", (now_ms // 1000,)
             )
             return cursor.rowcount
-
-
-_LLM_COLUMNS = (
-    "user_id, day, calls, input_tokens, output_tokens, cost_usd,"
-    " cache_write_tokens, cache_read_tokens"
-)
-_USAGE_COLUMNS = _LLM_COLUMNS + ", " + ", ".join(SERVICE_COSTS)
-
-
-_ADD_SERVICE_COSTS = (
-    f"INSERT INTO usage (user_id, day, calls, input_tokens, output_tokens, cost_usd,"
-    f" {', '.join(SERVICE_COSTS)}) VALUES (?, ?, 0, 0, 0, 0, {', '.join('?' * len(SERVICE_COSTS))})"
-    " ON CONFLICT (user_id, day) DO UPDATE SET"
-    f" {', '.join(f'{name} = {name} + excluded.{name}' for name in SERVICE_COSTS)}"
-)
-"""Add a user-day's service costs (parameters: user, day, then one value per service)."""
-
-
-def _usage_of(row: sqlite3.Row) -> Usage:
-    user_id, day, calls, input_tokens, output_tokens, cost, cache_write, cache_read = row[:8]
-    return Usage(
-        str(user_id),
-        str(day),
-        int(calls),
-        int(input_tokens),
-        int(output_tokens),
-        float(cost),
-        int(cache_write),
-        int(cache_read),
-        *(float(value) for value in row[8:]),
-    )
-
-
-def _state_to_row(state: UserState, *, erased: bool = False) -> tuple[Any, ...]:
-    data = codec.state_to_dict(state)
-    data["actions"] = orjson.dumps(data["actions"]).decode()
-    data["profile"] = orjson.dumps(data["profile"]).decode()
-    if data["health"] is not None:
-        data["health"] = orjson.dumps(data["health"]).decode()
-    data["epoch"] = state.epoch
-    data["erased"] = 1 if erased else 0
-    return tuple(data[name] for name in _STATE_NAMES)
-
-
-def _state_from_row(row: sqlite3.Row) -> UserState:
-    data = dict(zip(_STATE_NAMES, row, strict=True))
-    del data["erased"]
-    data["actions"] = orjson.loads(data["actions"])
-    data["profile"] = orjson.loads(data["profile"])
-    if data["health"] is not None:
-        data["health"] = orjson.loads(data["health"])
-    return codec.state_from_dict(data)
-
-
-_ADDED_USAGE_COLUMNS = (
-    ("cache_write_tokens", "INTEGER NOT NULL DEFAULT 0"),
-    ("cache_read_tokens", "INTEGER NOT NULL DEFAULT 0"),
-    # the service costs, added after the prompt-cache columns
-    *((name, "REAL NOT NULL DEFAULT 0") for name in SERVICE_COSTS),
-)
-
-
-async def _add_missing_columns(
-    writer: aiosqlite.Connection, table: str, added: tuple[tuple[str, str], ...]
-) -> None:
-    """Add the ``added`` (name, declaration) columns that ``table``, made by an older
-    version, lacks. Raises :class:`sqlite3.Error` if an ALTER fails for another reason than
-    a second process adding the same column first."""
-    rows = await writer.execute_fetchall(f"PRAGMA table_info({table})")
-    present = {str(row[1]) for row in rows}
-    for name, declaration in added:
-        if name not in present:
-            try:
-                await writer.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
-            except sqlite3.OperationalError as error:
-                # Another process opening the same file added it first.
-                if "duplicate column" not in str(error):
-                    raise
