@@ -7,7 +7,6 @@ per test; the SQLite one on a file in the test's directory.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,17 +14,15 @@ from typing import Any
 import httpx
 import pytest
 
-from brain.backoff import Backoff, instant
 from server.settings import Settings
-from server.store import schema
 from server.store.base import Store
-from server.store.dynamodb import DynamoDBStore
 from server.store.sqlite import SQLiteStore
 from tests.conftest import LiveServer, start_server, token
 from tests.server.conftest import server_log
 from tests.services import dynamodb_local
+from tests.stores import DynamoDBStoreFactory, dynamodb_store_factory
 
-__all__ = ["dynamodb_local", "server_log"]
+__all__ = ["dynamodb_local", "dynamodb_store_factory", "server_log"]
 
 
 @dataclass
@@ -53,19 +50,9 @@ async def hops_store(request: pytest.FixtureRequest, settings: Settings) -> Asyn
     if request.param == "sqlite":
         yield SQLiteStore(settings.data_dir / "hops.sqlite3")
         return
-    endpoint: str = request.getfixturevalue("dynamodb_local")
-    prefix = f"h{uuid.uuid4().hex[:12]}-"
-    store = DynamoDBStore(
-        table_prefix=prefix, region="us-east-1", endpoint_url=endpoint, retry=instant(Backoff())
-    )
-    await store.open()
-    try:
-        await store.create_tables()
-        yield store
-    finally:
-        await store.open()  # the server closed it
-        await schema.delete_tables(store.client, prefix)
-        await store.close()
+    factory: DynamoDBStoreFactory = request.getfixturevalue("dynamodb_store_factory")
+    async with factory() as dynamodb:
+        yield dynamodb  # the server opens and closes it; the factory deletes its tables
 
 
 @pytest.fixture

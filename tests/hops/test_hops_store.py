@@ -2,55 +2,20 @@
 
 from __future__ import annotations
 
-import pathlib
 import time
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 
-from brain.backoff import Backoff, instant
 from server.hops.commands import issue
-from server.store import schema
 from server.store.base import DeviceSeen, Store
-from server.store.dynamodb import DynamoDBStore
-from server.store.sqlite import SQLiteStore
+from tests.stores import DynamoDBStoreFactory, dynamodb_store_factory, store
+
+__all__ = ["dynamodb_store_factory", "store"]  # fixtures
 
 # Recent, not fixed: DynamoDB Local's TTL sweep deletes items whose purge_at has passed, and
 # a fixed date in the past would let it remove the commands while a test reads them.
 T0 = int(time.time() * 1000)
-
-
-@asynccontextmanager
-async def fresh_dynamodb(endpoint: str) -> AsyncIterator[DynamoDBStore]:
-    """A DynamoDB store on fresh tables of DynamoDB Local, deleted at the end."""
-    prefix = f"s{uuid.uuid4().hex[:12]}-"
-    dynamodb = DynamoDBStore(
-        table_prefix=prefix, region="us-east-1", endpoint_url=endpoint, retry=instant(Backoff())
-    )
-    await dynamodb.open()
-    try:
-        await dynamodb.create_tables()
-        yield dynamodb
-    finally:
-        await schema.delete_tables(dynamodb.client, prefix)
-        await dynamodb.close()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("dynamodb", marks=pytest.mark.dynamodb)])
-async def store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
-        sqlite = SQLiteStore(tmp_path / "store.sqlite3")
-        await sqlite.open()
-        try:
-            yield sqlite
-        finally:
-            await sqlite.close()
-        return
-    async with fresh_dynamodb(request.getfixturevalue("dynamodb_local")) as dynamodb:
-        yield dynamodb
 
 
 async def test_a_device_has_one_record_the_newest(store: Store) -> None:
@@ -100,13 +65,13 @@ async def test_an_answer_after_the_expiry_records_expired(store: Store) -> None:
 
 @pytest.mark.dynamodb
 async def test_a_command_recorded_between_the_two_updates_takes_the_answer(
-    dynamodb_local: str,
+    dynamodb_store_factory: DynamoDBStoreFactory,
 ) -> None:
     """A fast watch's answer racing the commit listener's put: the command turns up pending
     after the first conditional update missed it. The answer is recorded, not ``expired``
     (the second update's condition is the expiry itself, and the pair runs again)."""
     (command,) = issue("alice", 2, ["rest"], T0)
-    async with fresh_dynamodb(dynamodb_local) as dynamodb:
+    async with dynamodb_store_factory() as dynamodb:
         client = dynamodb.client
         update_item = client.update_item
         calls = 0

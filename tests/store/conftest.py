@@ -1,74 +1,12 @@
 """Fixtures of the store tests: a ``store`` of each adapter, fresh for every test.
 
 The DynamoDB variant runs against a real DynamoDB Local (``tests/services.py``) with a
-fresh table prefix per test, and with retries that take no time.
+fresh table prefix per test, and with retries that take no time (:mod:`tests.stores`).
 """
 
 from __future__ import annotations
 
-import pathlib
-import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any
+from tests.services import dynamodb_local, redis_server
+from tests.stores import dynamodb_store_factory, store
 
-import pytest
-
-from brain.backoff import Backoff, instant
-from server.store import schema
-from server.store.base import Store
-from server.store.dynamodb import DynamoDBStore
-from server.store.sqlite import SQLiteStore
-from tests.services import dynamodb_local, redis_server  # noqa: F401  (fixtures)
-
-DynamoDBStoreFactory = Callable[..., AbstractAsyncContextManager[DynamoDBStore]]
-
-
-@pytest.fixture
-def dynamodb_store_factory(dynamodb_local: str) -> DynamoDBStoreFactory:  # noqa: F811
-    """Opens a DynamoDBStore on fresh tables of DynamoDB Local; deletes them afterwards.
-
-    Keyword arguments go to :class:`DynamoDBStore`; the default retry policy is instant.
-    """
-
-    @asynccontextmanager
-    async def fresh(**options: Any) -> AsyncIterator[DynamoDBStore]:
-        prefix = f"t{uuid.uuid4().hex[:12]}-"
-        options.setdefault("retry", instant(Backoff()))
-        store = DynamoDBStore(
-            table_prefix=prefix,
-            region="us-east-1",
-            endpoint_url=dynamodb_local,
-            **options,
-        )
-        await store.open()
-        try:
-            await store.create_tables()
-            yield store
-        finally:
-            await store.open()  # a test may have closed it; open() is idempotent
-            await schema.delete_tables(store.client, prefix)
-            await store.close()
-
-    return fresh
-
-
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite"),
-        pytest.param("dynamodb", marks=pytest.mark.dynamodb),
-    ]
-)
-async def store(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> AsyncIterator[Store]:
-    """An open, empty store of the adapter named by the parameter."""
-    if request.param == "sqlite":
-        sqlite = SQLiteStore(tmp_path / "store.sqlite3")
-        await sqlite.open()
-        try:
-            yield sqlite
-        finally:
-            await sqlite.close()
-        return
-    factory: DynamoDBStoreFactory = request.getfixturevalue("dynamodb_store_factory")
-    async with factory() as dynamodb:
-        yield dynamodb
+__all__ = ["dynamodb_local", "dynamodb_store_factory", "redis_server", "store"]

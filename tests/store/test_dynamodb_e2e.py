@@ -9,7 +9,7 @@ import pytest
 
 from server.settings import Settings
 from tests.conftest import auth, recv_op, send, start_server
-from tests.store.conftest import DynamoDBStoreFactory
+from tests.stores import DynamoDBStoreFactory
 
 pytestmark = pytest.mark.dynamodb
 
